@@ -1,0 +1,1 @@
+"""Reproducible benchmarks: ``python -m benchmarks.NAME [--quick] [--out results]``."""

@@ -1,0 +1,1 @@
+"""Subcommands of the ``edgeflower`` command (see :mod:`edgeflower.cli`)."""

@@ -1,0 +1,210 @@
+"""The app's run configuration: parsed from Flower's ``run_config`` and validated, failing fast by key name.
+
+Every key lives in ``[tool.flwr.app.config]`` of ``pyproject.toml`` (hyphenated, as Flower does) and can be
+overridden with ``flwr run . --run-config "key=value"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from edgeflower.data.datasets import DATASET_SHAPES, DATASETS
+from edgeflower.models.splittable import SplittableModel
+from edgeflower.models.zoo import NORMS, available_models, build_model
+
+__all__ = ["AppConfig", "ConfigError"]
+
+
+class ConfigError(ValueError):
+    """A run-config value is invalid; the message names the key."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"run-config key '{key}': {message}")
+        self.key = key
+
+
+MODES = ("fl",)
+PARTITIONERS = ("iid", "dirichlet")
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """Validated run configuration (field ``foo_bar`` is run-config key ``foo-bar``).
+
+    Attributes
+    ----------
+    mode : str
+        Training mode: ``"fl"`` (classic federated learning, the whole model on the device).
+    model : str
+        Zoo model name.
+    norm : str
+        ``"batch"``, ``"group"`` or ``"none"``.
+    model_width : float
+        Channel multiplier of the model (1.0 = as published).
+    split_point : int
+        Blocks kept on the device; ``-1`` means all of them (classic FL).
+    dataset : str
+        ``"fashion-mnist"``, ``"mnist"`` or ``"cifar10"``.
+    data_root : str
+        Data directory; empty for the default (Debian's Fashion-MNIST, else ``$EDGEFLOWER_DATA``).
+    partitioner : str
+        ``"iid"`` or ``"dirichlet"``.
+    dirichlet_alpha : float
+        Concentration of the Dirichlet label skew.
+    num_rounds : int
+        Federated rounds.
+    local_epochs : int
+        Local epochs per round.
+    batch_size : int
+        Mini-batch size.
+    lr, momentum, weight_decay : float
+        SGD settings.
+    lr_decay_round : int
+        Multiply the learning rate by 0.1 from this round on (0 = never), as FedAdapt does at half the rounds.
+    fraction_train : float
+        Fraction of nodes sampled per round.
+    min_nodes : int
+        Minimum number of nodes a round needs.
+    max_batches : int
+        Cap on batches per local epoch (0 = the whole partition); for quick runs.
+    eval_samples : int
+        Test samples for the centralised evaluation (0 = the whole test set).
+    seed : int
+        Seed of model initialisation, partitioning and shuffling.
+    run_dir : str
+        Directory under which each run writes its own folder.
+    """
+
+    mode: str = "fl"
+    model: str = "vgg5"
+    norm: str = "batch"
+    model_width: float = 1.0
+    split_point: int = -1
+    dataset: str = "fashion-mnist"
+    data_root: str = ""
+    partitioner: str = "iid"
+    dirichlet_alpha: float = 0.5
+    num_rounds: int = 5
+    local_epochs: int = 1
+    batch_size: int = 100
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    lr_decay_round: int = 0
+    fraction_train: float = 1.0
+    min_nodes: int = 2
+    max_batches: int = 0
+    eval_samples: int = 0
+    seed: int = 0
+    run_dir: str = "runs"
+
+    @staticmethod
+    def key(field_name: str) -> str:
+        """Run-config key of a field."""
+        return field_name.replace("_", "-")
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> AppConfig:
+        """Parse and validate Flower's ``context.run_config``.
+
+        Unknown keys are ignored (other apps' keys may share the config); known keys are type-checked.
+
+        Raises
+        ------
+        ConfigError
+            Naming the first invalid key.
+        """
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            key = cls.key(f.name)
+            if key not in run_config:
+                continue
+            raw = run_config[key]
+            typ = type(f.default)
+            try:
+                if typ is bool:
+                    value: Any = raw if isinstance(raw, bool) else str(raw).lower() in ("1", "true", "yes")
+                elif typ is int:
+                    if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                        raise ValueError
+                    value = int(raw)
+                elif typ is float:
+                    if isinstance(raw, bool):
+                        raise ValueError
+                    value = float(raw)
+                else:
+                    value = str(raw)
+            except (TypeError, ValueError):
+                raise ConfigError(key, f"expected {typ.__name__}, got {raw!r}") from None
+            values[f.name] = value
+        cfg = cls(**values)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Check every value; raise :class:`ConfigError` naming the first bad key."""
+        choice: dict[str, tuple[str, ...]] = {
+            "mode": MODES,
+            "model": tuple(available_models()),
+            "norm": NORMS,
+            "dataset": DATASETS,
+            "partitioner": PARTITIONERS,
+        }
+        for name, options in choice.items():
+            if getattr(self, name) not in options:
+                raise ConfigError(
+                    self.key(name), f"unknown value {getattr(self, name)!r}; expected one of {', '.join(options)}"
+                )
+        checks: dict[str, tuple[Callable[[Any], bool], str]] = {
+            "num_rounds": (lambda v: v >= 1, "must be >= 1"),
+            "local_epochs": (lambda v: v >= 1, "must be >= 1"),
+            "batch_size": (lambda v: v >= 1, "must be >= 1"),
+            "lr": (lambda v: v > 0, "must be > 0"),
+            "momentum": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+            "weight_decay": (lambda v: v >= 0, "must be >= 0"),
+            "lr_decay_round": (lambda v: v >= 0, "must be >= 0"),
+            "fraction_train": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
+            "min_nodes": (lambda v: v >= 1, "must be >= 1"),
+            "max_batches": (lambda v: v >= 0, "must be >= 0"),
+            "eval_samples": (lambda v: v >= 0, "must be >= 0"),
+            "dirichlet_alpha": (lambda v: v > 0, "must be > 0"),
+            "model_width": (lambda v: v > 0, "must be > 0"),
+        }
+        for name, (ok, message) in checks.items():
+            if not ok(getattr(self, name)):
+                raise ConfigError(self.key(name), f"{message}, got {getattr(self, name)!r}")
+        blocks = self.build_model().num_blocks
+        if not -1 <= self.split_point <= blocks:
+            raise ConfigError(
+                "split-point",
+                f"{self.split_point} is out of range for {self.model}: valid values are 0..{blocks} (or -1 = all)",
+            )
+
+    @property
+    def in_shape(self) -> tuple[int, int, int]:
+        """One input sample's shape for the configured dataset."""
+        return DATASET_SHAPES[self.dataset]
+
+    def build_model(self) -> SplittableModel:
+        """The configured zoo model, freshly initialised from the current torch RNG."""
+        options = {"width": self.model_width} if self.model_width != 1.0 else {}
+        if self.model == "resnet18" and options:
+            options = {"width": max(1, round(64 * self.model_width))}
+        return build_model(self.model, self.in_shape, 10, self.norm, **options)
+
+    @property
+    def head_blocks(self) -> int | None:
+        """The split point, or ``None`` when the whole model stays on the device."""
+        return None if self.split_point < 0 else self.split_point
+
+    def lr_at(self, server_round: int) -> float:
+        """Learning rate of ``server_round`` (1-based)."""
+        if self.lr_decay_round and server_round >= self.lr_decay_round:
+            return self.lr * 0.1
+        return self.lr
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration with run-config keys."""
+        return {self.key(k): v for k, v in asdict(self).items()}

@@ -1,0 +1,73 @@
+"""A run directory: the configuration, per-round metrics as JSON and CSV, and a PNG of the run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["RunLog"]
+
+
+class RunLog:
+    """Collect per-round metrics of one run and keep them on disk.
+
+    Writes ``config.json``, ``metrics.json`` (a list of per-round rows), ``metrics.csv``, ``nodes.json`` (per-node
+    reply metrics per round) and, on :meth:`finish`, ``run.png`` (accuracy, loss and round time per round).
+
+    Parameters
+    ----------
+    root : str or Path
+        Parent directory; the run gets ``root/<name>``.
+    name : str
+        Folder name of this run (e.g. ``"20261125-170102-run42"``).
+    config : dict
+        The run configuration, written as ``config.json``.
+    """
+
+    def __init__(self, root: str | Path, name: str, config: dict[str, Any]) -> None:
+        self.path = Path(root) / name
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.rows: dict[int, dict[str, Any]] = {}
+        self.nodes: dict[int, dict[int, dict[str, Any]]] = {}
+        self._t0 = time.perf_counter()
+        (self.path / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+
+    def update(self, server_round: int, **values: Any) -> None:
+        """Merge ``values`` into the row of ``server_round`` and rewrite the metric files."""
+        row = self.rows.setdefault(server_round, {"round": server_round})
+        row.update(values)
+        row["elapsed-s"] = round(time.perf_counter() - self._t0, 3)
+        self._write()
+
+    def on_train_round(
+        self, server_round: int, seconds: float, replies: dict[int, dict[str, Any]], aggregated: dict[str, Any]
+    ) -> None:
+        """:class:`~edgeflower.strategies.edge.RoundRecorder` hook: record round time and node metrics."""
+        self.nodes[server_round] = replies
+        values: dict[str, Any] = {"round-time-s": round(seconds, 4), "nodes": len(replies)}
+        values.update({f"train-{k}" if not k.startswith("train-") else k: v for k, v in aggregated.items()})
+        self.update(server_round, **values)
+
+    def _write(self) -> None:
+        rows = [self.rows[k] for k in sorted(self.rows)]
+        (self.path / "metrics.json").write_text(json.dumps(rows, indent=2))
+        (self.path / "nodes.json").write_text(
+            json.dumps({str(r): {str(n): m for n, m in v.items()} for r, v in self.nodes.items()}, indent=2)
+        )
+        keys: list[str] = []
+        for row in rows:
+            keys += [k for k in row if k not in keys]
+        with open(self.path / "metrics.csv", "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def finish(self) -> Path:
+        """Draw ``run.png`` and return the run directory."""
+        from edgeflower.plotting import plot_run
+
+        plot_run([self.rows[k] for k in sorted(self.rows)], self.path / "run.png")
+        return self.path

@@ -1,0 +1,121 @@
+"""A strategy wrapper that adds per-node plans to any Flower strategy and records each round.
+
+:class:`EdgeStrategy` wraps an inner :class:`flwr.serverapp.strategy.Strategy` (``FedAvg``, ``FedProx``, a DP
+wrapper, ...). It delegates sampling and aggregation to the inner strategy and only
+
+* merges a per-node *plan* (a flat dict of config values: learning rate, split point, edge address, token ...)
+  into the ``config`` record of each training message, and
+* times every round and collects the per-node reply metrics, handing them to an optional recorder.
+
+Because replies always carry the full model, whatever the inner strategy aggregates is a complete model.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from logging import INFO
+from typing import Any, Protocol
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+__all__ = ["EdgeStrategy", "PlanFn", "RoundRecorder"]
+
+PlanFn = Callable[[int, int], dict[str, Any]]
+"""``plan(server_round, node_id) -> config values`` merged into that node's training config."""
+
+
+class RoundRecorder(Protocol):
+    """Receives what happened in each training round."""
+
+    def on_train_round(
+        self, server_round: int, seconds: float, replies: dict[int, dict[str, Any]], aggregated: dict[str, Any]
+    ) -> None:
+        """``replies`` maps node id to that node's reply metrics; ``aggregated`` is the inner strategy's."""
+
+
+class EdgeStrategy(Strategy):
+    """Wrap ``inner``, sending each node its own plan and recording each round.
+
+    Parameters
+    ----------
+    inner : Strategy
+        The Flower strategy that samples nodes and aggregates (e.g. ``FedAvg``).
+    plan_fn : PlanFn, optional
+        Per-node plan; its values are merged into the node's ``config`` record.
+    recorder : RoundRecorder, optional
+        Called after every aggregated training round.
+    configrecord_key : str
+        Key of the config record in training messages (Flower's default ``"config"``).
+    """
+
+    def __init__(
+        self,
+        inner: Strategy,
+        plan_fn: PlanFn | None = None,
+        recorder: RoundRecorder | None = None,
+        configrecord_key: str = "config",
+    ) -> None:
+        self.inner = inner
+        self.plan_fn = plan_fn
+        self.recorder = recorder
+        self.configrecord_key = configrecord_key
+        self._round_start: dict[int, float] = {}
+        self.last_plans: dict[int, dict[str, Any]] = {}
+
+    def summary(self) -> None:
+        """Log the wrapped strategy's summary."""
+        log(INFO, "\t├──> EdgeStrategy wrapping %s", type(self.inner).__name__)
+        self.inner.summary()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Let the inner strategy sample nodes, then give each message its node's plan."""
+        self._round_start[server_round] = time.perf_counter()
+        messages = list(self.inner.configure_train(server_round, arrays, config, grid))
+        self.last_plans = {}
+        if self.plan_fn is None:
+            return messages
+        out = []
+        for msg in messages:
+            node = msg.metadata.dst_node_id
+            plan = self.plan_fn(server_round, node)
+            self.last_plans[node] = plan
+            content = RecordDict(dict(msg.content.items()))
+            base = msg.content.get(self.configrecord_key, ConfigRecord())
+            merged = ConfigRecord({**dict(base.items()), **plan})  # type: ignore[union-attr]
+            content[self.configrecord_key] = merged
+            out.append(Message(content=content, message_type=msg.metadata.message_type, dst_node_id=node))
+        return out
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Aggregate with the inner strategy and report the round to the recorder."""
+        replies = list(replies)
+        arrays, metrics = self.inner.aggregate_train(server_round, replies)
+        seconds = time.perf_counter() - self._round_start.pop(server_round, time.perf_counter())
+        per_node: dict[int, dict[str, Any]] = {}
+        for msg in replies:
+            if msg.has_error():
+                continue
+            for record in msg.content.metric_records.values():
+                per_node.setdefault(msg.metadata.src_node_id, {}).update(dict(record.items()))
+        log(INFO, "round %d: %d replies in %.2f s", server_round, len(per_node), seconds)
+        if self.recorder is not None:
+            self.recorder.on_train_round(server_round, seconds, per_node, dict(metrics.items()) if metrics else {})
+        return arrays, metrics
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Delegate to the inner strategy."""
+        return self.inner.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Delegate to the inner strategy."""
+        return self.inner.aggregate_evaluate(server_round, replies)
