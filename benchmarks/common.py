@@ -82,9 +82,7 @@ def print_table(rows: Sequence[dict[str, Any]], title: str = "") -> str:
     return text
 
 
-def write_result(
-    name: str, args: BenchArgs, figures: dict[str, Any], details: dict[str, Any] | None = None
-) -> Path:
+def write_result(name: str, args: BenchArgs, figures: dict[str, Any], details: dict[str, Any] | None = None) -> Path:
     """Write ``<out>/NAME.json`` (``NAME.quick.json`` in quick mode) and print the figures."""
     payload = {
         "benchmark": name,

@@ -25,7 +25,10 @@ Command line usage (used by the Makefile)::
         --run-config "num-rounds=3 lr=0.05"
     python -m edgeflower.flwrctl run-deploy . --num-supernodes 2
 
-Both exit with status 0 only if the run ends in ``finished:completed``.
+Both exit with status 0 only if the run ends in ``finished:completed``. Keep
+``FLWR_HOME`` at ``<repo>/.flwr`` (the default): FAB building skips ``.flwr/**`` but would
+otherwise package ``config.toml`` and the extracted ``apps/`` copies found in any other
+in-repo home directory.
 """
 
 from __future__ import annotations
@@ -659,6 +662,7 @@ def _execute(
     federation_config: dict[str, Any] | None,
     timeout: float,
     poll_interval: float,
+    stream: bool = False,
 ) -> RunOutcome:
     t0 = time.monotonic()
     try:
@@ -675,9 +679,19 @@ def _execute(
         return RunOutcome("not-started", None, cli_output=str(err))
     log(INFO, "flwrctl: started run %s on connection %s", run_id, connection)
     remaining = max(1.0, timeout - (time.monotonic() - t0))
-    status, details = wait_for_run(run_id, connection, env, timeout=remaining, poll_interval=poll_interval)
+    follower = None
+    if stream:  # show the run's log live (progress per round) while we poll its status
+        follower = subprocess.Popen([_exe("flwr"), "log", str(run_id), connection, "--stream"], env=env)
+    try:
+        status, details = wait_for_run(run_id, connection, env, timeout=remaining, poll_interval=poll_interval)
+    finally:
+        if follower is not None:
+            try:
+                follower.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                kill_process_tree(follower.pid)
     elapsed = time.monotonic() - t0
-    logs = fetch_logs(run_id, connection, env)
+    logs = "" if stream else fetch_logs(run_id, connection, env)
     log(INFO, "flwrctl: run %s -> %s (%.1fs) %s", run_id, status, elapsed, details)
     return RunOutcome(status, run_id, logs, elapsed, details, cli_output)
 
@@ -698,6 +712,7 @@ def run_simulation(
     connection: str = DEFAULT_SIM_CONNECTION,
     port: int | None = None,
     poll_interval: float = 3.0,
+    stream: bool = False,
 ) -> RunOutcome:
     """Run a Flower App in the Simulation Engine and wait for its final status.
 
@@ -730,6 +745,8 @@ def run_simulation(
         Local SuperLink HTTP port; a free one is chosen if omitted.
     poll_interval : float
         Seconds between status polls.
+    stream : bool
+        Follow the run's log on stdout while it runs (``RunOutcome.logs`` is then empty).
 
     Returns
     -------
@@ -764,6 +781,7 @@ def run_simulation(
             federation_config=federation_config,
             timeout=timeout,
             poll_interval=poll_interval,
+            stream=stream,
         )
     finally:
         stop_local_superlink(home)
@@ -1028,11 +1046,12 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("run-sim", "run-deploy"):
         p = sub.add_parser(name)
         p.add_argument("app_dir", nargs="?", default=".")
-        p.add_argument("--home", default=".flwr-home", help="FLWR_HOME directory")
+        p.add_argument("--home", default=".flwr", help="FLWR_HOME (keep it `.flwr`: excluded from FABs)")
         p.add_argument("--num-supernodes", type=int, default=2)
         p.add_argument("--run-config", default="", help='e.g. "num-rounds=3 lr=0.1"')
         p.add_argument("--timeout", type=float, default=3600.0)
         p.add_argument("--logs", default="", help="write the run logs to this file")
+        p.add_argument("--stream", action="store_true", help="follow the run's log live")
         if name == "run-sim":
             p.add_argument("--num-cpus", type=int, default=1)
             p.add_argument("--num-gpus", type=float, default=0.0)
@@ -1047,6 +1066,7 @@ def main(argv: list[str] | None = None) -> int:
             args.timeout,
             num_cpus=args.num_cpus,
             num_gpus=args.num_gpus,
+            stream=args.stream,
         )
     else:
         with Deployment(Path(args.home), args.num_supernodes) as dep:

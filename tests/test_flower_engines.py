@@ -1,0 +1,52 @@
+"""End-to-end: the app through `flwr run .` (Simulation Engine) and on a real Deployment Engine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edgeflower.flwrctl import Deployment, run_simulation
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+QUICK = {"num-rounds": 2, "max-batches": 15, "eval-samples": 2000, "lr": 0.05}
+
+
+def _run_rows(run_root: Path) -> list[dict]:
+    runs = sorted(run_root.iterdir())
+    assert len(runs) == 1, runs
+    for name in ("config.json", "metrics.json", "metrics.csv", "nodes.json", "model.pt", "run.png"):
+        assert (runs[0] / name).is_file(), name
+    return json.loads((runs[0] / "metrics.json").read_text())
+
+
+def test_flwr_run_simulation_completes_and_learns_well_above_chance(tmp_path):
+    outcome = run_simulation(
+        ROOT, ROOT / ".flwr", num_supernodes=4, run_config={**QUICK, "run-dir": str(tmp_path)}, timeout=400
+    )
+    assert outcome.status == "finished:completed", (outcome.details, outcome.logs[-3000:])
+    rows = _run_rows(tmp_path)
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    assert rows[0]["test-accuracy"] < 0.2
+    assert rows[-1]["test-accuracy"] > 0.6  # chance is 0.1
+    assert rows[-1]["nodes"] == 4 and rows[-1]["round-time-s"] > 0
+    assert "round 2/2: test accuracy" in outcome.logs
+
+
+def test_bad_run_config_fails_the_run_with_the_key_named(tmp_path):
+    outcome = run_simulation(
+        ROOT, ROOT / ".flwr", num_supernodes=2, run_config={"split-point": 99, "run-dir": str(tmp_path)}, timeout=300
+    )
+    assert outcome.status == "finished:failed"
+    assert "split-point" in outcome.details + outcome.logs
+
+
+def test_deployment_engine_runs_the_app_on_superlink_and_two_supernodes(tmp_path):
+    with Deployment(ROOT / ".flwr", num_supernodes=2) as deployment:
+        outcome = deployment.run(ROOT, {**QUICK, "run-dir": str(tmp_path)}, timeout=400)
+    assert outcome.status == "finished:completed", (outcome.details, outcome.logs[-3000:])
+    rows = _run_rows(tmp_path)
+    assert rows[-1]["nodes"] == 2 and rows[-1]["test-accuracy"] > 0.5
