@@ -80,7 +80,7 @@ def main() -> None:
     for row in rows:
         if row["round"] == 0:
             continue
-        compute = max(float(m["device-compute-s"]) for m in nodes[str(row["round"])].values())
+        compute = max(float(m["train-time-s"]) for m in nodes[str(row["round"])].values())
         round_rows.append(
             {
                 "round": row["round"],

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
 from edgeflower.data.datasets import DATASET_SHAPES, DATASETS
 from edgeflower.models.splittable import SplittableModel
 from edgeflower.models.zoo import NORMS, available_models, build_model
+from edgeflower.transport.emulation import LinkSchedule, parse_profiles
 
 __all__ = ["AppConfig", "ConfigError"]
 
@@ -25,7 +27,7 @@ class ConfigError(ValueError):
         self.key = key
 
 
-MODES = ("fl",)
+MODES = ("fl", "split")
 PARTITIONERS = ("iid", "dirichlet")
 
 
@@ -36,7 +38,8 @@ class AppConfig:
     Attributes
     ----------
     mode : str
-        Training mode: ``"fl"`` (classic federated learning, the whole model on the device).
+        ``"fl"`` (classic federated learning: the whole model on the device) or ``"split"`` (the device trains
+        blocks ``[:split-point]``, an edge server the rest, batch by batch over the offload channel).
     model : str
         Zoo model name.
     norm : str
@@ -44,7 +47,7 @@ class AppConfig:
     model_width : float
         Channel multiplier of the model (1.0 = as published).
     split_point : int
-        Blocks kept on the device; ``-1`` means all of them (classic FL).
+        Blocks kept on the device; ``-1`` means all of them in ``fl`` mode and half of them in ``split`` mode.
     dataset : str
         ``"fashion-mnist"``, ``"mnist"`` or ``"cifar10"``.
     data_root : str
@@ -75,6 +78,18 @@ class AppConfig:
         Seed of model initialisation, partitioning and shuffling.
     run_dir : str
         Directory under which each run writes its own folder.
+    edge_servers : int
+        Edge servers the ServerApp starts in-process on loopback (split modes, when ``edge-addresses`` is empty).
+    edge_addresses : str
+        Comma-separated ``host:port`` of running ``edgeflower edge-server`` processes (empty = in-process).
+    edge_secret_file : str
+        File with the token secret those edge servers share (required with ``edge-addresses``).
+    device_profiles : str
+        Per-node compute slow-down factors, e.g. ``"1,4,2.5"`` (node ``i`` takes value ``i mod n``).
+    link_profiles : str
+        Per-node links ``"up/down/latency"`` in Mbit/s and ms, e.g. ``"50/50/5,10/10/20"`` (0 = unlimited).
+    link_trace : str
+        JSON or CSV file of a link schedule applied to every node (overrides ``link-profiles``), by round or time.
     """
 
     mode: str = "fl"
@@ -99,6 +114,12 @@ class AppConfig:
     eval_samples: int = 0
     seed: int = 0
     run_dir: str = "runs"
+    edge_servers: int = 2
+    edge_addresses: str = ""
+    edge_secret_file: str = ""
+    device_profiles: str = ""
+    link_profiles: str = ""
+    link_trace: str = ""
 
     @staticmethod
     def key(field_name: str) -> str:
@@ -171,6 +192,7 @@ class AppConfig:
             "eval_samples": (lambda v: v >= 0, "must be >= 0"),
             "dirichlet_alpha": (lambda v: v > 0, "must be > 0"),
             "model_width": (lambda v: v > 0, "must be > 0"),
+            "edge_servers": (lambda v: v >= 1, "must be >= 1"),
         }
         for name, (ok, message) in checks.items():
             if not ok(getattr(self, name)):
@@ -181,6 +203,36 @@ class AppConfig:
                 "split-point",
                 f"{self.split_point} is out of range for {self.model}: valid values are 0..{blocks} (or -1 = all)",
             )
+        for key, kind in (("device_profiles", "device"), ("link_profiles", "link")):
+            try:
+                parse_profiles(getattr(self, key), kind)
+            except ValueError as exc:
+                raise ConfigError(self.key(key), str(exc)) from None
+        if self.link_trace:
+            try:
+                LinkSchedule.load(self.link_trace)
+            except ValueError as exc:
+                raise ConfigError("link-trace", str(exc)) from None
+        if self.edge_addresses:
+            for addr in self.edge_address_list:
+                host, _, port = addr.rpartition(":")
+                if not host or not port.isdigit():
+                    raise ConfigError("edge-addresses", f"{addr!r} is not host:port")
+            if not self.edge_secret_file:
+                raise ConfigError("edge-secret-file", "is required when edge-addresses is set")
+            if not Path(self.edge_secret_file).is_file():
+                raise ConfigError("edge-secret-file", f"{self.edge_secret_file!r} does not exist")
+
+    @property
+    def edge_address_list(self) -> list[str]:
+        """``edge-addresses`` as a list."""
+        return [a.strip() for a in self.edge_addresses.split(",") if a.strip()]
+
+    def effective_split_point(self, num_blocks: int) -> int:
+        """Blocks on the device in this mode: all in ``fl``; ``split-point`` (or half the blocks) in ``split``."""
+        if self.mode == "fl":
+            return num_blocks
+        return num_blocks // 2 if self.split_point < 0 else self.split_point
 
     @property
     def in_shape(self) -> tuple[int, int, int]:
@@ -193,11 +245,6 @@ class AppConfig:
         if self.model == "resnet18" and options:
             options = {"width": max(1, round(64 * self.model_width))}
         return build_model(self.model, self.in_shape, 10, self.norm, **options)
-
-    @property
-    def head_blocks(self) -> int | None:
-        """The split point, or ``None`` when the whole model stays on the device."""
-        return None if self.split_point < 0 else self.split_point
 
     def lr_at(self, server_round: int) -> float:
         """Learning rate of ``server_round`` (1-based)."""

@@ -15,7 +15,9 @@ class RunLog:
     """Collect per-round metrics of one run and keep them on disk.
 
     Writes ``config.json``, ``metrics.json`` (a list of per-round rows), ``metrics.csv``, ``nodes.json`` (per-node
-    reply metrics per round) and, on :meth:`finish`, ``run.png`` (accuracy, loss and round time per round).
+    reply metrics per round), ``timelines/round-<n>.json`` (per-node phase intervals, in split modes) and, on
+    :meth:`finish`, ``run.png`` (accuracy, loss and round time per round) plus the plots of
+    :func:`edgeflower.commands.plot.plot_run_dir`.
 
     Parameters
     ----------
@@ -45,8 +47,23 @@ class RunLog:
     def on_train_round(
         self, server_round: int, seconds: float, replies: dict[int, dict[str, Any]], aggregated: dict[str, Any]
     ) -> None:
-        """:class:`~edgeflower.strategies.edge.RoundRecorder` hook: record round time and node metrics."""
-        self.nodes[server_round] = replies
+        """:class:`~edgeflower.strategies.edge.RoundRecorder` hook: record round time and node metrics.
+
+        A node's ``timeline`` value (JSON intervals, see :mod:`edgeflower.timeline`) goes to
+        ``timelines/round-<n>.json`` instead of ``nodes.json``.
+        """
+        timelines = {}
+        clean: dict[int, dict[str, Any]] = {}
+        for node, metrics in replies.items():
+            metrics = dict(metrics)
+            if isinstance(metrics.get("timeline"), str):
+                timelines[str(node)] = json.loads(metrics.pop("timeline"))
+            clean[node] = metrics
+        if timelines:
+            folder = self.path / "timelines"
+            folder.mkdir(exist_ok=True)
+            (folder / f"round-{server_round}.json").write_text(json.dumps(timelines))
+        self.nodes[server_round] = clean
         values: dict[str, Any] = {"round-time-s": round(seconds, 4), "nodes": len(replies)}
         values.update({f"train-{k}" if not k.startswith("train-") else k: v for k, v in aggregated.items()})
         self.update(server_round, **values)
@@ -67,7 +84,7 @@ class RunLog:
 
     def finish(self) -> Path:
         """Draw ``run.png`` and return the run directory."""
-        from edgeflower.plotting import plot_run
+        from edgeflower.commands.plot import plot_run_dir
 
-        plot_run([self.rows[k] for k in sorted(self.rows)], self.path / "run.png")
+        plot_run_dir(self.path)
         return self.path

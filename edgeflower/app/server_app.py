@@ -17,6 +17,7 @@ from edgeflower.app.task import load_test_set
 from edgeflower.clients.local import evaluate
 from edgeflower.config import AppConfig
 from edgeflower.runlog import RunLog
+from edgeflower.server.pool import EdgePool
 from edgeflower.strategies.edge import EdgeStrategy
 
 app = ServerApp()
@@ -28,6 +29,13 @@ def run_root(cfg: AppConfig) -> Path:
     if not path.is_absolute():
         path = Path(os.environ.get("EDGEFLOWER_RUN_ROOT", ".")) / path
     return path
+
+
+def start_edges(cfg: AppConfig) -> EdgePool:
+    """The edge servers of a split run: external ones from ``edge-addresses``, else ``edge-servers`` in-process."""
+    if cfg.edge_addresses:
+        return EdgePool.external(cfg.edge_address_list, cfg.edge_secret_file)
+    return EdgePool.in_process(cfg.edge_servers)
 
 
 @app.main()
@@ -53,14 +61,27 @@ def main(grid: Grid, context: Context) -> None:
         min_train_nodes=cfg.min_nodes,
         min_available_nodes=cfg.min_nodes,
     )
-    strategy = EdgeStrategy(inner, plan_fn=lambda rnd, node: {"lr": cfg.lr_at(rnd)}, recorder=runlog)
-    result = strategy.start(
-        grid=grid,
-        initial_arrays=ArrayRecord(model.state_dict()),
-        num_rounds=cfg.num_rounds,
-        train_config=ConfigRecord({"lr": cfg.lr}),
-        evaluate_fn=central_eval,
-    )
+    split_point = cfg.effective_split_point(model.num_blocks)
+    pool = start_edges(cfg) if split_point < model.num_blocks else None
+
+    def plan(rnd: int, node: int) -> dict[str, int | float | str]:
+        entry: dict[str, int | float | str] = {"lr": cfg.lr_at(rnd), "split-point": split_point}
+        if pool is not None:
+            entry.update(pool.plan(context.run_id, node, rnd))
+        return entry
+
+    strategy = EdgeStrategy(inner, plan_fn=plan, recorder=runlog)
+    try:
+        result = strategy.start(
+            grid=grid,
+            initial_arrays=ArrayRecord(model.state_dict()),
+            num_rounds=cfg.num_rounds,
+            train_config=ConfigRecord({"lr": cfg.lr}),
+            evaluate_fn=central_eval,
+        )
+    finally:
+        if pool is not None:
+            pool.stop()
     torch.save(result.arrays.to_torch_state_dict(), runlog.path / "model.pt")
     runlog.finish()
     final = runlog.rows.get(cfg.num_rounds, {})

@@ -1,1 +1,7 @@
-"""edgeflower.server."""
+"""Server-side parts: the edge server that trains devices' tails (:class:`EdgeServer`) and its sessions."""
+
+from edgeflower.server.edge import EdgeServer, EdgeServerConfig
+from edgeflower.server.registry import SessionRegistry
+from edgeflower.server.session import TrainingSession
+
+__all__ = ["EdgeServer", "EdgeServerConfig", "SessionRegistry", "TrainingSession"]

@@ -103,8 +103,12 @@ class EdgeStrategy(Strategy):
         for msg in replies:
             if msg.has_error():
                 continue
+            node = per_node.setdefault(msg.metadata.src_node_id, {})
             for record in msg.content.metric_records.values():
-                per_node.setdefault(msg.metadata.src_node_id, {}).update(dict(record.items()))
+                node.update(dict(record.items()))
+            for key, record in msg.content.config_records.items():
+                if key != self.configrecord_key:
+                    node.update(dict(record.items()))
         log(INFO, "round %d: %d replies in %.2f s", server_round, len(per_node), seconds)
         if self.recorder is not None:
             self.recorder.on_train_round(server_round, seconds, per_node, dict(metrics.items()) if metrics else {})

@@ -1,0 +1,306 @@
+"""Benchmark ``pruning``: DNNShifter's pruned model portfolio on Fashion-MNIST (VGG-16 and ResNet-18).
+
+For each model: dense training, IMP with rewinding to 2x ... 256x compression of the conv weights, lossless surgery
+of every level, then per level the size reduction and CPU latency speed-up of the surgered model against the sparse
+model as stored (dense shapes, zeros, BatchNorm) and against the BN-fused dense model (so the gain from surgery is
+not confused with BN folding), accuracy before/after surgery and the largest output difference; the time to
+produce the portfolio against training the same architectures from scratch; switching between resident variants
+against reloading one from disk, and the memory the resident portfolio takes.
+
+Schedules (stated in the JSON under ``details.schedule``) are short on purpose: reduced widths, a part of an epoch.
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from benchmarks.common import parse_args, png_path, print_table, write_result
+from edgeflower.clients.local import make_optimizer, train_local
+from edgeflower.data import ImageData, load_dataset
+from edgeflower.models.zoo import build_model
+from edgeflower.pruning import (
+    IMPConfig,
+    Portfolio,
+    Switcher,
+    build_from_arch,
+    count_params,
+    cpu_latency_ms,
+    fuse_batchnorm,
+    make_portfolio,
+    plot_pareto,
+    state_bytes,
+)
+
+NAME = "pruning"
+
+FULL = {
+    "models": [("vgg16", {"width": 0.25}), ("resnet18", {"width": 16})],
+    "train_samples": 16000,
+    "test_samples": 2000,
+    "batch_size": 128,
+    "dense_epochs": 1.0,
+    "rewind_batches": 20,
+    "compressions": [2, 4, 8, 16, 32, 64, 128, 256],
+    "retrain_epochs": 0.3,
+    "lr": 0.05,
+    "latency_repeats": 30,
+    "scratch_timing_batches": 8,
+    "switches": 200,
+}
+QUICK = {
+    **FULL,
+    "models": [("vgg16", {"width": 0.125}), ("resnet18", {"width": 8})],
+    "train_samples": 2000,
+    "test_samples": 300,
+    "batch_size": 64,
+    "dense_epochs": 0.5,
+    "rewind_batches": 4,
+    "compressions": [2, 16, 256],
+    "retrain_epochs": 0.1,
+    "latency_repeats": 5,
+    "scratch_timing_batches": 2,
+    "switches": 50,
+}
+
+
+def _train_s_per_batch(arch: dict[str, Any], train: ImageData, batch_size: int, n: int) -> float:
+    """Measured seconds per SGD step of an architecture trained from scratch (one warm-up step first)."""
+    model = build_from_arch(arch).train()
+    opt = make_optimizer(model.parameters(), 0.01, 0.9)
+    batches = [
+        (train.x[i * batch_size : (i + 1) * batch_size], train.y[i * batch_size : (i + 1) * batch_size])
+        for i in range(n + 1)
+    ]
+    train_local(model, batches[:1], opt)
+    t0 = time.perf_counter()
+    train_local(model, batches[1:], opt)
+    return (time.perf_counter() - t0) / n
+
+
+def _latency(models: dict[str, torch.nn.Module], batch: int, repeats: int, rounds: int = 3) -> dict[str, float]:
+    """Median latency per model, measured in interleaved rounds; the best round's median is kept (less noise)."""
+    best = {k: float("inf") for k in models}
+    for _ in range(rounds):
+        for k, m in models.items():
+            best[k] = min(best[k], cpu_latency_ms(m, (1, 28, 28), batch, max(1, repeats // rounds)))
+    return best
+
+
+def _switching(root: Path, test: ImageData, switches: int) -> dict[str, Any]:
+    pf = Portfolio.load(root)
+    switcher = Switcher(pf)
+    names = pf.names
+    served, errors, stop = [0], [], threading.Event()
+
+    def serve() -> None:  # requests keep flowing while variants are swapped
+        try:
+            while not stop.is_set():
+                switcher(test.x[:1])
+                served[0] += 1
+        except Exception as exc:
+            errors.append(repr(exc))
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    times = [switcher.switch(names[i % len(names)]).seconds for i in range(switches)]
+    time.sleep(0.2)
+    stop.set()
+    thread.join()
+    reload = []
+    for name in names:
+        for _ in range(3):
+            t0 = time.perf_counter()
+            pf.load_model(name)
+            reload.append(time.perf_counter() - t0)
+    switch_ms, reload_ms = 1000 * statistics.median(times), 1000 * statistics.median(reload)
+    return {
+        "switch_ms": switch_ms,
+        "reload_ms": reload_ms,
+        "reload_over_switch": reload_ms / switch_ms,
+        "requests_served_while_switching": served[0],
+        "serving_errors": errors,
+        "resident_bytes": switcher.resident_bytes(),
+    }
+
+
+def run_model(name: str, opts: dict[str, Any], train: ImageData, test: ImageData, s: dict[str, Any]) -> dict[str, Any]:
+    """Everything measured for one model."""
+    torch.manual_seed(0)
+    model = build_model(name, (1, 28, 28), 10, "batch", **opts)
+    cfg = IMPConfig(
+        compressions=tuple(s["compressions"]),
+        retrain_epochs=s["retrain_epochs"],
+        batch_size=s["batch_size"],
+        lr=s["lr"],
+        seed=0,
+    )
+    tmp = Path(tempfile.mkdtemp(prefix=f"pruning-{name}-"))
+    res = make_portfolio(model, train, test, cfg, s["dense_epochs"], s["rewind_batches"], tmp, progress=True)
+    reps = s["latency_repeats"]
+    dense = build_model(name, (1, 28, 28), 10, "batch", **opts)
+    dense.load_state_dict(res.dense_state)
+    dense.eval()
+    fused = fuse_batchnorm(dense)
+    base = {
+        "dense_params": count_params(dense),
+        "dense_bytes": state_bytes(dense),
+        "fused_params": count_params(fused),
+        "dense_ms": {b: _latency({"d": dense}, b, reps)["d"] for b in (1, 32)},
+        "fused_ms": {b: _latency({"f": fused}, b, reps)["f"] for b in (1, 32)},
+        "dense_accuracy": res.portfolio.meta["dense"]["accuracy"],
+    }
+    dense_batches = round(s["dense_epochs"] * -(-len(train) // s["batch_size"]))
+    rows, scratch_s = [], 0.0
+    for level, v in tqdm(list(zip(res.levels, res.portfolio.variants, strict=True)), desc=f"{name} measure"):
+        sparse = build_model(name, (1, 28, 28), 10, "batch", **opts)
+        sparse.load_state_dict(level.state_dict)
+        sparse.eval()
+        lat = {b: _latency({"sparse": sparse, "surgered": v.model, "fused": fused}, b, reps) for b in (1, 32)}
+        sparse_ms = {b: lat[b]["sparse"] for b in (1, 32)}
+        surg_ms = {b: lat[b]["surgered"] for b in (1, 32)}
+        fused_ms = {b: lat[b]["fused"] for b in (1, 32)}
+        step_s = _train_s_per_batch(v.arch, train, s["batch_size"], s["scratch_timing_batches"])
+        scratch_s += step_s * dense_batches
+        rows.append(
+            {
+                "variant": v.name,
+                "compression": round(v.compression, 2),
+                "sparse_params": count_params(sparse),
+                "params": v.params,
+                "size_reduction": count_params(sparse) / v.params,
+                "bytes_reduction": state_bytes(sparse) / v.bytes,
+                "sparse_ms_b1": sparse_ms[1],
+                "ms_b1": surg_ms[1],
+                "speedup_b1": sparse_ms[1] / surg_ms[1],
+                "speedup_vs_fused_b1": fused_ms[1] / surg_ms[1],
+                "sparse_ms_b32": sparse_ms[32],
+                "ms_b32": surg_ms[32],
+                "speedup_b32": sparse_ms[32] / surg_ms[32],
+                "speedup_vs_fused_b32": fused_ms[32] / surg_ms[32],
+                "acc_sparse": level.accuracy,
+                "acc_surgered": v.accuracy,
+                "max_abs_diff": v.extra["max_abs_diff"],
+                "surgery_ms": 1000 * v.extra["surgery_s"],
+            }
+        )
+    print_table(rows, title=f"{name} {opts}")
+    switching = _switching(res.path, test, s["switches"])
+    shutil.rmtree(tmp, ignore_errors=True)
+    n = len(rows)
+    return {
+        "model": name,
+        "options": opts,
+        "baseline": base,
+        "levels": rows,
+        "portfolio": res.portfolio,
+        "times": {
+            "dense_training_s": res.dense_s,
+            "imp_s": res.imp_s,
+            "surgery_s": res.surgery_s,
+            "scratch_training_s": scratch_s,
+            "scratch_batches_per_variant": dense_batches,
+        },
+        "switching": switching,
+        "memory": {
+            "resident_portfolio_bytes": switching["resident_bytes"],
+            "sparse_portfolio_bytes": n * base["dense_bytes"],
+            "dense_model_bytes": base["dense_bytes"],
+        },
+    }
+
+
+def _figures(r: dict[str, Any]) -> dict[str, float]:
+    lv, t, sw, mem = r["levels"], r["times"], r["switching"], r["memory"]
+    return {
+        "size_reduction_vs_sparse_max": max(x["size_reduction"] for x in lv),
+        "latency_speedup_vs_sparse_max": max(x["speedup_b1"] for x in lv),
+        "latency_speedup_vs_sparse_max_b32": max(x["speedup_b32"] for x in lv),
+        "latency_speedup_vs_fused_dense_max": max(x["speedup_vs_fused_b1"] for x in lv),
+        "latency_speedup_vs_fused_dense_max_b32": max(x["speedup_vs_fused_b32"] for x in lv),
+        "surgery_max_abs_diff": max(x["max_abs_diff"] for x in lv),
+        "accuracy_change_by_surgery_max": max(abs(x["acc_sparse"] - x["acc_surgered"]) for x in lv),
+        "dense_accuracy": r["baseline"]["dense_accuracy"],
+        "switch_ms": sw["switch_ms"],
+        "reload_ms": sw["reload_ms"],
+        "switch_vs_reload_ratio": sw["reload_over_switch"],
+        "portfolio_vs_retrain_time_ratio": t["scratch_training_s"] / t["surgery_s"],
+        "portfolio_incl_imp_vs_retrain_time_ratio": t["scratch_training_s"] / (t["imp_s"] + t["surgery_s"]),
+        "memory_sparse_portfolio_vs_resident_ratio": mem["sparse_portfolio_bytes"] / mem["resident_portfolio_bytes"],
+    }
+
+
+def _plot_speedups(results: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for r in results:
+        c = [x["compression"] for x in r["levels"]]
+        axes[0].plot(c, [x["size_reduction"] for x in r["levels"]], "o-", label=r["model"])
+        axes[1].plot(c, [x["speedup_b1"] for x in r["levels"]], "o-", label=f"{r['model']} vs sparse")
+        axes[1].plot(c, [x["speedup_vs_fused_b1"] for x in r["levels"]], "x--", label=f"{r['model']} vs BN-fused dense")
+        axes[2].plot(c, [x["speedup_b32"] for x in r["levels"]], "o-", label=f"{r['model']} vs sparse")
+        axes[2].plot(
+            c, [x["speedup_vs_fused_b32"] for x in r["levels"]], "x--", label=f"{r['model']} vs BN-fused dense"
+        )
+    titles = ["parameters: sparse / surgered", "CPU latency speed-up, batch 1", "CPU latency speed-up, batch 32"]
+    for ax, title in zip(axes, titles, strict=True):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("compression of conv weights (x)")
+        ax.set_title(title)
+        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark."""
+    args = parse_args(NAME, argv)
+    s = QUICK if args.quick else FULL
+    t0 = time.perf_counter()
+    train = load_dataset("fashion-mnist", train=True).subset(range(s["train_samples"]))
+    test = load_dataset("fashion-mnist", train=False).subset(range(s["test_samples"]))
+    results = [run_model(name, opts, train, test, s) for name, opts in s["models"]]
+    figures = _figures(results[0])
+    for r in results[1:]:
+        figures.update({f"{r['model']}_{k}": v for k, v in _figures(r).items()})
+    plot_pareto(
+        [(f"{r['model']} {r['options']}", r["portfolio"]) for r in results],
+        png_path(NAME, args),
+        title="Fashion-MNIST portfolios: accuracy vs CPU latency (batch 1) and size",
+    )
+    _plot_speedups(results, png_path(NAME, args, "_speedup"))
+    details = {
+        "schedule": {k: v for k, v in s.items()},
+        "definitions": {
+            "size_reduction": "parameters of the sparse model as stored (dense shapes) / parameters after surgery",
+            "speedup": "median CPU latency of the sparse model (with BatchNorm) / surgered model",
+            "speedup_vs_fused": "median CPU latency of the BN-fused dense model / surgered model",
+            "portfolio_vs_retrain_time_ratio": "time to train every variant's architecture from scratch with the "
+            "dense schedule (measured s per batch x dense batches) / total surgery time of the portfolio",
+            "portfolio_incl_imp_vs_retrain_time_ratio": "same numerator / (IMP retraining + surgery time)",
+            "switch_vs_reload_ratio": "median time to load a variant from disk (hash check, rebuild, load) / "
+            "median in-memory switch time",
+        },
+        "models": [{k: v for k, v in r.items() if k != "portfolio"} for r in results],
+        "wall_s": time.perf_counter() - t0,
+    }
+    write_result(NAME, args, figures, details)
+
+
+if __name__ == "__main__":
+    main()

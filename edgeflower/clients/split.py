@@ -1,0 +1,239 @@
+"""Sequential split training on the device: head here, tail on an edge server, batch by batch.
+
+For each batch the device runs the head forward, sends activations and labels up the offload channel, receives
+the activation gradient and runs the head backward; the edge server runs the tail forward, loss, backward and its
+optimizer step. At the end of the round the device fetches the trained tail, so the node can reply with the full
+model. Every phase lands on a :class:`~edgeflower.timeline.Timeline`; device and link emulation stretch compute
+and transfers to the emulated testbed.
+
+If the edge server dies or becomes unreachable mid-round, the device keeps its head progress and finishes the
+round by training the whole model locally, with the tail taken from the last tail weights it holds (those of the
+round start), and reports that it fell back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from logging import WARNING
+from typing import Any
+
+import torch
+from flwr.common.logger import log
+from torch import nn
+
+from edgeflower.clients.local import make_optimizer
+from edgeflower.models.splittable import SplittableModel
+from edgeflower.timeline import Timeline
+from edgeflower.transport.emulation import DeviceProfile, EmulatedLink
+from edgeflower.transport.errors import EdgeError
+from edgeflower.transport.messages import OptimizerSettings
+
+__all__ = ["SessionOpener", "SplitResult", "SplitTrainer"]
+
+SessionOpener = Callable[[int, dict[str, torch.Tensor], OptimizerSettings], Any]
+"""``open(split_point, tail_state, optimizer) -> SessionHandle`` (e.g. a bound ``EdgeClient.open_session``)."""
+
+
+@dataclass
+class SplitResult:
+    """What one split-training pass produced.
+
+    Attributes
+    ----------
+    num_examples : int
+        Samples trained on.
+    loss : float
+        Mean training loss.
+    seconds : float
+        Wall-clock time of the pass.
+    fell_back : bool
+        Whether the edge server failed and the device finished locally.
+    fallback_batch : int
+        Index of the first batch trained locally (``-1`` when it did not fall back).
+    fallback_reason : str
+        The error that caused the fallback.
+    timeline : Timeline
+        Every phase of every batch.
+    server_metrics : dict
+        The edge session's metrics (empty after a fallback).
+    """
+
+    num_examples: int
+    loss: float
+    seconds: float
+    fell_back: bool
+    fallback_batch: int
+    fallback_reason: str
+    timeline: Timeline
+    server_metrics: dict[str, float] = field(default_factory=dict)
+
+    def metrics(self) -> dict[str, float | int]:
+        """Flat metrics for a Flower ``MetricRecord`` (hyphenated keys)."""
+        out: dict[str, float | int] = {
+            "num-examples": self.num_examples,
+            "train-loss": self.loss,
+            "train-time-s": self.seconds,
+            "fell-back": int(self.fell_back),
+            "fallback-batch": self.fallback_batch,
+        }
+        out.update(self.timeline.totals())
+        return out
+
+
+def _nbytes(*tensors: torch.Tensor | None) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+class SplitTrainer:
+    """Train a :class:`SplittableModel` split at ``split_point`` against an edge server.
+
+    Parameters
+    ----------
+    model : SplittableModel
+        The whole model; its head is trained in place and its tail replaced by the trained tail at the end.
+    split_point : int
+        Blocks on the device (``0 <= split_point < num_blocks``).
+    optimizer : OptimizerSettings
+        SGD settings, used for the head here and for the tail on the edge server.
+    device : DeviceProfile, optional
+        Compute emulation.
+    link : EmulatedLink, optional
+        Link emulation.
+    """
+
+    def __init__(
+        self,
+        model: SplittableModel,
+        split_point: int,
+        optimizer: OptimizerSettings,
+        device: DeviceProfile | None = None,
+        link: EmulatedLink | None = None,
+    ) -> None:
+        model.check_split_point(split_point)
+        if split_point == model.num_blocks:
+            raise ValueError("split point equals the number of blocks: nothing to offload, train locally")
+        self.model = model
+        self.k = split_point
+        self.opt = optimizer
+        self.device = device or DeviceProfile()
+        self.link = link or EmulatedLink()
+        self.head, self.tail = model.split(split_point, share=True)
+        self.loss_fn = nn.CrossEntropyLoss()
+
+    def _device(self, timeline: Timeline, batch: int, what: str, fn: Callable[[], Any]) -> Any:
+        start = time.perf_counter()
+        out = fn()
+        self.device.stretch(time.perf_counter() - start)
+        timeline.add("device", start, time.perf_counter(), batch, what=what)
+        return out
+
+    def train(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], open_session: SessionOpener) -> SplitResult:
+        """Train one pass over ``batches``; see the module docstring for the protocol and the fallback.
+
+        Parameters
+        ----------
+        batches : iterable of (x, y)
+            The round's mini-batches.
+        open_session : SessionOpener
+            Opens the edge session for this round.
+        """
+        timeline = Timeline()
+        t0 = time.perf_counter()
+        self.model.train()
+        round_start_tail = {k: v.detach().clone() for k, v in self.tail.state_dict().items()}
+        has_head = any(True for _ in self.head.parameters())
+        head_opt = _sgd(self.head, self.opt) if has_head else None
+        n, loss_sum = 0, 0.0
+        session = None
+        it = iter(batches)
+        pending: tuple[torch.Tensor, torch.Tensor] | None = None
+        head_buffers: list[torch.Tensor] = []
+        b = 0
+        try:
+            session = open_session(self.k, round_start_tail, self.opt)
+            for b, (x, y) in enumerate(it):
+                pending = (x, y)
+                # BatchNorm statistics the head forward will update: restored if this batch has to be redone
+                head_buffers = [buf.clone() for buf in self.head.buffers()]
+                if head_opt is not None:
+                    head_opt.zero_grad(set_to_none=True)
+                act = self._device(timeline, b, "fwd", lambda x=x: self.head(x)) if self.k > 0 else x
+                sent = act.detach()
+                up0, up1 = self.link.transmit(_nbytes(sent, y), up=True)
+                timeline.add("uplink", up0, up1, b)
+                call0 = time.perf_counter()
+                result = session.step(sent, y, batch=b, batch_size=len(y))
+                call1 = time.perf_counter()
+                server_s = min(result.server_s, call1 - call0)
+                timeline.add("server", call1 - server_s, call1, b)
+                down0, down1 = self.link.transmit(_nbytes(result.grad), up=False)
+                timeline.add("downlink", down0, down1, b)
+                if head_opt is not None:
+                    self._device(timeline, b, "bwd", lambda a=act, g=result.grad: (a.backward(g), head_opt.step()))
+                pending = None
+                n += len(y)
+                loss_sum += result.loss * len(y)
+            tail_state, metrics = session.close()
+            session = None
+            self.tail.load_state_dict(tail_state)
+            return SplitResult(
+                n, loss_sum / max(n, 1), time.perf_counter() - t0, False, -1, "", timeline, _metrics_dict(metrics)
+            )
+        except EdgeError as exc:
+            log(WARNING, "edge server failed at batch %d (%s); finishing the round locally", b, exc)
+            if session is not None:
+                try:
+                    session.abort()
+                except Exception:  # the session is already broken; aborting it is best effort
+                    pass
+            self.tail.load_state_dict(round_start_tail)
+            if pending is not None:
+                with torch.no_grad():
+                    for buf, saved in zip(self.head.buffers(), head_buffers, strict=True):
+                        buf.copy_(saved)
+            rest = ([pending] if pending is not None else []) + list(it)
+            first = b if pending is not None else b + 1
+            m, local_loss = self._train_locally(rest, timeline, first, head_opt)
+            n += m
+            loss_sum += local_loss
+            reason = f"{type(exc).__name__}: {exc}"
+            return SplitResult(n, loss_sum / max(n, 1), time.perf_counter() - t0, True, first, reason, timeline)
+
+    def _train_locally(
+        self,
+        batches: list[tuple[torch.Tensor, torch.Tensor]],
+        timeline: Timeline,
+        first: int,
+        head_opt: torch.optim.Optimizer | None,
+    ) -> tuple[int, float]:
+        """Fallback: train the whole model here (the head keeps its optimizer state); returns (samples, loss sum)."""
+        tail_opt = _sgd(self.tail, self.opt)
+        n, total = 0, 0.0
+        for i, (x, y) in enumerate(batches):
+
+            def step(x: torch.Tensor = x, y: torch.Tensor = y) -> float:
+                for opt in (head_opt, tail_opt):
+                    if opt is not None:
+                        opt.zero_grad(set_to_none=True)
+                loss = self.loss_fn(self.tail(self.head(x)), y)
+                loss.backward()
+                for opt in (head_opt, tail_opt):
+                    if opt is not None:
+                        opt.step()
+                return loss.item()
+
+            total += self._device(timeline, first + i, "local", step) * len(y)
+            n += len(y)
+        return n, total
+
+
+def _sgd(module: nn.Module, settings: OptimizerSettings) -> torch.optim.Optimizer:
+    """The SGD optimizer of one side, built from the session's optimizer settings."""
+    return make_optimizer(module.parameters(), settings.lr, settings.momentum, settings.weight_decay)
+
+
+def _metrics_dict(metrics: Any) -> dict[str, float]:
+    fields = ("batches", "micro_batches", "samples", "loss_sum", "compute_s", "server_s", "duration_s")
+    return {f.replace("_", "-"): float(getattr(metrics, f)) for f in fields if hasattr(metrics, f)}

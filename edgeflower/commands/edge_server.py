@@ -1,0 +1,84 @@
+"""``edgeflower edge-server``: run an edge server as a long-lived process.
+
+Prints ``edge server listening on HOST:PORT`` (one line on stdout, flushed) once it serves, and shuts down cleanly
+(open streams cancelled, sessions dropped) on SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from types import FrameType
+from typing import Any
+
+from edgeflower.server.edge import EdgeServer, EdgeServerConfig
+from edgeflower.transport.auth import load_secret
+from edgeflower.transport.codec import DEFAULT_MAX_MESSAGE_BYTES
+from edgeflower.transport.tls import TLSConfig
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``edge-server`` subcommand."""
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "edge-server",
+        help="run an edge server that trains devices' server-side layers",
+        description="Serve split-training sessions over gRPC until SIGTERM/SIGINT.",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: %(default)s)")
+    p.add_argument("--port", type=int, default=0, help="port to bind; 0 picks a free one (default: %(default)s)")
+    p.add_argument("--secret-file", required=True, help="file holding the token secret shared with the ServerApp")
+    p.add_argument("--tls-cert", help="PEM certificate chain (enables TLS, needs --tls-key)")
+    p.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    p.add_argument("--edge-id", help="this edge server's id (tokens for other ids are refused)")
+    p.add_argument("--max-sessions", type=int, default=64, help="most concurrent sessions (default: %(default)s)")
+    p.add_argument(
+        "--idle-timeout", type=float, default=300.0, help="drop sessions idle this many seconds (default: %(default)s)"
+    )
+    p.add_argument(
+        "--max-message-mb",
+        type=float,
+        default=DEFAULT_MAX_MESSAGE_BYTES / 2**20,
+        help="largest message in MiB (default: %(default)s)",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Start the server, print its address, serve until SIGTERM/SIGINT, stop; return the exit code."""
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ValueError("--tls-cert and --tls-key go together")
+    if args.max_sessions < 1 or args.idle_timeout <= 0 or args.max_message_mb <= 0:
+        raise ValueError("--max-sessions, --idle-timeout and --max-message-mb must be positive")
+    tls = TLSConfig.from_files(args.tls_cert, args.tls_key) if args.tls_cert else None
+    config = EdgeServerConfig(
+        max_message_bytes=int(args.max_message_mb * 2**20),
+        max_sessions=args.max_sessions,
+        idle_timeout_s=args.idle_timeout,
+    )
+    secret = load_secret(args.secret_file)
+    server = EdgeServer(args.host, args.port, secret=secret, tls=tls, edge_id=args.edge_id, config=config)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        try:
+            address = server.start()
+        except OSError as exc:
+            print(f"edgeflower edge-server: error: {exc}", file=sys.stderr, flush=True)
+            return 1
+        print(f"edge server listening on {address}", flush=True)
+        while not stop.wait(0.5):
+            pass
+    finally:
+        server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print("edge server stopped", file=sys.stderr, flush=True)
+    return 0

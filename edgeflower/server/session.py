@@ -1,0 +1,253 @@
+"""One device's server-side training state on an edge server: the tail, its optimizer and its progress.
+
+A :class:`TrainingSession` is created from an :class:`~edgeflower.transport.messages.OpenRequest` and then fed
+:class:`~edgeflower.transport.messages.StepRequest` messages in order. For each micro-batch it runs the tail forward,
+the cross-entropy loss (mean over the micro-batch, scaled by ``micro-batch size / batch size`` so that the gradients
+accumulated over a batch's micro-batches equal the full batch's), the backward pass, and returns the gradient of
+the loss with respect to the received activations. After the batch's last micro-batch it takes one optimizer step.
+With one micro-batch per batch this is ordinary split training and matches local training of the whole model.
+
+The caller (the edge server) serialises access with :attr:`TrainingSession.lock`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import threading
+import time
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+from edgeflower.clients.local import make_optimizer
+from edgeflower.models.zoo import build_model
+from edgeflower.transport.auth import TokenClaims
+from edgeflower.transport.errors import EdgeAuthError, InvalidMessageError, SessionNotFoundError, SessionStateError
+from edgeflower.transport.messages import OpenRequest, SessionMetrics, StepRequest, StepResult
+
+__all__ = ["ACTIVATION_DTYPES", "LABEL_DTYPES", "TrainingSession"]
+
+ACTIVATION_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+"""Dtypes accepted for activations (the gradient goes back in the same dtype)."""
+
+LABEL_DTYPES = (torch.int64, torch.int32, torch.uint8)
+"""Dtypes accepted for labels."""
+
+
+def _build_tail(request: OpenRequest) -> tuple[torch.nn.Module, tuple[int, ...]]:
+    """Rebuild the model, cut it and load the tail's weights; return ``(tail, input_shape)``."""
+    try:
+        model = build_model(request.spec)
+    except (ValueError, TypeError) as exc:
+        raise InvalidMessageError(f"cannot build model {request.spec.name!r}: {exc}") from exc
+    k = request.split_point
+    if not 0 <= k < model.num_blocks:
+        raise InvalidMessageError(
+            f"split point {k} leaves nothing to offload or is out of range: "
+            f"{request.spec.name} accepts 0..{model.num_blocks - 1} on an edge server"
+        )
+    head, tail = model.split(k, share=True)
+    if not any(p.requires_grad for p in tail.parameters()):
+        raise InvalidMessageError(f"blocks [{k}:] of {request.spec.name} have no trainable parameters")
+    with torch.no_grad():
+        head.eval()
+        input_shape = tuple(head(torch.zeros(1, *request.spec.in_shape)).shape[1:])
+    expected = tail.state_dict()
+    missing = sorted(set(expected) - set(request.tail_state))
+    unexpected = sorted(set(request.tail_state) - set(expected))
+    if missing or unexpected:
+        raise InvalidMessageError(
+            f"tail state dict for split point {k} does not match: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    for key, ref in expected.items():
+        got = request.tail_state[key]
+        if got.shape != ref.shape or got.dtype != ref.dtype:
+            raise InvalidMessageError(
+                f"tail tensor {key!r} is {got.dtype}{list(got.shape)}, expected {ref.dtype}{list(ref.shape)}"
+            )
+    tail.load_state_dict(request.tail_state, strict=True)
+    tail.train()
+    return tail, input_shape
+
+
+class TrainingSession:
+    """The tail of one device's model for one round, with its optimizer and progress.
+
+    Parameters
+    ----------
+    session_id : str
+        Unguessable id.
+    claims : TokenClaims
+        The verified claims of the token that opened the session.
+    token : str
+        That token; every later request must present it.
+    request : OpenRequest
+        What the device asked for.
+
+    Raises
+    ------
+    InvalidMessageError
+        If the model, split point or tail state is invalid.
+    """
+
+    def __init__(self, session_id: str, claims: TokenClaims, token: str, request: OpenRequest) -> None:
+        self.session_id = session_id
+        self.claims = claims
+        self._token = token.encode()
+        self.spec = request.spec
+        self.split_point = request.split_point
+        self.micro_batches_hint = request.micro_batches
+        self.tail, self.input_shape = _build_tail(request)
+        self.num_classes = request.spec.num_classes
+        opt = request.optimizer
+        self.optimizer = make_optimizer(self.tail.parameters(), opt.lr, opt.momentum, opt.weight_decay)
+        self.lock = threading.Lock()
+        self.metrics = SessionMetrics()
+        self.opened_at = time.monotonic()
+        self.last_active = self.opened_at
+        self.attached = False
+        self.closed = False
+        self._last_batch = -1
+        self._batch: int | None = None
+        self._num_micro = 0
+        self._next_micro = 0
+        self._batch_size = 0
+        self._seen = 0
+
+    @property
+    def expects_grad(self) -> bool:
+        """Whether step results carry the activation gradient (the device has a head to train)."""
+        return self.split_point > 0
+
+    def owns(self, token: str) -> bool:
+        """Whether ``token`` is the one that opened this session (constant-time comparison)."""
+        return hmac.compare_digest(token.encode(), self._token)
+
+    def check_owner(self, token: str) -> None:
+        """Raise :class:`EdgeAuthError` unless ``token`` opened this session."""
+        if not self.owns(token):
+            raise EdgeAuthError(f"the token does not own session {self.session_id}")
+
+    def touch(self) -> None:
+        """Record activity (postpones the idle timeout)."""
+        self.last_active = time.monotonic()
+
+    # -- one micro-batch --------------------------------------------------------------------------------------------
+    def _validate(self, req: StepRequest) -> tuple[torch.Tensor, torch.Tensor]:
+        act, labels = req.activations, req.labels
+        if act.dtype not in ACTIVATION_DTYPES:
+            raise InvalidMessageError(f"activations have dtype {act.dtype}, expected one of {ACTIVATION_DTYPES}")
+        if act.dim() < 1 or tuple(act.shape[1:]) != self.input_shape or act.shape[0] < 1:
+            raise InvalidMessageError(
+                f"activations have shape {list(act.shape)}, expected [n >= 1, {', '.join(map(str, self.input_shape))}]"
+                f" for split point {self.split_point}"
+            )
+        if labels.dtype not in LABEL_DTYPES or labels.dim() != 1 or labels.shape[0] != act.shape[0]:
+            raise InvalidMessageError(
+                f"labels must be a 1-d integer tensor of length {act.shape[0]}, got {labels.dtype}{list(labels.shape)}"
+            )
+        labels = labels.long()
+        if int(labels.min()) < 0 or int(labels.max()) >= self.num_classes:
+            raise InvalidMessageError(
+                f"labels must be in [0, {self.num_classes}), got values in [{int(labels.min())}, {int(labels.max())}]"
+            )
+        return act, labels
+
+    def _advance(self, req: StepRequest, n: int) -> bool:
+        """Check the micro-batch's place in its batch; return whether it is the batch's last one."""
+        if req.micro == 0:
+            if self._batch is not None:
+                raise SessionStateError(
+                    f"batch {self._batch} is incomplete ({self._next_micro} of {self._num_micro} micro-batches) "
+                    f"but batch {req.batch} started"
+                )
+            if req.batch <= self._last_batch:
+                raise SessionStateError(f"batch index {req.batch} does not increase (last was {self._last_batch})")
+            self._batch, self._num_micro, self._batch_size = req.batch, req.num_micro, req.batch_size
+            self._next_micro, self._seen = 0, 0
+            self.optimizer.zero_grad(set_to_none=True)
+        elif self._batch is None:
+            raise SessionStateError(
+                f"micro-batch {req.micro}/{req.num_micro} of batch {req.batch} arrived first: a batch starts with "
+                "micro-batch 0"
+            )
+        elif (req.batch, req.micro, req.num_micro, req.batch_size) != (
+            self._batch,
+            self._next_micro,
+            self._num_micro,
+            self._batch_size,
+        ):
+            raise SessionStateError(
+                f"expected micro-batch {self._next_micro}/{self._num_micro} of batch {self._batch} "
+                f"(batch_size {self._batch_size}), got {req.micro}/{req.num_micro} of batch {req.batch} "
+                f"(batch_size {req.batch_size})"
+            )
+        last = req.micro == req.num_micro - 1
+        total = self._seen + n
+        if total > req.batch_size or (last and total != req.batch_size):
+            raise InvalidMessageError(
+                f"batch {req.batch} has {total} samples so far, but batch_size is {req.batch_size}"
+            )
+        return last
+
+    def step(self, req: StepRequest) -> StepResult:
+        """Process one micro-batch (call with :attr:`lock` held).
+
+        Returns
+        -------
+        StepResult
+            With ``server_s`` set to the time spent here (the caller may add decoding time).
+
+        Raises
+        ------
+        SessionNotFoundError
+            If the session was closed or reaped.
+        InvalidMessageError, SessionStateError
+            If the message does not fit the session.
+        """
+        t0 = time.perf_counter()
+        if self.closed:
+            raise SessionNotFoundError(f"session {self.session_id} was closed or expired")
+        act, labels = self._validate(req)
+        n = int(act.shape[0])
+        last = self._advance(req, n)
+        tc = time.perf_counter()
+        x = act.to(torch.float32).requires_grad_(self.expects_grad)
+        with torch.enable_grad():
+            loss = F.cross_entropy(self.tail(x), labels)
+            (loss * (n / req.batch_size) if req.num_micro > 1 else loss).backward()
+        grad = x.grad.to(act.dtype) if self.expects_grad and x.grad is not None else None
+        if last:
+            self.optimizer.step()
+            self._last_batch, self._batch = req.batch, None
+            self.metrics.batches += 1
+        else:
+            self._next_micro += 1
+            self._seen += n
+        compute_s = time.perf_counter() - tc
+        loss_value = float(loss.detach())
+        self.metrics.micro_batches += 1
+        self.metrics.samples += n
+        self.metrics.loss_sum += loss_value * n
+        self.metrics.compute_s += compute_s
+        self.touch()
+        server_s = time.perf_counter() - t0
+        return StepResult(req.batch, req.micro, loss_value, last, server_s, compute_s, grad)
+
+    # -- end ----------------------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """A detached copy of the tail's state dict (full-model keys)."""
+        if self.closed:
+            raise SessionNotFoundError(f"session {self.session_id} was closed or expired")
+        return {key: value.detach().clone() for key, value in self.tail.state_dict().items()}
+
+    def final_metrics(self) -> SessionMetrics:
+        """The metrics with ``duration_s`` filled in."""
+        self.metrics.duration_s = time.monotonic() - self.opened_at
+        return self.metrics
+
+    def release(self) -> None:
+        """Drop the tail and the optimizer (call with :attr:`lock` held); later steps raise ``SessionNotFoundError``."""
+        self.closed = True
+        self.tail = None  # type: ignore[assignment]
+        self.optimizer = None  # type: ignore[assignment]

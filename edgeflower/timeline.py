@@ -1,0 +1,121 @@
+"""A timeline of every phase of every batch: device compute, uplink, server compute, downlink.
+
+Each :class:`Interval` is one phase of one (micro-)batch on one resource. Rounds report the per-phase totals as
+metrics and the intervals themselves as JSON (``edgeflower plot`` draws them as a Gantt chart). Idle time of a
+resource is the part of the round's span where it does nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+
+__all__ = ["PHASES", "Interval", "Timeline"]
+
+PHASES = ("device", "uplink", "server", "downlink")
+"""Resources of a split round, in the order of the data flow."""
+
+
+@dataclass(frozen=True)
+class Interval:
+    """One phase of one batch.
+
+    Attributes
+    ----------
+    phase : str
+        One of :data:`PHASES`.
+    start, end : float
+        Seconds since the timeline's origin.
+    batch : int
+        Batch index in the round.
+    micro : int
+        Micro-batch index within the batch (0 without pipelining).
+    what : str
+        Detail, e.g. ``"fwd"`` or ``"bwd"`` for device compute.
+    """
+
+    phase: str
+    start: float
+    end: float
+    batch: int = 0
+    micro: int = 0
+    what: str = ""
+
+    @property
+    def seconds(self) -> float:
+        """Duration."""
+        return self.end - self.start
+
+
+class Timeline:
+    """Thread-safe recorder of :class:`Interval` s relative to an origin (``perf_counter`` at creation)."""
+
+    def __init__(self) -> None:
+        self.origin = time.perf_counter()
+        self.intervals: list[Interval] = []
+        self._lock = threading.Lock()
+
+    def add(self, phase: str, start: float, end: float, batch: int = 0, micro: int = 0, what: str = "") -> None:
+        """Record a phase given absolute ``perf_counter`` times."""
+        if phase not in PHASES:
+            raise ValueError(f"unknown phase {phase!r}")
+        iv = Interval(phase, start - self.origin, end - self.origin, batch, micro, what)
+        with self._lock:
+            self.intervals.append(iv)
+
+    @contextmanager
+    def span(self, phase: str, batch: int = 0, micro: int = 0, what: str = "") -> Iterator[None]:
+        """Record the enclosed block as one phase."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(phase, start, time.perf_counter(), batch, micro, what)
+
+    def busy(self, phase: str) -> float:
+        """Total seconds spent in ``phase`` (overlapping intervals of one phase are merged)."""
+        return _union_length((iv.start, iv.end) for iv in self.intervals if iv.phase == phase)
+
+    @property
+    def span_s(self) -> float:
+        """From the first start to the last end."""
+        if not self.intervals:
+            return 0.0
+        return max(iv.end for iv in self.intervals) - min(iv.start for iv in self.intervals)
+
+    def totals(self) -> dict[str, float]:
+        """Per-phase busy seconds, the span, and device/server idle seconds (span minus busy)."""
+        out = {f"{p}-s": self.busy(p) for p in PHASES}
+        span = self.span_s
+        out["span-s"] = span
+        out["device-idle-s"] = max(0.0, span - out["device-s"])
+        out["server-idle-s"] = max(0.0, span - out["server-s"])
+        return out
+
+    def to_json(self) -> str:
+        """The intervals as a compact JSON list."""
+        with self._lock:
+            return json.dumps([asdict(iv) for iv in self.intervals], separators=(",", ":"))
+
+    @staticmethod
+    def from_json(text: str) -> list[Interval]:
+        """Parse what :meth:`to_json` wrote."""
+        return [Interval(**row) for row in json.loads(text)]
+
+
+def _union_length(spans: Iterable[tuple[float, float]]) -> float:
+    total, cur_start, cur_end = 0.0, None, None
+    for start, end in sorted(spans):
+        if cur_end is None or start > cur_end:
+            if cur_end is not None and cur_start is not None:
+                total += cur_end - cur_start
+            cur_start, cur_end = start, end
+        else:
+            cur_end = max(cur_end, end)
+    if cur_end is not None and cur_start is not None:
+        total += cur_end - cur_start
+    return total

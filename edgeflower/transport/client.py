@@ -1,0 +1,485 @@
+"""The device side of the offload channel: :class:`EdgeClient` and :class:`SessionHandle`.
+
+Typical sequential split training (one micro-batch per batch)::
+
+    with EdgeClient("127.0.0.1:50051") as client:
+        session = client.open_session(token, model.spec, k, tail.state_dict(), OptimizerSettings(0.01, 0.9))
+        for b, (x, y) in enumerate(batches):
+            act = head(x)
+            result = session.step(act.detach(), y, batch=b)
+            act.backward(result.grad)
+            head_optimizer.step()
+        tail_state, metrics = session.close()
+
+All per-batch traffic of a session uses one long-lived bidirectional gRPC stream, started by the first
+:meth:`SessionHandle.send`. :meth:`SessionHandle.send` does not wait, so a pipelined client can keep several
+micro-batches in flight and collect the results, in order, with :meth:`SessionHandle.recv`. Every failure raises a
+subclass of :class:`~edgeflower.transport.errors.EdgeError`; :class:`~edgeflower.transport.errors.EdgeUnavailableError`
+means the edge server is gone (fall back to local training).
+"""
+
+from __future__ import annotations
+
+import collections
+import queue
+import threading
+from collections.abc import Iterator, Mapping
+from types import TracebackType
+from typing import Any
+
+import grpc
+import torch
+
+from edgeflower.models.splittable import ModelSpec
+from edgeflower.transport.codec import DEFAULT_MAX_MESSAGE_BYTES, Limits, decode_frame, encode_frame
+from edgeflower.transport.errors import (
+    EdgeError,
+    EdgeServerError,
+    EdgeTimeoutError,
+    InvalidMessageError,
+    SessionStateError,
+    from_rpc_error,
+)
+from edgeflower.transport.messages import (
+    END_KIND,
+    CloseReply,
+    CloseRequest,
+    HealthInfo,
+    OpenReply,
+    OpenRequest,
+    OptimizerSettings,
+    SessionMetrics,
+    StepRequest,
+    StepResult,
+)
+from edgeflower.transport.service import (
+    METHOD_CLOSE,
+    METHOD_HEALTH,
+    METHOD_OPEN,
+    METHOD_TRAIN,
+    SESSION_KEY,
+    TOKEN_KEY,
+    channel_options,
+    identity,
+)
+from edgeflower.transport.tls import client_credentials
+
+__all__ = ["EdgeClient", "SessionHandle"]
+
+_END = object()
+
+
+class EdgeClient:
+    """A connection to one edge server.
+
+    Parameters
+    ----------
+    address : str
+        ``host:port`` of the edge server.
+    tls_root_cert : bytes, optional
+        PEM root certificate to trust; when given the channel uses TLS.
+    server_name : str, optional
+        Expected TLS server name when it differs from the host in ``address``.
+    max_message_bytes : int
+        Largest message sent or received.
+    timeout_s : float
+        Default timeout of every call and of waiting for one step result.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        tls_root_cert: bytes | None = None,
+        *,
+        server_name: str | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        timeout_s: float = 120.0,
+    ) -> None:
+        self.address = address
+        self.limits = Limits(max_message_bytes=max_message_bytes)
+        self.timeout_s = timeout_s
+        options: list[tuple[str, Any]] = list(channel_options(max_message_bytes))
+        if tls_root_cert is not None:
+            if server_name:
+                options.append(("grpc.ssl_target_name_override", server_name))
+            self._channel = grpc.secure_channel(address, client_credentials(tls_root_cert), options)
+        else:
+            self._channel = grpc.insecure_channel(address, options)
+        kw = {"request_serializer": identity, "response_deserializer": identity}
+        self._open = self._channel.unary_unary(METHOD_OPEN, **kw)
+        self._close = self._channel.unary_unary(METHOD_CLOSE, **kw)
+        self._health = self._channel.unary_unary(METHOD_HEALTH, **kw)
+        self._train = self._channel.stream_stream(METHOD_TRAIN, **kw)
+
+    def __enter__(self) -> EdgeClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the channel (cancels every stream still open on it)."""
+        self._channel.close()
+
+    def call(self, method: str, frame: bytes, timeout_s: float | None = None) -> Any:
+        """Low level: send one encoded frame to a unary ``method`` and return the decoded reply frame.
+
+        Raises
+        ------
+        EdgeError
+            The server's error, translated (see :mod:`edgeflower.transport.errors`).
+        """
+        stub = {METHOD_OPEN: self._open, METHOD_CLOSE: self._close, METHOD_HEALTH: self._health}[method]
+        try:
+            reply = stub(frame, timeout=timeout_s or self.timeout_s)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, self.address) from None
+        return decode_frame(reply, self.limits)
+
+    def health(self, timeout_s: float = 5.0) -> HealthInfo:
+        """Ask the edge server for its health.
+
+        Raises
+        ------
+        EdgeUnavailableError
+            If the server cannot be reached within ``timeout_s``.
+        """
+        return HealthInfo.from_frame(self.call(METHOD_HEALTH, encode_frame("health"), timeout_s))
+
+    def open_session(
+        self,
+        token: str,
+        spec: ModelSpec,
+        split_point: int,
+        tail_state: Mapping[str, torch.Tensor],
+        optimizer: OptimizerSettings,
+        micro_batches: int = 1,
+        timeout_s: float | None = None,
+    ) -> SessionHandle:
+        """Open a training session on the edge server.
+
+        Parameters
+        ----------
+        token : str
+            Session token issued by the ServerApp for this run, node and round.
+        spec : ModelSpec
+            The whole model's spec.
+        split_point : int
+            Blocks kept on the device, ``0 <= split_point < num_blocks`` (with ``num_blocks`` there is nothing
+            to offload: do not open a session).
+        tail_state : mapping of str to torch.Tensor
+            Initial state dict of blocks ``[split_point:]`` (e.g. ``model.split(k)[1].state_dict()``).
+        optimizer : OptimizerSettings
+            Server-side SGD settings.
+        micro_batches : int
+            Micro-batches per batch the client intends to send (a hint; each step says its own).
+        timeout_s : float, optional
+            Timeout of the call (default: the client's).
+
+        Returns
+        -------
+        SessionHandle
+
+        Raises
+        ------
+        EdgeAuthError
+            Bad, expired or foreign token.
+        InvalidMessageError
+            Bad spec, split point, optimizer settings or tail state.
+        EdgeOverloadedError
+            The server has too many sessions.
+        EdgeUnavailableError
+            The server cannot be reached.
+        """
+        request = OpenRequest(token, spec, split_point, optimizer, dict(tail_state), micro_batches)
+        frame = self.call(METHOD_OPEN, request.to_bytes(self.limits), timeout_s)
+        return SessionHandle(self, OpenReply.from_frame(frame), token, split_point)
+
+
+class SessionHandle:
+    """One open session on an edge server (returned by :meth:`EdgeClient.open_session`).
+
+    :meth:`send` and :meth:`recv` may be called from two different threads (a sender and a receiver); results come
+    back in the order the steps were sent.
+
+    Attributes
+    ----------
+    session_id : str
+        Server-side session id.
+    edge_id : str
+        The edge server's id.
+    split_point : int
+        The session's split point.
+    input_shape : tuple of int
+        Shape of one sample of the activations the server expects.
+    expects_grad : bool
+        Whether results carry activation gradients (``split_point > 0``).
+    """
+
+    def __init__(self, client: EdgeClient, reply: OpenReply, token: str, split_point: int) -> None:
+        self._client = client
+        self._token = token
+        self.session_id = reply.session_id
+        self.edge_id = reply.edge_id
+        self.split_point = split_point
+        self.input_shape = tuple(reply.input_shape)
+        self.expects_grad = reply.expects_grad
+        self._lock = threading.Lock()
+        self._expected: collections.deque[tuple[int, int, torch.Size, torch.dtype]] = collections.deque()
+        self._requests: queue.Queue[bytes | None] = queue.Queue()
+        self._replies: queue.Queue[Any] = queue.Queue()
+        self._call: Any = None
+        self._reader: threading.Thread | None = None
+        self._error: EdgeError | None = None
+        self._closed = False
+
+    # -- state ---------------------------------------------------------------------------------------------------
+    @property
+    def pending(self) -> int:
+        """Steps sent whose result has not been received yet."""
+        with self._lock:
+            return len(self._expected)
+
+    @property
+    def closed(self) -> bool:
+        """Whether the session was closed or aborted."""
+        return self._closed
+
+    def _check_usable(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._closed:
+            raise SessionStateError(f"session {self.session_id} is closed", address=self._client.address)
+
+    # -- stream plumbing ------------------------------------------------------------------------------------------
+    def _request_iter(self) -> Iterator[bytes]:
+        while True:
+            item = self._requests.get()
+            if item is None:
+                return
+            yield item
+
+    def _read(self) -> None:
+        try:
+            for reply in self._call:
+                self._replies.put(reply)
+            self._replies.put(_END)
+        except grpc.RpcError as exc:
+            self._replies.put(from_rpc_error(exc, self._client.address))
+        except Exception as exc:
+            self._replies.put(EdgeServerError(f"stream reader failed: {exc!r}", address=self._client.address))
+        finally:
+            self._requests.put(None)  # unblock gRPC's request-consuming thread
+
+    def _ensure_stream(self) -> None:
+        if self._call is not None:
+            return
+        metadata = ((SESSION_KEY, self.session_id), (TOKEN_KEY, self._token))
+        self._call = self._client._train(self._request_iter(), metadata=metadata)
+        self._reader = threading.Thread(
+            target=self._read, name=f"edgeflower-edge-reader-{self.session_id[:8]}", daemon=True
+        )
+        self._reader.start()
+
+    def _fail(self, error: EdgeError) -> EdgeError:
+        self._error = error
+        self._shutdown_stream()
+        return error
+
+    def _shutdown_stream(self, timeout_s: float = 5.0) -> None:
+        if self._call is not None:
+            self._call.cancel()
+        self._requests.put(None)
+        if self._reader is not None and self._reader is not threading.current_thread():
+            self._reader.join(timeout_s)
+
+    # -- steps ----------------------------------------------------------------------------------------------------
+    def send_raw(self, frame: bytes, expect: tuple[int, int, torch.Size, torch.dtype] | None = None) -> None:
+        """Low level: queue an already encoded frame on the training stream (for tests and proxies).
+
+        ``expect`` is ``(batch, micro, activation shape, activation dtype)`` of the result to check it against.
+        """
+        self._check_usable()
+        with self._lock:
+            self._ensure_stream()
+            self._expected.append(expect or (-1, -1, torch.Size(), torch.float32))
+            self._requests.put(frame)
+
+    def send(
+        self,
+        activations: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        batch: int,
+        micro: int = 0,
+        num_micro: int = 1,
+        batch_size: int | None = None,
+    ) -> None:
+        """Queue one (micro-)batch of activations and labels without waiting for its result.
+
+        Parameters
+        ----------
+        activations : torch.Tensor
+            The head's output ``(n, *input_shape)``, detached (float32, float16 or bfloat16).
+        labels : torch.Tensor
+            Class labels ``(n,)``.
+        batch : int
+            Batch index (increasing within the session).
+        micro : int
+            Micro-batch index within the batch.
+        num_micro : int
+            Micro-batches in this batch; the server steps its optimizer after the last one.
+        batch_size : int, optional
+            Samples in the whole batch (default: ``n`` when ``num_micro == 1``).
+
+        Raises
+        ------
+        InvalidMessageError
+            Locally detected bad input (wrong shape, dtype, size); nothing is sent.
+        EdgeError
+            A previous failure of this session's stream.
+        """
+        self._check_usable()
+        if batch_size is None:
+            if num_micro != 1:
+                raise InvalidMessageError("batch_size is required when num_micro > 1")
+            batch_size = int(labels.shape[0]) if labels.dim() else 0
+        if tuple(activations.shape[1:]) != self.input_shape:
+            raise InvalidMessageError(
+                f"activations of shape {list(activations.shape)} do not match the session's input shape "
+                f"[n, {', '.join(map(str, self.input_shape))}]"
+            )
+        request = StepRequest(activations.detach(), labels, batch, micro, num_micro, batch_size)
+        frame = request.to_bytes(self._client.limits)
+        self.send_raw(frame, (batch, micro, activations.shape, activations.dtype))
+
+    def recv(self, timeout_s: float | None = None) -> StepResult:
+        """Wait for the result of the oldest step sent and not yet received.
+
+        Raises
+        ------
+        EdgeTimeoutError
+            No result within ``timeout_s`` (default: the client's); the stream is cancelled.
+        EdgeUnavailableError
+            The edge server went away.
+        EdgeError
+            The server rejected the step (the stream is then over; the server dropped the session).
+        """
+        self._check_usable()
+        with self._lock:
+            if not self._expected:
+                raise SessionStateError("recv() without a pending step", address=self._client.address)
+        timeout = timeout_s or self._client.timeout_s
+        try:
+            item = self._replies.get(timeout=timeout)
+        except queue.Empty:
+            raise self._fail(
+                EdgeTimeoutError(f"no step result within {timeout:.1f} s", address=self._client.address)
+            ) from None
+        if isinstance(item, EdgeError):
+            raise self._fail(item)
+        if item is _END:
+            raise self._fail(EdgeServerError("the server ended the stream early", address=self._client.address))
+        try:
+            result = StepResult.from_frame(decode_frame(item, self._client.limits))
+        except InvalidMessageError as exc:
+            raise self._fail(exc) from None
+        with self._lock:
+            batch, micro, shape, dtype = self._expected.popleft()
+        if batch >= 0:
+            self._check_result(result, batch, micro, shape, dtype)
+        return result
+
+    def _check_result(self, result: StepResult, batch: int, micro: int, shape: torch.Size, dtype: torch.dtype) -> None:
+        problem = ""
+        if (result.batch, result.micro) != (batch, micro):
+            problem = f"result for batch {result.batch}/{result.micro}, expected {batch}/{micro}"
+        elif self.expects_grad and (result.grad is None or result.grad.shape != shape or result.grad.dtype != dtype):
+            got = None if result.grad is None else (list(result.grad.shape), result.grad.dtype)
+            problem = f"gradient {got} does not match the activations {list(shape)} {dtype}"
+        if problem:
+            raise self._fail(InvalidMessageError(problem, address=self._client.address))
+
+    def step(
+        self,
+        activations: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        batch: int,
+        micro: int = 0,
+        num_micro: int = 1,
+        batch_size: int | None = None,
+        timeout_s: float | None = None,
+    ) -> StepResult:
+        """:meth:`send` then :meth:`recv`: one synchronous request/response; needs no step in flight.
+
+        Returns
+        -------
+        StepResult
+            ``.grad`` is the activation gradient (``None`` for ``split_point == 0``), ``.loss`` the micro-batch's
+            mean loss, ``.server_s`` / ``.compute_s`` the server's time on it.
+        """
+        self._check_usable()
+        if self.pending:
+            raise SessionStateError(
+                f"step() with {self.pending} results pending; use recv()", address=self._client.address
+            )
+        self.send(activations, labels, batch=batch, micro=micro, num_micro=num_micro, batch_size=batch_size)
+        return self.recv(timeout_s)
+
+    # -- end ------------------------------------------------------------------------------------------------------
+    def close(self, timeout_s: float | None = None) -> tuple[dict[str, torch.Tensor], SessionMetrics]:
+        """End the stream, close the session and return ``(tail_state_dict, metrics)``.
+
+        Raises
+        ------
+        SessionStateError
+            If results are still pending (receive them, or :meth:`abort`).
+        EdgeError
+            Any failure of the stream or of the close call (the session is then aborted).
+        """
+        self._check_usable()
+        if self.pending:
+            raise SessionStateError(
+                f"close() with {self.pending} step results not received; recv() them or abort()",
+                address=self._client.address,
+            )
+        timeout = timeout_s or self._client.timeout_s
+        try:
+            if self._call is not None:
+                self._requests.put(encode_frame(END_KIND))  # the server ends the stream cleanly after this
+                self._requests.put(None)  # half-close
+                try:
+                    item = self._replies.get(timeout=timeout)
+                except queue.Empty:
+                    raise EdgeTimeoutError("the stream did not end in time", address=self._client.address) from None
+                if isinstance(item, EdgeError):
+                    raise item
+                if item is not _END:
+                    raise EdgeServerError("unexpected step result after the last step", address=self._client.address)
+                if self._reader is not None:
+                    self._reader.join(timeout)
+            frame = self._client.call(METHOD_CLOSE, CloseRequest(self.session_id, self._token).to_bytes(), timeout)
+            reply = CloseReply.from_frame(frame)
+        except EdgeError as exc:
+            raise self._fail(exc) from None
+        self._closed = True
+        return reply.state, reply.metrics
+
+    def abort(self) -> None:
+        """Give the session up without fetching the tail: cancel the stream (the server drops the session).
+
+        Never raises; safe to call more than once and after a failure.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if self._call is not None:
+            self._shutdown_stream()
+            return
+        try:  # no stream yet: close it explicitly, best effort
+            self._client.call(METHOD_CLOSE, CloseRequest(self.session_id, self._token).to_bytes(), 2.0)
+        except EdgeError:
+            pass

@@ -1,0 +1,273 @@
+"""The tensor codec: one self-describing binary frame per message, no pickle.
+
+Frame layout (all integers little-endian)::
+
+    offset  size  field
+    0       4     magic  b"EFLW"
+    4       1     version (currently 1)
+    5       3     reserved, must be zero
+    8       4     header length H (uint32)
+    12      H     header: UTF-8 JSON object
+                    {"kind": str,                      message kind, e.g. "step"
+                     "meta": {...},                    JSON scalars / lists / objects of the message
+                     "tensors": [{"name": str, "dtype": str, "shape": [int, ...]}, ...]}
+    12+H    ...   the tensors' raw bytes, concatenated in header order, each C-contiguous little-endian,
+                  exactly prod(shape) * itemsize(dtype) bytes; nothing may follow the last tensor
+
+Allowed dtypes (:data:`DTYPES`): ``float32, float16, bfloat16, int64, int32, uint8, bool``. Decoding validates the
+magic, the version, the header size, the JSON structure, every tensor's name, dtype, rank and dims, that the byte
+counts add up exactly to the frame length and that the frame is within :attr:`Limits.max_message_bytes`; any
+violation raises :class:`~edgeflower.transport.errors.InvalidMessageError` (or
+:class:`~edgeflower.transport.errors.MessageTooLargeError`). Decoded tensors own their memory (a copy of the frame).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from edgeflower.transport.errors import InvalidMessageError, MessageTooLargeError
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "DTYPES",
+    "MAGIC",
+    "VERSION",
+    "Frame",
+    "Limits",
+    "decode_frame",
+    "encode_frame",
+]
+
+MAGIC = b"EFLW"
+"""The first four bytes of every frame."""
+
+VERSION = 1
+"""Frame format version."""
+
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+"""Default size limit of one frame (64 MiB)."""
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "int64": torch.int64,
+    "int32": torch.int32,
+    "uint8": torch.uint8,
+    "bool": torch.bool,
+}
+"""Dtype whitelist: wire name -> torch dtype."""
+
+_NAMES = {dtype: name for name, dtype in DTYPES.items()}
+_PREFIX = struct.Struct("<4sB3sI")
+_MAX_NAME = 256
+
+if sys.byteorder != "little":  # pragma: no cover - every supported platform is little-endian
+    raise ImportError("edgeflower.transport.codec needs a little-endian host")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds every decoded frame must respect.
+
+    Attributes
+    ----------
+    max_message_bytes : int
+        Largest frame, in bytes.
+    max_header_bytes : int
+        Largest JSON header, in bytes.
+    max_tensors : int
+        Most tensors in one frame.
+    max_dims : int
+        Highest tensor rank.
+    max_dim_size : int
+        Largest single dimension.
+    """
+
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_header_bytes: int = 1024 * 1024
+    max_tensors: int = 4096
+    max_dims: int = 8
+    max_dim_size: int = 2**31 - 1
+
+
+@dataclass
+class Frame:
+    """A decoded message: its kind, its JSON metadata and its named tensors (in wire order).
+
+    Attributes
+    ----------
+    kind : str
+        Message kind.
+    meta : dict
+        JSON metadata.
+    tensors : dict of str to torch.Tensor
+        Named tensors.
+    """
+
+    kind: str
+    meta: dict[str, Any] = field(default_factory=dict)
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> bytes:
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    if flat.numel() == 0:
+        return b""
+    return flat.view(torch.uint8).numpy().tobytes()
+
+
+def encode_frame(
+    kind: str,
+    meta: Mapping[str, Any] | None = None,
+    tensors: Mapping[str, torch.Tensor] | None = None,
+    limits: Limits | None = None,
+) -> bytes:
+    """Encode a message as one frame.
+
+    Parameters
+    ----------
+    kind : str
+        Message kind.
+    meta : mapping, optional
+        JSON-serialisable metadata.
+    tensors : mapping of str to torch.Tensor, optional
+        Named tensors (any device; copied to CPU); dtypes must be in :data:`DTYPES`.
+    limits : Limits, optional
+        When given, a frame over ``limits.max_message_bytes`` raises :class:`MessageTooLargeError` (nothing is
+        sent).
+
+    Returns
+    -------
+    bytes
+        The frame.
+
+    Raises
+    ------
+    InvalidMessageError
+        If a dtype is not allowed, a name is invalid or the metadata is not JSON-serialisable.
+    """
+    specs: list[dict[str, Any]] = []
+    payloads: list[bytes] = []
+    for name, tensor in (tensors or {}).items():
+        if not isinstance(tensor, torch.Tensor):
+            raise InvalidMessageError(f"tensor {name!r} is a {type(tensor).__name__}, not a torch.Tensor")
+        if tensor.dtype not in _NAMES:
+            raise InvalidMessageError(f"tensor {name!r} has dtype {tensor.dtype}, allowed: {', '.join(DTYPES)}")
+        if not isinstance(name, str) or not 0 < len(name) <= _MAX_NAME:
+            raise InvalidMessageError(f"invalid tensor name {name!r}")
+        specs.append({"name": name, "dtype": _NAMES[tensor.dtype], "shape": list(tensor.shape)})
+        payloads.append(_tensor_bytes(tensor))
+    try:
+        header = json.dumps(
+            {"kind": kind, "meta": dict(meta or {}), "tensors": specs}, separators=(",", ":"), allow_nan=True
+        ).encode()
+    except (TypeError, ValueError) as exc:
+        raise InvalidMessageError(f"metadata of {kind!r} is not JSON-serialisable: {exc}") from exc
+    frame = b"".join([_PREFIX.pack(MAGIC, VERSION, b"\0\0\0", len(header)), header, *payloads])
+    if limits is not None and len(frame) > limits.max_message_bytes:
+        raise MessageTooLargeError(
+            f"{kind!r} message is {len(frame)} bytes, larger than the limit of {limits.max_message_bytes} bytes"
+        )
+    return frame
+
+
+def _check_shape(name: str, shape: Any, limits: Limits) -> tuple[int, ...]:
+    if not isinstance(shape, list) or len(shape) > limits.max_dims:
+        raise InvalidMessageError(
+            f"tensor {name!r}: shape must be a list of at most {limits.max_dims} dims, got {shape!r}"
+        )
+    for dim in shape:
+        if isinstance(dim, bool) or not isinstance(dim, int) or not 0 <= dim <= limits.max_dim_size:
+            raise InvalidMessageError(f"tensor {name!r}: invalid dimension {dim!r} in shape {shape!r}")
+    return tuple(shape)
+
+
+def decode_frame(data: bytes | bytearray | memoryview, limits: Limits | None = None) -> Frame:
+    """Decode and validate one frame.
+
+    Parameters
+    ----------
+    data : bytes-like
+        The frame.
+    limits : Limits, optional
+        Bounds to enforce (defaults to :class:`Limits`).
+
+    Returns
+    -------
+    Frame
+
+    Raises
+    ------
+    MessageTooLargeError
+        If the frame exceeds ``limits.max_message_bytes``.
+    InvalidMessageError
+        If anything about the frame is malformed.
+    """
+    limits = limits or Limits()
+    view = memoryview(data).cast("B")
+    total = view.nbytes
+    if total > limits.max_message_bytes:
+        raise MessageTooLargeError(
+            f"message is {total} bytes, larger than the limit of {limits.max_message_bytes} bytes"
+        )
+    if total < _PREFIX.size:
+        raise InvalidMessageError(f"frame of {total} bytes is shorter than the {_PREFIX.size}-byte prefix")
+    magic, version, reserved, header_len = _PREFIX.unpack_from(view, 0)
+    if magic != MAGIC:
+        raise InvalidMessageError(f"bad magic {bytes(magic)!r}, expected {MAGIC!r}")
+    if version != VERSION:
+        raise InvalidMessageError(f"unsupported frame version {version}, expected {VERSION}")
+    if reserved != b"\0\0\0":
+        raise InvalidMessageError("reserved prefix bytes must be zero")
+    if header_len > limits.max_header_bytes or _PREFIX.size + header_len > total:
+        raise InvalidMessageError(f"header length {header_len} exceeds the limit or the frame ({total} bytes)")
+    try:
+        header = json.loads(bytes(view[_PREFIX.size : _PREFIX.size + header_len]).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InvalidMessageError(f"header is not valid UTF-8 JSON: {exc}") from exc
+    if not isinstance(header, dict) or set(header) != {"kind", "meta", "tensors"}:
+        raise InvalidMessageError("header must be an object with exactly the keys kind, meta, tensors")
+    kind, meta, specs = header["kind"], header["meta"], header["tensors"]
+    if not isinstance(kind, str) or not isinstance(meta, dict) or not isinstance(specs, list):
+        raise InvalidMessageError("header fields have the wrong types (kind: str, meta: object, tensors: list)")
+    if len(specs) > limits.max_tensors:
+        raise InvalidMessageError(f"{len(specs)} tensors in one message, the limit is {limits.max_tensors}")
+    offset = _PREFIX.size + header_len
+    tensors: dict[str, torch.Tensor] = {}
+    for spec in specs:
+        if not isinstance(spec, dict) or set(spec) != {"name", "dtype", "shape"}:
+            raise InvalidMessageError(f"tensor spec must have exactly name, dtype, shape: {spec!r:.200}")
+        name, dtype_name = spec["name"], spec["dtype"]
+        if not isinstance(name, str) or not 0 < len(name) <= _MAX_NAME or name in tensors:
+            raise InvalidMessageError(f"invalid or duplicate tensor name {name!r:.300}")
+        if dtype_name not in DTYPES:
+            raise InvalidMessageError(
+                f"tensor {name!r}: dtype {dtype_name!r:.50} not allowed, allowed: {', '.join(DTYPES)}"
+            )
+        shape = _check_shape(name, spec["shape"], limits)
+        dtype = DTYPES[dtype_name]
+        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        if offset + nbytes > total:
+            raise InvalidMessageError(
+                f"tensor {name!r} ({dtype_name}{list(shape)}) needs {nbytes} bytes, only {total - offset} left"
+            )
+        if nbytes == 0:
+            tensors[name] = torch.empty(shape, dtype=dtype)
+        else:
+            raw = bytearray(view[offset : offset + nbytes])
+            if dtype == torch.bool and max(raw) > 1:
+                raise InvalidMessageError(f"tensor {name!r}: bool payload holds bytes other than 0 and 1")
+            tensors[name] = torch.frombuffer(raw, dtype=dtype).reshape(shape)
+        offset += nbytes
+    if offset != total:
+        raise InvalidMessageError(f"{total - offset} unexpected bytes after the last tensor")
+    return Frame(kind, meta, tensors)

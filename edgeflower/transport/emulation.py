@@ -1,0 +1,236 @@
+"""Device and link emulation: reproduce a heterogeneous edge testbed on one machine.
+
+A :class:`DeviceProfile` stretches measured compute time by a slow-down factor (a Raspberry Pi 3 is several times
+slower than a laptop core). A :class:`LinkProfile` gives uplink/downlink bandwidth (Mbit/s) and one-way latency (ms),
+either constant or changing with the round or with wall-clock time (a :class:`LinkSchedule`, loadable from a small
+JSON/CSV trace). An :class:`EmulatedLink` applies a profile to real transfers: a transmission of ``n`` bytes holds
+the link for ``8 n / bandwidth`` seconds (transfers in one direction queue behind each other, as on a real link)
+and arrives ``latency`` later.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DeviceProfile", "EmulatedLink", "LinkProfile", "LinkSchedule", "parse_profiles", "profile_for"]
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """Compute speed of an emulated device.
+
+    Attributes
+    ----------
+    slowdown : float
+        Compute takes ``slowdown`` times as long as on this machine (1.0 = this machine).
+    """
+
+    slowdown: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.slowdown >= 1.0:
+            raise ValueError(f"device slowdown must be >= 1.0, got {self.slowdown}")
+
+    def stretch(self, measured_s: float) -> float:
+        """Sleep so that ``measured_s`` of real compute lasts ``slowdown * measured_s``; return the emulated time."""
+        extra = measured_s * (self.slowdown - 1.0)
+        if extra > 0:
+            time.sleep(extra)
+        return measured_s * self.slowdown
+
+
+@dataclass(frozen=True)
+class LinkProfile:
+    """A link's bandwidth and latency; ``0`` bandwidth means unlimited (no emulated delay).
+
+    Attributes
+    ----------
+    uplink_mbps, downlink_mbps : float
+        Bandwidth device -> edge and edge -> device in Mbit/s.
+    latency_ms : float
+        One-way propagation latency in ms.
+    """
+
+    uplink_mbps: float = 0.0
+    downlink_mbps: float = 0.0
+    latency_ms: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("uplink_mbps", "downlink_mbps", "latency_ms"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"link {name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+
+    def transfer_s(self, nbytes: int, up: bool) -> float:
+        """Serialisation time of ``nbytes`` in one direction (without latency)."""
+        mbps = self.uplink_mbps if up else self.downlink_mbps
+        return 0.0 if mbps <= 0 else nbytes * 8 / (mbps * 1e6)
+
+    @property
+    def unlimited(self) -> bool:
+        """True when the profile adds no delay at all."""
+        return self.uplink_mbps == 0 and self.downlink_mbps == 0 and self.latency_ms == 0
+
+
+@dataclass(frozen=True)
+class LinkSchedule:
+    """A link profile that changes by round (``by="round"``) or by seconds since start (``by="time"``).
+
+    Parameters
+    ----------
+    points : sequence of (float, LinkProfile)
+        Change points ``(from, profile)``, sorted by ``from``; the first applies before any change point too.
+    by : str
+        ``"round"`` or ``"time"``.
+    """
+
+    points: tuple[tuple[float, LinkProfile], ...]
+    by: str = "round"
+
+    def __post_init__(self) -> None:
+        if self.by not in ("round", "time"):
+            raise ValueError(f"link schedule 'by' must be 'round' or 'time', got {self.by!r}")
+        if not self.points:
+            raise ValueError("a link schedule needs at least one point")
+        starts = [p[0] for p in self.points]
+        if starts != sorted(starts):
+            raise ValueError("link schedule points must be sorted by their start")
+
+    @classmethod
+    def constant(cls, profile: LinkProfile) -> LinkSchedule:
+        """A schedule that never changes."""
+        return cls(((0.0, profile),))
+
+    def at(self, server_round: int = 1, elapsed_s: float = 0.0) -> LinkProfile:
+        """The profile in force at ``server_round`` (``by="round"``) or ``elapsed_s`` (``by="time"``)."""
+        x = server_round if self.by == "round" else elapsed_s
+        current = self.points[0][1]
+        for start, profile in self.points:
+            if x >= start:
+                current = profile
+        return current
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[Mapping[str, Any]], by: str) -> LinkSchedule:
+        """Build from rows with ``round`` or ``time`` plus ``uplink``, ``downlink`` (Mbit/s) and ``latency`` (ms)."""
+        points = []
+        for row in rows:
+            try:
+                points.append(
+                    (
+                        float(row[by]),
+                        LinkProfile(float(row["uplink"]), float(row["downlink"]), float(row.get("latency", 0.0))),
+                    )
+                )
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ValueError(f"bad link trace row {dict(row)!r}: needs {by}, uplink, downlink[, latency]") from exc
+        return cls(tuple(sorted(points, key=lambda p: p[0])), by)
+
+    @classmethod
+    def load(cls, path: str | Path) -> LinkSchedule:
+        """Load a trace: JSON ``{"by": "round"|"time", "points": [{...}, ...]}`` or a CSV with a header row
+        ``round|time,uplink,downlink[,latency]``."""
+        p = Path(path)
+        try:
+            text = p.read_text()
+        except OSError as exc:
+            raise ValueError(f"cannot read link trace {p}: {exc}") from exc
+        if p.suffix == ".json":
+            try:
+                data = json.loads(text)
+                return cls.from_rows(data["points"], data.get("by", "round"))
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise ValueError(f"link trace {p} is not valid: {exc}") from exc
+        rows = list(csv.DictReader(text.splitlines()))
+        if not rows:
+            raise ValueError(f"link trace {p} has no rows")
+        by = "time" if "time" in rows[0] else "round"
+        return cls.from_rows(rows, by)
+
+
+class EmulatedLink:
+    """Applies a :class:`LinkProfile` to real transfers, one queue per direction.
+
+    Parameters
+    ----------
+    profile : LinkProfile
+        Bandwidth and latency.
+    """
+
+    def __init__(self, profile: LinkProfile | None = None) -> None:
+        self.profile = profile or LinkProfile()
+        self._locks = {True: threading.Lock(), False: threading.Lock()}
+        self.bytes = {True: 0, False: 0}
+
+    def set_profile(self, profile: LinkProfile) -> None:
+        """Change bandwidth/latency (e.g. at a new round)."""
+        self.profile = profile
+
+    def transmit(self, nbytes: int, up: bool) -> tuple[float, float]:
+        """Block for the emulated transfer of ``nbytes``; return ``(start, end)`` perf-counter times.
+
+        The link is held for the serialisation time (queueing other transfers in the same direction); the
+        latency is then waited without holding the link, so back-to-back messages pipeline as on a real link.
+        """
+        profile = self.profile
+        with self._locks[up]:
+            start = time.perf_counter()
+            hold = profile.transfer_s(nbytes, up)
+            if hold > 0:
+                _sleep_until(start + hold)
+            self.bytes[up] += nbytes
+        if profile.latency_ms > 0:
+            _sleep_until(start + hold + profile.latency_ms / 1000)
+        return start, time.perf_counter()
+
+
+def _sleep_until(deadline: float) -> None:
+    while True:
+        left = deadline - time.perf_counter()
+        if left <= 0:
+            return
+        time.sleep(left)
+
+
+def parse_profiles(spec: str, kind: str) -> dict[int, Any]:
+    """Parse a per-node profile string from run config.
+
+    ``kind="device"``: ``"1.0,4.0,2.5"`` gives node (partition) ``i`` slow-down ``i``-th value (cycled).
+    ``kind="link"``: ``"50/50/5,10/10/20"``: uplink/downlink Mbit/s and latency ms per node; ``0`` = unlimited.
+    An empty string gives ``{}`` (defaults everywhere).
+    """
+    out: dict[int, Any] = {}
+    if not spec.strip():
+        return out
+    for i, item in enumerate(s.strip() for s in spec.split(",")):
+        try:
+            if kind == "device":
+                out[i] = DeviceProfile(float(item))
+            elif kind == "link":
+                parts = [float(v) for v in item.split("/")]
+                if len(parts) == 1:
+                    parts = [parts[0], parts[0], 0.0]
+                if len(parts) == 2:
+                    parts.append(0.0)
+                if len(parts) != 3:
+                    raise ValueError
+                out[i] = LinkProfile(*parts)
+            else:
+                raise ValueError(f"unknown profile kind {kind!r}")
+        except ValueError as exc:
+            hint = "expected uplink/downlink/latency numbers" if kind == "link" else "expected a number >= 1"
+            raise ValueError(f"bad {kind} profile {item!r}: {exc or hint}") from exc
+    return out
+
+
+def profile_for(profiles: Mapping[int, Any], index: int, default: Any) -> Any:
+    """Profile of node ``index``, cycling through the given ones (``default`` when none are given)."""
+    if not profiles:
+        return default
+    return profiles[index % len(profiles)]

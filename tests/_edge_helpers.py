@@ -1,0 +1,213 @@
+"""Shared helpers of the transport and edge-server tests (data, reference training, certificates, processes)."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F  # noqa: N812
+
+from edgeflower.clients.local import make_optimizer
+from edgeflower.data import BatchLoader, load_dataset
+from edgeflower.models.splittable import SplittableModel
+from edgeflower.models.zoo import build_model
+from edgeflower.transport import EdgeClient, OptimizerSettings, SessionMetrics, TokenIssuer
+
+SECRET = b"edgeflower-test-secret-0123456789abcdef"
+ISSUER = TokenIssuer(SECRET)
+OPTIM = OptimizerSettings(lr=0.05, momentum=0.9, weight_decay=1e-4)
+REPO = Path(__file__).resolve().parents[1]
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def token(node: int = 1, run: int = 7, server_round: int = 1, **kw: object) -> str:
+    """A valid token for ``node``."""
+    return ISSUER.issue(run, node, server_round, **kw)  # type: ignore[arg-type]
+
+
+def fashion_batches(num_batches: int = 3, batch_size: int = 16, seed: int = 0) -> list[Batch]:
+    """A few batches of real Fashion-MNIST (test split: faster to load)."""
+    loader = BatchLoader(load_dataset("fashion-mnist", train=False), batch_size, seed=seed, max_batches=num_batches)
+    return [(x.clone(), y.clone()) for x, y in loader]
+
+
+def fresh_model(name: str, seed: int = 0, **options: object) -> SplittableModel:
+    """A zoo model with seeded initial weights."""
+    torch.manual_seed(seed)
+    return build_model(name, **options)
+
+
+def train_reference(model: SplittableModel, batches: Sequence[Batch], optim: OptimizerSettings = OPTIM) -> dict:
+    """Local training of the whole model: one SGD step per batch, cross-entropy mean."""
+    opt = make_optimizer(model.parameters(), optim.lr, optim.momentum, optim.weight_decay)
+    model.train()
+    for x, y in batches:
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model.state_dict()
+
+
+def train_split(
+    client: EdgeClient,
+    model: SplittableModel,
+    k: int,
+    batches: Sequence[Batch],
+    optim: OptimizerSettings = OPTIM,
+    micro: int = 1,
+    node: int = 1,
+    pipelined: bool = False,
+) -> tuple[dict, SessionMetrics]:
+    """Split training of ``model`` at ``k`` through ``client``; return the merged full state dict and metrics.
+
+    With ``micro > 1`` each batch is cut into ``micro`` micro-batches; ``pipelined`` sends all of a batch's
+    micro-batches before receiving any result.
+    """
+    head, tail = model.split(k)
+    head.train()
+    head_opt = make_optimizer(head.parameters(), optim.lr, optim.momentum, optim.weight_decay) if k else None
+    session = client.open_session(token(node), model.spec, k, tail.state_dict(), optim, micro_batches=micro)
+    for b, (x, y) in enumerate(batches):
+        if head_opt is not None:
+            head_opt.zero_grad(set_to_none=True)
+        chunks = list(zip(x.chunk(micro), y.chunk(micro), strict=True))
+        acts = []
+        for i, (xm, ym) in enumerate(chunks):
+            act = head(xm)
+            acts.append(act)
+            session.send(act.detach(), ym, batch=b, micro=i, num_micro=len(chunks), batch_size=len(y))
+            if not pipelined:
+                _apply(session.recv(), act, k)
+        if pipelined:
+            for act in acts:
+                _apply(session.recv(), act, k)
+        if head_opt is not None:
+            head_opt.step()
+    tail_state, metrics = session.close()
+    full = {**head.state_dict(), **tail_state}
+    return full, metrics
+
+
+def _apply(result: object, act: torch.Tensor, k: int) -> None:
+    if k:
+        act.backward(result.grad)  # type: ignore[attr-defined]
+
+
+def max_abs_diff(a: dict, b: dict) -> float:
+    """Largest absolute difference between two state dicts with the same keys."""
+    assert set(a) == set(b), set(a) ^ set(b)
+    return max(float((a[key].double() - b[key].double()).abs().max()) if a[key].numel() else 0.0 for key in a)
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0, interval_s: float = 0.02) -> bool:
+    """Poll ``predicate`` until it is true or the timeout passes; return its last value."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval_s)
+    return predicate()
+
+
+def thread_names() -> list[str]:
+    """Names of the live threads."""
+    return sorted(t.name for t in threading.enumerate())
+
+
+def self_signed_cert(common_name: str = "localhost") -> tuple[bytes, bytes]:
+    """A self-signed certificate (PEM) for ``localhost`` and ``127.0.0.1``, and its private key (PEM)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return cert_pem, key_pem
+
+
+class EdgeProcess:
+    """``edgeflower edge-server`` in a subprocess on a free port; always stop it in ``finally`` (or use ``with``).
+
+    Its stderr is merged into stdout, which a thread drains, so a chatty server can never block on a full pipe.
+    """
+
+    def __init__(self, secret_file: Path, *extra: str, startup_timeout_s: float = 60.0) -> None:
+        cmd = [sys.executable, "-m", "edgeflower.cli", "edge-server", "--port", "0", "--secret-file", str(secret_file)]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            [*cmd, *extra], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        lines: queue.Queue[str] = queue.Queue()
+        self._reader = threading.Thread(target=self._pump, args=(lines,), daemon=True)
+        self._reader.start()
+        self.address = ""
+        try:
+            deadline = time.monotonic() + startup_timeout_s
+            while not self.address:
+                line = lines.get(timeout=max(0.01, deadline - time.monotonic()))
+                if line.startswith("edge server listening on "):
+                    self.address = line.rsplit(" ", 1)[1].strip()
+        except queue.Empty:
+            self.kill()
+            raise RuntimeError("edge server did not start") from None
+
+    def _pump(self, lines: queue.Queue[str]) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            lines.put(line)
+
+    def terminate(self, timeout_s: float = 20.0) -> int:
+        """SIGTERM, wait; return the exit code."""
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout_s)
+        finally:
+            self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL if still running, and reap."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        self._reader.join(5)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+    def __enter__(self) -> EdgeProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()

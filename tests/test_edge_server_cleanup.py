@@ -1,0 +1,131 @@
+"""Sessions are cleaned up on close, disconnect, timeout and server stop; no threads or tails are left behind."""
+
+from __future__ import annotations
+
+import gc
+import threading
+
+import pytest
+import torch
+
+from edgeflower.server import EdgeServer, EdgeServerConfig, TrainingSession
+from edgeflower.transport import EdgeClient, EdgeUnavailableError, SessionNotFoundError
+from tests._edge_helpers import OPTIM, SECRET, fashion_batches, fresh_model, thread_names, token, wait_until
+
+
+@pytest.fixture(scope="module")
+def batch() -> tuple[torch.Tensor, torch.Tensor]:
+    return fashion_batches(num_batches=1, batch_size=8)[0]
+
+
+def _live_sessions() -> int:
+    gc.collect()
+    return sum(type(o) is TrainingSession for o in gc.get_objects())
+
+
+def _open_and_step(client: EdgeClient, batch, node: int = 1, steps: int = 1):
+    model = fresh_model("vgg5")
+    head, tail = model.split(2)
+    session = client.open_session(token(node), model.spec, 2, tail.state_dict(), OPTIM)
+    x, y = batch
+    for b in range(steps):
+        session.step(head(x).detach(), y, batch=b)
+    return session, head
+
+
+def test_close_removes_the_session_and_frees_its_tail(batch) -> None:
+    with EdgeServer(secret=SECRET) as server, EdgeClient(server.address) as client:
+        session, _ = _open_and_step(client, batch)
+        assert server.num_sessions == 1
+        session.close()
+        assert server.num_sessions == 0
+        assert wait_until(lambda: _live_sessions() == 0)
+
+
+def test_disconnect_mid_stream_drops_the_session(batch) -> None:
+    with EdgeServer(secret=SECRET) as server:
+        client = EdgeClient(server.address)
+        session, head = _open_and_step(client, batch)
+        session.send(head(batch[0]).detach(), batch[1], batch=1)
+        client.close()  # the device vanishes with a step in flight
+        assert wait_until(lambda: server.num_sessions == 0)
+        assert wait_until(lambda: _live_sessions() == 0)
+
+
+def test_cancelled_stream_drops_the_session(batch) -> None:
+    with EdgeServer(secret=SECRET) as server, EdgeClient(server.address) as client:
+        session, _ = _open_and_step(client, batch)
+        session.abort()
+        assert wait_until(lambda: server.num_sessions == 0)
+        with pytest.raises(SessionNotFoundError):
+            client.call("/edgeflower.Offload/Close", _close_frame(session))
+
+
+def _close_frame(session) -> bytes:
+    from edgeflower.transport.messages import CloseRequest
+
+    return CloseRequest(session.session_id, session._token).to_bytes()
+
+
+def test_idle_sessions_time_out(batch) -> None:
+    config = EdgeServerConfig(idle_timeout_s=0.3, reap_interval_s=0.05)
+    with EdgeServer(secret=SECRET, config=config) as server, EdgeClient(server.address) as client:
+        idle, _ = _open_and_step(client, batch, node=1)
+        never_streamed = client.open_session(
+            token(2), fresh_model("vgg5").spec, 2, fresh_model("vgg5").split(2)[1].state_dict(), OPTIM
+        )
+        assert server.num_sessions == 2
+        assert wait_until(lambda: server.num_sessions == 0, timeout_s=5)
+        with pytest.raises(SessionNotFoundError, match="closed or expired"):
+            idle.step(torch.zeros(8, 32, 14, 14), batch[1], batch=5)
+        with pytest.raises(SessionNotFoundError):
+            never_streamed.close()
+    assert wait_until(lambda: _live_sessions() == 0)
+
+
+def test_active_sessions_do_not_time_out(batch) -> None:
+    config = EdgeServerConfig(idle_timeout_s=0.4, reap_interval_s=0.05)
+    with EdgeServer(secret=SECRET, config=config) as server, EdgeClient(server.address) as client:
+        session, head = _open_and_step(client, batch)
+        for b in range(1, 8):
+            threading.Event().wait(0.1)
+            session.step(head(batch[0]).detach(), batch[1], batch=b)
+        _, metrics = session.close()
+        assert metrics.batches == 8 and server.num_sessions == 0
+
+
+def test_threads_do_not_accumulate_and_all_end_at_stop(batch) -> None:
+    before = thread_names()
+    with EdgeServer(secret=SECRET) as server, EdgeClient(server.address) as client:
+        _open_and_step(client, batch)[0].close()
+        warm = len(threading.enumerate())
+        for i in range(12):
+            session, _ = _open_and_step(client, batch, node=i, steps=2)
+            if i % 3 == 0:
+                session.abort()
+            else:
+                session.close()
+        assert wait_until(lambda: server.num_sessions == 0)
+        assert wait_until(lambda: len(threading.enumerate()) <= warm + 1), thread_names()
+    assert wait_until(lambda: thread_names() == before), thread_names()
+
+
+def test_stopping_the_server_ends_open_streams_and_sessions(batch) -> None:
+    before = thread_names()
+    server = EdgeServer(secret=SECRET)
+    server.start()
+    client = EdgeClient(server.address, timeout_s=10)
+    try:
+        sessions = [_open_and_step(client, batch, node=i) for i in range(3)]
+        session, head = sessions[0]
+        server.stop(grace_s=0.2)
+        assert server.num_sessions == 0 and server.wait(0)
+        with pytest.raises(EdgeUnavailableError):
+            session.step(head(batch[0]).detach(), batch[1], batch=1)
+        for other, _ in sessions[1:]:
+            other.abort()
+    finally:
+        client.close()
+        server.stop()
+    assert wait_until(lambda: thread_names() == before), thread_names()
+    assert wait_until(lambda: _live_sessions() == 0)

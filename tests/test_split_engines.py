@@ -1,0 +1,62 @@
+"""Split mode end to end: Flower's Simulation Engine with in-process edge servers, and the Deployment Engine
+with edge servers as separate processes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edgeflower.flwrctl import Deployment, run_simulation
+from tests._edge_helpers import EdgeProcess
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+QUICK = {"num-rounds": 2, "max-batches": 15, "eval-samples": 2000, "lr": 0.05}
+
+
+def _run(run_root: Path) -> tuple[list[dict], dict]:
+    (run,) = list(run_root.iterdir())
+    return json.loads((run / "metrics.json").read_text()), json.loads((run / "nodes.json").read_text())
+
+
+def test_split_mode_with_two_edge_servers_matches_fl_accuracy(tmp_path):
+    accuracy = {}
+    for mode in ("fl", "split"):
+        out = tmp_path / mode
+        config = {**QUICK, "mode": mode, "split-point": 3, "edge-servers": 2, "run-dir": str(out)}
+        outcome = run_simulation(ROOT, ROOT / ".flwr", num_supernodes=4, run_config=config, timeout=500)
+        assert outcome.status == "finished:completed", (outcome.details, outcome.logs[-3000:])
+        rows, nodes = _run(out)
+        accuracy[mode] = rows[-1]["test-accuracy"]
+        if mode == "split":
+            last = nodes[str(QUICK["num-rounds"])]
+            assert len(last) == 4
+            assert {m["edge-address"] for m in last.values()}.__len__() == 2  # both edge servers served nodes
+            assert all(m["fell-back"] == 0 and m["split-point"] == 3 for m in last.values())
+            (run,) = list(out.iterdir())
+            assert (run / "timelines" / "round-1.json").is_file() and (run / "gantt-round-1.png").is_file()
+    assert accuracy["fl"] > 0.6
+    # split training is the same computation as local training: the accuracies agree
+    assert abs(accuracy["split"] - accuracy["fl"]) < 0.02, accuracy
+
+
+def test_split_mode_on_deployment_engine_with_edge_server_processes(tmp_path):
+    secret = tmp_path / "edge-secret"
+    secret.write_bytes(b"deployment-engine-edge-secret-0123456789")
+    with EdgeProcess(secret) as e1, EdgeProcess(secret) as e2, Deployment(ROOT / ".flwr", 2) as deployment:
+        config = {
+            **QUICK,
+            "mode": "split",
+            "edge-addresses": f"{e1.address},{e2.address}",
+            "edge-secret-file": str(secret),
+            "run-dir": str(tmp_path / "runs"),
+        }
+        outcome = deployment.run(ROOT, config, timeout=500)
+    assert outcome.status == "finished:completed", (outcome.details, outcome.logs[-3000:])
+    rows, nodes = _run(tmp_path / "runs")
+    assert rows[-1]["test-accuracy"] > 0.5
+    last = nodes[str(QUICK["num-rounds"])]
+    assert {m["edge-address"] for m in last.values()} == {e1.address, e2.address}

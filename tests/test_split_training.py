@@ -1,0 +1,137 @@
+"""Split training through the real offload channel: equivalence with local training, timeline, and fallback."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from edgeflower.clients.local import make_optimizer
+from edgeflower.clients.split import SplitTrainer
+from edgeflower.data import BatchLoader
+from edgeflower.models import build_model
+from edgeflower.server.edge import EdgeServer
+from edgeflower.transport import EdgeClient, OptimizerSettings, TokenIssuer
+from edgeflower.transport.emulation import EmulatedLink, LinkProfile
+from tests._edge_helpers import EdgeProcess
+
+SECRET = b"split-training-test-secret-0123456789"
+OPT = OptimizerSettings(lr=0.05, momentum=0.9, weight_decay=1e-4)
+
+
+@pytest.fixture(scope="module")
+def edge():
+    with EdgeServer(secret=SECRET) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def batches(fmnist_train):
+    data = fmnist_train.subset(range(64))
+    return list(BatchLoader(data, 16, seed=3).batches(0))
+
+
+def _opener(client: EdgeClient, model, node: int = 1):
+    token = TokenIssuer(SECRET).issue(run_id=1, node_id=node, server_round=1)
+    return lambda k, tail, opt: client.open_session(token, model.spec, k, tail, opt)
+
+
+def _local(model, batches):
+    opt = make_optimizer(model.parameters(), OPT.lr, OPT.momentum, OPT.weight_decay)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    for x, y in batches:
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+
+
+def _max_diff(a, b) -> float:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    return max((sa[k].double() - sb[k].double()).abs().max().item() for k in sa)
+
+
+@pytest.mark.parametrize(("name", "options"), [("vgg5", {}), ("resnet18", {"width": 8})])
+def test_split_training_over_grpc_equals_local_training_at_every_split_point(edge, batches, name, options):
+    torch.manual_seed(0)
+    initial = build_model(name, **options)
+    reference = copy.deepcopy(initial)
+    _local(reference, batches)
+    with EdgeClient(edge.address) as client:
+        for k in range(initial.num_blocks):
+            model = copy.deepcopy(initial)
+            result = SplitTrainer(model, k, OPT).train(batches, _opener(client, model))
+            assert not result.fell_back
+            assert result.num_examples == 64
+            assert _max_diff(model, reference) <= 1e-5, k
+
+
+def test_timeline_records_every_phase_in_data_flow_order(edge, batches):
+    torch.manual_seed(0)
+    model = build_model("vgg5")
+    link = EmulatedLink(LinkProfile(uplink_mbps=40, downlink_mbps=40, latency_ms=2))
+    with EdgeClient(edge.address) as client:
+        result = SplitTrainer(model, 3, OPT, link=link).train(batches, _opener(client, model))
+    by_batch: dict[int, dict[str, list]] = {}
+    for iv in result.timeline.intervals:
+        by_batch.setdefault(iv.batch, {}).setdefault(iv.phase, []).append(iv)
+    assert sorted(by_batch) == [0, 1, 2, 3]
+    for phases in by_batch.values():
+        fwd, bwd = sorted(phases["device"], key=lambda iv: iv.start)
+        (up,), (srv,), (down,) = phases["uplink"], phases["server"], phases["downlink"]
+        assert fwd.end <= up.start + 1e-6 and up.end <= srv.start + 1e-6
+        assert srv.end <= down.start + 1e-6 and down.end <= bwd.start + 1e-6
+    act_bytes = 16 * 64 * 14 * 14 * 4 + 16 * 8  # conv2 output of 16 samples + int64 labels
+    metrics = result.metrics()
+    assert metrics["uplink-s"] == pytest.approx(4 * (act_bytes * 8 / 40e6 + 0.002), rel=0.15)
+    assert metrics["server-s"] > 0 and metrics["server-idle-s"] > 0
+    assert metrics["fell-back"] == 0 and metrics["num-examples"] == 64
+
+
+def test_killed_edge_server_process_mid_round_falls_back_and_keeps_progress(tmp_path, batches):
+    secret_file = tmp_path / "secret"
+    secret_file.write_bytes(SECRET)
+    torch.manual_seed(0)
+    initial = build_model("vgg5")
+    k, kill_at = 3, 2
+
+    # What must come out: batches [0, kill_at) split (== local), then the tail restarts from the round-start
+    # weights with a fresh optimizer while the head keeps its weights and momentum.
+    reference = copy.deepcopy(initial)
+    head, tail = reference.split(k, share=True)
+    head_opt = make_optimizer(head.parameters(), OPT.lr, OPT.momentum, OPT.weight_decay)
+    tail_opt = make_optimizer(tail.parameters(), OPT.lr, OPT.momentum, OPT.weight_decay)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    for i, (x, y) in enumerate(batches):
+        if i == kill_at:
+            tail.load_state_dict(initial.split(k)[1].state_dict())
+            tail_opt = make_optimizer(tail.parameters(), OPT.lr, OPT.momentum, OPT.weight_decay)
+        head_opt.zero_grad()
+        tail_opt.zero_grad()
+        loss_fn(tail(head(x)), y).backward()
+        head_opt.step()
+        tail_opt.step()
+
+    with EdgeProcess(secret_file) as proc:
+
+        def stream():
+            for i, batch in enumerate(batches):
+                if i == kill_at:
+                    proc.kill()  # SIGKILL the edge server process between two batches
+                yield batch
+
+        model = copy.deepcopy(initial)
+        with EdgeClient(proc.address, timeout_s=20) as client:
+            result = SplitTrainer(model, k, OPT).train(stream(), _opener(client, model))
+    assert result.fell_back and result.fallback_batch == kill_at
+    assert "Unavailable" in result.fallback_reason
+    assert result.num_examples == 64
+    assert _max_diff(model, reference) <= 1e-5
+    assert _max_diff(model, initial) > 1e-3  # progress was made and kept
+
+
+def test_all_blocks_on_the_device_is_not_a_split():
+    model = build_model("vgg5")
+    with pytest.raises(ValueError, match="nothing to offload"):
+        SplitTrainer(model, model.num_blocks, OPT)
