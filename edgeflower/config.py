@@ -27,7 +27,9 @@ class ConfigError(ValueError):
         self.key = key
 
 
-MODES = ("fl", "split")
+MODES = ("fl", "split", "pipeline")
+AUTO = {"split_point": -1, "microbatches": 0}
+"""Fields that also accept the string ``"auto"`` (stored as the number given here)."""
 PARTITIONERS = ("iid", "dirichlet")
 
 
@@ -38,8 +40,9 @@ class AppConfig:
     Attributes
     ----------
     mode : str
-        ``"fl"`` (classic federated learning: the whole model on the device) or ``"split"`` (the device trains
-        blocks ``[:split-point]``, an edge server the rest, batch by batch over the offload channel).
+        ``"fl"`` (classic federated learning: the whole model on the device), ``"split"`` (the device trains
+        blocks ``[:split-point]``, an edge server the rest, batch by batch over the offload channel) or
+        ``"pipeline"`` (split training with micro-batches in flight, PiPar).
     model : str
         Zoo model name.
     norm : str
@@ -47,7 +50,10 @@ class AppConfig:
     model_width : float
         Channel multiplier of the model (1.0 = as published).
     split_point : int
-        Blocks kept on the device; ``-1`` means all of them in ``fl`` mode and half of them in ``split`` mode.
+        Blocks kept on the device; ``-1`` (or ``"auto"``) means all of them in ``fl`` mode, half of them in
+        ``split`` mode, and the PiPar selection in ``pipeline`` mode.
+    microbatches : int
+        Micro-batches per batch in ``pipeline`` mode; ``0`` (or ``"auto"``) lets PiPar's selection choose.
     dataset : str
         ``"fashion-mnist"``, ``"mnist"`` or ``"cifar10"``.
     data_root : str
@@ -97,6 +103,7 @@ class AppConfig:
     norm: str = "batch"
     model_width: float = 1.0
     split_point: int = -1
+    microbatches: int = 0
     dataset: str = "fashion-mnist"
     data_root: str = ""
     partitioner: str = "iid"
@@ -144,6 +151,8 @@ class AppConfig:
                 continue
             raw = run_config[key]
             typ = type(f.default)
+            if f.name in AUTO and isinstance(raw, str) and raw.strip().lower() == "auto":
+                raw = AUTO[f.name]
             try:
                 if typ is bool:
                     value: Any = raw if isinstance(raw, bool) else str(raw).lower() in ("1", "true", "yes")
@@ -193,6 +202,7 @@ class AppConfig:
             "dirichlet_alpha": (lambda v: v > 0, "must be > 0"),
             "model_width": (lambda v: v > 0, "must be > 0"),
             "edge_servers": (lambda v: v >= 1, "must be >= 1"),
+            "microbatches": (lambda v: v >= 0, "must be >= 1 (or 'auto')"),
         }
         for name, (ok, message) in checks.items():
             if not ok(getattr(self, name)):
@@ -229,9 +239,12 @@ class AppConfig:
         return [a.strip() for a in self.edge_addresses.split(",") if a.strip()]
 
     def effective_split_point(self, num_blocks: int) -> int:
-        """Blocks on the device in this mode: all in ``fl``; ``split-point`` (or half the blocks) in ``split``."""
+        """Blocks on the device: all in ``fl``; ``split-point`` (or half the blocks) in ``split``; in ``pipeline``
+        ``split-point`` as given (``-1`` = selected per node by PiPar)."""
         if self.mode == "fl":
             return num_blocks
+        if self.mode == "pipeline":
+            return self.split_point
         return num_blocks // 2 if self.split_point < 0 else self.split_point
 
     @property

@@ -18,8 +18,15 @@ def _pyproject_config() -> dict:
 def test_pyproject_config_documents_every_key_with_the_code_defaults():
     cfg = _pyproject_config()
     assert set(cfg) == set(AppConfig().to_dict())
-    parsed = AppConfig.from_run_config(cfg)
-    assert parsed.to_dict() == {k: (type(AppConfig().to_dict()[k]))(v) for k, v in cfg.items()}
+    assert AppConfig.from_run_config(cfg) == AppConfig()
+
+
+def test_auto_is_accepted_where_documented():
+    cfg = AppConfig.from_run_config({"mode": "pipeline", "split-point": "auto", "microbatches": "auto"})
+    assert (cfg.split_point, cfg.microbatches) == (-1, 0)
+    assert AppConfig.from_run_config({"microbatches": "8"}).microbatches == 8
+    with pytest.raises(ConfigError, match="'microbatches'"):
+        AppConfig.from_run_config({"microbatches": "many"})
 
 
 def test_readme_documents_every_run_config_key():

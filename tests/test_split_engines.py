@@ -60,3 +60,22 @@ def test_split_mode_on_deployment_engine_with_edge_server_processes(tmp_path):
     assert rows[-1]["test-accuracy"] > 0.5
     last = nodes[str(QUICK["num-rounds"])]
     assert {m["edge-address"] for m in last.values()} == {e1.address, e2.address}
+
+
+def test_pipeline_mode_selects_plans_per_node_and_reports_predicted_vs_measured(tmp_path):
+    config = {
+        **QUICK,
+        "num-rounds": 2,
+        "mode": "pipeline",
+        "norm": "group",
+        "link-profiles": "40/40/2,10/10/5",
+        "device-profiles": "2,2",
+        "run-dir": str(tmp_path),
+    }
+    outcome = run_simulation(ROOT, ROOT / ".flwr", num_supernodes=2, run_config=config, timeout=500)
+    assert outcome.status == "finished:completed", (outcome.details, outcome.logs[-3000:])
+    rows, nodes = _run(tmp_path)
+    assert rows[-1]["test-accuracy"] > 0.5
+    for metrics in nodes["2"].values():
+        assert metrics["predicted-iter-s"] > 0 and metrics["measured-iter-s"] > 0
+        assert metrics["fell-back"] == 0 if metrics["split-point"] < 7 else True

@@ -1,4 +1,4 @@
-"""The edgeflower ClientApp: trains its node's partition as the round's plan says (``fl`` or ``split``)."""
+"""The edgeflower ClientApp: trains its node's partition as the round's plan says (``fl``, ``split``, ``pipeline``)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from flwr.clientapp import ClientApp
 
 from edgeflower.app.task import load_partition, load_test_set, node_loader
 from edgeflower.clients.local import evaluate, make_optimizer, train_local
-from edgeflower.clients.split import SplitTrainer
+from edgeflower.clients.pipeline import PipelineTrainer
 from edgeflower.config import AppConfig
 from edgeflower.data import BatchLoader
 from edgeflower.transport.client import EdgeClient
@@ -61,7 +61,8 @@ def train(msg: Message, context: Context) -> Message:
     content = RecordDict()
     if k < model.num_blocks:
         link = EmulatedLink(node_link(cfg, pid, server_round))
-        trainer = SplitTrainer(model, k, OptimizerSettings(lr, cfg.momentum, cfg.weight_decay), device, link)
+        m = int(config.get("microbatches", 1))
+        trainer = PipelineTrainer(model, k, OptimizerSettings(lr, cfg.momentum, cfg.weight_decay), m, device, link)
         token = str(config["edge-token"])
         with EdgeClient(str(config["edge-address"])) as client:
             result = trainer.train(
@@ -69,6 +70,9 @@ def train(msg: Message, context: Context) -> Message:
                 lambda kk, tail, opt: client.open_session(token, model.spec, kk, tail, opt),
             )
         metrics = result.metrics()
+        metrics["measured-iter-s"] = result.seconds / max(1, result.traffic.get("batches", 1))
+        if "predicted-iter-s" in config:
+            metrics["predicted-iter-s"] = float(config["predicted-iter-s"])
         content["timeline"] = ConfigRecord({"timeline": result.timeline.to_json(), "edge-address": client.address})
         if result.fell_back:
             content["fallback"] = ConfigRecord({"fallback-reason": result.fallback_reason})

@@ -1,4 +1,9 @@
-"""The edgeflower ServerApp: FedAvg (wrapped by :class:`EdgeStrategy`) with centralised evaluation."""
+"""The edgeflower ServerApp: FedAvg (wrapped by :class:`EdgeStrategy`) with centralised evaluation.
+
+In ``split`` and ``pipeline`` modes it starts (or addresses) the edge servers and sends each node its plan: split
+point, micro-batch count (selected per node by :class:`PiParPlanner` in ``pipeline`` mode), edge address and
+session token.
+"""
 
 from __future__ import annotations
 
@@ -16,9 +21,11 @@ from flwr.serverapp.strategy import FedAvg
 from edgeflower.app.task import load_test_set
 from edgeflower.clients.local import evaluate
 from edgeflower.config import AppConfig
+from edgeflower.models.profiler import profile_model
 from edgeflower.runlog import RunLog
 from edgeflower.server.pool import EdgePool
 from edgeflower.strategies.edge import EdgeStrategy
+from edgeflower.strategies.pipar import PiParPlanner
 
 app = ServerApp()
 
@@ -61,16 +68,30 @@ def main(grid: Grid, context: Context) -> None:
         min_train_nodes=cfg.min_nodes,
         min_available_nodes=cfg.min_nodes,
     )
-    split_point = cfg.effective_split_point(model.num_blocks)
-    pool = start_edges(cfg) if split_point < model.num_blocks else None
+    blocks = model.num_blocks
+    split_point = cfg.effective_split_point(blocks)
+    planner = None
+    if cfg.mode == "pipeline":
+        profile = profile_model(model, batch_size=cfg.batch_size)
+        planner = PiParPlanner(profile, cfg.batch_size, cfg.split_point, cfg.microbatches)
+    pool = start_edges(cfg) if cfg.mode != "fl" and split_point != blocks else None
 
     def plan(rnd: int, node: int) -> dict[str, int | float | str]:
-        entry: dict[str, int | float | str] = {"lr": cfg.lr_at(rnd), "split-point": split_point}
-        if pool is not None:
+        entry: dict[str, int | float | str] = {"lr": cfg.lr_at(rnd), "split-point": split_point, "microbatches": 1}
+        if planner is not None:
+            chosen = planner.plan(node)
+            entry.update(
+                {
+                    "split-point": chosen.split_point,
+                    "microbatches": chosen.micro_batches,
+                    "predicted-iter-s": chosen.predicted_s,
+                }
+            )
+        if pool is not None and int(entry["split-point"]) < blocks:
             entry.update(pool.plan(context.run_id, node, rnd))
         return entry
 
-    strategy = EdgeStrategy(inner, plan_fn=plan, recorder=runlog)
+    strategy = EdgeStrategy(inner, plan_fn=plan, recorder=[runlog] + ([planner] if planner else []))
     try:
         result = strategy.start(
             grid=grid,

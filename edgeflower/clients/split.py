@@ -58,6 +58,8 @@ class SplitResult:
         Every phase of every batch.
     server_metrics : dict
         The edge session's metrics (empty after a fallback).
+    traffic : dict
+        ``uplink-bytes``, ``downlink-bytes`` sent over the (emulated) link, ``batches`` and ``micro-batches``.
     """
 
     num_examples: int
@@ -68,6 +70,7 @@ class SplitResult:
     fallback_reason: str
     timeline: Timeline
     server_metrics: dict[str, float] = field(default_factory=dict)
+    traffic: dict[str, int] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, float | int]:
         """Flat metrics for a Flower ``MetricRecord`` (hyphenated keys)."""
@@ -79,6 +82,7 @@ class SplitResult:
             "fallback-batch": self.fallback_batch,
         }
         out.update(self.timeline.totals())
+        out.update(self.traffic)
         return out
 
 
@@ -121,6 +125,8 @@ class SplitTrainer:
         self.link = link or EmulatedLink()
         self.head, self.tail = model.split(split_point, share=True)
         self.loss_fn = nn.CrossEntropyLoss()
+        self.micro_batches = 1
+        self.traffic: dict[str, int] = {"uplink-bytes": 0, "downlink-bytes": 0}
 
     def _device(self, timeline: Timeline, batch: int, what: str, fn: Callable[[], Any]) -> Any:
         start = time.perf_counter()
@@ -142,10 +148,11 @@ class SplitTrainer:
         timeline = Timeline()
         t0 = time.perf_counter()
         self.model.train()
+        self.traffic = {"uplink-bytes": 0, "downlink-bytes": 0}
         round_start_tail = {k: v.detach().clone() for k, v in self.tail.state_dict().items()}
         has_head = any(True for _ in self.head.parameters())
         head_opt = _sgd(self.head, self.opt) if has_head else None
-        n, loss_sum = 0, 0.0
+        n, loss_sum, batches_done = 0, 0.0, 0
         session = None
         it = iter(batches)
         pending: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -159,28 +166,14 @@ class SplitTrainer:
                 head_buffers = [buf.clone() for buf in self.head.buffers()]
                 if head_opt is not None:
                     head_opt.zero_grad(set_to_none=True)
-                act = self._device(timeline, b, "fwd", lambda x=x: self.head(x)) if self.k > 0 else x
-                sent = act.detach()
-                up0, up1 = self.link.transmit(_nbytes(sent, y), up=True)
-                timeline.add("uplink", up0, up1, b)
-                call0 = time.perf_counter()
-                result = session.step(sent, y, batch=b, batch_size=len(y))
-                call1 = time.perf_counter()
-                server_s = min(result.server_s, call1 - call0)
-                timeline.add("server", call1 - server_s, call1, b)
-                down0, down1 = self.link.transmit(_nbytes(result.grad), up=False)
-                timeline.add("downlink", down0, down1, b)
-                if head_opt is not None:
-                    self._device(timeline, b, "bwd", lambda a=act, g=result.grad: (a.backward(g), head_opt.step()))
+                loss_sum += self._batch(session, b, x, y, timeline, head_opt)
                 pending = None
                 n += len(y)
-                loss_sum += result.loss * len(y)
+                batches_done += 1
             tail_state, metrics = session.close()
             session = None
             self.tail.load_state_dict(tail_state)
-            return SplitResult(
-                n, loss_sum / max(n, 1), time.perf_counter() - t0, False, -1, "", timeline, _metrics_dict(metrics)
-            )
+            return self._result(n, loss_sum, batches_done, t0, timeline, server_metrics=_metrics_dict(metrics))
         except EdgeError as exc:
             log(WARNING, "edge server failed at batch %d (%s); finishing the round locally", b, exc)
             if session is not None:
@@ -196,10 +189,62 @@ class SplitTrainer:
             rest = ([pending] if pending is not None else []) + list(it)
             first = b if pending is not None else b + 1
             m, local_loss = self._train_locally(rest, timeline, first, head_opt)
-            n += m
-            loss_sum += local_loss
             reason = f"{type(exc).__name__}: {exc}"
-            return SplitResult(n, loss_sum / max(n, 1), time.perf_counter() - t0, True, first, reason, timeline)
+            return self._result(
+                n + m, loss_sum + local_loss, batches_done + len(rest), t0, timeline, fallback=(first, reason)
+            )
+
+    def _result(
+        self,
+        n: int,
+        loss_sum: float,
+        batches: int,
+        t0: float,
+        timeline: Timeline,
+        server_metrics: dict[str, float] | None = None,
+        fallback: tuple[int, str] | None = None,
+    ) -> SplitResult:
+        first, reason = fallback if fallback else (-1, "")
+        return SplitResult(
+            n,
+            loss_sum / max(n, 1),
+            time.perf_counter() - t0,
+            fallback is not None,
+            first,
+            reason,
+            timeline,
+            server_metrics or {},
+            {**self.traffic, "batches": batches, "micro-batches": self.micro_batches},
+        )
+
+    def _batch(
+        self,
+        session: Any,
+        b: int,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        timeline: Timeline,
+        head_opt: torch.optim.Optimizer | None,
+    ) -> float:
+        """One batch, sequentially: head forward, uplink, server, downlink, head backward. Returns the loss sum."""
+        act = self._device(timeline, b, "fwd", lambda: self.head(x)) if self.k > 0 else x
+        sent = act.detach()
+        up0, up1 = self._transmit(_nbytes(sent, y), True)
+        timeline.add("uplink", up0, up1, b)
+        call0 = time.perf_counter()
+        result = session.step(sent, y, batch=b, batch_size=len(y))
+        call1 = time.perf_counter()
+        server_s = min(result.server_s, call1 - call0)
+        timeline.add("server", call1 - server_s, call1, b)
+        down0, down1 = self._transmit(_nbytes(result.grad), False)
+        timeline.add("downlink", down0, down1, b)
+        if head_opt is not None:
+            self._device(timeline, b, "bwd", lambda: (act.backward(result.grad), head_opt.step()))
+        return result.loss * len(y)
+
+    def _transmit(self, nbytes: int, up: bool) -> tuple[float, float]:
+        self.traffic["uplink-bytes" if up else "downlink-bytes"] += nbytes
+        return self.link.transmit(nbytes, up)
 
     def _train_locally(
         self,

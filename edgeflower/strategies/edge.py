@@ -13,7 +13,7 @@ Because replies always carry the full model, whatever the inner strategy aggrega
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from logging import INFO
 from typing import Any, Protocol
 
@@ -46,8 +46,8 @@ class EdgeStrategy(Strategy):
         The Flower strategy that samples nodes and aggregates (e.g. ``FedAvg``).
     plan_fn : PlanFn, optional
         Per-node plan; its values are merged into the node's ``config`` record.
-    recorder : RoundRecorder, optional
-        Called after every aggregated training round.
+    recorder : RoundRecorder or sequence of RoundRecorder, optional
+        Called after every aggregated training round (e.g. a run log and a planner that learns from replies).
     configrecord_key : str
         Key of the config record in training messages (Flower's default ``"config"``).
     """
@@ -56,12 +56,17 @@ class EdgeStrategy(Strategy):
         self,
         inner: Strategy,
         plan_fn: PlanFn | None = None,
-        recorder: RoundRecorder | None = None,
+        recorder: RoundRecorder | Sequence[RoundRecorder] | None = None,
         configrecord_key: str = "config",
     ) -> None:
         self.inner = inner
         self.plan_fn = plan_fn
-        self.recorder = recorder
+        if recorder is None:
+            self.recorders: list[RoundRecorder] = []
+        elif isinstance(recorder, Sequence):
+            self.recorders = list(recorder)
+        else:
+            self.recorders = [recorder]
         self.configrecord_key = configrecord_key
         self._round_start: dict[int, float] = {}
         self.last_plans: dict[int, dict[str, Any]] = {}
@@ -110,8 +115,8 @@ class EdgeStrategy(Strategy):
                 if key != self.configrecord_key:
                     node.update(dict(record.items()))
         log(INFO, "round %d: %d replies in %.2f s", server_round, len(per_node), seconds)
-        if self.recorder is not None:
-            self.recorder.on_train_round(server_round, seconds, per_node, dict(metrics.items()) if metrics else {})
+        for recorder in self.recorders:
+            recorder.on_train_round(server_round, seconds, per_node, dict(metrics.items()) if metrics else {})
         return arrays, metrics
 
     def configure_evaluate(

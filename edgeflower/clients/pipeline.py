@@ -1,0 +1,158 @@
+"""Pipeline-parallel split training (PiPar): micro-batches overlap device compute, uplink, server and downlink.
+
+Each batch of ``B`` samples is cut into ``m`` micro-batches. The device runs the ``m`` head forward passes back to
+back; a sender thread ships each activation as soon as it is ready (holding the emulated uplink while it does);
+the edge server processes micro-batches as they arrive (loss scaled by ``n_j / B`` so the accumulated gradients
+equal the full batch's) and streams the gradients back; a receiver thread takes them off the (emulated) downlink;
+the device runs each micro-batch's backward as its gradient arrives. Both sides accumulate gradients and take one
+optimizer step per batch, so the update equals the sequential one.
+
+BatchNorm: statistics are computed per micro-batch (as PiPar does), so with BatchNorm models the pipelined update
+equals local training with gradient accumulation over the same micro-batches, not the full-batch update; with
+GroupNorm (or no normalisation) it equals sequential split training exactly (up to float rounding).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from typing import Any
+
+import torch
+
+from edgeflower.clients.split import SplitTrainer, _nbytes
+from edgeflower.models.splittable import SplittableModel
+from edgeflower.timeline import Timeline
+from edgeflower.transport.emulation import DeviceProfile, EmulatedLink
+from edgeflower.transport.errors import EdgeError, SessionStateError
+from edgeflower.transport.messages import OptimizerSettings, StepResult
+
+__all__ = ["PipelineTrainer"]
+
+_STOP = object()
+
+
+class PipelineTrainer(SplitTrainer):
+    """Split training with ``micro_batches`` micro-batches per batch in flight at once.
+
+    Parameters
+    ----------
+    model, split_point, optimizer, device, link
+        As for :class:`~edgeflower.clients.split.SplitTrainer`.
+    micro_batches : int
+        Micro-batches per batch (capped by the batch size); 1 is sequential split training.
+    """
+
+    def __init__(
+        self,
+        model: SplittableModel,
+        split_point: int,
+        optimizer: OptimizerSettings,
+        micro_batches: int,
+        device: DeviceProfile | None = None,
+        link: EmulatedLink | None = None,
+    ) -> None:
+        super().__init__(model, split_point, optimizer, device, link)
+        if micro_batches < 1:
+            raise ValueError(f"micro_batches must be >= 1, got {micro_batches}")
+        self.micro_batches = micro_batches
+
+    def _batch(
+        self,
+        session: Any,
+        b: int,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        timeline: Timeline,
+        head_opt: torch.optim.Optimizer | None,
+    ) -> float:
+        m = min(self.micro_batches, len(y))
+        if m == 1:
+            return super()._batch(session, b, x, y, timeline, head_opt)
+        xs, ys = x.tensor_split(m), y.tensor_split(m)
+        batch_size = len(y)
+        outbox: queue.Queue[Any] = queue.Queue()
+        results: list[StepResult | None] = [None] * m
+        arrived = [threading.Event() for _ in range(m)]
+        errors: list[BaseException] = []
+        sent = threading.Semaphore(0)  # the receiver may only wait for micro-batches already sent
+
+        def fail(exc: BaseException) -> None:
+            errors.append(exc)
+            for event in arrived:
+                event.set()
+            sent.release(m)
+
+        def sender() -> None:
+            try:
+                for j in range(m):
+                    item = outbox.get()
+                    if item is _STOP:
+                        return
+                    act, labels = item
+                    up0, up1 = self._transmit(_nbytes(act, labels), True)
+                    timeline.add("uplink", up0, up1, b, j)
+                    session.send(act, labels, batch=b, micro=j, num_micro=m, batch_size=batch_size)
+                    sent.release()
+            except BaseException as exc:  # handed to the device thread, which raises it
+                fail(exc)
+
+        def receiver() -> None:
+            try:
+                for j in range(m):
+                    sent.acquire()
+                    if errors:
+                        return
+                    result = session.recv()
+                    now = time.perf_counter()
+                    timeline.add("server", now - result.server_s, now, b, j)
+                    down0, down1 = self._transmit(_nbytes(result.grad), False)
+                    timeline.add("downlink", down0, down1, b, j)
+                    results[j] = result
+                    arrived[j].set()
+            except BaseException as exc:
+                fail(exc)
+
+        threads = [
+            threading.Thread(target=sender, name=f"edgeflower-pipe-send-{b}", daemon=True),
+            threading.Thread(target=receiver, name=f"edgeflower-pipe-recv-{b}", daemon=True),
+        ]
+        for t in threads:
+            t.start()
+        try:
+            acts = []
+            for j in range(m):
+                if errors:
+                    break
+                act = self._device(timeline, b, "fwd", lambda j=j: self.head(xs[j])) if self.k > 0 else xs[j]
+                acts.append(act)
+                outbox.put((act.detach(), ys[j]))
+            loss = 0.0
+            for j in range(m):
+                arrived[j].wait()
+                if errors:
+                    break
+                result = results[j]
+                assert result is not None
+                loss += result.loss * len(ys[j])
+                if head_opt is not None:
+                    self._device(timeline, b, "bwd", lambda a=acts[j], g=result.grad: a.backward(g))
+            if errors:
+                raise _as_edge_error(errors[0])
+            if head_opt is not None:
+                self._device(timeline, b, "step", head_opt.step)
+            return loss
+        finally:
+            if errors:
+                session.abort()  # unblocks the receiver
+                sent.release(m)
+            outbox.put(_STOP)
+            for t in threads:
+                t.join(timeout=30)
+
+
+def _as_edge_error(exc: BaseException) -> EdgeError:
+    if isinstance(exc, EdgeError):
+        return exc
+    return SessionStateError(f"pipeline thread failed: {exc!r}")

@@ -1,0 +1,260 @@
+"""PiPar's automatic selection of the split point ``k`` and the micro-batch count ``m``.
+
+From a per-block profile (measured forward/backward seconds on the edge server's machine, activation bytes), a
+node's device slow-down and its link, :func:`predict_iteration` gives one batch's time for a plan ``(k, m)`` as the
+critical path through the pipeline's stages: per micro-batch a device forward ``F``, an upload ``U``, server work
+``S``, a download ``D`` and a device backward ``B``, with the device, each link direction and the server each
+doing one thing at a time, the device running all forwards before the first backward, and a link transfer
+arriving ``latency`` after it leaves. :func:`select_plan` returns the plan with the shortest predicted time over
+every split point (including ``k = num_blocks``, no offloading) and every micro-batch count that divides the batch.
+
+:class:`PiParPlanner` keeps per-node estimates of the device slow-down and the bandwidth from what nodes report
+after each round, and re-selects each node's plan every round (so a bandwidth drop moves the plan).
+
+Sizes are counted right: activation bytes are ``numel * 4`` for float32 (PiPar's reference code counted bits as
+bytes) and labels travel as int64.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from edgeflower.models.profiler import ModelProfile
+from edgeflower.transport.emulation import LinkProfile
+
+__all__ = ["NodeEstimate", "PiParPlanner", "Plan", "predict_iteration", "select_plan", "stage_times"]
+
+LABEL_BYTES = 8
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A pipeline plan and its predicted batch time."""
+
+    split_point: int
+    micro_batches: int
+    predicted_s: float
+
+
+@dataclass(frozen=True)
+class Stages:
+    """Per-micro-batch stage durations (seconds) of one plan; ``*_ser`` exclude the link latency."""
+
+    fwd: float
+    up_ser: float
+    server: float
+    down_ser: float
+    bwd: float
+    latency: float
+    m: int
+    offload: bool
+    grads_back: bool
+
+
+def stage_times(
+    profile: ModelProfile,
+    k: int,
+    m: int,
+    batch_size: int,
+    slowdown: float,
+    link: LinkProfile,
+    message_overhead_s: float = 0.0,
+) -> Stages:
+    """Stage durations of plan ``(k, m)`` for micro-batches of ``batch_size / m`` samples.
+
+    Block times of the profile (measured at ``profile.batch_size``) are scaled linearly to the micro-batch size;
+    device times are multiplied by ``slowdown``.
+    """
+    n = len(profile.blocks)
+    if not 0 <= k <= n:
+        raise ValueError(f"split point {k} out of range 0..{n}")
+    if m < 1 or m > batch_size:
+        raise ValueError(f"micro-batch count {m} out of range 1..{batch_size}")
+    scale = (batch_size / m) / profile.batch_size
+    fwd = slowdown * scale * sum(b.fwd_s for b in profile.blocks[:k])
+    bwd = slowdown * scale * sum(b.bwd_s for b in profile.blocks[:k])
+    if k == n:
+        return Stages(fwd, 0.0, 0.0, 0.0, bwd, 0.0, m, offload=False, grads_back=False)
+    samples = batch_size / m
+    up_bytes = profile.boundary_bytes(k) * samples + LABEL_BYTES * samples
+    down_bytes = profile.boundary_bytes(k) * samples if k > 0 else 0.0
+    server = scale * sum(b.fwd_s + b.bwd_s for b in profile.blocks[k:]) + message_overhead_s
+    return Stages(
+        fwd,
+        link.transfer_s(int(up_bytes), True),
+        server,
+        link.transfer_s(int(down_bytes), False),
+        bwd,
+        link.latency_ms / 1000,
+        m,
+        offload=True,
+        grads_back=k > 0,
+    )
+
+
+def critical_path(st: Stages) -> float:
+    """Makespan of one batch through the stage graph (see the module docstring)."""
+    if not st.offload:
+        return st.m * (st.fwd + st.bwd)
+    f_end = [0.0] * st.m
+    up_free = down_free = s_end = b_end = 0.0
+    arrivals = [0.0] * st.m
+    t = 0.0
+    for j in range(st.m):
+        t += st.fwd
+        f_end[j] = t
+    for j in range(st.m):
+        up_start = max(f_end[j], up_free)
+        up_free = up_start + st.up_ser
+        s_end = max(up_free + st.latency, s_end) + st.server
+        if st.grads_back:
+            down_start = max(s_end, down_free)
+            down_free = down_start + st.down_ser
+            arrivals[j] = down_free + st.latency
+    if not st.grads_back:
+        return s_end
+    b_end = f_end[-1]
+    for j in range(st.m):
+        b_end = max(arrivals[j], b_end) + st.bwd
+    return b_end
+
+
+def predict_iteration(
+    profile: ModelProfile,
+    k: int,
+    m: int,
+    batch_size: int,
+    slowdown: float = 1.0,
+    link: LinkProfile | None = None,
+    message_overhead_s: float = 0.0,
+) -> float:
+    """Predicted seconds of one batch with plan ``(k, m)``."""
+    st = stage_times(profile, k, m, batch_size, slowdown, link or LinkProfile(), message_overhead_s)
+    return critical_path(st)
+
+
+def divisors(n: int, cap: int | None = None) -> list[int]:
+    """Divisors of ``n`` up to ``cap``."""
+    return [d for d in range(1, (cap or n) + 1) if n % d == 0]
+
+
+def select_plan(
+    profile: ModelProfile,
+    batch_size: int,
+    slowdown: float = 1.0,
+    link: LinkProfile | None = None,
+    split_points: list[int] | None = None,
+    micro_batches: list[int] | None = None,
+    message_overhead_s: float = 0.0,
+    max_micro_batches: int = 32,
+) -> Plan:
+    """The plan with the shortest predicted batch time.
+
+    Parameters
+    ----------
+    profile : ModelProfile
+        Per-block profile measured on the edge server's machine.
+    batch_size : int
+        Samples per batch.
+    slowdown : float
+        The device's compute slow-down relative to the profile's machine.
+    link : LinkProfile, optional
+        The node's link (unlimited when omitted).
+    split_points, micro_batches : list of int, optional
+        Restrict the candidates (a fixed ``split-point`` or ``microbatches`` in run config); default all split
+        points ``0..num_blocks`` and every divisor of ``batch_size`` up to ``max_micro_batches``.
+    message_overhead_s : float
+        Fixed server-side cost per message (decode/encode), from observations.
+    max_micro_batches : int
+        Largest micro-batch count considered.
+    """
+    ks = split_points if split_points is not None else list(range(len(profile.blocks) + 1))
+    ms = micro_batches if micro_batches is not None else divisors(batch_size, min(batch_size, max_micro_batches))
+    best: Plan | None = None
+    for k in ks:
+        for m in ms if k < len(profile.blocks) else [1]:
+            t = predict_iteration(profile, k, m, batch_size, slowdown, link, message_overhead_s)
+            if best is None or t < best.predicted_s - 1e-12:
+                best = Plan(k, m, t)
+    if best is None:
+        raise ValueError("no candidate plans")
+    return best
+
+
+@dataclass
+class NodeEstimate:
+    """What the planner believes about one node."""
+
+    slowdown: float = 1.0
+    uplink_mbps: float = 100.0
+    downlink_mbps: float = 100.0
+    latency_ms: float = 0.0
+    observed: bool = False
+
+    @property
+    def link(self) -> LinkProfile:
+        """The estimated link."""
+        return LinkProfile(self.uplink_mbps, self.downlink_mbps, self.latency_ms)
+
+
+class PiParPlanner:
+    """Per-node automatic (k, m) selection that follows what nodes report.
+
+    Parameters
+    ----------
+    profile : ModelProfile
+        Per-block profile measured on the edge server's machine (with ``fwd_s``/``bwd_s``).
+    batch_size : int
+        Samples per batch.
+    split_point : int
+        A fixed split point, or ``-1`` to select it.
+    micro_batches : int
+        A fixed micro-batch count, or ``0`` to select it.
+    """
+
+    def __init__(self, profile: ModelProfile, batch_size: int, split_point: int = -1, micro_batches: int = 0) -> None:
+        self.profile = profile
+        self.batch_size = batch_size
+        self.fixed_k = split_point
+        self.fixed_m = micro_batches
+        self.nodes: dict[int, NodeEstimate] = {}
+        self.plans: dict[int, Plan] = {}
+
+    def plan(self, node: int) -> Plan:
+        """The node's plan for the next round."""
+        est = self.nodes.setdefault(node, NodeEstimate())
+        plan = select_plan(
+            self.profile,
+            self.batch_size,
+            est.slowdown,
+            est.link,
+            split_points=[self.fixed_k] if self.fixed_k >= 0 else None,
+            micro_batches=[self.fixed_m] if self.fixed_m > 0 else None,
+        )
+        self.plans[node] = plan
+        return plan
+
+    def observe(self, node: int, metrics: Mapping[str, float]) -> None:
+        """Update the node's estimates from its reply metrics (``device-s``, ``uplink-s``, ``uplink-bytes`` ...)."""
+        est = self.nodes.setdefault(node, NodeEstimate())
+        k = int(metrics.get("split-point", len(self.profile.blocks)))
+        batches = float(metrics.get("batches", 0) or 0)
+        examples = float(metrics.get("num-examples", 0) or 0)
+        if batches and examples and metrics.get("device-s"):
+            per_sample = sum(b.fwd_s + b.bwd_s for b in self.profile.blocks[:k]) / self.profile.batch_size
+            predicted = per_sample * examples
+            if predicted > 0:
+                est.slowdown = max(1.0, float(metrics["device-s"]) / predicted)
+        for direction in ("uplink", "downlink"):
+            nbytes, seconds = metrics.get(f"{direction}-bytes"), metrics.get(f"{direction}-s")
+            if nbytes and seconds and float(seconds) > 0:
+                setattr(est, f"{direction}_mbps", float(nbytes) * 8 / float(seconds) / 1e6)
+        est.observed = True
+
+    def on_train_round(
+        self, server_round: int, seconds: float, replies: Mapping[int, Mapping[str, float]], aggregated: object
+    ) -> None:
+        """:class:`~edgeflower.strategies.edge.RoundRecorder` hook: learn from every node's reply."""
+        for node, metrics in replies.items():
+            self.observe(node, metrics)
