@@ -51,7 +51,7 @@ lint: install
 	$(BIN)/ruff format --check edgeflower tests benchmarks
 
 bench: install data
-	@for b in $$(ls benchmarks/*.py | xargs -n1 basename | sed 's/\.py$$//' | grep -v -e '^common$$' -e '^__init__$$'); do \
+	@for b in $$(ls benchmarks/*.py | xargs -n1 basename | sed 's/\.py$$//' | grep -v -e '^common$$' -e '^_'); do \
 	  echo "== benchmark $$b"; $(BIN)/python -m benchmarks.$$b --out results || exit 1; done
 
 clean:

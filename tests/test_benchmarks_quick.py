@@ -10,7 +10,9 @@ import pytest
 
 from tests.conftest import ROOT
 
-BENCHMARKS = sorted(p.stem for p in (ROOT / "benchmarks").glob("*.py") if p.stem not in ("__init__", "common"))
+BENCHMARKS = sorted(
+    p.stem for p in (ROOT / "benchmarks").glob("*.py") if p.stem != "common" and not p.stem.startswith("_")
+)
 
 
 @pytest.mark.slow

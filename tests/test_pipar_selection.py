@@ -3,6 +3,7 @@ the best plan, and it follows bandwidth changes."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
@@ -14,7 +15,19 @@ from edgeflower.transport.emulation import LinkProfile
 
 @pytest.fixture(scope="module")
 def profile():
-    return profile_model(build_model("vgg5"), batch_size=50, repeats=2)
+    """VGG5's real per-block FLOPs and activation sizes, with times of a 5 GFLOP/s machine (deterministic)."""
+    prof = profile_model(build_model("vgg5"), batch_size=50, measure=False)
+    blocks = tuple(
+        dataclasses.replace(b, fwd_s=50 * max(b.flops, b.out_bytes) / 5e9, bwd_s=100 * max(b.flops, b.out_bytes) / 5e9)
+        for b in prof.blocks
+    )
+    return dataclasses.replace(prof, blocks=blocks)
+
+
+def test_measured_profile_feeds_the_planner():
+    measured = profile_model(build_model("vgg5"), batch_size=50, repeats=1)
+    plan = select_plan(measured, 50, 2.0, LinkProfile(50, 50, 1))
+    assert 0 <= plan.split_point <= 7 and plan.predicted_s > 0
 
 
 def _event_simulation(st) -> float:
@@ -95,8 +108,8 @@ def test_planner_moves_work_back_to_the_device_when_bandwidth_drops(profile):
     assert planner.nodes[1].slowdown == pytest.approx(2.0)
     before = planner.plan(1)
     assert before.split_point < len(profile.blocks)  # a 2x slower device offloads over a 1 Gbit/s link
-    planner.observe(1, {**fast, "uplink-s": 160.0, "downlink-s": 160.0})  # 1000 Mbit/s -> 0.5 Mbit/s
-    assert planner.nodes[1].uplink_mbps == pytest.approx(0.5)
+    planner.observe(1, {**fast, "uplink-s": 800.0, "downlink-s": 800.0})  # 1000 Mbit/s -> 0.1 Mbit/s
+    assert planner.nodes[1].uplink_mbps == pytest.approx(0.1)
     after = planner.plan(1)
     assert after.split_point == len(profile.blocks)  # everything back on the device
 

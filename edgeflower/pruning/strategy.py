@@ -12,17 +12,17 @@ from collections.abc import Iterable, Mapping
 from logging import INFO
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.common.logger import log
-from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from edgeflower.pruning.magnitude import global_magnitude_masks, is_prunable, sparsity_of
+from edgeflower.strategies.wrapper import StrategyWrapper
 
 __all__ = ["PruningStrategy"]
 
 
-class PruningStrategy(Strategy):
+class PruningStrategy(StrategyWrapper):
     """Wrap ``inner`` and prune the aggregated global model on a schedule.
 
     Parameters
@@ -41,7 +41,7 @@ class PruningStrategy(Strategy):
         values = [float(schedule[r]) for r in rounds]
         if any(not 0.0 <= v < 1.0 for v in values) or any(b < a for a, b in itertools.pairwise(values)):
             raise ValueError(f"schedule sparsities must be in [0, 1) and non-decreasing, got {dict(schedule)}")
-        self.inner = inner
+        super().__init__(inner)
         self.schedule = {int(r): float(schedule[r]) for r in rounds}
         self.include_linear = include_linear
         self.masks: dict[str, torch.Tensor] = {}
@@ -50,12 +50,6 @@ class PruningStrategy(Strategy):
         """Log the schedule and the wrapped strategy's summary."""
         log(INFO, "\t├──> PruningStrategy (schedule %s) wrapping %s", self.schedule, type(self.inner).__name__)
         self.inner.summary()
-
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """Delegate to the inner strategy."""
-        return self.inner.configure_train(server_round, arrays, config, grid)
 
     def prune(self, server_round: int, arrays: ArrayRecord) -> tuple[ArrayRecord, float]:
         """Apply this round's pruning level (if scheduled) and all masks to ``arrays``; return them and sparsity."""
@@ -81,13 +75,3 @@ class PruningStrategy(Strategy):
         out = MetricRecord(dict(metrics.items()) if metrics is not None else {})
         out["pruning-sparsity"] = sparsity
         return arrays, out
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """Delegate to the inner strategy."""
-        return self.inner.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """Delegate to the inner strategy."""
-        return self.inner.aggregate_evaluate(server_round, replies)

@@ -22,6 +22,8 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from edgeflower.strategies.wrapper import StrategyWrapper
+
 __all__ = ["EdgeStrategy", "PlanFn", "RoundRecorder"]
 
 PlanFn = Callable[[int, int], dict[str, Any]]
@@ -37,7 +39,7 @@ class RoundRecorder(Protocol):
         """``replies`` maps node id to that node's reply metrics; ``aggregated`` is the inner strategy's."""
 
 
-class EdgeStrategy(Strategy):
+class EdgeStrategy(StrategyWrapper):
     """Wrap ``inner``, sending each node its own plan and recording each round.
 
     Parameters
@@ -59,7 +61,7 @@ class EdgeStrategy(Strategy):
         recorder: RoundRecorder | Sequence[RoundRecorder] | None = None,
         configrecord_key: str = "config",
     ) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.plan_fn = plan_fn
         if recorder is None:
             self.recorders: list[RoundRecorder] = []
@@ -118,13 +120,3 @@ class EdgeStrategy(Strategy):
         for recorder in self.recorders:
             recorder.on_train_round(server_round, seconds, per_node, dict(metrics.items()) if metrics else {})
         return arrays, metrics
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """Delegate to the inner strategy."""
-        return self.inner.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """Delegate to the inner strategy."""
-        return self.inner.aggregate_evaluate(server_round, replies)

@@ -26,6 +26,10 @@ from edgeflower.transport.emulation import LinkProfile
 __all__ = ["NodeEstimate", "PiParPlanner", "Plan", "predict_iteration", "select_plan", "stage_times"]
 
 LABEL_BYTES = 8
+MESSAGE_OVERHEAD_S = 0.002
+"""Fixed cost of one step message on the offload channel (framing, gRPC, scheduling), measured on loopback."""
+CHANNEL_BYTES_PER_S = 500e6
+"""Codec and gRPC copy throughput of the offload channel on loopback (benchmark ``split``: ``channel_mb_s``)."""
 
 
 @dataclass(frozen=True)
@@ -59,12 +63,14 @@ def stage_times(
     batch_size: int,
     slowdown: float,
     link: LinkProfile,
-    message_overhead_s: float = 0.0,
+    message_overhead_s: float = MESSAGE_OVERHEAD_S,
+    channel_bytes_per_s: float = CHANNEL_BYTES_PER_S,
 ) -> Stages:
     """Stage durations of plan ``(k, m)`` for micro-batches of ``batch_size / m`` samples.
 
     Block times of the profile (measured at ``profile.batch_size``) are scaled linearly to the micro-batch size;
-    device times are multiplied by ``slowdown``.
+    device times are multiplied by ``slowdown``. The server stage also pays the channel's fixed cost per message
+    and its copy cost per byte, which is what makes very many tiny micro-batches lose.
     """
     n = len(profile.blocks)
     if not 0 <= k <= n:
@@ -79,7 +85,8 @@ def stage_times(
     samples = batch_size / m
     up_bytes = profile.boundary_bytes(k) * samples + LABEL_BYTES * samples
     down_bytes = profile.boundary_bytes(k) * samples if k > 0 else 0.0
-    server = scale * sum(b.fwd_s + b.bwd_s for b in profile.blocks[k:]) + message_overhead_s
+    server = scale * sum(b.fwd_s + b.bwd_s for b in profile.blocks[k:])
+    server += message_overhead_s + (up_bytes + down_bytes) / channel_bytes_per_s
     return Stages(
         fwd,
         link.transfer_s(int(up_bytes), True),
@@ -127,7 +134,7 @@ def predict_iteration(
     batch_size: int,
     slowdown: float = 1.0,
     link: LinkProfile | None = None,
-    message_overhead_s: float = 0.0,
+    message_overhead_s: float = MESSAGE_OVERHEAD_S,
 ) -> float:
     """Predicted seconds of one batch with plan ``(k, m)``."""
     st = stage_times(profile, k, m, batch_size, slowdown, link or LinkProfile(), message_overhead_s)
@@ -146,7 +153,7 @@ def select_plan(
     link: LinkProfile | None = None,
     split_points: list[int] | None = None,
     micro_batches: list[int] | None = None,
-    message_overhead_s: float = 0.0,
+    message_overhead_s: float = MESSAGE_OVERHEAD_S,
     max_micro_batches: int = 32,
 ) -> Plan:
     """The plan with the shortest predicted batch time.
