@@ -1,0 +1,163 @@
+"""Planners: each round, one split point per node.
+
+All planners share the :class:`Planner` protocol (``plan`` before a round, ``observe`` after it):
+
+* :class:`FixedPlanner`: the same split point for every node and round (``k = num_blocks`` is classic FL);
+* :class:`ExactPlanner`: per node, the split point that minimises the cost model's predicted round time given
+  the node's latest observations (the oracle the agent is compared with); it re-plans every round, so a
+  bandwidth drop moves work back to the device as soon as it is observed;
+* :class:`FedAdaptPlanner`: FedAdapt's agent: nodes grouped by k-means on observed speed and bandwidth, one
+  action per group from a trained PPO policy, mapped to a split point by on-device FLOP share.
+
+Nodes without observations run classic FL first (FedAdapt's measurement round).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from logging import INFO
+from typing import Protocol, runtime_checkable
+
+import torch
+from flwr.common.logger import log
+
+from edgeflower.planning.actions import SplitMapper
+from edgeflower.planning.costmodel import CostModel
+from edgeflower.planning.kmeans import group_nodes, node_features
+from edgeflower.planning.observations import ObservationHistory
+from edgeflower.planning.ppo import ActorCritic
+from edgeflower.planning.state import agent_state
+
+__all__ = ["ExactPlanner", "FedAdaptPlanner", "FixedPlanner", "Planner"]
+
+
+@runtime_checkable
+class Planner(Protocol):
+    """Chooses split points before a round and learns from the round's replies."""
+
+    def plan(self, server_round: int, node_ids: Sequence[int]) -> dict[int, int]:
+        """Split point of each node for ``server_round`` (``num_blocks`` = no offloading)."""
+        ...
+
+    def observe(self, server_round: int, replies: Mapping[int, Mapping[str, float]]) -> None:
+        """Record the per-node reply metrics of ``server_round``."""
+        ...
+
+
+class _ObservingPlanner:
+    """Shared part: the cost model, the per-node history and the plans made so far."""
+
+    def __init__(self, cost: CostModel, default_mbps: float = 50.0) -> None:
+        self.cost = cost
+        self.history = ObservationHistory(cost, default_mbps)
+        self.plans: dict[int, dict[int, int]] = {}
+
+    @property
+    def num_blocks(self) -> int:
+        """The no-offloading split point."""
+        return self.cost.num_blocks
+
+    def observe(self, server_round: int, replies: Mapping[int, Mapping[str, float]]) -> None:
+        """Record the per-node reply metrics of ``server_round`` (replies without timings are skipped)."""
+        for node, metrics in replies.items():
+            if "train-time-s" in metrics:
+                self.history.add(server_round, int(node), metrics)
+
+    def predicted_round_s(self, node_id: int, k: int, batches: int | None = None) -> float | None:
+        """Predicted seconds of ``node_id``'s next round at split ``k`` (``None`` without observations)."""
+        state = self.history.state(node_id)
+        last = self.history.latest(node_id)
+        if state is None or last is None:
+            return None
+        return self.cost.round_s(k, state, batches or last.batches)
+
+    def _remember(self, server_round: int, plan: dict[int, int]) -> dict[int, int]:
+        previous = self.plans.get(server_round - 1, {})
+        changed = {n: k for n, k in plan.items() if n in previous and previous[n] != k}
+        if changed:
+            log(INFO, "%s round %d: new split points %s", type(self).__name__, server_round, changed)
+        self.plans.setdefault(server_round, {}).update(plan)
+        return plan
+
+
+class FixedPlanner(_ObservingPlanner):
+    """The same split point ``k`` for every node and round."""
+
+    def __init__(self, cost: CostModel, k: int) -> None:
+        super().__init__(cost)
+        if not 0 <= k <= cost.num_blocks:
+            raise ValueError(f"fixed split point {k} out of range 0..{cost.num_blocks}")
+        self.k = k
+
+    def plan(self, server_round: int, node_ids: Sequence[int]) -> dict[int, int]:
+        """``k`` for every node."""
+        return self._remember(server_round, dict.fromkeys(node_ids, self.k))
+
+
+class ExactPlanner(_ObservingPlanner):
+    """Per node, the split point with the smallest predicted round time (ties: less offloading)."""
+
+    def best_split(self, node_id: int) -> int:
+        """The best split point of one observed node (``num_blocks`` if it has no observations)."""
+        state = self.history.state(node_id)
+        if state is None:
+            return self.num_blocks
+        costs = [self.cost.iteration_s(k, state) for k in self.cost.split_points]
+        best = min(costs)
+        return max(k for k, c in enumerate(costs) if c <= best * (1 + 1e-9))
+
+    def plan(self, server_round: int, node_ids: Sequence[int]) -> dict[int, int]:
+        """Each node's :meth:`best_split`."""
+        return self._remember(server_round, {n: self.best_split(n) for n in node_ids})
+
+
+class FedAdaptPlanner(_ObservingPlanner):
+    """FedAdapt's agent: k-means groups, one action per group from a trained policy.
+
+    Parameters
+    ----------
+    cost : CostModel
+        Cost model of the model being trained (for speed estimates and no-offloading times).
+    policy : ActorCritic
+        A trained actor (see :func:`~edgeflower.planning.policy.load_policy`); ``policy.action_dim`` groups.
+    default_mbps : float
+        Prior bandwidth of nodes that have not measured one.
+    """
+
+    def __init__(self, cost: CostModel, policy: ActorCritic, default_mbps: float = 50.0) -> None:
+        super().__init__(cost, default_mbps)
+        self.policy = policy
+        self.num_groups = policy.action_dim
+        self.mapper = SplitMapper(cost.profile)
+        self.groups: dict[int, dict[int, int]] = {}
+        self.actions: dict[int, list[float]] = {}
+
+    def plan(self, server_round: int, node_ids: Sequence[int]) -> dict[int, int]:
+        """Classic FL for nodes without observations; the policy's split per group for the others."""
+        plan = dict.fromkeys(node_ids, self.num_blocks)
+        known = self.history.nodes  # every observed node: groups do not depend on which nodes are asked about
+        if any(n in self.history for n in node_ids):
+            states = {n: self.history.state(n) for n in known}
+            groups = group_nodes({n: node_features(s) for n, s in states.items() if s is not None}, self.num_groups)
+            times, splits, base = {}, {}, {}
+            for n in known:
+                last = self.history.latest(n)
+                st = states[n]
+                assert last is not None and st is not None
+                times[n] = last.iteration_s
+                splits[n] = last.split_point
+                base[n] = (
+                    last.iteration_s
+                    if last.split_point == self.num_blocks
+                    else self.cost.iteration_s(self.num_blocks, st)
+                )
+            state = agent_state(groups, times, splits, base, self.mapper, self.num_groups)
+            with torch.no_grad():
+                action, _ = self.policy(torch.tensor([state], dtype=torch.float32))
+            values = action.squeeze(0).clamp(0, 1).tolist()
+            for n in node_ids:
+                if n in groups:
+                    plan[n] = self.mapper.split(values[groups[n]])
+            self.groups[server_round] = groups
+            self.actions[server_round] = values
+        return self._remember(server_round, plan)

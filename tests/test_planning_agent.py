@@ -1,0 +1,98 @@
+"""The FedAdapt agent: PPO trained in the cost-model environment beats no offloading; any devices/groups."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from edgeflower.planning import (
+    CostModel,
+    EnvConfig,
+    FedAdaptPlanner,
+    NodeState,
+    OffloadEnv,
+    SplitMapper,
+    evaluate_policy,
+    fedadapt_testbed,
+    offload_reward,
+    train_agent,
+)
+from edgeflower.planning.training import node_states_of
+from tests._planning_helpers import flop_profile
+
+
+@pytest.fixture(scope="module")
+def cost():
+    torch.manual_seed(0)
+    return CostModel(flop_profile())
+
+
+@pytest.fixture(scope="module")
+def trained(cost):
+    env = OffloadEnv(cost, node_states_of(fedadapt_testbed(), overhead_s=0.005), EnvConfig(), seed=0)
+    agent, rewards = train_agent(env, episodes=150, seed=0)
+    return agent, rewards
+
+
+def test_reward_is_fedadapts_relative_gain_or_loss():
+    assert offload_reward([1.0], [2.0]) == pytest.approx(0.5)
+    assert offload_reward([4.0], [2.0]) == pytest.approx(-0.5)
+    assert offload_reward([2.0, 1.0], [2.0, 2.0]) == pytest.approx(0.5)
+
+
+def test_action_maps_to_nearest_flop_share_preferring_fewer_bytes(cost):
+    mapper = SplitMapper(cost.profile)
+    assert mapper.split(1.0) == cost.num_blocks  # no offloading, not "all but the classifier"
+    assert mapper.split(0.0) == 0
+    assert mapper.split(-3.0) == 0 and mapper.split(7.0) == cost.num_blocks
+    for a in (0.03, 0.6, 0.9):
+        k = mapper.split(a)
+        assert all(abs(mapper.share(k) - a) <= abs(s - a) + 1e-3 for s in mapper.shares)
+    assert mapper.split(0.6) == 4  # after pool2 rather than before it (same FLOPs, 4x fewer bytes)
+
+
+def test_agent_trained_in_the_environment_beats_always_no_offloading(cost, trained):
+    agent, rewards = trained
+    devices = node_states_of(fedadapt_testbed(), overhead_s=0.005)
+    score = evaluate_policy(OffloadEnv(cost, devices, seed=123), lambda s: agent.act(s, explore=False).tolist())
+    fl = evaluate_policy(OffloadEnv(cost, devices, seed=123), lambda s: [1.0, 1.0, 1.0])
+    print(f"agent reward {score.reward:.2f} (round time {score.round_ratio:.2f}x FL) vs no offloading {fl.reward:.2f}")
+    assert score.reward > fl.reward + 1.0
+    assert score.round_ratio < 0.9
+    assert len(rewards) == 150
+
+
+@pytest.mark.parametrize(("num_devices", "num_groups"), [(1, 3), (7, 2), (12, 4)])
+def test_environment_and_agent_work_for_any_number_of_devices_and_groups(cost, num_devices, num_groups):
+    devices = [NodeState(1.0 + i, 10.0 * (1 + i % 3), 10.0 * (1 + i % 3)) for i in range(num_devices)]
+    env = OffloadEnv(cost, devices, EnvConfig(num_groups=num_groups, episode_len=4), seed=0)
+    state = env.reset()
+    assert len(state) == 2 * num_groups
+    agent, rewards = train_agent(env, episodes=3, seed=0)
+    assert len(rewards) == 3
+    _, _, _, info = env.step(agent.act(env.reset(), explore=False).tolist())
+    assert set(info.splits) == set(range(num_devices))
+    with pytest.raises(ValueError):
+        env.step([0.5] * (num_groups + 1))
+
+
+def test_fedadapt_planner_measures_first_then_applies_the_policy_per_group(cost, trained):
+    agent, _ = trained
+    planner = FedAdaptPlanner(cost, agent.net)
+    nodes = [11, 12, 13, 14, 15]
+    assert set(planner.plan(1, nodes).values()) == {cost.num_blocks}
+    replies = {}
+    for node, dev in zip(nodes, node_states_of(fedadapt_testbed(), overhead_s=0.005), strict=True):
+        t = cost.round_s(cost.num_blocks, dev, 10)
+        replies[node] = {"train-time-s": t, "device-s": t, "num-examples": 1000, "uplink-mbps": 75.0}
+    planner.observe(1, replies)
+    plan = planner.plan(2, nodes)
+    groups = planner.groups[2]
+    assert len(set(groups.values())) == 3
+    for a in nodes:
+        for b in nodes:
+            if groups[a] == groups[b]:
+                assert plan[a] == plan[b]
+    assert plan[11] < cost.num_blocks  # the slowest (Pi 3) group offloads
+    # per-node calls give the same plan (EdgeStrategy asks one node at a time)
+    assert {n: planner.plan(2, [n])[n] for n in nodes} == plan
