@@ -16,6 +16,7 @@ first with ``train-agent``'s environment on this machine's profile).
 from __future__ import annotations
 
 import copy
+import itertools
 import statistics
 import time
 from pathlib import Path
@@ -30,9 +31,10 @@ from edgeflower.clients.split import SplitTrainer
 from edgeflower.commands.train_agent import train_policy
 from edgeflower.data import BatchLoader, load_dataset, partition
 from edgeflower.data.datasets import ImageData
-from edgeflower.models import build_model, profile_model
+from edgeflower.models import build_model
 from edgeflower.models.splittable import SplittableModel
 from edgeflower.planning import CostModel, ExactPlanner, FixedPlanner, Planner, fedadapt_testbed, make_planner
+from edgeflower.planning.costmodel import median_profile
 from edgeflower.planning.scenario import Testbed
 from edgeflower.server.edge import EdgeServer
 from edgeflower.transport import EdgeClient, OptimizerSettings, TokenIssuer
@@ -220,15 +222,21 @@ def main() -> None:
     args = parse_args("fedadapt")
     t_start = time.perf_counter()
     if args.quick:
-        rounds, batches, drop, eval_samples, episodes, probe_ks = 3, 1, 3, 500, 60, [0, 4]
+        rounds, batches, drop, eval_samples, episodes, probe_ks = 3, 1, 3, 500, 200, [0]
     else:
         rounds, batches, drop, eval_samples, episodes, probe_ks = 10, 6, 6, 5000, 300, list(range(7))
-    profile = profile_model(build_model("vgg5"), batch_size=BATCH, repeats=5)
+    restarts, trials, repeats = (1, 1, 2) if args.quick else (3, 3, 5)
     model = build_model("vgg5")
+    profile = median_profile(model, BATCH, repeats=repeats, trials=trials)  # per-block median: robust to load bursts
+    print(f"profiled in {time.perf_counter() - t_start:.1f} s", flush=True)
     policy_path = Path(args.out) / f"fedadapt_agent{'.quick' if args.quick else ''}.pt"
-    print(f"training the FedAdapt agent ({episodes} episodes) ...", flush=True)
-    trained = train_policy(policy_path, episodes=episodes, seed=0, progress=False)
-    print(f"  agent reward {trained.agent_reward:.2f} vs no offloading {trained.no_offload_reward:.2f}", flush=True)
+    print(f"training the FedAdapt agent ({restarts} x {episodes} episodes) ...", flush=True)
+    trained = train_policy(policy_path, episodes=episodes, seed=0, progress=False, restarts=restarts, profile=profile)
+    print(
+        f"  agent reward {trained.agent_reward:.2f} vs no offloading {trained.no_offload_reward:.2f} "
+        f"({time.perf_counter() - t_start:.1f} s)",
+        flush=True,
+    )
     with EdgeServer(secret=SECRET) as edge:
         bench = Bench(rounds, batches, drop, eval_samples, edge)
         bench.train_node(copy.deepcopy(bench.init), 4, 4, 1, 1)  # warm-up: gRPC channel, allocator
@@ -254,6 +262,13 @@ def main() -> None:
     def total_after(run: dict[str, Any]) -> float:
         return sum(row["round_s"] for row in run["rows"] if row["round"] in after)
 
+    def total_planned(run: dict[str, Any]) -> float:  # without round 1, the classic-FL measurement round
+        return sum(row["round_s"] for row in run["rows"] if row["round"] > 1)
+
+    def split_changes(run: dict[str, Any]) -> int:
+        rows = [r for r in run["rows"] if r["round"] > 1]
+        return sum(a["splits"][n] != b["splits"][n] for a, b in itertools.pairwise(rows) for n in a["splits"])
+
     figures = {
         "round_time_ratio_agent_vs_fl": agent["total_s"] / fl["total_s"],
         "round_time_ratio_exact_vs_fl": exact["total_s"] / fl["total_s"],
@@ -262,6 +277,10 @@ def main() -> None:
         "typical_device_time_ratio_vs_fl": statistics.median(agent_nodes[n] / fl_nodes[n] for n in fl_nodes),
         "changing_bandwidth_ratio_vs_fl": total_after(agent) / total_after(fl),
         "agent_vs_exact_ratio": agent["total_s"] / exact["total_s"],
+        "agent_vs_exact_ratio_planned_rounds": total_planned(agent) / max(total_planned(exact), 1e-9),
+        "agent_vs_fixed_ratio": agent["total_s"] / runs["fixed"]["total_s"],
+        "agent_split_changes": split_changes(agent),
+        "exact_split_changes": split_changes(exact),
         "accuracy_delta_vs_fl": agent["accuracy"] - fl["accuracy"],
         "exact_accuracy_delta_vs_fl": exact["accuracy"] - fl["accuracy"],
         "prediction_error": _prediction_error(exact),
@@ -296,6 +315,10 @@ def main() -> None:
             "eval_reward": trained.agent_reward,
             "no_offload_reward": trained.no_offload_reward,
             "eval_round_ratio_vs_fl": trained.agent_round_ratio,
+            "restarts": restarts,
+            "profile_trials": trials,
+            "profile_repeats": repeats,
+            "profile_s_per_batch": {str(i): b.fwd_s + b.bwd_s for i, b in enumerate(profile.blocks)},
             "policy_sha256": trained.header.sha256,
         },
         "runs": {key: run["rows"] for key, run in runs.items()},

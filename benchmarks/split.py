@@ -44,7 +44,7 @@ def _rtt(server, model, batch, k: int, repeats: int) -> tuple[float, float]:  # 
 def main() -> None:
     args = parse_args("split")
     n_batches, repeats = (3, 5) if args.quick else (30, 40)
-    bandwidths = [10.0, 100.0]
+    bandwidths = [100.0, 1000.0] if args.quick else [10.0, 100.0]
     torch.manual_seed(0)
     model = build_model("vgg5")
     data = load_dataset("fashion-mnist").subset(range(64 * n_batches))
@@ -57,7 +57,7 @@ def main() -> None:
         rtt_s, _ = _rtt(server, model, batches[0], 3, repeats)
         big_rtt_s, big_bytes = _rtt(server, model, batches[0], 1, repeats)
         sweep = []
-        round_batches = batches[: 2 if args.quick else 10]
+        round_batches = batches[: 1 if args.quick else 10]
         for mbps in bandwidths:
             link = LinkProfile(mbps, mbps, latency_ms=5)
             for k in tqdm(range(model.num_blocks + 1), desc=f"split points at {mbps:g} Mbit/s"):

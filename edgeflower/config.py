@@ -14,6 +14,8 @@ from typing import Any
 from edgeflower.data.datasets import DATASET_SHAPES, DATASETS
 from edgeflower.models.splittable import SplittableModel
 from edgeflower.models.zoo import NORMS, available_models, build_model
+from edgeflower.privacy.models import dp_norm, log_conversion
+from edgeflower.privacy.settings import CENTRAL_DP, DPSettings, dp_config_error
 from edgeflower.transport.emulation import LinkSchedule, parse_profiles
 
 __all__ = ["AppConfig", "ConfigError"]
@@ -28,7 +30,7 @@ class ConfigError(ValueError):
 
 
 MODES = ("fl", "split", "pipeline")
-AUTO = {"split_point": -1, "microbatches": 0}
+AUTO = {"split_point": -1, "microbatches": 0, "dp_noise_multiplier": 0.0}
 """Fields that also accept the string ``"auto"`` (stored as the number given here)."""
 PARTITIONERS = ("iid", "dirichlet")
 
@@ -96,6 +98,40 @@ class AppConfig:
         Per-node links ``"up/down/latency"`` in Mbit/s and ms, e.g. ``"50/50/5,10/10/20"`` (0 = unlimited).
     link_trace : str
         JSON or CSV file of a link schedule applied to every node (overrides ``link-profiles``), by round or time.
+    link_schedules : str
+        Per-node link schedules by round, ``"1:75/75/0|6:5/5/0;1:50/50/0"`` (nodes separated by ``;``; overrides
+        ``link-trace`` and ``link-profiles``).
+    planner : str
+        Split-point planner in ``split`` mode: ``fixed`` (``split-point``), ``exact`` (cost-model optimum per node)
+        or ``fedadapt`` (k-means groups + a trained PPO policy from ``policy-path``).
+    policy_path : str
+        Policy file written by ``edgeflower train-agent`` (``planner = fedadapt``).
+    planner_groups : int
+        Device groups of the FedAdapt agent.
+    mobility : str
+        Scheduled moves ``"NODE@ROUND:FRACTION->EDGE, ..."`` (node position in id order; see
+        :mod:`edgeflower.app.mobility`).
+    mobility_mode : str
+        ``migrate`` (FedFly: the server-side state moves) or ``restart`` (the baseline: the round restarts).
+    dp : str
+        ``"off"``, ``"device"`` (DP-SGD with Opacus on the device-side part: the whole model in ``fl``) or
+        ``"full"`` (in split modes the edge server trains the tail with DP-SGD too).
+    dp_noise_multiplier : float
+        DP-SGD noise multiplier; ``0`` (or ``"auto"``) = calibrated from ``dp-target-epsilon`` over the run.
+    dp_max_grad_norm : float
+        Per-sample clipping bound.
+    dp_target_epsilon : float
+        Each node's privacy budget over the run (0 = none); a node stops training when the next round would
+        exceed it.
+    dp_delta : float
+        The ``delta`` of ``(epsilon, delta)``-DP (required when ``dp`` is on).
+    dp_batchnorm : str
+        ``"convert"`` (BatchNorm becomes GroupNorm in a DP run, logged) or ``"refuse"`` (a DP run with BatchNorm
+        fails).
+    central_dp : str
+        ``"off"`` or ``"server-fixed"`` (Flower's ``DifferentialPrivacyServerSideFixedClipping`` around FedAvg).
+    central_dp_noise_multiplier, central_dp_clipping_norm : float
+        Its noise multiplier and clipping norm.
     """
 
     mode: str = "fl"
@@ -127,6 +163,21 @@ class AppConfig:
     device_profiles: str = ""
     link_profiles: str = ""
     link_trace: str = ""
+    dp: str = "off"
+    dp_noise_multiplier: float = 1.0
+    dp_max_grad_norm: float = 1.0
+    dp_target_epsilon: float = 0.0
+    dp_delta: float = 0.0
+    dp_batchnorm: str = "convert"
+    central_dp: str = "off"
+    central_dp_noise_multiplier: float = 0.01
+    central_dp_clipping_norm: float = 5.0
+    link_schedules: str = ""
+    planner: str = "fixed"
+    policy_path: str = ""
+    planner_groups: int = 3
+    mobility: str = ""
+    mobility_mode: str = "migrate"
 
     @staticmethod
     def key(field_name: str) -> str:
@@ -207,6 +258,25 @@ class AppConfig:
         for name, (ok, message) in checks.items():
             if not ok(getattr(self, name)):
                 raise ConfigError(self.key(name), f"{message}, got {getattr(self, name)!r}")
+        dp_error = dp_config_error(
+            self.dp,
+            self.dp_noise_multiplier,
+            self.dp_max_grad_norm,
+            self.dp_target_epsilon,
+            self.dp_delta,
+            self.dp_batchnorm,
+            self.norm,
+        )
+        if dp_error is not None:
+            raise ConfigError(*dp_error)
+        if self.central_dp not in CENTRAL_DP:
+            raise ConfigError(
+                "central-dp", f"unknown value {self.central_dp!r}; expected one of {', '.join(CENTRAL_DP)}"
+            )
+        if not self.central_dp_noise_multiplier >= 0:
+            raise ConfigError("central-dp-noise-multiplier", f"must be >= 0, got {self.central_dp_noise_multiplier!r}")
+        if not self.central_dp_clipping_norm > 0:
+            raise ConfigError("central-dp-clipping-norm", f"must be > 0, got {self.central_dp_clipping_norm!r}")
         blocks = self.build_model().num_blocks
         if not -1 <= self.split_point <= blocks:
             raise ConfigError(
@@ -218,6 +288,27 @@ class AppConfig:
                 parse_profiles(getattr(self, key), kind)
             except ValueError as exc:
                 raise ConfigError(self.key(key), str(exc)) from None
+        if self.planner not in ("fixed", "exact", "fedadapt"):
+            raise ConfigError("planner", f"unknown value {self.planner!r}; expected one of fixed, exact, fedadapt")
+        if self.planner != "fixed" and self.mode != "split":
+            raise ConfigError("planner", f"{self.planner!r} chooses split points in mode 'split' only")
+        if self.planner == "fedadapt" and not Path(self.policy_path).is_file():
+            raise ConfigError("policy-path", f"{self.policy_path!r} is not a policy file (see edgeflower train-agent)")
+        if self.planner_groups < 1:
+            raise ConfigError("planner-groups", f"must be >= 1, got {self.planner_groups}")
+        if self.mobility_mode not in ("migrate", "restart"):
+            raise ConfigError("mobility-mode", f"unknown value {self.mobility_mode!r}; expected migrate or restart")
+        try:
+            from edgeflower.app.mobility import parse_mobility
+            from edgeflower.planning.scenario import parse_link_schedules
+
+            parse_mobility(self.mobility)
+        except ValueError as exc:
+            raise ConfigError("mobility", str(exc)) from None
+        try:
+            parse_link_schedules(self.link_schedules)
+        except ValueError as exc:
+            raise ConfigError("link-schedules", str(exc)) from None
         if self.link_trace:
             try:
                 LinkSchedule.load(self.link_trace)
@@ -253,11 +344,26 @@ class AppConfig:
         return DATASET_SHAPES[self.dataset]
 
     def build_model(self) -> SplittableModel:
-        """The configured zoo model, freshly initialised from the current torch RNG."""
+        """The configured zoo model, freshly initialised from the current torch RNG.
+
+        In a DP run (``dp`` not ``off``) a BatchNorm model is built with GroupNorm instead (``dp-batchnorm =
+        convert``, logged once); every party builds models here (or from the resulting spec), so they all agree.
+        """
         options = {"width": self.model_width} if self.model_width != 1.0 else {}
         if self.model == "resnet18" and options:
             options = {"width": max(1, round(64 * self.model_width))}
-        return build_model(self.model, self.in_shape, 10, self.norm, **options)
+        norm = self.norm
+        if self.dp != "off" and self.norm == "batch":
+            norm = dp_norm(self.norm, self.dp_batchnorm)
+            log_conversion(self.model)
+        return build_model(self.model, self.in_shape, 10, norm, **options)
+
+    @property
+    def dp_settings(self) -> DPSettings:
+        """The DP-SGD settings."""
+        return DPSettings(
+            self.dp, self.dp_noise_multiplier, self.dp_max_grad_norm, self.dp_target_epsilon, self.dp_delta
+        )
 
     def lr_at(self, server_round: int) -> float:
         """Learning rate of ``server_round`` (1-based)."""

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from edgeflower.flwrctl import Deployment, run_simulation
 from tests._edge_helpers import EdgeProcess
@@ -24,9 +25,11 @@ def _run(run_root: Path) -> tuple[list[dict], dict]:
 
 def test_split_mode_with_two_edge_servers_matches_fl_accuracy(tmp_path):
     accuracy = {}
-    for mode in ("fl", "split"):
+    for mode in ("fl", "split", "moved"):
         out = tmp_path / mode
         config = {**QUICK, "mode": mode, "split-point": 3, "edge-servers": 2, "run-dir": str(out)}
+        if mode == "moved":  # the same split run, but the first node moves to the other edge server mid-round 2
+            config.update({"mode": "split", "mobility": "0@2:0.5->1"})
         outcome = run_simulation(ROOT, ROOT / ".flwr", num_supernodes=4, run_config=config, timeout=500)
         assert outcome.status == "finished:completed", (outcome.details, outcome.logs[-3000:])
         rows, nodes = _run(out)
@@ -38,6 +41,13 @@ def test_split_mode_with_two_edge_servers_matches_fl_accuracy(tmp_path):
             assert all(m["fell-back"] == 0 and m["split-point"] == 3 for m in last.values())
             (run,) = list(out.iterdir())
             assert (run / "timelines" / "round-1.json").is_file() and (run / "gantt-round-1.png").is_file()
+    moved_nodes = _run(tmp_path / "moved")[1][str(QUICK["num-rounds"])]
+    assert sorted(m["moved-to-edge"] for m in moved_nodes.values()) == [-1, -1, -1, 1]
+    assert all(m["fell-back"] == 0 for m in moved_nodes.values())
+    (split_run,), (moved_run,) = list((tmp_path / "split").iterdir()), list((tmp_path / "moved").iterdir())
+    split_model = torch.load(split_run / "model.pt", weights_only=True)
+    moved_model = torch.load(moved_run / "model.pt", weights_only=True)
+    assert max((split_model[k].double() - moved_model[k].double()).abs().max().item() for k in split_model) <= 1e-6
     assert accuracy["fl"] > 0.6
     # split training is the same computation as local training: the accuracies agree
     assert abs(accuracy["split"] - accuracy["fl"]) < 0.02, accuracy
@@ -79,3 +89,21 @@ def test_pipeline_mode_selects_plans_per_node_and_reports_predicted_vs_measured(
     for metrics in nodes["2"].values():
         assert metrics["predicted-iter-s"] > 0 and metrics["measured-iter-s"] > 0
         assert metrics["fell-back"] == 0 if metrics["split-point"] < 7 else True
+
+
+def test_exact_planner_plans_per_node_split_points_from_observations(tmp_path):
+    config = {
+        **QUICK,
+        "num-rounds": 2,
+        "mode": "split",
+        "planner": "exact",
+        "device-profiles": "4,1",
+        "link-schedules": "1:50/50/1;1:50/50/1",
+        "run-dir": str(tmp_path),
+    }
+    outcome = run_simulation(ROOT, ROOT / ".flwr", num_supernodes=2, run_config=config, timeout=500)
+    assert outcome.status == "finished:completed", (outcome.details, outcome.logs[-3000:])
+    rows, nodes = _run(tmp_path)
+    assert all(m["split-point"] == 7 for m in nodes["1"].values())  # round 1 measures: classic FL
+    assert all(m["uplink-mbps"] == 50 for m in nodes["1"].values())
+    assert rows[-1]["test-accuracy"] > 0.5

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from edgeflower.app.mobility import move_order_from_plan, trigger_from_plan
 from edgeflower.app.task import load_partition, load_test_set, node_loader
 from edgeflower.clients.local import evaluate, make_optimizer, train_local
+from edgeflower.clients.mobility import MoveOrder, train_moving
 from edgeflower.clients.pipeline import PipelineTrainer
 from edgeflower.config import AppConfig
 from edgeflower.data import BatchLoader
+from edgeflower.planning.scenario import parse_link_schedules
+from edgeflower.privacy.node import NodeRoundDP
+from edgeflower.privacy.remote import open_private_session
 from edgeflower.transport.client import EdgeClient
 from edgeflower.transport.emulation import (
     DeviceProfile,
@@ -32,8 +38,19 @@ def _all_epochs(loader: BatchLoader, epochs: int) -> Iterator[tuple[torch.Tensor
     return itertools.chain.from_iterable(loader.batches(e) for e in range(epochs))
 
 
+def move_metrics(move: MoveOrder | None, plan: Mapping[str, Any]) -> dict[str, float]:
+    """What a move cost and where the node ended the round (``moved-to-edge = -1``: it did not move)."""
+    if move is None:
+        return {"moved-to-edge": -1}
+    edge = str(plan["edge-addresses"]).split(",").index(move.destination)
+    return {"moved-to-edge": edge, **{k: float(v) for k, v in move.report.items()}}
+
+
 def node_link(cfg: AppConfig, partition_id: int, server_round: int) -> LinkProfile:
-    """The emulated link of a node in a round (``link-trace`` overrides ``link-profiles``)."""
+    """The emulated link of a node in a round (``link-schedules`` over ``link-trace`` over ``link-profiles``)."""
+    schedules = parse_link_schedules(cfg.link_schedules)
+    if schedules:
+        return schedules[partition_id % len(schedules)].at(server_round)
     if cfg.link_trace:
         return LinkSchedule.load(cfg.link_trace).at(server_round)
     return profile_for(parse_profiles(cfg.link_profiles, "link"), partition_id, LinkProfile())
@@ -59,17 +76,46 @@ def train(msg: Message, context: Context) -> Message:
     device = node_device(cfg, pid)
     k = int(config.get("split-point", model.num_blocks))
     content = RecordDict()
+    dp = None
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]] = _all_epochs(loader, cfg.local_epochs)
+    if cfg.dp != "off":
+        dp = NodeRoundDP(
+            cfg.dp_settings, context.state, len(data), cfg.batch_size, cfg.local_epochs, cfg.max_batches,
+            cfg.num_rounds, split=k < model.num_blocks,
+        )  # fmt: skip
+        if dp.exhausted(f"node {pid}"):
+            metrics = {"num-examples": 0, "train-loss": 0.0, "train-time-s": 0.0, **dp.stopped_metrics()}
+            metrics.update({"lr": lr, "split-point": k})
+            content["arrays"] = ArrayRecord(model.state_dict())
+            content["metrics"] = MetricRecord(metrics)
+            return Message(content=content, reply_to=msg)
+        batches = dp.batches(data.x, data.y, cfg.seed * 1_000_003 + server_round * 1009 + pid * 7919)
     if k < model.num_blocks:
         link = EmulatedLink(node_link(cfg, pid, server_round))
         m = int(config.get("microbatches", 1))
-        trainer = PipelineTrainer(model, k, OptimizerSettings(lr, cfg.momentum, cfg.weight_decay), m, device, link)
+        settings = OptimizerSettings(lr, cfg.momentum, cfg.weight_decay)
+        trainer = PipelineTrainer(model, k, settings, m, device, link, dp=dp.device() if dp else None)
         token = str(config["edge-token"])
+        tail_dp = dp.tail_params() if dp else None
+        order = move_order_from_plan(config, len(loader) * cfg.local_epochs)
+        trigger = trigger_from_plan(config, context.node_config)
         with EdgeClient(str(config["edge-address"])) as client:
-            result = trainer.train(
-                _all_epochs(loader, cfg.local_epochs),
-                lambda kk, tail, opt: client.open_session(token, model.spec, kk, tail, opt),
+            result = train_moving(
+                trainer,
+                batches,
+                lambda kk, tail, opt: (
+                    open_private_session(client, token, model.spec, kk, tail, opt, tail_dp, m)
+                    if tail_dp is not None
+                    else client.open_session(token, model.spec, kk, tail, opt)
+                ),
+                order,
+                trigger,
             )
         metrics = result.metrics()
+        metrics.update(move_metrics(trainer.last_move, config))
+        metrics.update({"uplink-mbps": link.profile.uplink_mbps, "downlink-mbps": link.profile.downlink_mbps})
+        if dp is not None:
+            metrics.update(dp.finish(result.server_metrics, session_failed=result.fell_back))
         metrics["measured-iter-s"] = result.seconds / max(1, result.traffic.get("batches", 1))
         if "predicted-iter-s" in config:
             metrics["predicted-iter-s"] = float(config["predicted-iter-s"])
@@ -77,14 +123,27 @@ def train(msg: Message, context: Context) -> Message:
         if result.fell_back:
             content["fallback"] = ConfigRecord({"fallback-reason": result.fallback_reason})
     else:
-        optimizer = make_optimizer(model.parameters(), lr, cfg.momentum, cfg.weight_decay)
-        res = train_local(model, _all_epochs(loader, cfg.local_epochs), optimizer, slowdown=device.slowdown)
+        optimizer: torch.optim.Optimizer = make_optimizer(model.parameters(), lr, cfg.momentum, cfg.weight_decay)
+        hooks = None
+        if dp is not None:  # DP-SGD on the whole model; its state dict stays free of Opacus' prefixes
+            optimizer, hooks, _ = dp.device().wrap(model, optimizer)
+        try:
+            res = train_local(model, batches, optimizer, slowdown=device.slowdown)
+        finally:
+            if hooks is not None:
+                hooks.remove_hooks()
+        link_now = node_link(cfg, pid, server_round)
         metrics = {
             "num-examples": res.num_examples,
             "train-loss": res.loss,
             "train-time-s": res.seconds,
             "device-s": res.seconds,
+            "batches": len(loader) * cfg.local_epochs,
+            "uplink-mbps": link_now.uplink_mbps,
+            "downlink-mbps": link_now.downlink_mbps,
         }
+        if dp is not None:
+            metrics.update(dp.finish())
     metrics.update({"lr": lr, "split-point": k})
     content["arrays"] = ArrayRecord(model.state_dict())
     content["metrics"] = MetricRecord(metrics)

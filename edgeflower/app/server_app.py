@@ -18,10 +18,15 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
+from edgeflower.app.mobility import MobilityTracker, parse_mobility, plan_entries
 from edgeflower.app.task import load_test_set
 from edgeflower.clients.local import evaluate
 from edgeflower.config import AppConfig
 from edgeflower.models.profiler import profile_model
+from edgeflower.planning import make_planner
+from edgeflower.planning.flower import PlanningRecorder
+from edgeflower.privacy.strategy import SkipExhausted, central_dp
+from edgeflower.privacy.summary import PrivacySummary
 from edgeflower.runlog import RunLog
 from edgeflower.server.pool import EdgePool
 from edgeflower.strategies.edge import EdgeStrategy
@@ -68,16 +73,39 @@ def main(grid: Grid, context: Context) -> None:
         min_train_nodes=cfg.min_nodes,
         min_available_nodes=cfg.min_nodes,
     )
+    inner = central_dp(
+        inner, cfg.central_dp, cfg.central_dp_noise_multiplier, cfg.central_dp_clipping_norm, cfg.min_nodes
+    )
+    privacy = PrivacySummary(cfg.dp_delta, cfg.dp_target_epsilon, cfg.dp) if cfg.dp != "off" else None
+    if privacy is not None:
+        inner = SkipExhausted(inner)  # nodes out of privacy budget reply with 0 examples: not aggregated
     blocks = model.num_blocks
     split_point = cfg.effective_split_point(blocks)
     planner = None
     if cfg.mode == "pipeline":
         profile = profile_model(model, batch_size=cfg.batch_size)
         planner = PiParPlanner(profile, cfg.batch_size, cfg.split_point, cfg.microbatches)
-    pool = start_edges(cfg) if cfg.mode != "fl" and split_point != blocks else None
+    split_planner = None
+    if cfg.planner != "fixed":  # FedAdapt: per-node split points from observations (exact optimum or the agent)
+        split_planner = make_planner(
+            cfg.planner,
+            model,
+            profile_model(model, batch_size=cfg.batch_size, repeats=5),
+            policy_path=cfg.policy_path,
+            num_groups=cfg.planner_groups,
+            batch_size=cfg.batch_size,
+        )
+    offloads = cfg.mode != "fl" and (split_point != blocks or split_planner is not None)
+    pool = start_edges(cfg) if offloads else None
+    moves = parse_mobility(cfg.mobility)
+    planned: dict[int, dict[int, int]] = {}
 
     def plan(rnd: int, node: int) -> dict[str, int | float | str]:
         entry: dict[str, int | float | str] = {"lr": cfg.lr_at(rnd), "split-point": split_point, "microbatches": 1}
+        if split_planner is not None:
+            if rnd not in planned:  # plan all of the round's nodes together (FedAdapt groups them)
+                planned[rnd] = split_planner.plan(rnd, sorted(grid.get_node_ids()))
+            entry["split-point"] = planned[rnd].get(node, blocks)
         if planner is not None:
             chosen = planner.plan(node)
             entry.update(
@@ -88,10 +116,19 @@ def main(grid: Grid, context: Context) -> None:
                 }
             )
         if pool is not None and int(entry["split-point"]) < blocks:
+            node_ids = sorted(grid.get_node_ids())
+            mobility = plan_entries(moves, cfg.mobility_mode, pool, context.run_id, node, rnd, node_ids)
             entry.update(pool.plan(context.run_id, node, rnd))
+            entry.update(mobility)
         return entry
 
     strategy = EdgeStrategy(inner, plan_fn=plan, recorder=[runlog] + ([planner] if planner else []))
+    if privacy is not None:
+        strategy.recorders.append(privacy)
+    if split_planner is not None:
+        strategy.recorders.append(PlanningRecorder(split_planner))
+    if pool is not None:
+        strategy.recorders.append(MobilityTracker(pool))  # the next round starts where each node ended this one
     try:
         result = strategy.start(
             grid=grid,
@@ -105,6 +142,8 @@ def main(grid: Grid, context: Context) -> None:
             pool.stop()
     torch.save(result.arrays.to_torch_state_dict(), runlog.path / "model.pt")
     runlog.finish()
+    if privacy is not None:
+        privacy.finish(runlog.path)
     final = runlog.rows.get(cfg.num_rounds, {})
     accuracy = 100 * final.get("test-accuracy", 0.0)
     log(INFO, "edgeflower: final test accuracy %.2f %%; results in %s", accuracy, runlog.path)

@@ -10,6 +10,12 @@ optimizer step per batch, so the update equals the sequential one.
 BatchNorm: statistics are computed per micro-batch (as PiPar does), so with BatchNorm models the pipelined update
 equals local training with gradient accumulation over the same micro-batches, not the full-batch update; with
 GroupNorm (or no normalisation) it equals sequential split training exactly (up to float rounding).
+
+With DP (``dp``): Opacus' per-sample gradient hooks pair each backward pass with the *latest* forward pass of a
+module, so back-to-back forward passes would mis-pair micro-batches. In a DP round the pipelined head forward runs
+without autograd, and each micro-batch's backward recomputes its head forward (one extra head forward per
+micro-batch); the per-sample gradients of all micro-batches are then clipped per sample, over the whole batch, in
+one noisy step (:class:`~edgeflower.privacy.dpsgd.BatchDPOptimizer`).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import torch
 
 from edgeflower.clients.split import SplitTrainer, _nbytes
 from edgeflower.models.splittable import SplittableModel
+from edgeflower.privacy.dpsgd import DeviceDP
 from edgeflower.timeline import Timeline
 from edgeflower.transport.emulation import DeviceProfile, EmulatedLink
 from edgeflower.transport.errors import EdgeError, SessionStateError
@@ -42,6 +49,8 @@ class PipelineTrainer(SplitTrainer):
         As for :class:`~edgeflower.clients.split.SplitTrainer`.
     micro_batches : int
         Micro-batches per batch (capped by the batch size); 1 is sequential split training.
+    dp : DeviceDP, optional
+        Train the head with DP-SGD (see the module docstring).
     """
 
     def __init__(
@@ -52,8 +61,9 @@ class PipelineTrainer(SplitTrainer):
         micro_batches: int,
         device: DeviceProfile | None = None,
         link: EmulatedLink | None = None,
+        dp: DeviceDP | None = None,
     ) -> None:
-        super().__init__(model, split_point, optimizer, device, link)
+        super().__init__(model, split_point, optimizer, device, link, dp)
         if micro_batches < 1:
             raise ValueError(f"micro_batches must be >= 1, got {micro_batches}")
         self.micro_batches = micro_batches
@@ -122,10 +132,16 @@ class PipelineTrainer(SplitTrainer):
             t.start()
         try:
             acts = []
+            recompute = self._head_private
             for j in range(m):
                 if errors:
                     break
-                act = self._device(timeline, b, "fwd", lambda j=j: self.head(xs[j])) if self.k > 0 else xs[j]
+                if self.k == 0:
+                    act = xs[j]
+                elif recompute:
+                    act = self._device(timeline, b, "fwd", lambda j=j: _no_grad(self.head, xs[j]))
+                else:
+                    act = self._device(timeline, b, "fwd", lambda j=j: self.head(xs[j]))
                 acts.append(act)
                 outbox.put((act.detach(), ys[j]))
             loss = 0.0
@@ -137,7 +153,12 @@ class PipelineTrainer(SplitTrainer):
                 assert result is not None
                 loss += result.loss * len(ys[j])
                 if head_opt is not None:
-                    self._device(timeline, b, "bwd", lambda a=acts[j], g=result.grad: a.backward(g))
+                    self._device(
+                        timeline,
+                        b,
+                        "bwd",
+                        lambda j=j, a=acts[j], g=result.grad: (self.head(xs[j]) if recompute else a).backward(g),
+                    )
             if errors:
                 raise _as_edge_error(errors[0])
             if head_opt is not None:
@@ -150,6 +171,11 @@ class PipelineTrainer(SplitTrainer):
             outbox.put(_STOP)
             for t in threads:
                 t.join(timeout=30)
+
+
+def _no_grad(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return module(x)
 
 
 def _as_edge_error(exc: BaseException) -> EdgeError:

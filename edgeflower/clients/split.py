@@ -9,6 +9,12 @@ and transfers to the emulated testbed.
 If the edge server dies or becomes unreachable mid-round, the device keeps its head progress and finishes the
 round by training the whole model locally, with the tail taken from the last tail weights it holds (those of the
 round start), and reports that it fell back.
+
+With ``dp`` (a :class:`~edgeflower.privacy.dpsgd.DeviceDP`) the head is trained with DP-SGD: Opacus' per-sample
+gradient hooks on the head capture each sample's gradient from the activation gradient the edge server returns,
+and the head's step clips each sample and adds noise. A DP round never falls back to non-private local training:
+if the edge server fails, the round stops at that batch (the head keeps its private progress, the tail is the
+round-start tail).
 """
 
 from __future__ import annotations
@@ -24,7 +30,9 @@ from flwr.common.logger import log
 from torch import nn
 
 from edgeflower.clients.local import make_optimizer
+from edgeflower.clients.mobility import MoveOrder, MoveTrigger, RestartRound, migrate_session
 from edgeflower.models.splittable import SplittableModel
+from edgeflower.privacy.dpsgd import BatchDPOptimizer, DeviceDP
 from edgeflower.timeline import Timeline
 from edgeflower.transport.emulation import DeviceProfile, EmulatedLink
 from edgeflower.transport.errors import EdgeError
@@ -105,7 +113,16 @@ class SplitTrainer:
         Compute emulation.
     link : EmulatedLink, optional
         Link emulation.
+    dp : DeviceDP, optional
+        Train the head with DP-SGD (see the module docstring).
     """
+
+    move_order: MoveOrder | None = None
+    """A scheduled move to another edge server (set by :func:`edgeflower.clients.mobility.train_moving`)."""
+    move_trigger: MoveTrigger | None = None
+    """An operator's trigger polled between batches (set by :func:`edgeflower.clients.mobility.train_moving`)."""
+    last_move: MoveOrder | None = None
+    """The last move carried out."""
 
     def __init__(
         self,
@@ -114,6 +131,7 @@ class SplitTrainer:
         optimizer: OptimizerSettings,
         device: DeviceProfile | None = None,
         link: EmulatedLink | None = None,
+        dp: DeviceDP | None = None,
     ) -> None:
         model.check_split_point(split_point)
         if split_point == model.num_blocks:
@@ -127,6 +145,26 @@ class SplitTrainer:
         self.loss_fn = nn.CrossEntropyLoss()
         self.micro_batches = 1
         self.traffic: dict[str, int] = {"uplink-bytes": 0, "downlink-bytes": 0}
+        self.dp = dp
+        self.dp_optimizer: BatchDPOptimizer | None = None
+
+    @property
+    def _head_private(self) -> bool:
+        return self.dp_optimizer is not None
+
+    def _due_move(self, batch: int) -> MoveOrder | None:
+        """The move to carry out before ``batch``: a scheduled one, or one an operator's trigger just fired."""
+        if self.move_order is not None and batch == self.move_order.at_batch:
+            return self.move_order
+        return self.move_trigger.poll(batch) if self.move_trigger is not None else None
+
+    def _move(self, session: Any, order: MoveOrder) -> Any:
+        """Carry out ``order`` at this batch boundary (see :mod:`edgeflower.clients.mobility`)."""
+        self.last_move = order
+        if order.mode == "restart":
+            session.abort()
+            raise RestartRound(f"restart the round on {order.destination}")
+        return migrate_session(session, order, self.model.spec)
 
     def _device(self, timeline: Timeline, batch: int, what: str, fn: Callable[[], Any]) -> Any:
         start = time.perf_counter()
@@ -152,6 +190,25 @@ class SplitTrainer:
         round_start_tail = {k: v.detach().clone() for k, v in self.tail.state_dict().items()}
         has_head = any(True for _ in self.head.parameters())
         head_opt = _sgd(self.head, self.opt) if has_head else None
+        hooks = None
+        if self.dp is not None and head_opt is not None:
+            head_opt, hooks, _ = self.dp.wrap(self.head, head_opt)
+            self.dp_optimizer = head_opt
+        try:
+            return self._train(batches, open_session, timeline, t0, round_start_tail, head_opt)
+        finally:
+            if hooks is not None:
+                hooks.remove_hooks()
+
+    def _train(
+        self,
+        batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+        open_session: SessionOpener,
+        timeline: Timeline,
+        t0: float,
+        round_start_tail: dict[str, torch.Tensor],
+        head_opt: torch.optim.Optimizer | None,
+    ) -> SplitResult:
         n, loss_sum, batches_done = 0, 0.0, 0
         session = None
         it = iter(batches)
@@ -164,6 +221,9 @@ class SplitTrainer:
                 pending = (x, y)
                 # BatchNorm statistics the head forward will update: restored if this batch has to be redone
                 head_buffers = [buf.clone() for buf in self.head.buffers()]
+                order = self._due_move(b)
+                if order is not None:
+                    session = self._move(session, order)
                 if head_opt is not None:
                     head_opt.zero_grad(set_to_none=True)
                 loss_sum += self._batch(session, b, x, y, timeline, head_opt)
@@ -186,10 +246,13 @@ class SplitTrainer:
                 with torch.no_grad():
                     for buf, saved in zip(self.head.buffers(), head_buffers, strict=True):
                         buf.copy_(saved)
-            rest = ([pending] if pending is not None else []) + list(it)
             first = b if pending is not None else b + 1
-            m, local_loss = self._train_locally(rest, timeline, first, head_opt)
             reason = f"{type(exc).__name__}: {exc}"
+            if self.dp is not None:
+                log(WARNING, "dp: no non-private fallback; the round stops at batch %d", first)
+                return self._result(n, loss_sum, batches_done, t0, timeline, fallback=(first, reason))
+            rest = ([pending] if pending is not None else []) + list(it)
+            m, local_loss = self._train_locally(rest, timeline, first, head_opt)
             return self._result(
                 n + m, loss_sum + local_loss, batches_done + len(rest), t0, timeline, fallback=(first, reason)
             )
@@ -281,4 +344,5 @@ def _sgd(module: nn.Module, settings: OptimizerSettings) -> torch.optim.Optimize
 
 def _metrics_dict(metrics: Any) -> dict[str, float]:
     fields = ("batches", "micro_batches", "samples", "loss_sum", "compute_s", "server_s", "duration_s")
+    fields += ("dp_steps", "dp_noise_multiplier", "dp_sample_rate", "dp_epsilon")
     return {f.replace("_", "-"): float(getattr(metrics, f)) for f in fields if hasattr(metrics, f)}

@@ -10,6 +10,7 @@ import argparse
 import signal
 import sys
 import threading
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -44,6 +45,11 @@ def register(subparsers: Any) -> None:
         default=DEFAULT_MAX_MESSAGE_BYTES / 2**20,
         help="largest message in MiB (default: %(default)s)",
     )
+    p.add_argument(
+        "--peer-root-cert", help="PEM root certificate to trust when migrating sessions to TLS-serving edge servers"
+    )
+    # fault injection for the migration tests (a real process dying right after the destination's ack)
+    p.add_argument("--crash-after-migration-ack", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=run)
 
 
@@ -58,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
         max_message_bytes=int(args.max_message_mb * 2**20),
         max_sessions=args.max_sessions,
         idle_timeout_s=args.idle_timeout,
+        peer_root_cert=Path(args.peer_root_cert).read_bytes() if args.peer_root_cert else None,
+        crash_after_migration_ack=args.crash_after_migration_ack,
     )
     secret = load_secret(args.secret_file)
     server = EdgeServer(args.host, args.port, secret=secret, tls=tls, edge_id=args.edge_id, config=config)

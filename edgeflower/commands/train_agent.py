@@ -8,13 +8,14 @@ agent trains for ``--episodes`` episodes with a progress bar, the policy is writ
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
 from edgeflower.models import build_model, profile_model
-from edgeflower.planning.costmodel import CostModel
+from edgeflower.models.profiler import ModelProfile
+from edgeflower.planning.costmodel import CostModel, median_profile
 from edgeflower.planning.env import EnvConfig, OffloadEnv
 from edgeflower.planning.policy import PolicyHeader, save_policy
 from edgeflower.planning.ppo import PPOConfig
@@ -51,6 +52,10 @@ def train_policy(
     overhead_s: float = 0.005,
     seed: int = 0,
     progress: bool = True,
+    restarts: int = 1,
+    ppo: PPOConfig | None = None,
+    profile: ModelProfile | None = None,
+    profile_trials: int = 1,
 ) -> TrainedAgent:
     """Profile ``model_name``, train the agent in the scenario's environment, save policy and reward PNG.
 
@@ -70,28 +75,47 @@ def train_policy(
         Seed of the environment and the agent.
     progress : bool
         Show a tqdm progress bar.
+    restarts : int
+        Independent trainings (seeds ``seed, seed + 1, ...``); the one whose deterministic policy scores best on
+        a held-out set of episodes is kept (each training also keeps its best checkpoint, see
+        :func:`~edgeflower.planning.training.train_agent`).
+    ppo : PPOConfig, optional
+        Hyper-parameters (FedAdapt's by default).
+    profile : ModelProfile, optional
+        The model's measured profile (default: measured here, see ``profile_trials``).
+    profile_trials : int
+        Profiles to take the per-block median of (:func:`~edgeflower.planning.costmodel.median_profile`).
     """
     if scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {scenario!r}: choose one of {', '.join(SCENARIOS)}")
-    if episodes < 1 or num_groups < 1:
-        raise ValueError("episodes and groups must be >= 1")
+    if episodes < 1 or num_groups < 1 or restarts < 1:
+        raise ValueError("episodes, groups and restarts must be >= 1")
+    ppo = ppo or PPOConfig()
     model = build_model(model_name, in_shape=in_shape)
-    cost = CostModel(profile_model(model, batch_size=batch_size), batch_size)
+    if profile is None:
+        profile = median_profile(model, batch_size, trials=profile_trials) if profile_trials > 1 else None
+        profile = profile or profile_model(model, batch_size=batch_size)
+    cost = CostModel(profile, batch_size)
     devices = node_states_of(SCENARIOS[scenario](), overhead_s=overhead_s)
     config = EnvConfig(num_groups=num_groups, episode_len=episode_len)
-    env = OffloadEnv(cost, devices, config, seed=seed)
-    bar = tqdm(total=episodes, desc="train-agent", unit="ep", disable=not progress)
+    bar = tqdm(total=episodes * restarts, desc="train-agent", unit="ep", disable=not progress)
 
     def tick(ep: int, reward: float) -> None:
         bar.update(1)
         bar.set_postfix(reward=f"{reward:.2f}")
 
+    candidates = []
     try:
-        agent, rewards = train_agent(env, episodes, PPOConfig(), seed=seed, on_episode=tick)
+        for r in range(restarts):
+            env = OffloadEnv(cost, devices, config, seed=seed + r)
+            select = OffloadEnv(cost, devices, config, seed=seed + 1000)
+            agent, rewards = train_agent(env, episodes, ppo, seed=seed + r, on_episode=tick, select_env=select)
+            select.reseed(seed + 2000)  # held-out episodes for choosing among the restarts
+            candidates.append((evaluate_policy(select, agent.policy_fn(), 20).reward, r, agent, rewards))
     finally:
         bar.close()
-    test_env = OffloadEnv(cost, devices, config, seed=seed + 1)
-    score = evaluate_policy(test_env, lambda s: agent.act(s, explore=False).tolist(), episodes=20)
+    _, best_restart, agent, rewards = max(candidates, key=lambda c: (c[0], -c[1]))
+    score = evaluate_policy(OffloadEnv(cost, devices, config, seed=seed + 1), agent.policy_fn(), episodes=20)
     fl = evaluate_policy(OffloadEnv(cost, devices, config, seed=seed + 1), lambda s: [1.0] * num_groups, episodes=20)
     path = Path(out)
     info = {
@@ -104,7 +128,11 @@ def train_policy(
         "eval_reward": score.reward,
         "eval_round_ratio_vs_fl": score.round_ratio,
         "no_offload_reward": fl.reward,
-        "ppo": PPOConfig().to_dict(),
+        "ppo": ppo.to_dict(),
+        "restarts": restarts,
+        "chosen_restart": best_restart,
+        "restart_scores": [c[0] for c in candidates],
+        "env": {k: v for k, v in asdict(config).items() if k not in ("num_groups", "episode_len")},
     }
     header = save_policy(path, agent.net, model_name, model.num_blocks, info)
     png = plot_rewards(rewards, path.with_suffix(".png"), title=f"FedAdapt agent on {scenario} ({model_name})")
@@ -126,6 +154,8 @@ def _run(args: argparse.Namespace) -> int:
         args.episode_len,
         seed=args.seed,
         progress=not args.no_progress,
+        restarts=args.restarts,
+        profile_trials=args.profile_trials,
     )
     print(f"policy: {result.policy_path} (sha256 {result.header.sha256[:12]}...)")
     print(f"reward curve: {result.png_path}")
@@ -148,5 +178,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--groups", type=int, default=3, help="device groups (k-means k, default 3)")
     p.add_argument("--batch-size", type=int, default=100, help="training batch size (default 100)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--restarts", type=int, default=3, help="independent trainings, best kept (default 3)")
+    p.add_argument("--profile-trials", type=int, default=1, help="profiles to take the per-block median of")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)

@@ -12,7 +12,7 @@ Offline agent training: ``edgeflower train-agent`` (see :mod:`edgeflower.command
 """
 
 from edgeflower.planning.actions import SplitMapper, offload_reward
-from edgeflower.planning.costmodel import CostModel, IterationCost, NodeState
+from edgeflower.planning.costmodel import CostModel, IterationCost, NodeState, median_profile
 from edgeflower.planning.env import EnvConfig, OffloadEnv
 from edgeflower.planning.errors import PolicyError
 from edgeflower.planning.factory import PLANNERS, make_planner
@@ -54,6 +54,7 @@ __all__ = [
     "kmeans",
     "load_policy",
     "make_planner",
+    "median_profile",
     "node_features",
     "offload_reward",
     "parse_link_schedules",

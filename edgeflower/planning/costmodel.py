@@ -15,11 +15,13 @@ An iteration (one mini-batch) at split point ``k`` costs
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass, replace
 
-from edgeflower.models.profiler import ModelProfile
+from edgeflower.models.profiler import ModelProfile, profile_model
+from edgeflower.models.splittable import SplittableModel
 
-__all__ = ["LABEL_BYTES", "CostModel", "IterationCost", "NodeState"]
+__all__ = ["LABEL_BYTES", "CostModel", "IterationCost", "NodeState", "median_profile"]
 
 LABEL_BYTES = 8
 """Bytes per label sent up with the activations (int64)."""
@@ -155,3 +157,35 @@ class CostModel:
 
     def _batch_scale(self, batch_size: int | None) -> float:
         return 1.0 if batch_size is None else batch_size / self.batch_size
+
+
+def median_profile(model: SplittableModel, batch_size: int, repeats: int = 5, trials: int = 3) -> ModelProfile:
+    """A profile robust to a shared machine: ``trials`` runs of ``profile_model``, per-block median times.
+
+    ``profile_model`` keeps the fastest of ``repeats`` timings per block, but a burst of load from another process
+    during one block's timings still skews the distribution across blocks (which the per-node speed factors
+    cannot absorb). The median over independent trials removes such one-off skews.
+
+    Parameters
+    ----------
+    model : SplittableModel
+        The model to profile (left unchanged).
+    batch_size : int
+        Batch size of the timings.
+    repeats : int
+        Timing repetitions per block and trial (``profile_model``'s ``repeats``).
+    trials : int
+        Independent profiles to take the median over.
+    """
+    if trials < 1:
+        raise ValueError("trials must be >= 1")
+    runs = [profile_model(model, batch_size=batch_size, repeats=repeats) for _ in range(trials)]
+    blocks = tuple(
+        replace(
+            block,
+            fwd_s=statistics.median(r.blocks[i].fwd_s for r in runs),
+            bwd_s=statistics.median(r.blocks[i].bwd_s for r in runs),
+        )
+        for i, block in enumerate(runs[0].blocks)
+    )
+    return replace(runs[0], blocks=blocks)

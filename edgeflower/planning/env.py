@@ -2,10 +2,21 @@
 
 Each episode is a short training run: the devices (slow-downs and bandwidths taken from a testbed, jittered per
 episode) start with a classic-FL measurement round; every step the agent's action per group sets the split point
-of every device in the group, the cost model (with multiplicative noise) gives each device's iteration time, the
-reward is FedAdapt's (relative to each device's no-offloading time), and the devices are regrouped by k-means on
-their speed and bandwidth for the next state. With probability ``drop_prob`` some devices' bandwidth drops to
-``drop_mbps`` at a random step, so the agent also learns to pull work back when the network degrades.
+of every device in the group, the cost model gives each device's iteration time, the reward is FedAdapt's
+(relative to each device's no-offloading time), and the devices are regrouped by k-means for the next state.
+
+What the deployed planner sees is reproduced, not idealised:
+
+* **measurement noise and contention**: every measured time carries multiplicative log-normal noise and, with
+  probability ``spike_prob``, a contention spike (a shared CPU); the state and the k-means features are built from
+  these *measured* values (the slow-down is estimated from the measured device time, as
+  :class:`~edgeflower.planning.observations.ObservationHistory` does), while the reward uses the true times;
+* **profile mismatch**: the edge server's speed relative to the profile is drawn per episode (``server_range``),
+  since a profile measured under load can be several times off;
+* **bandwidth drops**: with probability ``drop_prob`` some devices fall to ``drop_mbps`` (the testbed's 75 ->
+  5 Mbit/s) at a random step;
+* **per-class slow-downs**: with probability ``class_slow_prob`` every device of one speed class becomes
+  ``class_slow_range`` times slower at a random step (e.g. thermal throttling, a background job).
 """
 
 from __future__ import annotations
@@ -26,15 +37,42 @@ __all__ = ["EnvConfig", "OffloadEnv", "StepInfo"]
 
 @dataclass(frozen=True)
 class EnvConfig:
-    """Episode settings of :class:`OffloadEnv`."""
+    """Episode settings of :class:`OffloadEnv`.
+
+    Attributes
+    ----------
+    num_groups, episode_len : int
+        Agent groups (state ``2 G``, action ``G``) and steps per episode.
+    jitter : float
+        Per-episode log-uniform jitter of every device's slow-down and bandwidth (``exp(U(-j, j))``).
+    noise : float
+        Standard deviation of the log-normal noise on every measured time.
+    spike_prob : float
+        Probability that a device's measurement in a step is hit by contention ...
+    spike_range : (float, float)
+        ... which multiplies it by a factor drawn uniformly from this range.
+    server_range : (float, float)
+        Edge-server speed factor relative to the profile, drawn log-uniformly per episode.
+    drop_prob, drop_mbps, drop_fraction : float
+        Probability of a bandwidth drop in an episode, the bandwidth after it, and the share of devices hit.
+    class_slow_prob : float
+        Probability of a per-class slow-down in an episode ...
+    class_slow_range : (float, float)
+        ... by a factor drawn uniformly from this range.
+    """
 
     num_groups: int = 3
     episode_len: int = 10
     jitter: float = 0.25
-    noise: float = 0.05
+    noise: float = 0.1
+    spike_prob: float = 0.1
+    spike_range: tuple[float, float] = (1.3, 2.5)
+    server_range: tuple[float, float] = (0.25, 1.5)
     drop_prob: float = 0.5
     drop_mbps: float = 5.0
     drop_fraction: float = 0.4
+    class_slow_prob: float = 0.2
+    class_slow_range: tuple[float, float] = (1.5, 3.0)
 
 
 @dataclass(frozen=True)
@@ -82,7 +120,13 @@ class OffloadEnv:
         self.t = 0
         self._episode: list[NodeState] = []
         self._drop_at, self._dropped = math.inf, set[int]()
+        self._slow_at, self._slowed, self._slow_factor = math.inf, set[int](), 1.0
         self._groups: dict[int, int] = {}
+        self._est_slowdown: dict[int, float] = {}
+
+    def reseed(self, seed: int) -> None:
+        """Restart the random stream (e.g. to evaluate policies on the same episodes)."""
+        self.rng = np.random.default_rng(seed)
 
     @property
     def state_dim(self) -> int:
@@ -94,24 +138,39 @@ class OffloadEnv:
         """Length of an action vector."""
         return self.config.num_groups
 
-    def _now(self) -> dict[int, NodeState]:
+    def true_states(self) -> dict[int, NodeState]:
+        """Every device's true state at the current step (bandwidth drops and slow-downs applied)."""
         out = {}
         for i, dev in enumerate(self._episode):
             if i in self._dropped and self.t >= self._drop_at:
                 dev = dev.with_bandwidth(self.config.drop_mbps)
+            if i in self._slowed and self.t >= self._slow_at:
+                dev = replace(dev, slowdown=dev.slowdown * self._slow_factor)
             out[i] = dev
         return out
 
     def _baselines(self, states: dict[int, NodeState]) -> dict[int, float]:
         return {i: self.cost.iteration_s(self.cost.num_blocks, s) for i, s in states.items()}
 
-    def _noisy(self, value: float) -> float:
-        return value * math.exp(self.rng.normal(0.0, self.config.noise)) if self.config.noise > 0 else value
+    def _measure(self, value: float) -> float:
+        """``value`` as a node would measure it: log-normal noise and, sometimes, a contention spike."""
+        cfg = self.config
+        if cfg.noise > 0:
+            value *= math.exp(self.rng.normal(0.0, cfg.noise))
+        if cfg.spike_prob > 0 and self.rng.random() < cfg.spike_prob:
+            value *= float(self.rng.uniform(*cfg.spike_range))
+        return value
+
+    def _estimated(self, states: dict[int, NodeState]) -> dict[int, NodeState]:
+        """What the server believes: measured slow-downs, reported bandwidths, no knowledge of the server speed."""
+        return {i: replace(s, slowdown=self._est_slowdown[i]) for i, s in states.items()}
 
     def reset(self) -> list[float]:
         """Start an episode; the first state is the classic-FL measurement round."""
         cfg = self.config
         j = cfg.jitter
+        lo, hi = (math.log(v) for v in cfg.server_range)
+        server = math.exp(self.rng.uniform(lo, hi))
         self._episode = []
         for dev in self.devices:
             f_s, f_b = np.exp(self.rng.uniform(-j, j, size=2))
@@ -121,22 +180,32 @@ class OffloadEnv:
                     slowdown=max(1e-3, dev.slowdown * f_s),
                     uplink_mbps=dev.uplink_mbps * f_b,
                     downlink_mbps=dev.downlink_mbps * f_b,
+                    server_scale=dev.server_scale * server,
                 )
             )
-        self._dropped = set()
-        self._drop_at = math.inf
+        n = len(self.devices)
+        self._dropped, self._drop_at = set(), math.inf
         if self.rng.random() < cfg.drop_prob:
             self._drop_at = int(self.rng.integers(1, max(2, cfg.episode_len)))
-            self._dropped = {i for i in range(len(self.devices)) if self.rng.random() < cfg.drop_fraction} or {
-                int(self.rng.integers(len(self.devices)))
+            self._dropped = {i for i in range(n) if self.rng.random() < cfg.drop_fraction} or {
+                int(self.rng.integers(n))
             }
+        self._slowed, self._slow_at, self._slow_factor = set(), math.inf, 1.0
+        if self.rng.random() < cfg.class_slow_prob:
+            classes = sorted({d.slowdown for d in self.devices})
+            pick = classes[int(self.rng.integers(len(classes)))]
+            self._slowed = {i for i, d in enumerate(self.devices) if d.slowdown == pick}
+            self._slow_at = int(self.rng.integers(1, max(2, cfg.episode_len)))
+            self._slow_factor = float(self.rng.uniform(*cfg.class_slow_range))
         self.t = 0
-        states = self._now()
+        states = self.true_states()
         base = self._baselines(states)
-        times = {i: self._noisy(b) for i, b in base.items()}
+        times = {i: self._measure(b) for i, b in base.items()}
+        self._est_slowdown = {i: max(1e-3, times[i] / self.cost.head_compute_s(self.cost.num_blocks)) for i in states}
         splits = dict.fromkeys(states, self.cost.num_blocks)
-        self._groups = self._group(states)
-        return agent_state(self._groups, times, splits, base, self.mapper, cfg.num_groups)
+        est = self._estimated(states)
+        self._groups = self._group(est)
+        return agent_state(self._groups, times, splits, self._baselines(est), self.mapper, cfg.num_groups)
 
     def _group(self, states: dict[int, NodeState]) -> dict[int, int]:
         return group_nodes({i: node_features(s) for i, s in states.items()}, self.config.num_groups)
@@ -147,12 +216,21 @@ class OffloadEnv:
         if len(action) != cfg.num_groups:
             raise ValueError(f"expected {cfg.num_groups} action values, got {len(action)}")
         self.t += 1
-        states = self._now()
+        states = self.true_states()
         base = self._baselines(states)
         splits = {i: self.mapper.split(float(action[self._groups[i]])) for i in states}
-        times = {i: self._noisy(self.cost.iteration_s(splits[i], s)) for i, s in states.items()}
-        reward = offload_reward([times[i] for i in states], [base[i] for i in states])
-        info = StepInfo(splits, times, base, dict(self._groups))
-        self._groups = self._group(states)
-        state = agent_state(self._groups, times, splits, base, self.mapper, cfg.num_groups)
+        true_times = {i: self.cost.iteration_s(splits[i], s) for i, s in states.items()}
+        times = {}
+        for i, s in states.items():
+            pred = self.cost.predict(splits[i], s)
+            factor = self._measure(1.0)
+            times[i] = true_times[i] * factor
+            head = self.cost.head_compute_s(splits[i])
+            if head > 0:  # the server re-estimates the slow-down from the measured device time
+                self._est_slowdown[i] = max(1e-3, pred.device_s * factor / head)
+        reward = offload_reward([true_times[i] for i in states], [base[i] for i in states])
+        info = StepInfo(splits, true_times, base, dict(self._groups))
+        est = self._estimated(states)
+        self._groups = self._group(est)
+        state = agent_state(self._groups, times, splits, self._baselines(est), self.mapper, cfg.num_groups)
         return state, reward, self.t >= cfg.episode_len, info

@@ -6,12 +6,13 @@ a base plan, e.g. learning rate and edge token) and :class:`PlanningRecorder` fe
 before passing them on. :func:`planner_strategy` wires both around any Flower strategy::
 
     planner = make_planner("exact", model, profile)
-    strategy = planner_strategy(FedAvg(...), planner, base_plan_fn=plan, recorder=runlog)
+    strategy = planner_strategy(FedAvg(...), planner, base_plan_fn=plan, recorder=runlog,
+                                round_nodes=lambda rnd: list(grid.get_node_ids()))
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from flwr.serverapp.strategy import Strategy
@@ -32,6 +33,12 @@ def numeric_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
 class PlannedRounds:
     """A ``plan_fn`` for :class:`EdgeStrategy` that asks ``planner`` for each node's split point.
 
+    ``EdgeStrategy`` asks one node at a time, but a grouping planner (FedAdapt) must see all of a round's nodes
+    together. So on the **first** call of a round, every node of the round is planned in one
+    ``planner.plan(server_round, nodes)`` call and the result is cached: the nodes are ``round_nodes(server_round)``
+    when given (e.g. ``lambda rnd: list(grid.get_node_ids())``), otherwise every node the planner has observed
+    (``planner.history.nodes``), plus the asking node. A node outside that set is planned on its own later.
+
     Parameters
     ----------
     planner : Planner
@@ -41,6 +48,8 @@ class PlannedRounds:
         address and token ...); it gets the split point so it can skip the edge token for classic-FL nodes.
     key : str
         Config key of the split point.
+    round_nodes : callable, optional
+        ``server_round -> node ids`` of the round (all nodes the round may train).
     """
 
     def __init__(
@@ -48,15 +57,26 @@ class PlannedRounds:
         planner: Planner,
         base_plan_fn: Callable[[int, int, int], dict[str, Any]] | None = None,
         key: str = "split-point",
+        round_nodes: Callable[[int], Iterable[int]] | None = None,
     ) -> None:
         self.planner = planner
         self.base_plan_fn = base_plan_fn
         self.key = key
+        self.round_nodes = round_nodes
         self.splits: dict[int, dict[int, int]] = {}
 
+    def _nodes_of(self, server_round: int) -> list[int]:
+        if self.round_nodes is not None:
+            return [int(n) for n in self.round_nodes(server_round)]
+        history = getattr(self.planner, "history", None)
+        return list(getattr(history, "nodes", []))
+
     def split_point(self, server_round: int, node_id: int) -> int:
-        """The planner's split point of ``node_id`` in ``server_round`` (asked once per node and round)."""
-        chosen = self.splits.setdefault(server_round, {})
+        """The planner's split point of ``node_id`` in ``server_round`` (all the round's nodes planned at once)."""
+        chosen = self.splits.get(server_round)
+        if chosen is None:
+            nodes = list(dict.fromkeys([*self._nodes_of(server_round), node_id]))
+            chosen = self.splits[server_round] = dict(self.planner.plan(server_round, nodes))
         if node_id not in chosen:
             chosen.update(self.planner.plan(server_round, [node_id]))
         return chosen[node_id]
@@ -89,8 +109,14 @@ def planner_strategy(
     planner: Planner,
     base_plan_fn: Callable[[int, int, int], dict[str, Any]] | None = None,
     recorder: Any | None = None,
+    round_nodes: Callable[[int], Iterable[int]] | None = None,
 ) -> EdgeStrategy:
-    """``EdgeStrategy(inner)`` whose split points come from ``planner`` and whose replies feed it back."""
+    """``EdgeStrategy(inner)`` whose split points come from ``planner`` and whose replies feed it back.
+
+    ``round_nodes`` (``server_round -> node ids``) lets :class:`PlannedRounds` plan a round's nodes together.
+    """
     return EdgeStrategy(
-        inner, plan_fn=PlannedRounds(planner, base_plan_fn), recorder=PlanningRecorder(planner, recorder)
+        inner,
+        plan_fn=PlannedRounds(planner, base_plan_fn, round_nodes=round_nodes),
+        recorder=PlanningRecorder(planner, recorder),
     )

@@ -9,13 +9,20 @@ node's observations and turns the latest ones into a :class:`~edgeflower.plannin
 * bandwidth: bytes * 8 / transfer seconds of the latest split round, or the link bandwidth the node reported
   (``uplink-mbps``/``downlink-mbps``, which also works in classic-FL rounds), else a prior;
 * edge-server speed and per-batch overhead from the latest split round.
+
+Measurements on a shared machine are noisy (one contended round can double a node's device time), so the compute
+quantities (slow-down, edge-server speed, overhead) are the **median of the node's last** ``window`` **estimates**;
+bandwidth is not smoothed, so a drop is seen in the very next plan. A node that has never offloaded has no
+server-side measurement of its own: it gets the **fleet's** median edge-server speed and overhead (all devices
+share the edge server class), instead of the prior ``server_scale = 1`` that trusts the profile.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from edgeflower.planning.costmodel import CostModel, NodeState
 
@@ -98,6 +105,7 @@ class NodeEstimate:
     state: NodeState
     server_round: int
     measured_bandwidth: bool
+    measured_server: bool = False
 
 
 def _mbps(nbytes: float, seconds: float) -> float:
@@ -115,13 +123,19 @@ class ObservationHistory:
         The cost model whose profile normalises the measured compute times.
     default_mbps : float
         Prior bandwidth of a node that has not measured or reported one yet.
+    window : int
+        Compute estimates are the median of the node's last ``window`` ones (1 = latest only).
     """
 
-    def __init__(self, cost: CostModel, default_mbps: float = 50.0) -> None:
+    def __init__(self, cost: CostModel, default_mbps: float = 50.0, window: int = 3) -> None:
+        if window < 1:
+            raise ValueError("window must be >= 1")
         self.cost = cost
         self.default_mbps = float(default_mbps)
+        self.window = int(window)
         self.observations: dict[int, list[Observation]] = {}
         self._states: dict[int, NodeEstimate] = {}
+        self._raw: dict[int, dict[str, list[float]]] = {}
 
     def __contains__(self, node_id: int) -> bool:
         return node_id in self._states
@@ -135,8 +149,30 @@ class ObservationHistory:
         """Record one reply and update the node's estimate."""
         obs = Observation.from_metrics(server_round, node_id, metrics, self.cost)
         self.observations.setdefault(node_id, []).append(obs)
-        self._states[node_id] = self._update(self._states.get(node_id), obs)
+        est = self._update(self._states.get(node_id), obs)
+        raw = self._raw.setdefault(node_id, {"slowdown": [], "server_scale": [], "overhead_s": []})
+        k = obs.split_point
+        if self.cost.head_compute_s(k) > 0 and obs.device_s > 0:
+            raw["slowdown"].append(est.state.slowdown)
+        if k < self.cost.num_blocks:
+            if self.cost.tail_compute_s(k) > 0 and obs.server_s > 0:
+                raw["server_scale"].append(est.state.server_scale)
+            raw["overhead_s"].append(est.state.overhead_s)
+        smoothed = {
+            key: statistics.median(values[-self.window :]) for key, values in raw.items() if values and self.window > 1
+        }
+        self._states[node_id] = replace(est, state=replace(est.state, **smoothed))
         return obs
+
+    def server_estimate(self) -> tuple[float, float] | None:
+        """Fleet median of the edge-server speed factor and per-batch overhead (``None`` before any split round)."""
+        measured = [e.state for e in self._states.values() if e.measured_server]
+        if not measured:
+            return None
+        return (
+            statistics.median(s.server_scale for s in measured),
+            statistics.median(s.overhead_s for s in measured),
+        )
 
     def latest(self, node_id: int) -> Observation | None:
         """The node's latest observation."""
@@ -146,7 +182,13 @@ class ObservationHistory:
     def state(self, node_id: int) -> NodeState | None:
         """The node's inferred state (``None`` before its first observation)."""
         est = self._states.get(node_id)
-        return est.state if est is not None else None
+        if est is None:
+            return None
+        if not est.measured_server:
+            fleet = self.server_estimate()
+            if fleet is not None:
+                return replace(est.state, server_scale=fleet[0], overhead_s=fleet[1])
+        return est.state
 
     def _update(self, prev: NodeEstimate | None, obs: Observation) -> NodeEstimate:
         cost = self.cost
@@ -158,7 +200,9 @@ class ObservationHistory:
             slowdown = max(obs.device_s / head, 1e-3)
         up, down, server_scale, overhead = base.uplink_mbps, base.downlink_mbps, base.server_scale, base.overhead_s
         measured = prev.measured_bandwidth if prev is not None else False
+        measured_server = prev.measured_server if prev is not None else False
         if k < cost.num_blocks:
+            measured_server = True
             m_up = _mbps(obs.uplink_bytes, obs.uplink_s)
             m_down = _mbps(obs.downlink_bytes, obs.downlink_s)
             if not math.isnan(m_up):
@@ -176,4 +220,4 @@ class ObservationHistory:
                 down = obs.downlink_mbps if obs.downlink_mbps > 0 else math.inf
             measured = True
         state = NodeState(slowdown, up, down, 0.0, server_scale, overhead)
-        return NodeEstimate(state, obs.server_round, measured)
+        return NodeEstimate(state, obs.server_round, measured, measured_server)

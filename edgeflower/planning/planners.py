@@ -133,10 +133,20 @@ class FedAdaptPlanner(_ObservingPlanner):
         self.actions: dict[int, list[float]] = {}
 
     def plan(self, server_round: int, node_ids: Sequence[int]) -> dict[int, int]:
-        """Classic FL for nodes without observations; the policy's split per group for the others."""
+        """Classic FL for nodes without observations; the policy's split per group for the others.
+
+        The groups and the actions are computed once per round, over *every* observed node (so the result does not
+        depend on which nodes are asked about, or in what order, or one at a time); later calls of the same round
+        reuse them. The action is the actor's deterministic mean (no exploration noise).
+        """
         plan = dict.fromkeys(node_ids, self.num_blocks)
         known = self.history.nodes  # every observed node: groups do not depend on which nodes are asked about
-        if any(n in self.history for n in node_ids):
+        if server_round in self.groups:
+            groups, values = self.groups[server_round], self.actions[server_round]
+            for n in node_ids:
+                if n in groups:
+                    plan[n] = self.mapper.split(values[groups[n]])
+        elif any(n in self.history for n in node_ids):
             states = {n: self.history.state(n) for n in known}
             groups = group_nodes({n: node_features(s) for n, s in states.items() if s is not None}, self.num_groups)
             times, splits, base = {}, {}, {}
@@ -146,11 +156,7 @@ class FedAdaptPlanner(_ObservingPlanner):
                 assert last is not None and st is not None
                 times[n] = last.iteration_s
                 splits[n] = last.split_point
-                base[n] = (
-                    last.iteration_s
-                    if last.split_point == self.num_blocks
-                    else self.cost.iteration_s(self.num_blocks, st)
-                )
+                base[n] = self.cost.iteration_s(self.num_blocks, st)  # smoothed slow-down, as in training
             state = agent_state(groups, times, splits, base, self.mapper, self.num_groups)
             with torch.no_grad():
                 action, _ = self.policy(torch.tensor([state], dtype=torch.float32))

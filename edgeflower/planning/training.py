@@ -26,6 +26,9 @@ def train_agent(
     config: PPOConfig | None = None,
     seed: int = 0,
     on_episode: Callable[[int, float], None] | None = None,
+    select_env: OffloadEnv | None = None,
+    select_every: int = 20,
+    select_episodes: int = 10,
 ) -> tuple[PPOAgent, list[float]]:
     """Train a PPO agent for ``episodes`` episodes of ``env``.
 
@@ -41,16 +44,38 @@ def train_agent(
         Seed of the agent.
     on_episode : callable, optional
         Called with ``(episode, episode_reward)`` after each episode (e.g. to advance a progress bar).
+    select_env : OffloadEnv, optional
+        If given, the *deterministic* policy (the mean action, which is what is deployed) is evaluated on the same
+        ``select_episodes`` episodes of this environment every ``select_every`` episodes and at the end, and the
+        best weights are kept. PPO trains a stochastic policy; its mean action can be much worse than its samples
+        (e.g. a mean of 0.05 maps to a split whose samples are mostly clipped to 0 = ``k = 0``), so checkpoint
+        selection on the deployed behaviour matters.
+    select_every, select_episodes : int
+        How often and on how many episodes the deterministic policy is evaluated.
 
     Returns
     -------
     (PPOAgent, list of float)
-        The agent and each episode's summed reward.
+        The agent (its network holds the selected weights; ``agent.selection`` records the evaluations) and each
+        episode's summed reward.
     """
     agent = PPOAgent(env.state_dim, env.action_dim, config, seed=seed)
     rewards: list[float] = []
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny networks: threads cost more than they give
+    best: tuple[float, dict[str, torch.Tensor]] | None = None
+    selection: list[tuple[int, float]] = []
+
+    def checkpoint(ep: int) -> None:
+        nonlocal best
+        if select_env is None:
+            return
+        select_env.reseed(seed + 10_007)  # the same episodes every time: common random numbers
+        score = evaluate_policy(select_env, agent.policy_fn(), select_episodes).reward
+        selection.append((ep, score))
+        if best is None or score > best[0]:
+            best = (score, {k: v.detach().clone() for k, v in agent.net.state_dict().items()})
+
     try:
         for ep in range(episodes):
             state, done, total = env.reset(), False, 0.0
@@ -62,8 +87,14 @@ def train_agent(
             rewards.append(total)
             if on_episode is not None:
                 on_episode(ep, total)
+            if (ep + 1) % max(1, select_every) == 0 and ep + 1 < episodes:
+                checkpoint(ep + 1)
+        checkpoint(episodes)
+        if best is not None:
+            agent.net.load_state_dict(best[1])
     finally:
         torch.set_num_threads(threads)
+    agent.selection = selection
     return agent, rewards
 
 

@@ -16,6 +16,7 @@ never touches another session: authentication happens before a stream is bound t
 
 from __future__ import annotations
 
+import os
 import secrets
 import threading
 import time
@@ -29,11 +30,19 @@ from typing import Any
 import grpc
 from flwr.common.logger import log
 
+from edgeflower.server.migration import export_session, import_session, seal, unseal
 from edgeflower.server.registry import SessionRegistry
 from edgeflower.server.session import TrainingSession
-from edgeflower.transport.auth import TokenVerifier
+from edgeflower.transport.auth import TokenVerifier, as_secret
 from edgeflower.transport.codec import DEFAULT_MAX_MESSAGE_BYTES, VERSION, Limits, decode_frame
-from edgeflower.transport.errors import EdgeError, InvalidMessageError, SessionNotFoundError, SessionStateError
+from edgeflower.transport.emulation import EmulatedLink, LinkProfile
+from edgeflower.transport.errors import (
+    EdgeAuthError,
+    EdgeError,
+    InvalidMessageError,
+    SessionNotFoundError,
+    SessionStateError,
+)
 from edgeflower.transport.messages import (
     END_KIND,
     CloseReply,
@@ -44,10 +53,21 @@ from edgeflower.transport.messages import (
     StepRequest,
     expect_kind,
 )
+from edgeflower.transport.migration import (
+    ImportReply,
+    ImportRequest,
+    MigrateReply,
+    MigrateRequest,
+    ResumeReply,
+    ResumeRequest,
+)
 from edgeflower.transport.service import (
     METHOD_CLOSE,
     METHOD_HEALTH,
+    METHOD_IMPORT,
+    METHOD_MIGRATE,
     METHOD_OPEN,
+    METHOD_RESUME,
     METHOD_TRAIN,
     SERVICE,
     SESSION_KEY,
@@ -79,6 +99,13 @@ class EdgeServerConfig:
         How often to look for idle sessions; default ``min(idle_timeout_s / 4, 10)``.
     stop_grace_s : float
         Seconds in-flight RPCs get to finish when the server stops.
+    peer_root_cert : bytes or None
+        PEM root certificate for edge-to-edge calls (migration) to TLS-serving peers; plaintext when ``None``.
+    peer_link_mbps : float
+        Emulated edge-to-edge bandwidth for migrations in Mbit/s (0 = unlimited, i.e. the real network only).
+    crash_after_migration_ack : bool
+        Fault injection for tests: exit the process (status 137) right after a destination acknowledged a
+        migration, before answering the device.
     """
 
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
@@ -87,6 +114,9 @@ class EdgeServerConfig:
     idle_timeout_s: float = 300.0
     reap_interval_s: float | None = None
     stop_grace_s: float = 1.0
+    peer_root_cert: bytes | None = None
+    peer_link_mbps: float = 0.0
+    crash_after_migration_ack: bool = False
 
     @property
     def workers(self) -> int:
@@ -139,6 +169,9 @@ class EdgeServer:
         self.config = config or EdgeServerConfig()
         self.limits = Limits(max_message_bytes=self.config.max_message_bytes)
         self._verifier = TokenVerifier(secret, edge_id)
+        self._secret = as_secret(secret)
+        self._imported: dict[str, str] = {}  # migration token -> session id (one import per token)
+        self._import_lock = threading.Lock()
         self.registry = SessionRegistry(self.config.max_sessions, self.config.idle_timeout_s)
         self._server: grpc.Server | None = None
         self._executor: futures.ThreadPoolExecutor | None = None
@@ -243,6 +276,9 @@ class EdgeServer:
             METHOD_CLOSE: grpc.unary_unary_rpc_method_handler(self._guard(self._close), **kw),
             METHOD_HEALTH: grpc.unary_unary_rpc_method_handler(self._guard(self._health), **kw),
             METHOD_TRAIN: grpc.stream_stream_rpc_method_handler(self._train, **kw),
+            METHOD_MIGRATE: grpc.unary_unary_rpc_method_handler(self._guard(self._migrate), **kw),
+            METHOD_IMPORT: grpc.unary_unary_rpc_method_handler(self._guard(self._import), **kw),
+            METHOD_RESUME: grpc.unary_unary_rpc_method_handler(self._guard(self._resume), **kw),
         }
         return grpc.method_handlers_generic_handler(
             SERVICE, {path.rsplit("/", 1)[1]: handler for path, handler in handlers.items()}
@@ -300,6 +336,91 @@ class EdgeServer:
             return reply.to_bytes(self.limits)
         finally:
             self.registry.drop(session.session_id, "closed")
+
+    # -- migration (see edgeflower.server.migration and edgeflower.transport.migration) --------------------------
+    def _migrate(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        """Source side: export the detached session, hand it to the destination, free it on the ack."""
+        from edgeflower.transport.client import EdgeClient  # the edge server is a client of its peer here
+
+        req = MigrateRequest.from_frame(decode_frame(request, self.limits))
+        session = self.registry.get(req.session_id)
+        session.check_owner(req.token)
+        t0 = time.perf_counter()
+        with session.lock:
+            if session.attached:
+                raise SessionStateError(f"session {session.session_id} still has a training stream: detach first")
+            state = export_session(session, self.limits)
+        export_s = time.perf_counter() - t0
+        imp = ImportRequest(
+            req.migration_token,
+            seal(state, req.migration_token, self._secret),
+            state,
+            req.expect_model,
+            req.expect_split_point,
+        )
+        t1 = time.perf_counter()
+        if self.config.peer_link_mbps > 0:
+            EmulatedLink(LinkProfile(self.config.peer_link_mbps, self.config.peer_link_mbps)).transmit(len(state), True)
+        with EdgeClient(
+            req.destination, self.config.peer_root_cert, max_message_bytes=self.limits.max_message_bytes
+        ) as peer:
+            ack = ImportReply.from_frame(peer.call(METHOD_IMPORT, imp.to_bytes(self.limits), 120.0))
+        transfer_s = time.perf_counter() - t1
+        self.registry.drop(session.session_id, f"migrated to {req.destination}")  # only after the ack
+        log(
+            INFO,
+            "edge server: session %s migrated to %s (%d bytes)",
+            session.session_id[:8],
+            req.destination,
+            len(state),
+        )
+        if self.config.crash_after_migration_ack:
+            log(ERROR, "edge server: fault injection: exiting right after the migration ack")
+            os._exit(137)
+        return MigrateReply(ack.session_id, ack.edge_id, len(state), export_s, transfer_s).to_bytes()
+
+    def _import(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        """Destination side: accept a sealed session state under a migration token issued for this server."""
+        req = ImportRequest.from_frame(decode_frame(request, self.limits))
+        claims = self._verifier.verify(req.migration_token)
+        with self._import_lock:
+            if req.migration_token in self._imported:
+                raise EdgeAuthError("this migration token was already used (replayed migration)")
+            unseal(req.state, req.migration_token, req.mac, self._secret)
+            session = import_session(
+                secrets.token_hex(16),
+                claims,
+                req.migration_token,
+                req.state,
+                self.limits,
+                req.expect_model,
+                req.expect_split_point,
+            )
+            self.registry.add(session)
+            self._imported[req.migration_token] = session.session_id
+        log(
+            INFO,
+            "edge server: imported a migrated session as %s for run %d node %d round %d (after batch %d)",
+            session.session_id[:8],
+            claims.run_id,
+            claims.node_id,
+            claims.server_round,
+            session.last_batch,
+        )
+        return ImportReply(session.session_id, self.edge_id or "").to_bytes()
+
+    def _resume(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        """Tell the device which session its migration token owns here."""
+        req = ResumeRequest.from_frame(decode_frame(request, self.limits))
+        self._verifier.verify(req.migration_token, check_expiry=False)
+        sid = self._imported.get(req.migration_token)
+        if sid is None:
+            raise SessionNotFoundError("no session was migrated here with this token")
+        session = self.registry.get(sid)
+        session.check_owner(req.migration_token)
+        return ResumeReply(
+            sid, self.edge_id or "", session.input_shape, session.expects_grad, session.last_batch
+        ).to_bytes()
 
     def _attach(self, context: grpc.ServicerContext) -> TrainingSession:
         meta = _metadata(context)

@@ -6,6 +6,9 @@ the cross-entropy loss (mean over the micro-batch, scaled by ``micro-batch size 
 accumulated over a batch's micro-batches equal the full batch's), the backward pass, and returns the gradient of
 the loss with respect to the received activations. After the batch's last micro-batch it takes one optimizer step.
 With one micro-batch per batch this is ordinary split training and matches local training of the whole model.
+If the request carries :class:`~edgeflower.transport.messages.DPParams` (``dp = full``), the tail is trained with
+DP-SGD: per-sample gradients accumulate over the batch's micro-batches and the step clips each sample and adds
+noise (:class:`~edgeflower.privacy.server.PrivateTail`); the close metrics carry the session's accountant history.
 
 The caller (the edge server) serialises access with :attr:`TrainingSession.lock`.
 """
@@ -21,6 +24,7 @@ import torch.nn.functional as F  # noqa: N812
 
 from edgeflower.clients.local import make_optimizer
 from edgeflower.models.zoo import build_model
+from edgeflower.privacy.server import PrivateTail
 from edgeflower.transport.auth import TokenClaims
 from edgeflower.transport.errors import EdgeAuthError, InvalidMessageError, SessionNotFoundError, SessionStateError
 from edgeflower.transport.messages import OpenRequest, SessionMetrics, StepRequest, StepResult
@@ -101,6 +105,13 @@ class TrainingSession:
         self.num_classes = request.spec.num_classes
         opt = request.optimizer
         self.optimizer = make_optimizer(self.tail.parameters(), opt.lr, opt.momentum, opt.weight_decay)
+        self.private: PrivateTail | None = None
+        if request.dp is not None:
+            try:
+                self.private = PrivateTail(self.tail, self.optimizer, request.dp)
+            except ValueError as exc:
+                raise InvalidMessageError(f"cannot train the tail with DP-SGD: {exc}") from exc
+            self.optimizer = self.private.optimizer
         self.lock = threading.Lock()
         self.metrics = SessionMetrics()
         self.opened_at = time.monotonic()
@@ -131,6 +142,22 @@ class TrainingSession:
     def touch(self) -> None:
         """Record activity (postpones the idle timeout)."""
         self.last_active = time.monotonic()
+
+    # -- migration ----------------------------------------------------------------------------------------------------
+    @property
+    def batch_in_progress(self) -> bool:
+        """Whether some micro-batches of a batch arrived and the batch's step is still to come."""
+        return self._batch is not None
+
+    @property
+    def last_batch(self) -> int:
+        """Index of the last completed batch (``-1`` before the first)."""
+        return self._last_batch
+
+    def resume_after(self, last_batch: int, metrics: SessionMetrics) -> None:
+        """Continue a migrated session: the next batch must come after ``last_batch``; metrics carry on."""
+        self._last_batch = last_batch
+        self.metrics = metrics
 
     # -- one micro-batch --------------------------------------------------------------------------------------------
     def _validate(self, req: StepRequest) -> tuple[torch.Tensor, torch.Tensor]:
@@ -244,10 +271,15 @@ class TrainingSession:
     def final_metrics(self) -> SessionMetrics:
         """The metrics with ``duration_s`` filled in."""
         self.metrics.duration_s = time.monotonic() - self.opened_at
+        if self.private is not None:
+            self.private.fill(self.metrics)
         return self.metrics
 
     def release(self) -> None:
         """Drop the tail and the optimizer (call with :attr:`lock` held); later steps raise ``SessionNotFoundError``."""
         self.closed = True
+        if self.private is not None:
+            self.private.release()
+            self.private = None
         self.tail = None  # type: ignore[assignment]
         self.optimizer = None  # type: ignore[assignment]

@@ -102,9 +102,13 @@ class EdgeStrategy(StrategyWrapper):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Aggregate with the inner strategy and report the round to the recorder."""
+        """Aggregate with the inner strategy and report the round to the recorder.
+
+        Nodes of one round may report different metrics (one trained locally, another split, a third moved);
+        Flower's strategies require identical keys, so the replies' metric records are completed with zeros for
+        the keys only others reported before the inner strategy sees them (recorders get them as reported).
+        """
         replies = list(replies)
-        arrays, metrics = self.inner.aggregate_train(server_round, replies)
         seconds = time.perf_counter() - self._round_start.pop(server_round, time.perf_counter())
         per_node: dict[int, dict[str, Any]] = {}
         for msg in replies:
@@ -116,7 +120,22 @@ class EdgeStrategy(StrategyWrapper):
             for key, record in msg.content.config_records.items():
                 if key != self.configrecord_key:
                     node.update(dict(record.items()))
+        _complete_metric_keys(replies)
+        arrays, metrics = self.inner.aggregate_train(server_round, replies)
         log(INFO, "round %d: %d replies in %.2f s", server_round, len(per_node), seconds)
         for recorder in self.recorders:
             recorder.on_train_round(server_round, seconds, per_node, dict(metrics.items()) if metrics else {})
         return arrays, metrics
+
+
+def _complete_metric_keys(replies: list[Message]) -> None:
+    """Give every reply's metric records the union of the keys of all replies (missing values: 0)."""
+    ok = [msg for msg in replies if not msg.has_error()]
+    keys: set[str] = set()
+    for msg in ok:
+        for record in msg.content.metric_records.values():
+            keys.update(record.keys())
+    for msg in ok:
+        for record in msg.content.metric_records.values():
+            for key in keys - set(record.keys()):
+                record[key] = 0.0

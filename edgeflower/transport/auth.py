@@ -44,7 +44,8 @@ def _b64decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def _as_secret(secret: bytes | str) -> bytes:
+def as_secret(secret: bytes | str) -> bytes:
+    """The shared secret as bytes; ``ValueError`` when it is shorter than :data:`MIN_SECRET_BYTES`."""
     key = secret.encode() if isinstance(secret, str) else bytes(secret)
     if len(key) < MIN_SECRET_BYTES:
         raise ValueError(f"the shared secret must be at least {MIN_SECRET_BYTES} bytes, got {len(key)}")
@@ -61,7 +62,7 @@ def load_secret(path: str | os.PathLike[str]) -> bytes:
     ValueError
         If the secret is shorter than :data:`MIN_SECRET_BYTES`.
     """
-    return _as_secret(Path(path).read_bytes().strip())
+    return as_secret(Path(path).read_bytes().strip())
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ class TokenIssuer:
     """
 
     def __init__(self, secret: bytes | str) -> None:
-        self._key = _as_secret(secret)
+        self._key = as_secret(secret)
 
     def issue(
         self,
@@ -152,7 +153,7 @@ class TokenVerifier:
     """
 
     def __init__(self, secret: bytes | str, edge_id: str | None = None) -> None:
-        self._key = _as_secret(secret)
+        self._key = as_secret(secret)
         self.edge_id = edge_id
 
     def verify(self, token: str, check_expiry: bool = True) -> TokenClaims:

@@ -52,10 +52,14 @@ from edgeflower.transport.messages import (
     StepRequest,
     StepResult,
 )
+from edgeflower.transport.migration import MigrateReply, MigrateRequest, ResumeReply, ResumeRequest
 from edgeflower.transport.service import (
     METHOD_CLOSE,
     METHOD_HEALTH,
+    METHOD_IMPORT,
+    METHOD_MIGRATE,
     METHOD_OPEN,
+    METHOD_RESUME,
     METHOD_TRAIN,
     SESSION_KEY,
     TOKEN_KEY,
@@ -106,9 +110,10 @@ class EdgeClient:
         else:
             self._channel = grpc.insecure_channel(address, options)
         kw = {"request_serializer": identity, "response_deserializer": identity}
-        self._open = self._channel.unary_unary(METHOD_OPEN, **kw)
-        self._close = self._channel.unary_unary(METHOD_CLOSE, **kw)
-        self._health = self._channel.unary_unary(METHOD_HEALTH, **kw)
+        self._unary = {
+            method: self._channel.unary_unary(method, **kw)
+            for method in (METHOD_OPEN, METHOD_CLOSE, METHOD_HEALTH, METHOD_MIGRATE, METHOD_IMPORT, METHOD_RESUME)
+        }
         self._train = self._channel.stream_stream(METHOD_TRAIN, **kw)
 
     def __enter__(self) -> EdgeClient:
@@ -131,7 +136,9 @@ class EdgeClient:
         EdgeError
             The server's error, translated (see :mod:`edgeflower.transport.errors`).
         """
-        stub = {METHOD_OPEN: self._open, METHOD_CLOSE: self._close, METHOD_HEALTH: self._health}[method]
+        stub = self._unary.get(method)
+        if stub is None:
+            raise ValueError(f"{method!r} is not a unary method of the offload channel")
         try:
             reply = stub(frame, timeout=timeout_s or self.timeout_s)
         except grpc.RpcError as exc:
@@ -197,6 +204,49 @@ class EdgeClient:
         frame = self.call(METHOD_OPEN, request.to_bytes(self.limits), timeout_s)
         return SessionHandle(self, OpenReply.from_frame(frame), token, split_point)
 
+    def migrate(
+        self,
+        handle: SessionHandle,
+        destination: str,
+        migration_token: str,
+        expect_model: ModelSpec | None = None,
+        timeout_s: float | None = None,
+    ) -> MigrateReply:
+        """Move ``handle``'s session from this edge server to ``destination`` (FedFly).
+
+        The handle's training stream is detached first (at a batch boundary: nothing may be pending); the source
+        exports the session, the destination imports it under ``migration_token``, and only then the source frees
+        it. Continue with ``EdgeClient(destination).resume(migration_token, split_point)``.
+
+        Raises
+        ------
+        EdgeUnavailableError
+            The source died or could not reach the destination (if it died after the destination's
+            acknowledgement, :meth:`resume` on the destination still finds the session).
+        EdgeAuthError, InvalidMessageError
+            The destination refused the migration (bad or replayed token, tampered state, model mismatch).
+        """
+        if not handle.closed:
+            handle.detach(timeout_s)
+        request = MigrateRequest(
+            handle.session_id, handle._token, destination, migration_token, expect_model, handle.split_point
+        )
+        return MigrateReply.from_frame(self.call(METHOD_MIGRATE, request.to_bytes(), timeout_s))
+
+    def resume(self, migration_token: str, split_point: int, timeout_s: float | None = None) -> SessionHandle:
+        """The session migrated to this edge server under ``migration_token``, ready to train.
+
+        Raises
+        ------
+        SessionNotFoundError
+            Nothing was migrated here with that token (the migration failed before the destination's ack).
+        """
+        reply = ResumeReply.from_frame(self.call(METHOD_RESUME, ResumeRequest(migration_token).to_bytes(), timeout_s))
+        opened = OpenReply(reply.session_id, reply.edge_id, reply.input_shape, reply.expects_grad)
+        handle = SessionHandle(self, opened, migration_token, split_point)
+        handle.last_batch = reply.last_batch
+        return handle
+
 
 class SessionHandle:
     """One open session on an edge server (returned by :meth:`EdgeClient.open_session`).
@@ -234,6 +284,7 @@ class SessionHandle:
         self._reader: threading.Thread | None = None
         self._error: EdgeError | None = None
         self._closed = False
+        self.last_batch = -1  # on a resumed (migrated) session: the last batch the source completed
 
     # -- state ---------------------------------------------------------------------------------------------------
     @property
@@ -448,25 +499,49 @@ class SessionHandle:
             )
         timeout = timeout_s or self._client.timeout_s
         try:
-            if self._call is not None:
-                self._requests.put(encode_frame(END_KIND))  # the server ends the stream cleanly after this
-                self._requests.put(None)  # half-close
-                try:
-                    item = self._replies.get(timeout=timeout)
-                except queue.Empty:
-                    raise EdgeTimeoutError("the stream did not end in time", address=self._client.address) from None
-                if isinstance(item, EdgeError):
-                    raise item
-                if item is not _END:
-                    raise EdgeServerError("unexpected step result after the last step", address=self._client.address)
-                if self._reader is not None:
-                    self._reader.join(timeout)
+            self._end_stream(timeout)
             frame = self._client.call(METHOD_CLOSE, CloseRequest(self.session_id, self._token).to_bytes(), timeout)
             reply = CloseReply.from_frame(frame)
         except EdgeError as exc:
             raise self._fail(exc) from None
         self._closed = True
         return reply.state, reply.metrics
+
+    def _end_stream(self, timeout: float) -> None:
+        """End the training stream cleanly (the session stays open on the server)."""
+        if self._call is None:
+            return
+        self._requests.put(encode_frame(END_KIND))  # the server ends the stream cleanly after this
+        self._requests.put(None)  # half-close
+        try:
+            item = self._replies.get(timeout=timeout)
+        except queue.Empty:
+            raise EdgeTimeoutError("the stream did not end in time", address=self._client.address) from None
+        if isinstance(item, EdgeError):
+            raise item
+        if item is not _END:
+            raise EdgeServerError("unexpected step result after the last step", address=self._client.address)
+        if self._reader is not None:
+            self._reader.join(timeout)
+
+    def detach(self, timeout_s: float | None = None) -> None:
+        """End the training stream but keep the session on the server (e.g. to migrate it).
+
+        The handle is unusable afterwards; the session lives on until it is closed, migrated or reaped.
+
+        Raises
+        ------
+        SessionStateError
+            If step results are still pending.
+        """
+        self._check_usable()
+        if self.pending:
+            raise SessionStateError(f"detach() with {self.pending} step results pending", address=self._client.address)
+        try:
+            self._end_stream(timeout_s or self._client.timeout_s)
+        except EdgeError as exc:
+            raise self._fail(exc) from None
+        self._closed = True
 
     def abort(self) -> None:
         """Give the session up without fetching the tail: cancel the stream (the server drops the session).

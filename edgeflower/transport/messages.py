@@ -4,7 +4,8 @@
 message            frame kind       meta                                                  tensors
 =================  ===============  ====================================================  ====================
 OpenRequest        ``open``         token, model (ModelSpec dict), split_point,           the tail's state dict
-                                    optimizer {lr, momentum, weight_decay}, micro_batches
+                                    optimizer {lr, momentum, weight_decay}, micro_batches,
+                                    dp (optional DPParams dict: DP-SGD on the tail)
 OpenReply          ``opened``       session_id, edge_id, input_shape, expects_grad        --
 StepRequest        ``step``         batch, micro, num_micro, batch_size                   activations, labels
 StepResult         ``step_result``  batch, micro, loss, stepped, server_s, compute_s      grad (if k > 0)
@@ -40,6 +41,7 @@ __all__ = [
     "END_KIND",
     "CloseReply",
     "CloseRequest",
+    "DPParams",
     "HealthInfo",
     "OpenReply",
     "OpenRequest",
@@ -131,6 +133,71 @@ class OptimizerSettings:
         return cls(_float(data, "lr"), _float(data, "momentum"), _float(data, "weight_decay"))
 
 
+@dataclass(frozen=True)
+class DPParams:
+    """DP-SGD settings for the edge server's tail (``dp = full``).
+
+    Attributes
+    ----------
+    noise_multiplier : float
+        Noise std over the clipping bound (>= 0).
+    max_grad_norm : float
+        Per-sample clipping bound (> 0).
+    expected_batch_size : int
+        ``q * N``: the noisy sum of clipped gradients is divided by it.
+    sample_rate : float
+        Poisson sample rate ``q`` in ``(0, 1]`` (for the session's accountant).
+    delta : float
+        The ``delta`` the session reports its epsilon at, in ``(0, 1)``.
+    seed : int
+        Seed of the noise generator; ``-1`` (the default) = a fresh random seed (a seed known to others would let
+        them remove the noise: use one only in tests).
+    """
+
+    noise_multiplier: float
+    max_grad_norm: float
+    expected_batch_size: int
+    sample_rate: float
+    delta: float
+    seed: int = -1
+
+    def __post_init__(self) -> None:
+        DPParams.from_dict(self.to_dict())  # validates
+
+    def to_dict(self) -> dict[str, float | int]:
+        """JSON form."""
+        return {
+            "noise_multiplier": float(self.noise_multiplier),
+            "max_grad_norm": float(self.max_grad_norm),
+            "expected_batch_size": int(self.expected_batch_size),
+            "sample_rate": float(self.sample_rate),
+            "delta": float(self.delta),
+            "seed": int(self.seed),
+        }
+
+    @staticmethod
+    def from_dict(data: Any) -> DPParams:
+        """Parse and validate the JSON form."""
+        if not isinstance(data, dict):
+            raise InvalidMessageError("field 'dp' must be an object")
+        values = (
+            _float(data, "noise_multiplier", 0.0, 1e6),
+            _float(data, "max_grad_norm", 1e-12, 1e12),
+            _int(data, "expected_batch_size", 1, 2**31),
+            _float(data, "sample_rate", 1e-12, 1.0),
+            _float(data, "delta", 1e-300, 1.0 - 1e-12),
+            _int(data, "seed", -1, 2**63 - 1),
+        )
+        params = object.__new__(DPParams)
+        for name, value in zip(
+            ("noise_multiplier", "max_grad_norm", "expected_batch_size", "sample_rate", "delta", "seed"),
+            values,
+            strict=True,
+        ):
+            object.__setattr__(params, name, value)
+        return params
+
+
 @dataclass
 class OpenRequest:
     """Open a session: rebuild ``spec``, keep blocks ``[split_point:]`` with ``tail_state``, create the optimizer.
@@ -149,6 +216,8 @@ class OpenRequest:
         Initial state dict of the tail (full-model keys ``blocks.<i>....``).
     micro_batches : int
         Hint: micro-batches per batch the client intends to send (each step message still says its own).
+    dp : DPParams, optional
+        Train the tail with DP-SGD (per-sample clipping and noise at each batch's step).
     """
 
     token: str
@@ -157,6 +226,7 @@ class OpenRequest:
     optimizer: OptimizerSettings
     tail_state: dict[str, torch.Tensor]
     micro_batches: int = 1
+    dp: DPParams | None = None
 
     def to_bytes(self, limits: Limits | None = None) -> bytes:
         """Encode as an ``open`` frame."""
@@ -167,6 +237,8 @@ class OpenRequest:
             "optimizer": self.optimizer.to_dict(),
             "micro_batches": self.micro_batches,
         }
+        if self.dp is not None:
+            meta["dp"] = self.dp.to_dict()
         return encode_frame("open", meta, self.tail_state, limits)
 
     @classmethod
@@ -186,6 +258,7 @@ class OpenRequest:
             optimizer=OptimizerSettings.from_dict(meta.get("optimizer")),
             tail_state=dict(frame.tensors),
             micro_batches=_int(meta, "micro_batches", 1, 1_000_000),
+            dp=None if meta.get("dp") is None else DPParams.from_dict(meta["dp"]),
         )
 
 
@@ -383,6 +456,13 @@ class SessionMetrics:
         Seconds spent handling step messages (decode to encode).
     duration_s : float
         Seconds from open to close.
+    dp_steps : int
+        DP-SGD steps taken on the tail (0 without DP); with ``dp_noise_multiplier`` and ``dp_sample_rate`` this is
+        the session's accountant history, which the device adds to its node's.
+    dp_noise_multiplier, dp_sample_rate : float
+        The tail's DP-SGD noise multiplier and sample rate (0 without DP).
+    dp_epsilon : float
+        Epsilon the session's own steps spent (at the request's delta; 0 without DP).
     """
 
     batches: int = 0
@@ -392,6 +472,10 @@ class SessionMetrics:
     compute_s: float = 0.0
     server_s: float = 0.0
     duration_s: float = 0.0
+    dp_steps: int = 0
+    dp_noise_multiplier: float = 0.0
+    dp_sample_rate: float = 0.0
+    dp_epsilon: float = 0.0
 
     @property
     def mean_loss(self) -> float:
@@ -415,6 +499,10 @@ class SessionMetrics:
             compute_s=_float(data, "compute_s", 0.0),
             server_s=_float(data, "server_s", 0.0),
             duration_s=_float(data, "duration_s", 0.0),
+            dp_steps=_int(data, "dp_steps") if "dp_steps" in data else 0,
+            dp_noise_multiplier=_float(data, "dp_noise_multiplier", 0.0) if "dp_noise_multiplier" in data else 0.0,
+            dp_sample_rate=_float(data, "dp_sample_rate", 0.0, 1.0) if "dp_sample_rate" in data else 0.0,
+            dp_epsilon=_float(data, "dp_epsilon", 0.0) if "dp_epsilon" in data else 0.0,
         )
 
 

@@ -11,6 +11,9 @@ method       kind              request                    response
 ``Train``    stream-stream     ``step`` ...               ``step_result`` ... (one per step, in order)
 ``Close``    unary-unary       ``close``                  ``closed``
 ``Health``   unary-unary       ``health``                 ``health_info``
+``Migrate``  unary-unary       ``migrate``                ``migrated`` (see :mod:`.migration`)
+``Import``   unary-unary       ``import``                 ``imported`` (edge server to edge server)
+``Resume``   unary-unary       ``resume``                 ``resumed``
 ===========  ================  =========================  ==========================================
 
 ``Train`` carries the session id and token as gRPC metadata (:data:`SESSION_KEY`, :data:`TOKEN_KEY`); they are
@@ -24,7 +27,10 @@ from edgeflower.transport.codec import DEFAULT_MAX_MESSAGE_BYTES
 __all__ = [
     "METHOD_CLOSE",
     "METHOD_HEALTH",
+    "METHOD_IMPORT",
+    "METHOD_MIGRATE",
     "METHOD_OPEN",
+    "METHOD_RESUME",
     "METHOD_TRAIN",
     "SERVICE",
     "SESSION_KEY",
@@ -40,6 +46,9 @@ METHOD_OPEN = f"/{SERVICE}/Open"
 METHOD_TRAIN = f"/{SERVICE}/Train"
 METHOD_CLOSE = f"/{SERVICE}/Close"
 METHOD_HEALTH = f"/{SERVICE}/Health"
+METHOD_MIGRATE = f"/{SERVICE}/Migrate"
+METHOD_IMPORT = f"/{SERVICE}/Import"
+METHOD_RESUME = f"/{SERVICE}/Resume"
 
 SESSION_KEY = "x-edgeflower-session"
 """gRPC metadata key of the session id on ``Train``."""

@@ -1,0 +1,131 @@
+"""Benchmark ``migration``: FedFly's migration of the server-side state vs restarting the round (the baseline).
+
+One device (VGG5 on Fashion-MNIST, FedFly's split after conv2 + pool, ``k = 4``; batch 64; device 4x slower than
+this machine; 50 Mbit/s link) trains a round against edge server A and moves to edge server B when 50 % or 90 % of
+the round is done: ``migrate`` moves the tail, optimizer and progress edge to edge, ``restart`` discards them and
+restarts the round on B. Then the migration overhead (device-visible time of the move) is compared with its
+physical bound (state bytes over the emulated edge-to-edge bandwidth) at three bandwidths.
+
+Figures: ``time_saved_vs_restart_50`` and ``time_saved_vs_restart_90`` (1 - migrated round time / restarted round
+time), ``migration_overhead_s`` (at 100 Mbit/s edge to edge), ``overhead_vs_bound_ratio`` (worst of the three
+bandwidths; 1.0 is the physical limit), ``accuracy_delta_vs_no_move`` (test accuracy after the moved round minus
+after the unmoved one).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from tqdm import tqdm
+
+from benchmarks.common import parse_args, png_path, print_table, write_result
+from edgeflower.clients.local import evaluate
+from edgeflower.clients.mobility import MoveOrder, train_moving
+from edgeflower.clients.pipeline import PipelineTrainer
+from edgeflower.data import BatchLoader, load_dataset
+from edgeflower.models import build_model
+from edgeflower.server.edge import EdgeServer, EdgeServerConfig
+from edgeflower.transport import EdgeClient, OptimizerSettings, TokenIssuer
+from edgeflower.transport.emulation import DeviceProfile, EmulatedLink, LinkProfile
+
+SECRET = b"edgeflower-migration-benchmark-secret-01"
+OPT = OptimizerSettings(lr=0.01, momentum=0.9)
+K = 4
+
+
+def _round(model, batches, a: EdgeServer, order: MoveOrder | None, node: int):  # type: ignore[no-untyped-def]
+    issuer = TokenIssuer(SECRET)
+    token = issuer.issue(1, node, 1, a.edge_id)
+    trainer = PipelineTrainer(model, K, OPT, 1, DeviceProfile(4.0), EmulatedLink(LinkProfile(50, 50, 2)))
+    with EdgeClient(a.address) as client:
+        return train_moving(trainer, batches, lambda k, t, o: client.open_session(token, model.spec, k, t, o), order)
+
+
+def main() -> None:
+    args = parse_args("migration")
+    n_batches = 6 if args.quick else 30
+    torch.manual_seed(0)
+    initial = build_model("vgg5")
+    data = load_dataset("fashion-mnist").subset(range(64 * n_batches))
+    test = load_dataset("fashion-mnist", train=False).subset(range(1000 if args.quick else 10000))
+    batches = list(BatchLoader(data, 64, seed=0).batches(0))
+    issuer = TokenIssuer(SECRET)
+    rows = []
+    node = 0
+    with EdgeServer(secret=SECRET, edge_id="a") as a, EdgeServer(secret=SECRET, edge_id="b") as b:
+        unmoved = copy.deepcopy(initial)
+        base = _round(unmoved, batches, a, None, node := node + 1)
+        rows.append({"case": "no move", "at": "-", "round_s": base.seconds})
+        acc_unmoved = evaluate(unmoved, test)[1]
+        results = {}
+        for frac in tqdm((0.5, 0.9), desc="move at 50 % / 90 %"):
+            at = int(frac * n_batches)
+            for mode in ("migrate", "restart"):
+                model = copy.deepcopy(initial)
+                node += 1
+                order = MoveOrder(at, b.address, issuer.issue(1, node, 1, "b"), mode)
+                res = _round(model, batches, a, order, node)
+                results[(frac, mode)] = (res.seconds, model)
+                rows.append({"case": mode, "at": f"{frac:.0%}", "round_s": res.seconds})
+        acc_moved = evaluate(results[(0.5, "migrate")][1], test)[1]
+    print_table(rows, title=f"round time, {n_batches} batches of 64, device 4x slower, 50 Mbit/s link")
+
+    overhead_rows = []
+    for mbps in tqdm((10.0, 100.0, 1000.0), desc="edge-to-edge bandwidths"):
+        cfg = EdgeServerConfig(peer_link_mbps=mbps)
+        with EdgeServer(secret=SECRET, edge_id="a", config=cfg) as a, EdgeServer(secret=SECRET, edge_id="b") as b:
+            node += 1
+            order = MoveOrder(n_batches // 2, b.address, issuer.issue(1, node, 1, "b"), "migrate")
+            _round(copy.deepcopy(initial), batches[: n_batches // 2 + 1], a, order, node)
+        state_bytes = order.report["migration-bytes"]
+        bound = state_bytes * 8 / (mbps * 1e6)
+        overhead_rows.append(
+            {"edge_mbps": mbps, "state_mb": state_bytes / 1e6, "overhead_s": order.report["migration-s"],
+             "bound_s": bound, "ratio": order.report["migration-s"] / bound}
+        )  # fmt: skip
+    print_table(overhead_rows, title="migration overhead vs physical bound (state bytes / edge-to-edge bandwidth)")
+    t = {key: v[0] for key, v in results.items()}
+    figures = {
+        "time_saved_vs_restart_50": 1 - t[(0.5, "migrate")] / t[(0.5, "restart")],
+        "time_saved_vs_restart_90": 1 - t[(0.9, "migrate")] / t[(0.9, "restart")],
+        "migration_overhead_s": next(r["overhead_s"] for r in overhead_rows if r["edge_mbps"] == 100.0),
+        "overhead_vs_bound_ratio": max(r["ratio"] for r in overhead_rows),
+        "accuracy_delta_vs_no_move": acc_moved - acc_unmoved,
+        "state_mb": overhead_rows[0]["state_mb"],
+    }
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    labels = ["no move", "migrate 50%", "restart 50%", "migrate 90%", "restart 90%"]
+    values = [base.seconds, t[(0.5, "migrate")], t[(0.5, "restart")], t[(0.9, "migrate")], t[(0.9, "restart")]]
+    axes[0].bar(labels, values, color=["#999", "#2a7", "#d73", "#2a7", "#d73"])
+    axes[0].set(title="round time", ylabel="s")
+    axes[0].tick_params(axis="x", rotation=20)
+    axes[1].plot(
+        [r["edge_mbps"] for r in overhead_rows],
+        [r["overhead_s"] for r in overhead_rows],
+        marker="o",
+        label="measured overhead",
+    )
+    axes[1].plot(
+        [r["edge_mbps"] for r in overhead_rows],
+        [r["bound_s"] for r in overhead_rows],
+        marker="x",
+        label="bound: bytes / bandwidth",
+    )
+    axes[1].set(xscale="log", yscale="log", title="migration overhead", xlabel="edge-to-edge Mbit/s", ylabel="s")
+    axes[1].legend()
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png_path("migration", args), dpi=110)
+    write_result("migration", args, figures, {"rounds": rows, "overhead": overhead_rows, "batches": n_batches})
+
+
+if __name__ == "__main__":
+    main()

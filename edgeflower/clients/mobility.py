@@ -1,0 +1,239 @@
+"""A device that moves to another edge server mid-round (FedFly), and the restart baseline.
+
+A :class:`MoveOrder` says before which batch the device moves, to which edge server, with which migration token
+(issued by the ServerApp for that destination), and how:
+
+* ``"migrate"`` (FedFly): at the batch boundary the device detaches its training stream, asks the source edge
+  server to migrate the session, and continues on the destination from the next batch. The server-side state
+  (tail, optimizer momentum, progress) moves edge-to-edge; the device's model and data never move. If the source
+  dies right after the destination acknowledged, the device finds its session on the destination with
+  ``Resume``; if the migration fails before that, the trainer falls back to local training (progress kept).
+* ``"restart"`` (the state of the art before FedFly): the source's progress is discarded and the round restarts
+  from its first batch on the destination, from the round-start weights.
+
+The device's own model, optimizer and data never move, so a migrated round ends with the same weights as an
+unmoved one.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from logging import INFO, WARNING
+from typing import Any
+
+import torch
+from flwr.common.logger import log
+
+from edgeflower.transport.client import EdgeClient, SessionHandle
+from edgeflower.transport.errors import EdgeUnavailableError, SessionNotFoundError
+
+__all__ = ["MOVE_MODES", "MoveOrder", "RestartRound", "migrate_session", "train_moving"]
+
+MOVE_MODES = ("migrate", "restart")
+
+
+@dataclass
+class MoveOrder:
+    """Move to ``destination`` before batch ``at_batch``.
+
+    Attributes
+    ----------
+    at_batch : int
+        The first batch trained on the destination.
+    destination : str
+        ``host:port`` of the destination edge server.
+    token : str
+        Migration token for the destination (same run, node and round).
+    mode : str
+        ``"migrate"`` or ``"restart"``.
+    connect : callable, optional
+        ``address -> EdgeClient`` (TLS settings ...); plain :class:`EdgeClient` by default.
+    report : dict
+        Filled in: ``migration-s`` (device-visible move time), ``migration-bytes``, ``migration-resumed``.
+    """
+
+    at_batch: int
+    destination: str
+    token: str
+    mode: str = "migrate"
+    connect: Callable[[str], EdgeClient] | None = None
+    report: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MOVE_MODES:
+            raise ValueError(f"unknown move mode {self.mode!r}: expected one of {', '.join(MOVE_MODES)}")
+        if self.at_batch < 0:
+            raise ValueError(f"at_batch must be >= 0, got {self.at_batch}")
+
+    def client(self) -> EdgeClient:
+        """A client of the destination."""
+        return (self.connect or EdgeClient)(self.destination)
+
+
+class RestartRound(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """Raised inside a pass to restart the round on the destination (``mode="restart"``)."""
+
+
+def migrate_session(session: SessionHandle, order: MoveOrder, model_spec: Any) -> SessionHandle:
+    """Move ``session`` to ``order.destination`` and return the handle there.
+
+    Raises
+    ------
+    EdgeError
+        When the session cannot be moved and is not on the destination (the caller falls back).
+    """
+    t0 = time.perf_counter()
+    source = session._client
+    resumed = False
+    try:
+        reply = source.migrate(session, order.destination, order.token, expect_model=model_spec)
+        order.report["migration-bytes"] = float(reply.state_bytes)
+    except EdgeUnavailableError as exc:
+        # The source may have died after the destination acknowledged: the session is then waiting there.
+        log(WARNING, "migration: source edge server unreachable (%s); asking the destination", exc)
+        resumed = True
+    dest = order.client()
+    try:
+        handle = dest.resume(order.token, session.split_point)
+    except SessionNotFoundError:
+        dest.close()
+        raise EdgeUnavailableError(
+            "the source edge server failed before the destination received the session", address=source.address
+        ) from None
+    order.report["migration-s"] = time.perf_counter() - t0
+    order.report["migration-resumed"] = float(resumed)
+    log(
+        INFO,
+        "migration: continuing on %s after batch %d (%.3f s)",
+        order.destination,
+        handle.last_batch,
+        order.report["migration-s"],
+    )
+    return handle
+
+
+def train_moving(
+    trainer: Any,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    open_session: Callable[..., SessionHandle],
+    order: MoveOrder | None = None,
+    trigger: MoveTrigger | None = None,
+) -> Any:
+    """Run ``trainer.train`` with a move: migrate at the batch boundary, or restart the round on the destination.
+
+    Parameters
+    ----------
+    trainer : SplitTrainer
+        The split (or pipelined) trainer.
+    batches : iterable of (x, y)
+        The round's batches (kept in memory when a restart may replay them).
+    open_session : callable
+        Opens the round's session on the source edge server.
+    order : MoveOrder, optional
+        A scheduled move.
+    trigger : MoveTrigger, optional
+        An operator's trigger polled between batches.
+    """
+    if order is None and trigger is None:
+        return trainer.train(batches, open_session)
+    may_restart = trigger is not None or (order is not None and order.mode == "restart")
+    source = iter(batches)
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def recorded() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for item in source:  # a restart replays the round's batches: remember those drawn
+            seen.append(item)
+            yield item
+
+    data = recorded() if may_restart else source
+    snapshot = copy.deepcopy(trainer.model.state_dict()) if may_restart else {}
+    trainer.move_order, trainer.move_trigger, trainer.last_move = order, trigger, None
+    t0 = time.perf_counter()
+    try:
+        return trainer.train(data, open_session)
+    except RestartRound:
+        restart = trainer.last_move
+        assert restart is not None
+    finally:
+        trainer.move_order = trainer.move_trigger = None
+    wasted = time.perf_counter() - t0
+    trainer.model.load_state_dict(snapshot)  # discard the round's progress, as the baseline does
+    dest = restart.client()
+    token = restart.token
+    replay = seen + list(source)
+    try:
+        result = trainer.train(replay, lambda k, tail, opt: dest.open_session(token, trainer.model.spec, k, tail, opt))
+    finally:
+        dest.close()
+    result.seconds += wasted
+    restart.report["migration-s"] = wasted
+    return result
+
+
+class MoveTrigger:
+    """An operator's or mobility controller's trigger for a running node (Deployment Engine).
+
+    The node polls ``path`` between batches. ``edgeflower move --trigger PATH --to N [--mode restart]`` (or any
+    program) writes ``{"to": N, "mode": "migrate"}`` there atomically; the node consumes the file and moves to edge
+    server ``N`` of the round's plan, with the migration token the ServerApp issued for that edge server.
+
+    Parameters
+    ----------
+    path : str
+        The trigger file (``move-trigger`` in the node's node config).
+    addresses, tokens : list of str
+        The round's edge servers and a migration token for each (from the plan).
+    current : int
+        Index of the edge server the node trains with now.
+    """
+
+    def __init__(self, path: str, addresses: list[str], tokens: list[str], current: int) -> None:
+        self.path = path
+        self.addresses = addresses
+        self.tokens = tokens
+        self.current = current
+        self.fired: MoveOrder | None = None
+
+    def poll(self, batch: int) -> MoveOrder | None:
+        """A move order for ``batch`` if the trigger file appeared (it is consumed), else ``None``."""
+        import json
+        import os
+
+        try:
+            with open(self.path) as fh:
+                request = json.load(fh)
+            os.unlink(self.path)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log(WARNING, "move trigger %s is unreadable (%s); ignored", self.path, exc)
+            return None
+        try:
+            to = int(request["to"])
+            mode = str(request.get("mode", "migrate"))
+            if not 0 <= to < len(self.addresses) or to == self.current:
+                raise ValueError(f"edge index {to} is not another edge server of this round")
+            order = MoveOrder(batch, self.addresses[to], self.tokens[to], mode)
+        except (KeyError, TypeError, ValueError) as exc:
+            log(WARNING, "move trigger %s rejected: %s", self.path, exc)
+            return None
+        log(INFO, "move trigger: moving to edge server %d (%s) before batch %d", to, order.destination, batch)
+        self.current = to
+        self.fired = order
+        return order
+
+
+def write_trigger(path: str, to: int, mode: str = "migrate") -> None:
+    """Fire a :class:`MoveTrigger` (atomically: write a temporary file, then rename it into place)."""
+    import json
+    import os
+
+    if mode not in MOVE_MODES:
+        raise ValueError(f"unknown move mode {mode!r}: expected one of {', '.join(MOVE_MODES)}")
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as fh:
+        json.dump({"to": int(to), "mode": mode}, fh)
+    os.replace(tmp, path)

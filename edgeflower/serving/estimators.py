@@ -1,0 +1,204 @@
+"""Estimators of each failover option: accuracy (validation profiling), latency (block profile + link model) and
+downtime (bytes to deploy and the calibrated load rate).
+
+* **Accuracy** of ``(technique, failed node)`` is measured once, offline, on validation data with the same blocks
+  and exit heads the nodes will run (:func:`accuracy_table`).
+* **Latency** of a route is ``sum over stages of (hop_s + compute + transfer in + transfer out + 2 * link
+  latency)``: compute from per-block forward times measured at the serving batch size in eval mode with one thread
+  (:func:`block_times`), transfers from activation bytes and the stage's :class:`LinkProfile`, ``hop_s`` the RPC
+  overhead the controller measures with heartbeats (:class:`LatencyModel`).
+* **Downtime** of a route switch is ``switch_s`` when nothing is deployed (early exit, skip) and, for a
+  repartition, ``sum over nodes of (fixed_s + bytes * per_byte_s + link transfer)`` with ``fixed_s`` and
+  ``per_byte_s`` fitted on the initial deployment (:class:`DowntimeModel`).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from edgeflower.data.datasets import ImageData
+from edgeflower.models.splittable import SplittableModel
+from edgeflower.serving.exits import ExitHead
+from edgeflower.serving.plan import Route, skippable
+from edgeflower.transport.emulation import LinkProfile
+
+__all__ = ["DowntimeModel", "LatencyModel", "accuracy_table", "block_times", "out_shapes"]
+
+
+@torch.no_grad()
+def out_shapes(model: SplittableModel) -> list[tuple[int, ...]]:
+    """Per-sample output shape of every block."""
+    was = model.training
+    model.eval()
+    x = torch.zeros(1, *model.spec.in_shape)
+    shapes = []
+    for block in model.blocks:
+        x = block(x)
+        shapes.append(tuple(x.shape[1:]))
+    model.train(was)
+    return shapes
+
+
+@torch.no_grad()
+def block_times(model: SplittableModel, batch_size: int, repeats: int = 7, threads: int = 1) -> list[float]:
+    """Median eval-mode forward seconds of every block on a batch of ``batch_size`` with ``threads`` threads."""
+    was, saved = model.training, torch.get_num_threads()
+    model.eval()
+    torch.set_num_threads(threads)
+    try:
+        x = torch.randn(batch_size, *model.spec.in_shape)
+        out = []
+        for block in model.blocks:
+            block(x)
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                y = block(x)
+                times.append(time.perf_counter() - t0)
+            out.append(statistics.median(times))
+            x = y
+    finally:
+        torch.set_num_threads(saved)
+        model.train(was)
+    return out
+
+
+@torch.no_grad()
+def accuracy_table(
+    model: SplittableModel,
+    exits: Mapping[int, ExitHead],
+    cuts: Sequence[int],
+    data: ImageData,
+    batch_size: int = 500,
+) -> dict[str, float]:
+    """Accuracy of every option for every failed node on ``data``.
+
+    Returns
+    -------
+    dict
+        ``"full"`` and ``"<technique>:<node>"`` -> accuracy; options that do not exist (no exit head before the
+        first node, a node whose blocks change the shape) are absent.
+    """
+    was = model.training
+    model.eval()
+    shapes = out_shapes(model)
+    n = len(cuts) - 1
+    correct: dict[str, int] = {}
+
+    def hit(key: str, logits: torch.Tensor, y: torch.Tensor) -> None:
+        correct[key] = correct.get(key, 0) + int((logits.argmax(1) == y).sum())
+
+    for i in range(0, len(data), batch_size):
+        x, y = data.x[i : i + batch_size], data.y[i : i + batch_size]
+        acts = [x]
+        for block in model.blocks:
+            acts.append(block(acts[-1]))
+        hit("full", acts[-1], y)
+        for node in range(n):
+            start, stop = cuts[node], cuts[node + 1]
+            hit(f"repartition:{node}", acts[-1], y)
+            if node > 0 and start in exits:
+                hit(f"early_exit:{node}", exits[start](acts[start]), y)
+            if skippable(shapes, model.spec.in_shape, start, stop):
+                h = acts[start]
+                for block in list(model.blocks)[stop:]:
+                    h = block(h)
+                hit(f"skip:{node}", h, y)
+    model.train(was)
+    return {k: v / max(len(data), 1) for k, v in correct.items()}
+
+
+@dataclass
+class LatencyModel:
+    """Latency of a route for one batch.
+
+    Attributes
+    ----------
+    block_s : list of float
+        Forward seconds per block at ``batch_size``.
+    exit_s : float
+        Seconds of an exit head.
+    in_bytes : int
+        Bytes of one input sample.
+    out_bytes : list of int
+        Bytes of every block's output per sample.
+    num_classes : int
+        Logit count per sample (an exit head's output).
+    batch_size : int
+        The batch the times were measured at.
+    hop_s : float
+        Fixed RPC + codec overhead of one stage (measured by the controller).
+    links : dict of int to LinkProfile
+        Emulated link of every node (absent: unlimited).
+    """
+
+    block_s: list[float]
+    exit_s: float
+    in_bytes: int
+    out_bytes: list[int]
+    num_classes: int
+    batch_size: int
+    hop_s: float = 0.0
+    links: dict[int, LinkProfile] = field(default_factory=dict)
+
+    def stage_s(self, node: int, start: int, stop: int, use_exit: bool, batch: int) -> float:
+        """Seconds of one stage for a batch of ``batch``."""
+        scale = batch / self.batch_size
+        compute = sum(self.block_s[start:stop]) * scale + (self.exit_s * scale if use_exit else 0.0)
+        sent = (self.in_bytes if start == 0 else self.out_bytes[start - 1]) * batch
+        got = (self.num_classes * 4 if use_exit else self.out_bytes[stop - 1]) * batch
+        link = self.links.get(node, LinkProfile())
+        wire = link.transfer_s(sent, up=True) + link.transfer_s(got, up=False) + 2 * link.latency_ms / 1000
+        return self.hop_s + compute + wire
+
+    def estimate(self, route: Route, batch: int | None = None) -> float:
+        """Estimated seconds of one request through ``route``."""
+        b = batch or self.batch_size
+        return sum(self.stage_s(s.node, s.start, s.stop, s.exit, b) for s in route.stages)
+
+
+@dataclass
+class DowntimeModel:
+    """Downtime of a route switch.
+
+    Attributes
+    ----------
+    fixed_s : float
+        Per-node deploy overhead (build the skeleton, RPC).
+    per_byte_s : float
+        Seconds per byte of weights (encode, send, decode, load).
+    switch_s : float
+        Seconds to switch to a route that needs no deployment.
+    links : dict of int to LinkProfile
+        Emulated link of every node.
+    """
+
+    fixed_s: float = 0.02
+    per_byte_s: float = 1e-8
+    switch_s: float = 1e-4
+    links: dict[int, LinkProfile] = field(default_factory=dict)
+
+    def calibrate(self, samples: Sequence[tuple[int, float]]) -> None:
+        """Fit ``fixed_s`` and ``per_byte_s`` on ``(bytes, seconds)`` of real deploys (least squares, clipped)."""
+        if not samples:
+            return
+        xs = [float(b) for b, _ in samples]
+        ys = [float(s) for _, s in samples]
+        mx, my = statistics.fmean(xs), statistics.fmean(ys)
+        var = sum((x - mx) ** 2 for x in xs)
+        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var if var > 0 else 0.0
+        self.per_byte_s = max(slope, 0.0)
+        self.fixed_s = max(my - self.per_byte_s * mx, 0.0)
+
+    def estimate(self, deploy_bytes: Mapping[int, int]) -> float:
+        """Seconds to deploy ``deploy_bytes`` (node -> bytes) one node after another; ``switch_s`` when empty."""
+        total = self.switch_s
+        for node, nbytes in deploy_bytes.items():
+            link = self.links.get(node, LinkProfile())
+            total += self.fixed_s + nbytes * self.per_byte_s + link.transfer_s(nbytes, up=True)
+        return total

@@ -1,0 +1,209 @@
+"""An inference node: holds one segment of a partitioned model (and optionally an exit head) and runs it.
+
+Run it in-process::
+
+    with InferenceNode("127.0.0.1", 0, secret=secret) as node:
+        address = node.address
+
+or as a process with ``edgeflower infer-node`` (prints ``inference node listening on HOST:PORT``). The controller
+deploys a segment with a ``deploy`` frame (model spec or pruned-variant architecture as JSON, block range, weights
+as codec tensors: nothing is unpickled), then sends ``forward`` frames. Every request's token is verified.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from logging import INFO
+from types import TracebackType
+
+import grpc
+import torch
+from flwr.common.logger import log
+
+from edgeflower.models.splittable import ModelSpec, Segment
+from edgeflower.models.zoo import build_model
+from edgeflower.serving.exits import ExitHead
+from edgeflower.serving.protocol import NODE_SERVICE, check_request_id, expect, field
+from edgeflower.serving.rpc import GrpcServer
+from edgeflower.transport.auth import TokenVerifier
+from edgeflower.transport.codec import DEFAULT_MAX_MESSAGE_BYTES, Limits, decode_frame, encode_frame
+from edgeflower.transport.emulation import DeviceProfile
+from edgeflower.transport.errors import InvalidMessageError, SessionStateError
+from edgeflower.transport.tls import TLSConfig
+
+__all__ = ["Deployment", "InferenceNode", "build_segment"]
+
+
+@dataclass
+class Deployment:
+    """What a node currently serves."""
+
+    version: str
+    start: int
+    stop: int
+    segment: Segment
+    exit_head: ExitHead | None
+
+
+def build_segment(spec: ModelSpec, arch: dict | None, start: int, stop: int, state: dict[str, torch.Tensor]) -> Segment:
+    """Blocks ``[start, stop)`` of the described model with ``state`` loaded strictly (eval mode).
+
+    Raises
+    ------
+    InvalidMessageError
+        If the range is invalid or the weights do not fit.
+    """
+    try:
+        if arch is not None:
+            from edgeflower.pruning.arch import build_from_arch
+
+            full = build_from_arch(arch)
+        else:
+            full = build_model(spec)
+        segment = full.segment(start, stop)
+        segment.load_state_dict(state, strict=True)
+    except (ValueError, RuntimeError, KeyError, TypeError) as exc:
+        raise InvalidMessageError(f"cannot build segment [{start}, {stop}) of {spec.name}: {exc}") from exc
+    return segment.eval()
+
+
+class InferenceNode:
+    """A gRPC inference node.
+
+    Parameters
+    ----------
+    host, port : str, int
+        Address to bind (port 0 picks a free one).
+    secret : bytes or str
+        Token secret shared with the controller.
+    node_id : str, optional
+        This node's id; tokens naming another node are refused.
+    tls : TLSConfig, optional
+        Serve over TLS.
+    max_message_bytes : int
+        Largest message.
+    workers : int
+        gRPC worker threads.
+    slowdown : float
+        Emulated compute slow-down (a slower machine, or CPU load); :attr:`device` can be changed at run time.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        secret: bytes | str,
+        node_id: str | None = None,
+        tls: TLSConfig | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        workers: int = 8,
+        slowdown: float = 1.0,
+    ) -> None:
+        self.node_id = node_id
+        self.device = DeviceProfile(slowdown)
+        self.limits = Limits(max_message_bytes=max_message_bytes)
+        self._verifier = TokenVerifier(secret, node_id)
+        self._lock = threading.Lock()
+        self.deployment: Deployment | None = None
+        self.forwards = 0
+        self._server = GrpcServer(
+            NODE_SERVICE,
+            {"Deploy": self._deploy, "Forward": self._forward, "Ping": self._ping},
+            f"inference node {node_id or ''}".strip(),
+            host,
+            port,
+            workers,
+            max_message_bytes,
+            tls,
+        )
+
+    @property
+    def address(self) -> str:
+        """``host:port`` (after :meth:`start`)."""
+        if not self._server.address:
+            raise RuntimeError("the inference node is not started")
+        return self._server.address
+
+    def start(self) -> str:
+        """Bind and serve; return the address."""
+        address = self._server.start()
+        log(INFO, "inference node %s listening on %s", self.node_id or "", address)
+        return address
+
+    def stop(self) -> None:
+        """Stop serving. Idempotent."""
+        self._server.stop()
+
+    def __enter__(self) -> InferenceNode:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # -- RPCs ---------------------------------------------------------------------------------------------------------
+    def _deploy(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        t0 = time.perf_counter()
+        frame = expect(decode_frame(request, self.limits), "deploy")
+        self._verifier.verify(field(frame, "token", str))
+        version = field(frame, "version", str)
+        start, stop = field(frame, "start", int), field(frame, "stop", int)
+        spec = ModelSpec.from_dict(field(frame, "model", dict))
+        arch = field(frame, "arch", (dict, type(None)), None)
+        exit_shape = field(frame, "exit_in_shape", (list, type(None)), None)
+        state = {k: v for k, v in frame.tensors.items() if not k.startswith("exit.")}
+        segment = build_segment(spec, arch, start, stop, state)
+        head = None
+        if exit_shape is not None:
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in exit_shape):
+                raise InvalidMessageError(f"invalid exit_in_shape {exit_shape!r:.80}")
+            try:
+                head = ExitHead(exit_shape, spec.num_classes)
+                head.load_state_dict({k[5:]: v for k, v in frame.tensors.items() if k.startswith("exit.")})
+            except (ValueError, RuntimeError) as exc:
+                raise InvalidMessageError(f"exit head does not fit: {exc}") from exc
+            head.eval()
+        with self._lock:
+            self.deployment = Deployment(version, start, stop, segment, head)
+        load_s = time.perf_counter() - t0
+        log(INFO, "inference node %s: deployed blocks [%d, %d) version %s", self.node_id or "", start, stop, version)
+        return encode_frame("deployed", {"version": version, "load_s": load_s})
+
+    def _forward(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        frame = expect(decode_frame(request, self.limits), "forward", ("x",))
+        self._verifier.verify(field(frame, "token", str))
+        version = field(frame, "version", str)
+        check_request_id(field(frame, "request_id", str))
+        use_exit = field(frame, "exit", bool, False)
+        dep = self.deployment
+        if dep is None or dep.version != version:
+            have = dep.version if dep else None
+            raise SessionStateError(f"deployment version {version!r:.40} is not the one this node holds ({have!r})")
+        if use_exit and dep.exit_head is None:
+            raise SessionStateError("this node has no exit head")
+        x = frame.tensors["x"]
+        if not x.is_floating_point() or x.dim() < 2:
+            raise InvalidMessageError(f"x must be a floating-point batch, got {x.dtype} {list(x.shape)}")
+        t0 = time.perf_counter()
+        try:
+            with torch.inference_mode():
+                y = dep.segment(x.float())
+                if use_exit:
+                    y = dep.exit_head(y)  # type: ignore[misc]
+        except RuntimeError as exc:
+            raise InvalidMessageError(f"x does not fit blocks [{dep.start}, {dep.stop}): {exc}") from exc
+        compute_s = self.device.stretch(time.perf_counter() - t0)
+        self.forwards += 1
+        return encode_frame("forwarded", {"version": version, "compute_s": compute_s}, {"y": y}, self.limits)
+
+    def _ping(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        frame = expect(decode_frame(request, self.limits), "ping")
+        self._verifier.verify(field(frame, "token", str))
+        dep = self.deployment
+        meta = {"node_id": self.node_id or "", "version": dep.version if dep else None, "deployed": dep is not None}
+        return encode_frame("pong", meta)

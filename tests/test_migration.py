@@ -1,0 +1,270 @@
+"""Client migration between edge servers (FedFly): a moved round ends exactly like an unmoved one."""
+
+from __future__ import annotations
+
+import copy
+import signal
+
+import pytest
+import torch
+
+from edgeflower.clients.local import make_optimizer
+from edgeflower.clients.mobility import MoveOrder, train_moving
+from edgeflower.clients.pipeline import PipelineTrainer
+from edgeflower.data import BatchLoader
+from edgeflower.models import build_model
+from edgeflower.server.edge import EdgeServer
+from edgeflower.server.migration import export_session, seal
+from edgeflower.transport import EdgeAuthError, EdgeClient, InvalidMessageError, OptimizerSettings, TokenIssuer
+from edgeflower.transport.migration import ImportRequest, MigrateRequest
+from edgeflower.transport.service import METHOD_IMPORT, METHOD_MIGRATE
+from tests._edge_helpers import EdgeProcess
+
+SECRET = b"migration-test-shared-secret-0123456789"
+OPT = OptimizerSettings(lr=0.05, momentum=0.9, weight_decay=1e-4)
+ISSUER = TokenIssuer(SECRET)
+
+
+@pytest.fixture(scope="module")
+def edges():
+    with EdgeServer(secret=SECRET, edge_id="edge-a") as a, EdgeServer(secret=SECRET, edge_id="edge-b") as b:
+        yield a, b
+
+
+@pytest.fixture(scope="module")
+def batches(fmnist_train):
+    return list(BatchLoader(fmnist_train.subset(range(192)), 32, seed=11).batches(0))
+
+
+def _max_diff(a, b) -> float:
+    sa, sb = a.state_dict(), b.state_dict()
+    return max((sa[k].double() - sb[k].double()).abs().max().item() for k in sa)
+
+
+def _run(model, batches, source: str, edge_id: str, order: MoveOrder | None, m: int = 1, node: int = 5):
+    token = ISSUER.issue(run_id=3, node_id=node, server_round=1, edge_id=edge_id)
+    with EdgeClient(source) as client:
+        trainer = PipelineTrainer(model, 3, OPT, m)
+        return train_moving(
+            trainer, batches, lambda k, tail, opt: client.open_session(token, model.spec, k, tail, opt), order
+        )
+
+
+def _order(dest, at_batch: int, mode: str = "migrate", node: int = 5) -> MoveOrder:
+    return MoveOrder(
+        at_batch, dest.address, ISSUER.issue(run_id=3, node_id=node, server_round=1, edge_id=dest.edge_id), mode
+    )
+
+
+@pytest.mark.parametrize(("norm", "m"), [("batch", 1), ("group", 4)], ids=["split", "pipeline"])
+def test_migrated_round_ends_with_the_same_weights_as_an_unmoved_round(edges, batches, norm, m):
+    a, b = edges
+    torch.manual_seed(0)
+    initial = build_model("vgg5", norm=norm)
+    unmoved, moved = copy.deepcopy(initial), copy.deepcopy(initial)
+    _run(unmoved, batches, a.address, "edge-a", None, m)
+    order = _order(b, at_batch=3)
+    result = _run(moved, batches, a.address, "edge-a", order, m)
+    assert not result.fell_back
+    assert _max_diff(unmoved, moved) <= 1e-6
+    assert _max_diff(initial, moved) > 1e-3
+    assert order.report["migration-bytes"] > 0 and order.report["migration-resumed"] == 0
+    assert a.num_sessions == 0 and b.num_sessions == 0  # source freed after the ack, destination closed
+
+
+def test_restart_baseline_discards_progress_but_ends_with_the_same_weights(edges, batches):
+    a, b = edges
+    torch.manual_seed(0)
+    initial = build_model("vgg5")
+    unmoved, restarted = copy.deepcopy(initial), copy.deepcopy(initial)
+    _run(unmoved, batches, a.address, "edge-a", None)
+    order = _order(b, at_batch=4, mode="restart")
+    result = _run(restarted, batches, a.address, "edge-a", order)
+    assert not result.fell_back and result.num_examples == 192
+    assert _max_diff(unmoved, restarted) <= 1e-6
+    assert order.report["migration-s"] > 0  # the wasted first attempt
+    assert a.num_sessions == 0 and b.num_sessions == 0
+
+
+def test_source_killed_right_after_the_destination_acknowledged_loses_nothing(tmp_path, edges, batches):
+    _, b = edges
+    secret_file = tmp_path / "secret"
+    secret_file.write_bytes(SECRET)
+    torch.manual_seed(0)
+    initial = build_model("vgg5")
+    unmoved, moved = copy.deepcopy(initial), copy.deepcopy(initial)
+    _run(unmoved, batches, b.address, "edge-b", None)
+    with EdgeProcess(secret_file, "--edge-id", "edge-src", "--crash-after-migration-ack") as source:
+        order = _order(b, at_batch=2, node=6)
+        result = _run(moved, batches, source.address, "edge-src", order, node=6)
+        assert source.proc.wait(10) == 137  # the source really died after the ack
+    assert not result.fell_back
+    assert order.report["migration-resumed"] == 1  # found its session on the destination
+    assert _max_diff(unmoved, moved) <= 1e-6
+
+
+def test_source_killed_before_the_migration_fails_cleanly_and_falls_back_keeping_progress(tmp_path, edges, batches):
+    _, b = edges
+    secret_file = tmp_path / "secret"
+    secret_file.write_bytes(SECRET)
+    torch.manual_seed(0)
+    initial = build_model("vgg5")
+    k, at = 3, 2
+    reference = copy.deepcopy(initial)  # batches [0, at) split (== local), then local from the round-start tail
+    head, tail = reference.split(k, share=True)
+    head_opt = make_optimizer(head.parameters(), OPT.lr, OPT.momentum, OPT.weight_decay)
+    tail_opt = make_optimizer(tail.parameters(), OPT.lr, OPT.momentum, OPT.weight_decay)
+    for i, (x, y) in enumerate(batches):
+        if i == at:
+            tail.load_state_dict(initial.split(k)[1].state_dict())
+            tail_opt = make_optimizer(tail.parameters(), OPT.lr, OPT.momentum, OPT.weight_decay)
+        head_opt.zero_grad()
+        tail_opt.zero_grad()
+        torch.nn.functional.cross_entropy(tail(head(x)), y).backward()
+        head_opt.step()
+        tail_opt.step()
+    moved = copy.deepcopy(initial)
+    with EdgeProcess(secret_file, "--edge-id", "edge-src") as source:
+
+        def stream():
+            for i, batch in enumerate(batches):
+                if i == at:
+                    source.proc.send_signal(signal.SIGKILL)
+                    source.proc.wait(10)
+                yield batch
+
+        order = _order(b, at_batch=at, node=7)
+        result = _run(moved, stream(), source.address, "edge-src", order, node=7)
+    assert result.fell_back and result.fallback_batch == at
+    assert _max_diff(moved, reference) <= 1e-5
+    assert b.num_sessions == 0
+
+
+def _open_and_detach(client: EdgeClient, model, token: str, x, y):
+    head, tail = model.split(3)
+    session = client.open_session(token, model.spec, 3, tail.state_dict(), OPT)
+    session.step(head(x).detach(), y, batch=0, batch_size=len(y))
+    session.detach()
+    return session
+
+
+def test_forged_replayed_and_tampered_migrations_are_rejected(edges, batches):
+    a, b = edges
+    torch.manual_seed(0)
+    model = build_model("vgg5")
+    x, y = batches[0]
+    with EdgeClient(a.address) as client:
+        session = _open_and_detach(client, model, ISSUER.issue(3, 8, 1, "edge-a"), x, y)
+        forged = TokenIssuer(b"another-secret-that-nobody-shares-000").issue(3, 8, 1, "edge-b")
+        with pytest.raises(EdgeAuthError, match="signature"):
+            client.migrate(session, b.address, forged)
+        assert session.session_id in a.registry.ids()  # the source keeps the session when the move fails
+        wrong_owner = ISSUER.issue(3, 9, 1, "edge-b")  # a migration token for another node
+        with pytest.raises(EdgeAuthError, match="belongs to"):
+            client.migrate(session, b.address, wrong_owner)
+        good = ISSUER.issue(3, 8, 1, "edge-b")
+        with a.registry.get(session.session_id).lock:
+            state = export_session(a.registry.get(session.session_id))
+        tampered = bytearray(state)
+        tampered[-5] ^= 0xFF
+        with EdgeClient(b.address) as peer:
+            bad = ImportRequest(good, seal(state, good, SECRET), bytes(tampered))
+            with pytest.raises(EdgeAuthError, match="integrity"):
+                peer.call(METHOD_IMPORT, bad.to_bytes(), 10)
+        client.migrate(session, b.address, good)  # the real one succeeds ...
+        assert session.session_id not in a.registry.ids()
+        with EdgeClient(b.address) as peer:  # ... and a captured Import cannot be replayed
+            with pytest.raises(EdgeAuthError, match="already used"):
+                peer.call(METHOD_IMPORT, ImportRequest(good, seal(state, good, SECRET), state).to_bytes(), 10)
+            peer.resume(good, 3).abort()
+
+
+def test_destination_refuses_a_state_for_another_model_or_split_point(edges, batches):
+    a, b = edges
+    torch.manual_seed(0)
+    model = build_model("vgg5")
+    x, y = batches[0]
+    with EdgeClient(a.address) as client:
+        session = _open_and_detach(client, model, ISSUER.issue(3, 10, 1, "edge-a"), x, y)
+        other_model = build_model("vgg5", norm="group").spec
+        with pytest.raises(InvalidMessageError, match="model"):
+            client.migrate(session, b.address, ISSUER.issue(3, 10, 1, "edge-b"), expect_model=other_model)
+        request = MigrateRequest(
+            session.session_id, session._token, b.address, ISSUER.issue(3, 10, 1, "edge-b"), None, 2
+        )
+        with pytest.raises(InvalidMessageError, match="split point"):
+            client.call(METHOD_MIGRATE, request.to_bytes(), 10)
+        assert session.session_id in a.registry.ids()
+        a.registry.drop(session.session_id, "test done")
+
+
+def test_operator_trigger_moves_a_running_node_at_the_next_batch_boundary(tmp_path, edges, batches):
+    import subprocess
+    import sys
+
+    from edgeflower.clients.mobility import MoveTrigger
+    from tests.conftest import ROOT
+
+    a, b = edges
+    torch.manual_seed(0)
+    initial = build_model("vgg5")
+    unmoved, moved = copy.deepcopy(initial), copy.deepcopy(initial)
+    _run(unmoved, batches, a.address, "edge-a", None)
+    trigger_file = tmp_path / "move-trigger.json"
+    tokens = [ISSUER.issue(3, 11, 1, e.edge_id) for e in (a, b)]
+    trigger = MoveTrigger(str(trigger_file), [a.address, b.address], tokens, current=0)
+    fired_at = 3
+
+    def stream():
+        for i, batch in enumerate(batches):
+            if i == fired_at:  # the operator fires just before batch 3 is drawn; the node moves before training it
+                cmd = [sys.executable, "-m", "edgeflower.cli", "move", "--trigger", str(trigger_file), "--to", "1"]
+                subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, timeout=60)
+            yield batch
+
+    with EdgeClient(a.address) as client:
+        trainer = PipelineTrainer(moved, 3, OPT, 1)
+        result = train_moving(
+            trainer,
+            stream(),
+            lambda k, tail, opt: client.open_session(tokens[0], moved.spec, k, tail, opt),
+            trigger=trigger,
+        )
+    assert trigger.fired is not None and trigger.fired.at_batch == fired_at and trigger.current == 1
+    assert not result.fell_back and not trigger_file.exists()
+    assert _max_diff(unmoved, moved) <= 1e-6
+
+
+def test_migration_with_full_dp_keeps_weights_noise_stream_and_epsilon(edges, batches):
+    """dp = full: the tail's DP state (noise generator, step count) moves too, so epsilon continues."""
+    from edgeflower.privacy.dpsgd import DeviceDP
+    from edgeflower.privacy.remote import open_private_session
+    from edgeflower.transport.messages import DPParams
+
+    a, b = edges
+    torch.manual_seed(0)
+    initial = build_model("vgg5", norm="group")
+    tail_dp = DPParams(noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=32, sample_rate=0.1,
+                       delta=1e-5, seed=123)  # fmt: skip
+
+    def run(model, order, node):
+        token = ISSUER.issue(run_id=3, node_id=node, server_round=1, edge_id="edge-a")
+        device_dp = DeviceDP(1.0, 1.0, 32, 0.1, torch.Generator().manual_seed(7))
+        with EdgeClient(a.address) as client:
+            trainer = PipelineTrainer(model, 3, OPT, 1, dp=device_dp)
+            return train_moving(
+                trainer,
+                batches,
+                lambda k, tail, opt: open_private_session(client, token, model.spec, k, tail, opt, tail_dp),
+                order,
+            )
+
+    unmoved, moved = copy.deepcopy(initial), copy.deepcopy(initial)
+    still = run(unmoved, None, node=20)
+    order = _order(b, at_batch=3, node=21)
+    result = run(moved, order, node=21)
+    assert not result.fell_back
+    assert _max_diff(unmoved, moved) <= 1e-6  # same noise, same clipping: the move changed nothing
+    assert result.server_metrics["dp-steps"] == still.server_metrics["dp-steps"] == len(batches)
+    assert result.server_metrics["dp-epsilon"] == pytest.approx(still.server_metrics["dp-epsilon"], abs=1e-9)
+    assert result.server_metrics["dp-epsilon"] > 0

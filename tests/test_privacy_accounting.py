@@ -1,0 +1,210 @@
+"""Accounting that adds up: cumulative epsilon in the node's state, budgets, config errors, central DP composition."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg
+from flwr.supercore.task_identity import TaskIdentity
+from opacus.accountants import RDPAccountant
+
+from edgeflower.clients.local import make_optimizer, train_local
+from edgeflower.clients.split import SplitTrainer
+from edgeflower.config import AppConfig, ConfigError
+from edgeflower.models import build_model
+from edgeflower.privacy.accounting import STATE_KEY, PrivacyHistory
+from edgeflower.privacy.node import NodeRoundDP
+from edgeflower.privacy.remote import open_private_session
+from edgeflower.privacy.settings import DPSettings
+from edgeflower.privacy.strategy import SkipExhausted, central_dp
+from edgeflower.server.edge import EdgeServer
+from edgeflower.strategies.edge import EdgeStrategy
+from edgeflower.transport import EdgeClient, OptimizerSettings, TokenIssuer
+
+pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing")
+
+SECRET = b"privacy-accounting-test-secret-0123456789"
+DELTA = 1e-5
+
+
+def _round(settings: DPSettings, state: RecordDict, n: int, split: bool = False, rounds: int = 3) -> NodeRoundDP:
+    return NodeRoundDP(settings, state, n, 20, 1, 0, rounds, split, noise_seed=3)
+
+
+def _independent_epsilon(steps: list[tuple[float, float, int]]) -> float:
+    acc = RDPAccountant()
+    for noise, rate, count in steps:
+        for _ in range(count):
+            acc.step(noise_multiplier=noise, sample_rate=rate)
+    return acc.get_epsilon(DELTA)
+
+
+def test_reported_epsilon_accumulates_across_rounds_and_equals_an_independent_opacus_accountant(fmnist_train):
+    x, y = fmnist_train.x[:100], fmnist_train.y[:100]
+    settings = DPSettings("device", noise_multiplier=1.1, max_grad_norm=1.0, delta=DELTA)
+    state = RecordDict()  # the node's context.state, carried across rounds
+    torch.manual_seed(0)
+    model = build_model("vgg5", norm="group", width=0.25)
+    reported = []
+    for rnd in range(3):
+        dp = _round(settings, state, len(y))
+        opt, hooks, _ = dp.device().wrap(model, make_optimizer(model.parameters(), 0.05))
+        train_local(model, dp.batches(x, y, seed=rnd), opt)
+        hooks.remove_hooks()
+        metrics = dp.finish()
+        reported.append(metrics["dp-epsilon"])
+        assert dp.sampler is not None and dp.sampler.drawn == dp.steps == 5  # round(100 / 20) Poisson draws
+        assert isinstance(state[STATE_KEY], ConfigRecord)  # stored as a ConfigRecord, not pickled
+    independent = [_independent_epsilon([(1.1, 0.2, 5 * (r + 1))]) for r in range(3)]
+    assert reported == pytest.approx(independent, abs=1e-6, rel=0)
+    assert reported[0] < reported[1] < reported[2]
+    assert PrivacyHistory.load(state).steps == 15
+
+
+def test_full_mode_adds_the_edge_sessions_history_to_the_node(fmnist_train):
+    x, y = fmnist_train.x[:60], fmnist_train.y[:60]
+    settings = DPSettings("full", noise_multiplier=1.3, max_grad_norm=1.0, delta=DELTA)
+    state = RecordDict()
+    torch.manual_seed(0)
+    model = build_model("vgg5", norm="group", width=0.25)
+    with EdgeServer(secret=SECRET) as edge, EdgeClient(edge.address) as client:
+        token = TokenIssuer(SECRET).issue(run_id=1, node_id=1, server_round=1)
+        dp = _round(settings, state, len(y), split=True)
+        tail_dp = dp.tail_params()
+        assert tail_dp is not None and tail_dp.noise_multiplier == 1.3
+        result = SplitTrainer(model, 3, OptimizerSettings(0.05), dp=dp.device()).train(
+            dp.batches(x, y, 0),
+            lambda k, tail, opt: open_private_session(client, token, model.spec, k, tail, opt, tail_dp),
+        )
+        metrics = dp.finish(result.server_metrics)
+    assert result.server_metrics["dp-steps"] == 3
+    assert result.server_metrics["dp-epsilon"] == pytest.approx(_independent_epsilon([(1.3, 1 / 3, 3)]), abs=1e-6)
+    # head and tail: two releases per step, composed
+    assert metrics["dp-epsilon"] == pytest.approx(_independent_epsilon([(1.3, 1 / 3, 6)]), abs=1e-6)
+    assert metrics["dp-edge-epsilon"] == result.server_metrics["dp-epsilon"]
+
+
+@pytest.mark.parametrize(("mode", "split"), [("device", False), ("full", True)])
+def test_target_epsilon_calibrates_the_noise_and_stops_the_node_when_the_budget_is_spent(mode, split):
+    settings = DPSettings(mode, noise_multiplier=0.0, max_grad_norm=1.0, target_epsilon=2.0, delta=DELTA)
+    state = RecordDict()
+    spent = []
+    for _ in range(3):
+        dp = _round(settings, state, 200, split=split, rounds=3)
+        assert not dp.exhausted("node 0")
+        dp.history.add(dp.noise_multiplier, dp.sample_rate, dp.steps * (2 if split else 1))
+        dp.history.save(state)
+        spent.append(dp.epsilon)
+    assert spent[-1] <= 2.0 and spent[-1] > 1.9  # calibrated: the planned rounds use (almost) all of the budget
+    last = _round(settings, state, 200, split=split, rounds=3)
+    assert last.exhausted("node 0")
+    assert last.stopped_metrics()["dp-stopped"] == 1 and last.stopped_metrics()["dp-epsilon"] == spent[-1]
+
+
+@pytest.mark.parametrize(
+    ("run_config", "key", "needle"),
+    [
+        ({"dp": "device", "dp-delta": 1e-5, "dp-noise-multiplier": -1.0}, "dp-noise-multiplier", ">= 0"),
+        ({"dp": "device"}, "dp-delta", "required"),
+        ({"dp": "full", "dp-delta": 1.5}, "dp-delta", "(0, 1)"),
+        ({"dp": "device", "dp-delta": 1e-5, "dp-max-grad-norm": 0.0}, "dp-max-grad-norm", "> 0"),
+        ({"dp": "device", "dp-delta": 1e-5, "dp-noise-multiplier": "auto"}, "dp-noise-multiplier", "target-epsilon"),
+        ({"dp": "device", "dp-delta": 1e-5, "dp-target-epsilon": -2.0}, "dp-target-epsilon", ">= 0"),
+        ({"dp": "sometimes"}, "dp", "unknown value"),
+        ({"dp-batchnorm": "ignore"}, "dp-batchnorm", "unknown value"),
+        ({"central-dp": "client-adaptive"}, "central-dp", "unknown value"),
+        ({"central-dp-clipping-norm": -1.0}, "central-dp-clipping-norm", "> 0"),
+    ],
+)
+def test_bad_dp_config_fails_fast_naming_the_key(run_config, key, needle):
+    with pytest.raises(ConfigError) as info:
+        AppConfig.from_run_config(run_config)
+    assert info.value.key == key and f"'{key}'" in str(info.value) and needle in str(info.value)
+
+
+def test_auto_noise_with_a_target_is_valid():
+    cfg = AppConfig.from_run_config(
+        {"dp": "full", "dp-delta": 1e-5, "dp-noise-multiplier": "auto", "dp-target-epsilon": 3.0}
+    )
+    assert cfg.dp_settings.noise_multiplier == 0.0 and cfg.dp_settings.target_epsilon == 3.0
+
+
+def test_history_record_is_validated():
+    bad = ConfigRecord({"noise-multiplier": [1.0], "sample-rate": [2.0], "steps": [3]})
+    with pytest.raises(ValueError, match="invalid privacy history"):
+        PrivacyHistory.from_record(bad)
+    assert PrivacyHistory().epsilon(DELTA) == 0.0
+
+
+# -- server side: Flower's central DP wrapper and nodes out of budget, composed with EdgeStrategy ------------------
+
+
+class _Grid(Grid):
+    """Just enough of a Grid for configure_train to sample two nodes."""
+
+    def get_node_ids(self):
+        return [11, 22]
+
+    def create_message(self, *args, **kwargs):
+        raise NotImplementedError
+
+    def push_messages(self, *args):
+        raise NotImplementedError
+
+    def pull_messages(self, *args):
+        raise NotImplementedError
+
+    def send_and_receive(self, *args, **kwargs):
+        raise NotImplementedError
+
+    def set_run(self, run_id):
+        pass
+
+    @property
+    def run(self):
+        raise NotImplementedError
+
+
+@pytest.fixture
+def task_identity(monkeypatch):
+    for name in ("_run_id", "_task_id", "_node_id"):
+        monkeypatch.setattr(TaskIdentity, name, 1)
+
+
+def _round_through(strategy: EdgeStrategy, updates: dict[int, tuple[torch.Tensor, int]]):
+    arrays = ArrayRecord({"w": torch.zeros(6)})
+    messages = list(strategy.configure_train(1, arrays, ConfigRecord({"lr": 0.1}), _Grid()))
+    assert all(m.content["config"]["lr"] == 0.5 for m in messages)  # the plan reached every node
+    replies = []
+    for msg in messages:
+        w, n = updates[msg.metadata.dst_node_id]
+        content = RecordDict({"arrays": ArrayRecord({"w": w}), "metrics": MetricRecord({"num-examples": n})})
+        replies.append(Message(content, reply_to=msg))
+    return strategy.aggregate_train(1, replies)
+
+
+def _fedavg() -> FedAvg:
+    return FedAvg(fraction_train=1.0, min_train_nodes=2, min_available_nodes=2)
+
+
+def test_flowers_server_side_dp_wrapper_composes_with_edge_strategy(task_identity):
+    torch.manual_seed(0)
+    updates = {11: (torch.full((6,), 3.0), 10), 22: (torch.full((6,), -1.0), 30)}
+    plain, _ = _round_through(EdgeStrategy(_fedavg(), plan_fn=lambda r, n: {"lr": 0.5}), updates)
+    wrapped = central_dp(_fedavg(), "server-fixed", 1.0, 0.5, 2)
+    assert isinstance(wrapped, DifferentialPrivacyServerSideFixedClipping)
+    private, _ = _round_through(EdgeStrategy(SkipExhausted(wrapped), plan_fn=lambda r, n: {"lr": 0.5}), updates)
+    w_plain = plain.to_torch_state_dict()["w"]
+    w_private = private.to_torch_state_dict()["w"]
+    assert torch.allclose(w_plain, torch.zeros(6))  # (3 * 10 - 1 * 30) / 40
+    assert not torch.allclose(w_private, w_plain, atol=1e-3)  # clipped and noised
+
+
+def test_nodes_out_of_budget_are_not_aggregated_and_an_empty_round_keeps_the_model(task_identity):
+    strategy = EdgeStrategy(SkipExhausted(_fedavg()), plan_fn=lambda r, n: {"lr": 0.5})
+    arrays, _ = _round_through(strategy, {11: (torch.full((6,), 3.0), 0), 22: (torch.full((6,), -1.0), 30)})
+    assert torch.allclose(arrays.to_torch_state_dict()["w"], torch.full((6,), -1.0))
+    arrays, metrics = _round_through(strategy, {11: (torch.ones(6), 0), 22: (torch.ones(6), 0)})
+    assert arrays is None and metrics is None  # Strategy.start keeps the previous global model
