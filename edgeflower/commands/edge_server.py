@@ -7,13 +7,10 @@ Prints ``edge server listening on HOST:PORT`` (one line on stdout, flushed) once
 from __future__ import annotations
 
 import argparse
-import signal
-import sys
-import threading
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
+from edgeflower.commands._serving_loop import serve_until_signal
 from edgeflower.server.edge import EdgeServer, EdgeServerConfig
 from edgeflower.transport.auth import load_secret
 from edgeflower.transport.codec import DEFAULT_MAX_MESSAGE_BYTES
@@ -69,24 +66,4 @@ def run(args: argparse.Namespace) -> int:
     )
     secret = load_secret(args.secret_file)
     server = EdgeServer(args.host, args.port, secret=secret, tls=tls, edge_id=args.edge_id, config=config)
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        try:
-            address = server.start()
-        except OSError as exc:
-            print(f"edgeflower edge-server: error: {exc}", file=sys.stderr, flush=True)
-            return 1
-        print(f"edge server listening on {address}", flush=True)
-        while not stop.wait(0.5):
-            pass
-    finally:
-        server.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    print("edge server stopped", file=sys.stderr, flush=True)
-    return 0
+    return serve_until_signal("edge-server", "edge server", server.start, server.stop, (OSError,))

@@ -7,14 +7,11 @@ SIGTERM or SIGINT. The controller (``edgeflower serve``) deploys the segment and
 from __future__ import annotations
 
 import argparse
-import signal
-import sys
-import threading
-from types import FrameType
 from typing import Any
 
 import torch
 
+from edgeflower.commands._serving_loop import serve_until_signal
 from edgeflower.serving.node import InferenceNode
 from edgeflower.transport.auth import load_secret
 from edgeflower.transport.codec import DEFAULT_MAX_MESSAGE_BYTES
@@ -62,24 +59,4 @@ def run(args: argparse.Namespace) -> int:
         tls=tls,
         max_message_bytes=int(args.max_message_mb * 2**20),
     )
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        try:
-            address = node.start()
-        except OSError as exc:
-            print(f"edgeflower infer-node: error: {exc}", file=sys.stderr, flush=True)
-            return 1
-        print(f"inference node listening on {address}", flush=True)
-        while not stop.wait(0.5):
-            pass
-    finally:
-        node.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    print("inference node stopped", file=sys.stderr, flush=True)
-    return 0
+    return serve_until_signal("infer-node", "inference node", node.start, node.stop, (OSError,))

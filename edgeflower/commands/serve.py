@@ -23,13 +23,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
-import sys
-import threading
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
+from edgeflower.commands._serving_loop import serve_until_signal
 from edgeflower.serving.bundle import ServingBundle
 from edgeflower.serving.controller import Controller, ControllerConfig
 from edgeflower.serving.journal import Journal
@@ -131,24 +128,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _serve(controller: Controller) -> int:
-    stop = threading.Event()
+    def start() -> str:
+        controller.start()
+        return controller.address
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        try:
-            controller.start()
-        except (OSError, EdgeError) as exc:
-            print(f"edgeflower serve: error: {exc}", file=sys.stderr, flush=True)
-            return 1
-        print(f"controller listening on {controller.address}", flush=True)
-        while not stop.wait(0.5):
-            pass
-    finally:
-        controller.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    print("controller stopped", file=sys.stderr, flush=True)
-    return 0
+    return serve_until_signal("serve", "controller", start, controller.stop, (OSError, EdgeError))

@@ -40,6 +40,9 @@ class BlockProfile:
         Bytes of the block's parameters and buffers.
     fwd_s, bwd_s : float
         Measured forward and backward seconds for one batch of ``batch_size`` (0 when not measured).
+    fwd_fixed_s, bwd_fixed_s : float
+        Their per-call part that does not shrink with the batch (Python and kernel launch overhead), from a second
+        measurement at 2 samples; what makes very small micro-batches expensive.
     """
 
     index: int
@@ -50,6 +53,16 @@ class BlockProfile:
     param_bytes: int
     fwd_s: float = 0.0
     bwd_s: float = 0.0
+    fwd_fixed_s: float = 0.0
+    bwd_fixed_s: float = 0.0
+
+    def fwd_at(self, n: float, batch_size: int) -> float:
+        """Forward seconds for ``n`` samples: the fixed per-call part plus a per-sample part."""
+        return self.fwd_fixed_s + (self.fwd_s - self.fwd_fixed_s) * n / batch_size
+
+    def bwd_at(self, n: float, batch_size: int) -> float:
+        """Backward seconds for ``n`` samples (see :meth:`fwd_at`)."""
+        return self.bwd_fixed_s + (self.bwd_s - self.bwd_fixed_s) * n / batch_size
 
 
 @dataclass(frozen=True)
@@ -105,6 +118,22 @@ def _time(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
     return best
 
 
+def _measure(block: nn.Module, x: torch.Tensor, repeats: int) -> tuple[float, float]:
+    """Fastest forward and backward seconds of ``block`` on ``x``."""
+    xin = x.detach().requires_grad_(True)
+
+    def forward() -> torch.Tensor:
+        return block(xin)
+
+    fwd = _time(forward, repeats)
+    grad = torch.ones_like(forward())
+
+    def backward() -> None:
+        torch.autograd.backward(block(xin), grad)
+
+    return fwd, max(0.0, _time(backward, repeats) - fwd)
+
+
 def profile_model(
     model: SplittableModel,
     batch_size: int = 32,
@@ -145,21 +174,15 @@ def profile_model(
             with torch.no_grad():
                 y1 = block(x1)
             fwd = bwd = 0.0
+            fwd_fixed = bwd_fixed = 0.0
             if measure:
                 block.train()
-                xin = xb.detach().requires_grad_(True)
-
-                def forward(b: nn.Module = block, inp: torch.Tensor = xin) -> torch.Tensor:
-                    return b(inp)
-
-                fwd = _time(forward, repeats)
-                out = forward()
-                grad = torch.ones_like(out)
-
-                def backward(b: nn.Module = block, inp: torch.Tensor = xin, g: torch.Tensor = grad) -> None:
-                    torch.autograd.backward(b(inp), g)
-
-                bwd = max(0.0, _time(backward, repeats) - fwd)
+                fwd, bwd = _measure(block, xb, repeats)
+                small = min(2, batch_size)
+                if small < batch_size:  # fit time = fixed + per-sample * n from two batch sizes
+                    fwd2, bwd2 = _measure(block, xb[:small], repeats)
+                    fwd_fixed = min(fwd2, max(0.0, (fwd2 * batch_size - fwd * small) / (batch_size - small)))
+                    bwd_fixed = min(bwd2, max(0.0, (bwd2 * batch_size - bwd * small) / (batch_size - small)))
                 block.eval()
                 model.zero_grad(set_to_none=True)
                 with torch.no_grad():
@@ -176,6 +199,8 @@ def profile_model(
                     param_bytes=params,
                     fwd_s=fwd,
                     bwd_s=bwd,
+                    fwd_fixed_s=fwd_fixed,
+                    bwd_fixed_s=bwd_fixed,
                 )
             )
             x1 = y1

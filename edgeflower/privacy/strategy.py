@@ -11,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from logging import INFO
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.common.logger import log
-from flwr.serverapp import Grid
 from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, Strategy
+
+from edgeflower.strategies.wrapper import StrategyWrapper
 
 __all__ = ["SkipExhausted", "central_dp"]
 
@@ -26,7 +27,7 @@ def _examples(msg: Message, key: str) -> float:
     return 1.0
 
 
-class SkipExhausted(Strategy):
+class SkipExhausted(StrategyWrapper):
     """Wrap ``inner``; replies with zero examples (nodes out of budget) are not aggregated.
 
     Parameters
@@ -38,19 +39,13 @@ class SkipExhausted(Strategy):
     """
 
     def __init__(self, inner: Strategy, weighted_by_key: str = "num-examples") -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.weighted_by_key = weighted_by_key
 
     def summary(self) -> None:
         """Log the wrapped strategy's summary."""
         log(INFO, "\t├──> SkipExhausted (DP budget) wrapping %s", type(self.inner).__name__)
         self.inner.summary()
-
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """Delegate to the inner strategy."""
-        return self.inner.configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -65,16 +60,6 @@ class SkipExhausted(Strategy):
             log(INFO, "round %d: no node trained; the global model is unchanged", server_round)
             return None, None
         return self.inner.aggregate_train(server_round, kept)
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """Delegate to the inner strategy."""
-        return self.inner.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """Delegate to the inner strategy."""
-        return self.inner.aggregate_evaluate(server_round, replies)
 
 
 def central_dp(inner: Strategy, kind: str, noise_multiplier: float, clipping_norm: float, num_sampled: int) -> Strategy:

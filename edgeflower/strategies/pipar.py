@@ -26,7 +26,7 @@ from edgeflower.transport.emulation import LinkProfile
 __all__ = ["NodeEstimate", "PiParPlanner", "Plan", "predict_iteration", "select_plan", "stage_times"]
 
 LABEL_BYTES = 8
-MESSAGE_OVERHEAD_S = 0.002
+MESSAGE_OVERHEAD_S = 0.004
 """Fixed cost of one step message on the offload channel (framing, gRPC, scheduling), measured on loopback."""
 CHANNEL_BYTES_PER_S = 500e6
 """Codec and gRPC copy throughput of the offload channel on loopback (benchmark ``split``: ``channel_mb_s``)."""
@@ -68,24 +68,25 @@ def stage_times(
 ) -> Stages:
     """Stage durations of plan ``(k, m)`` for micro-batches of ``batch_size / m`` samples.
 
-    Block times of the profile (measured at ``profile.batch_size``) are scaled linearly to the micro-batch size;
-    device times are multiplied by ``slowdown``. The server stage also pays the channel's fixed cost per message
-    and its copy cost per byte, which is what makes very many tiny micro-batches lose.
+    Block times of the profile (measured at ``profile.batch_size`` and at 2 samples) are a fixed per-call part
+    plus a part linear in the micro-batch size; device times are multiplied by ``slowdown``. The server stage
+    also pays the channel's fixed cost per message and its copy cost per byte: with the per-call compute overhead,
+    that is what makes very many tiny micro-batches lose.
     """
     n = len(profile.blocks)
     if not 0 <= k <= n:
         raise ValueError(f"split point {k} out of range 0..{n}")
     if m < 1 or m > batch_size:
         raise ValueError(f"micro-batch count {m} out of range 1..{batch_size}")
-    scale = (batch_size / m) / profile.batch_size
-    fwd = slowdown * scale * sum(b.fwd_s for b in profile.blocks[:k])
-    bwd = slowdown * scale * sum(b.bwd_s for b in profile.blocks[:k])
+    samples = batch_size / m
+    pb = profile.batch_size
+    fwd = slowdown * sum(b.fwd_at(samples, pb) for b in profile.blocks[:k])
+    bwd = slowdown * sum(b.bwd_at(samples, pb) for b in profile.blocks[:k])
     if k == n:
         return Stages(fwd, 0.0, 0.0, 0.0, bwd, 0.0, m, offload=False, grads_back=False)
-    samples = batch_size / m
     up_bytes = profile.boundary_bytes(k) * samples + LABEL_BYTES * samples
     down_bytes = profile.boundary_bytes(k) * samples if k > 0 else 0.0
-    server = scale * sum(b.fwd_s + b.bwd_s for b in profile.blocks[k:])
+    server = sum(b.fwd_at(samples, pb) + b.bwd_at(samples, pb) for b in profile.blocks[k:])
     server += message_overhead_s + (up_bytes + down_bytes) / channel_bytes_per_s
     return Stages(
         fwd,
