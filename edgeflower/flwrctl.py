@@ -772,6 +772,32 @@ def run_simulation(
     }
     if ray_num_cpus is not None:
         federation_config["init-args-num-cpus"] = int(ray_num_cpus)
+    for attempt in range(2):
+        outcome = _run_once(
+            app_dir, home, connection, env, run_config, federation_config, timeout, poll_interval, stream
+        )
+        if outcome.ok or not any(marker in outcome.logs for marker in RAY_STARTUP_FAILURES) or attempt:
+            return outcome
+        log(WARNING, "flwrctl: Ray failed to start a worker (an infrastructure failure, not the app's); retrying once")
+    return outcome
+
+
+RAY_STARTUP_FAILURES = ("wait_for_persisted_port",)
+"""Log markers of Ray failing to start a simulation worker on an overloaded machine (retried once)."""
+
+
+def _run_once(
+    app_dir: Path,
+    home: Path,
+    connection: str,
+    env: dict[str, str],
+    run_config: dict[str, Any] | None,
+    federation_config: dict[str, Any],
+    timeout: float,
+    poll_interval: float,
+    stream: bool,
+) -> RunOutcome:
+    stop_local_superlink(home)
     try:
         return _execute(
             Path(app_dir),

@@ -117,8 +117,6 @@ def train(msg: Message, context: Context) -> Message:
         if dp is not None:
             metrics.update(dp.finish(result.server_metrics, session_failed=result.fell_back))
         metrics["measured-iter-s"] = result.seconds / max(1, result.traffic.get("batches", 1))
-        if "predicted-iter-s" in config:
-            metrics["predicted-iter-s"] = float(config["predicted-iter-s"])
         content["timeline"] = ConfigRecord({"timeline": result.timeline.to_json(), "edge-address": client.address})
         if result.fell_back:
             content["fallback"] = ConfigRecord({"fallback-reason": result.fallback_reason})
@@ -144,6 +142,9 @@ def train(msg: Message, context: Context) -> Message:
         }
         if dp is not None:
             metrics.update(dp.finish())
+    if "predicted-iter-s" in config:  # PiPar's prediction, next to what was measured
+        metrics["predicted-iter-s"] = float(config["predicted-iter-s"])
+        metrics.setdefault("measured-iter-s", metrics["train-time-s"] / max(1, int(metrics.get("batches", 1))))
     metrics.update({"lr": lr, "split-point": k})
     content["arrays"] = ArrayRecord(model.state_dict())
     content["metrics"] = MetricRecord(metrics)
