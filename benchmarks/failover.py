@@ -215,7 +215,7 @@ def _run_case(
                 w.join(120)
             event = ctl.events[0]
             acc, lat = _measure(ctl, ctl.route, test, cfg["latency_repeats"])
-            est = cands[event.technique]
+            est = next(e for e in event.estimates if e["technique"] == event.technique)  # made at the failure
             after = [t for t in out["times"] if t > killed_at]
             return {
                 "failed_node": failed,
@@ -229,14 +229,14 @@ def _run_case(
                 "selection_ms": event.selection_ms,
                 "downtime_s": event.downtime_s,
                 "service_gap_s": (after[0] - killed_at) if after else float("nan"),
-                "est_accuracy": est.accuracy,
+                "est_accuracy": est["accuracy"],
                 "accuracy": acc,
-                "est_latency_ms": est.latency_s * 1e3,
+                "est_latency_ms": est["latency_s"] * 1e3,
                 "latency_ms": lat * 1e3,
-                "est_downtime_s": est.downtime_s,
+                "est_downtime_s": est["downtime_s"],
                 "pinned": objectives is None,
                 "objectives": vars(objectives) if objectives is not None else None,
-                "candidates": {k: vars(v) for k, v in cands.items()},
+                "candidates": {e["technique"]: e for e in event.estimates},
             }
     finally:
         stop.set()

@@ -24,6 +24,7 @@ from edgeflower.clients.local import make_optimizer, train_local
 from edgeflower.data import BatchLoader, load_dataset
 from edgeflower.flwrctl import run_simulation
 from edgeflower.models import build_model
+from edgeflower.runlog import run_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,7 +74,7 @@ def main() -> None:
         )
         if not outcome.ok:
             raise SystemExit(f"simulation failed: {outcome.status} {outcome.details}")
-        run = next(Path(tmp).iterdir())
+        run = run_folder(tmp, outcome.run_id)
         rows = json.loads((run / "metrics.json").read_text())
         nodes = json.loads((run / "nodes.json").read_text())
     round_rows = []

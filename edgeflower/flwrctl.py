@@ -66,6 +66,7 @@ __all__ = [
     "kill_process_tree",
     "main",
     "run_simulation",
+    "runtime_crashed",
     "start_run",
     "stop_local_superlink",
     "wait_for_run",
@@ -776,14 +777,33 @@ def run_simulation(
         outcome = _run_once(
             app_dir, home, connection, env, run_config, federation_config, timeout, poll_interval, stream
         )
-        if outcome.ok or not any(marker in outcome.logs for marker in RAY_STARTUP_FAILURES) or attempt:
+        if outcome.ok or attempt or not runtime_crashed(outcome):
             return outcome
-        log(WARNING, "flwrctl: Ray failed to start a worker (an infrastructure failure, not the app's); retrying once")
+        log(
+            WARNING,
+            "flwrctl: run %s: the Simulation Runtime crashed (%s), not the app; retrying once",
+            outcome.run_id,
+            outcome.details,
+        )
     return outcome
 
 
 RAY_STARTUP_FAILURES = ("wait_for_persisted_port",)
 """Log markers of Ray failing to start a simulation worker on an overloaded machine (retried once)."""
+
+SIMULATION_RUNTIME_CRASH = "An error was encountered. Ending simulation."
+"""Flower's status detail when the Simulation Runtime itself (Ray backend, actor pool) raised; an exception of the
+ServerApp is reported with its own message instead, and a ClientApp's becomes an error reply."""
+
+
+def runtime_crashed(outcome: RunOutcome) -> bool:
+    """Whether ``outcome`` failed in Flower's Simulation Runtime or Ray rather than in the app (worth one retry).
+
+    A retried run gets a new run ID, so its run folder (``...-run<run_id>``) is a new one too.
+    """
+    if outcome.ok:
+        return False
+    return SIMULATION_RUNTIME_CRASH in (outcome.details or "") or any(m in outcome.logs for m in RAY_STARTUP_FAILURES)
 
 
 def _run_once(

@@ -8,7 +8,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RunLog"]
+__all__ = ["RunLog", "run_folder"]
+
+
+def run_folder(root: str | Path, run_id: int | None) -> Path:
+    """The folder the edgeflower ServerApp wrote for Flower run ``run_id`` under ``root`` (``*-run<run_id>``).
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``root`` holds no folder of that run.
+    """
+    matches = sorted(Path(root).glob(f"*-run{run_id}"))
+    if run_id is None or len(matches) != 1:
+        raise FileNotFoundError(f"no single run folder of run {run_id} in {root}: {[m.name for m in matches]}")
+    return matches[0]
 
 
 class RunLog:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from edgeflower.flwrctl import Deployment, run_simulation
+from edgeflower.flwrctl import Deployment, RunOutcome, run_simulation
+from edgeflower.runlog import run_folder
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -15,12 +16,11 @@ pytestmark = pytest.mark.slow
 QUICK = {"num-rounds": 2, "max-batches": 15, "eval-samples": 2000, "lr": 0.05}
 
 
-def _run_rows(run_root: Path) -> list[dict]:
-    runs = sorted(run_root.iterdir())
-    assert len(runs) == 1, runs
+def _run_rows(run_root: Path, outcome: RunOutcome) -> list[dict]:
+    run = run_folder(run_root, outcome.run_id)  # a run retried after a Simulation Runtime crash has a new ID
     for name in ("config.json", "metrics.json", "metrics.csv", "nodes.json", "model.pt", "run.png"):
-        assert (runs[0] / name).is_file(), name
-    return json.loads((runs[0] / "metrics.json").read_text())
+        assert (run / name).is_file(), name
+    return json.loads((run / "metrics.json").read_text())
 
 
 def test_flwr_run_simulation_completes_and_learns_well_above_chance(tmp_path):
@@ -28,7 +28,7 @@ def test_flwr_run_simulation_completes_and_learns_well_above_chance(tmp_path):
         ROOT, ROOT / ".flwr", num_supernodes=4, run_config={**QUICK, "run-dir": str(tmp_path)}, timeout=400
     )
     assert outcome.status == "finished:completed", (outcome.details, outcome.logs[-3000:])
-    rows = _run_rows(tmp_path)
+    rows = _run_rows(tmp_path, outcome)
     assert [r["round"] for r in rows] == [0, 1, 2]
     assert rows[0]["test-accuracy"] < 0.2
     assert rows[-1]["test-accuracy"] > 0.6  # chance is 0.1
@@ -48,5 +48,5 @@ def test_deployment_engine_runs_the_app_on_superlink_and_two_supernodes(tmp_path
     with Deployment(ROOT / ".flwr", num_supernodes=2) as deployment:
         outcome = deployment.run(ROOT, {**QUICK, "run-dir": str(tmp_path)}, timeout=400)
     assert outcome.status == "finished:completed", (outcome.details, outcome.logs[-3000:])
-    rows = _run_rows(tmp_path)
+    rows = _run_rows(tmp_path, outcome)
     assert rows[-1]["nodes"] == 2 and rows[-1]["test-accuracy"] > 0.5

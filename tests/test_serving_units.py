@@ -10,9 +10,17 @@ import pytest
 from edgeflower.cli import build_parser
 from edgeflower.models.zoo import build_model
 from edgeflower.serving import Candidate, Journal, Objectives, select
-from edgeflower.serving.estimators import DowntimeModel, out_shapes
+from edgeflower.serving.estimators import DowntimeModel, LatencyModel, out_shapes
 from edgeflower.serving.failout import skippable_blocks
-from edgeflower.serving.plan import balanced_cuts, early_exit_route, initial_route, repartition_route, skip_route
+from edgeflower.serving.plan import (
+    Route,
+    Stage,
+    balanced_cuts,
+    early_exit_route,
+    initial_route,
+    repartition_route,
+    skip_route,
+)
 
 
 def test_balanced_cuts_minimise_the_costliest_part_like_brute_force():
@@ -67,6 +75,47 @@ def test_downtime_model_fits_deploy_samples():
     model.calibrate([(1000, 0.011), (3000, 0.013), (5000, 0.015)])
     assert model.fixed_s == pytest.approx(0.010) and model.per_byte_s == pytest.approx(1e-6)
     assert model.estimate({0: 2000, 1: 2000}) == pytest.approx(model.switch_s + 2 * 0.012)
+
+
+def _latency_model(**kw) -> LatencyModel:
+    from edgeflower.transport.emulation import LinkProfile
+
+    links = {1: LinkProfile(uplink_mbps=80.0, downlink_mbps=80.0, latency_ms=2.0)}
+    return LatencyModel([0.004, 0.002, 0.006, 0.008], 0.0, 3136, [4000, 2000, 1000, 40], 10, 32, 0.001, links, **kw)
+
+
+def test_latency_model_learns_each_nodes_speed_and_overhead_from_relayed_forwards():
+    model = _latency_model()
+    route = Route("v", (Stage(0, 0, 2), Stage(1, 2, 4)))
+    profiled = model.estimate(route)
+    assert profiled == pytest.approx(0.001 + 0.006 + 0.001 + 0.014 + model.wire_s(1, 2, 4, False, 32))
+    # node 0 runs 3x slower than the profile with 4 ms of RPC overhead; node 1 as profiled with 1.5 ms
+    for stage, speed, hop in ((Stage(0, 0, 2), 3.0, 0.004), (Stage(1, 2, 4), 1.0, 0.0015)):
+        compute = model.compute_s(stage.start, stage.stop, False, 32) * speed
+        wire = model.wire_s(stage.node, stage.start, stage.stop, False, 32)
+        for _ in range(5):
+            model.observe(stage.node, stage, 32, hop + compute + wire, compute)
+    assert model.speed(0) == pytest.approx(3.0) and model.node_hop_s(0) == pytest.approx(0.004)
+    # a route the controller never ran (node 0 now holds every block) is estimated with what was learnt
+    moved = Route("w", (Stage(0, 0, 4),))
+    assert model.estimate(moved) == pytest.approx(0.004 + 3.0 * 0.020 + model.wire_s(0, 0, 4, False, 32))
+    assert model.speed(2) == 1.0 and model.node_hop_s(2) == model.hop_s  # never observed
+
+
+def test_latency_model_ignores_a_contention_burst_and_forgets_old_conditions():
+    model = _latency_model(window=10)
+    stage = Stage(0, 0, 2)
+    compute = model.compute_s(0, 2, False, 32)
+    for _ in range(6):
+        model.observe(0, stage, 32, 0.002 + compute, compute)
+    for _ in range(4):  # a burst: 10x slower; a minority of the window
+        model.observe(0, stage, 32, 0.002 + 10 * compute, 10 * compute)
+    assert model.speed(0) == pytest.approx(1.0)
+    for _ in range(10):  # the node became 2x slower for good: the window forgets the old speed
+        model.observe(0, stage, 32, 0.002 + 2 * compute, 2 * compute)
+    assert model.speed(0) == pytest.approx(2.0) and model.node_hop_s(0) == pytest.approx(0.002)
+    with pytest.raises(ValueError, match="quantile"):
+        _latency_model(quantile=1.5)
 
 
 def test_journal_replays_answers_and_reports_pending_after_a_torn_write(tmp_path):

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgeflower.flwrctl import Deployment, run_simulation
+from edgeflower.flwrctl import Deployment, RunOutcome, run_simulation
+from edgeflower.runlog import run_folder
 from tests._edge_helpers import EdgeProcess
 from tests.conftest import ROOT
 
@@ -18,13 +19,13 @@ pytestmark = pytest.mark.slow
 QUICK = {"num-rounds": 2, "max-batches": 15, "eval-samples": 2000, "lr": 0.05}
 
 
-def _run(run_root: Path) -> tuple[list[dict], dict]:
-    (run,) = list(run_root.iterdir())
+def _run(run_root: Path, outcome: RunOutcome) -> tuple[list[dict], dict]:
+    run = run_folder(run_root, outcome.run_id)  # a run retried after a Simulation Runtime crash has a new ID
     return json.loads((run / "metrics.json").read_text()), json.loads((run / "nodes.json").read_text())
 
 
 def test_split_mode_with_two_edge_servers_matches_fl_accuracy(tmp_path):
-    accuracy = {}
+    accuracy, runs = {}, {}
     for mode in ("fl", "split", "moved"):
         out = tmp_path / mode
         config = {**QUICK, "mode": mode, "split-point": 3, "edge-servers": 2, "run-dir": str(out)}
@@ -32,21 +33,21 @@ def test_split_mode_with_two_edge_servers_matches_fl_accuracy(tmp_path):
             config.update({"mode": "split", "mobility": "0@2:0.5->1"})
         outcome = run_simulation(ROOT, ROOT / ".flwr", num_supernodes=4, run_config=config, timeout=500)
         assert outcome.status == "finished:completed", (outcome.details, outcome.logs[-3000:])
-        rows, nodes = _run(out)
+        rows, nodes = _run(out, outcome)
+        runs[mode] = run_folder(out, outcome.run_id)
         accuracy[mode] = rows[-1]["test-accuracy"]
         if mode == "split":
             last = nodes[str(QUICK["num-rounds"])]
             assert len(last) == 4
             assert {m["edge-address"] for m in last.values()}.__len__() == 2  # both edge servers served nodes
             assert all(m["fell-back"] == 0 and m["split-point"] == 3 for m in last.values())
-            (run,) = list(out.iterdir())
+            run = runs[mode]
             assert (run / "timelines" / "round-1.json").is_file() and (run / "gantt-round-1.png").is_file()
-    moved_nodes = _run(tmp_path / "moved")[1][str(QUICK["num-rounds"])]
+    moved_nodes = json.loads((runs["moved"] / "nodes.json").read_text())[str(QUICK["num-rounds"])]
     assert sorted(m["moved-to-edge"] for m in moved_nodes.values()) == [-1, -1, -1, 1]
     assert all(m["fell-back"] == 0 for m in moved_nodes.values())
-    (split_run,), (moved_run,) = list((tmp_path / "split").iterdir()), list((tmp_path / "moved").iterdir())
-    split_model = torch.load(split_run / "model.pt", weights_only=True)
-    moved_model = torch.load(moved_run / "model.pt", weights_only=True)
+    split_model = torch.load(runs["split"] / "model.pt", weights_only=True)
+    moved_model = torch.load(runs["moved"] / "model.pt", weights_only=True)
     assert max((split_model[k].double() - moved_model[k].double()).abs().max().item() for k in split_model) <= 1e-6
     assert accuracy["fl"] > 0.6
     # split training is the same computation as local training: the accuracies agree
@@ -66,7 +67,7 @@ def test_split_mode_on_deployment_engine_with_edge_server_processes(tmp_path):
         }
         outcome = deployment.run(ROOT, config, timeout=500)
     assert outcome.status == "finished:completed", (outcome.details, outcome.logs[-3000:])
-    rows, nodes = _run(tmp_path / "runs")
+    rows, nodes = _run(tmp_path / "runs", outcome)
     assert rows[-1]["test-accuracy"] > 0.5
     last = nodes[str(QUICK["num-rounds"])]
     assert {m["edge-address"] for m in last.values()} == {e1.address, e2.address}
@@ -84,7 +85,7 @@ def test_pipeline_mode_selects_plans_per_node_and_reports_predicted_vs_measured(
     }
     outcome = run_simulation(ROOT, ROOT / ".flwr", num_supernodes=2, run_config=config, timeout=500)
     assert outcome.status == "finished:completed", (outcome.details, outcome.logs[-3000:])
-    rows, nodes = _run(tmp_path)
+    rows, nodes = _run(tmp_path, outcome)
     assert rows[-1]["test-accuracy"] > 0.5
     for metrics in nodes["2"].values():
         assert metrics["predicted-iter-s"] > 0 and metrics["measured-iter-s"] > 0
@@ -103,7 +104,7 @@ def test_exact_planner_plans_per_node_split_points_from_observations(tmp_path):
     }
     outcome = run_simulation(ROOT, ROOT / ".flwr", num_supernodes=2, run_config=config, timeout=500)
     assert outcome.status == "finished:completed", (outcome.details, outcome.logs[-3000:])
-    rows, nodes = _run(tmp_path)
+    rows, nodes = _run(tmp_path, outcome)
     assert all(m["split-point"] == 7 for m in nodes["1"].values())  # round 1 measures: classic FL
     assert all(m["uplink-mbps"] == 50 for m in nodes["1"].values())
     assert rows[-1]["test-accuracy"] > 0.5

@@ -20,6 +20,7 @@ from edgeflower.data import BatchLoader
 from edgeflower.planning.scenario import parse_link_schedules
 from edgeflower.privacy.node import NodeRoundDP
 from edgeflower.privacy.remote import open_private_session
+from edgeflower.strategies.edge import NODE_RECORD
 from edgeflower.transport.client import EdgeClient
 from edgeflower.transport.emulation import (
     DeviceProfile,
@@ -75,7 +76,7 @@ def train(msg: Message, context: Context) -> Message:
     loader = node_loader(cfg, data, server_round, pid)
     device = node_device(cfg, pid)
     k = int(config.get("split-point", model.num_blocks))
-    content = RecordDict()
+    content = RecordDict({NODE_RECORD: ConfigRecord({"partition-id": pid})})  # the server aggregates in this order
     dp = None
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]] = _all_epochs(loader, cfg.local_epochs)
     if cfg.dp != "off":

@@ -32,6 +32,7 @@ from edgeflower.serving.journal import Journal
 from edgeflower.serving.nodeclient import NodeClient, tensor_bytes
 from edgeflower.serving.plan import (
     Route,
+    Stage,
     early_exit_route,
     initial_route,
     new_version,
@@ -78,6 +79,10 @@ class ControllerConfig:
         gRPC worker threads of the predict service.
     max_message_bytes : int
         Largest message.
+    latency_window : int
+        Relayed forwards per node the latency model learns from (the most recent ones).
+    latency_quantile : float
+        Quantile of those forwards taken as the node's speed and overhead (lower: closer to an idle node).
     """
 
     heartbeat_s: float = 0.2
@@ -88,6 +93,8 @@ class ControllerConfig:
     max_batch: int = 1024
     workers: int = 16
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    latency_window: int = 64
+    latency_quantile: float = 0.5
 
 
 @dataclass
@@ -186,6 +193,8 @@ class Controller:
             model.spec.num_classes,
             bundle.batch_size,
             links=self.links,
+            window=cfg.latency_window,
+            quantile=cfg.latency_quantile,
         )
         self.downtime = DowntimeModel(links=self.links)
         self._lock = threading.Lock()
@@ -225,17 +234,11 @@ class Controller:
                 t0 = time.perf_counter()
                 client.ping(self.config.heartbeat_timeout_s * 4)
                 rtts.append(time.perf_counter() - t0)
-        self.latency.hop_s = statistics.median(rtts)
-        if calibrate:
+        self.latency.hop_s = statistics.median(rtts)  # for nodes the controller has not relayed through yet
+        if calibrate:  # a first calibration; every relayed request refines it
             x = torch.zeros(self.bundle.batch_size, *self.bundle.spec.in_shape)
-            measured = []
-            for i in range(calibrate + 1):
-                t0 = time.perf_counter()
+            for i in range(calibrate):
                 self._run_route(self.route, f"calibrate-{i}", x)
-                measured.append(time.perf_counter() - t0)
-            compute = self.latency.estimate(self.route) - self.latency.hop_s * len(self.route.stages)
-            hop = (statistics.median(measured[1:]) - compute) / len(self.route.stages)
-            self.latency.hop_s = max(hop, self.latency.hop_s)
         log(
             INFO,
             "controller: %d nodes deployed (version %s), hop %.2f ms, deploy %.1f ms + %.2g s/B",
@@ -415,10 +418,17 @@ class Controller:
                         self.fail_over(node, "heartbeat")
 
     # -- routing ------------------------------------------------------------------------------------------------------
+    def _forward(self, route: Route, stage: Stage, request_id: str, h: torch.Tensor) -> torch.Tensor:
+        """One stage of a request; its timing calibrates the latency model."""
+        t0 = time.perf_counter()
+        y, compute_s = self.clients[stage.node].forward_timed(route.version, request_id, h, stage.exit)
+        self.latency.observe(stage.node, stage, h.shape[0], time.perf_counter() - t0, compute_s)
+        return y
+
     def _run_route(self, route: Route, request_id: str, x: torch.Tensor) -> torch.Tensor:
         h = x
         for stage in route.stages:
-            h = self.clients[stage.node].forward(route.version, request_id, h, stage.exit)
+            h = self._forward(route, stage, request_id, h)
         return h
 
     def run(self, request_id: str, x: torch.Tensor) -> tuple[torch.Tensor, Route]:
@@ -431,7 +441,7 @@ class Controller:
                 h = x
                 for stage in route.stages:
                     node = stage.node
-                    h = self.clients[node].forward(route.version, request_id, h, stage.exit)
+                    h = self._forward(route, stage, request_id, h)
                 return h, route
             except EdgeUnavailableError as exc:
                 log(WARNING, "controller: request %s: node %d unavailable (%s)", request_id, node, exc.code.name)

@@ -3,10 +3,11 @@ downtime (bytes to deploy and the calibrated load rate).
 
 * **Accuracy** of ``(technique, failed node)`` is measured once, offline, on validation data with the same blocks
   and exit heads the nodes will run (:func:`accuracy_table`).
-* **Latency** of a route is ``sum over stages of (hop_s + compute + transfer in + transfer out + 2 * link
+* **Latency** of a route is ``sum over stages of (hop + speed * compute + transfer in + transfer out + 2 * link
   latency)``: compute from per-block forward times measured at the serving batch size in eval mode with one thread
-  (:func:`block_times`), transfers from activation bytes and the stage's :class:`LinkProfile`, ``hop_s`` the RPC
-  overhead the controller measures with heartbeats (:class:`LatencyModel`).
+  (:func:`block_times`), transfers from activation bytes and the stage's :class:`LinkProfile`; ``speed`` (the
+  node's compute time over the profile's) and ``hop`` (RPC, codec, queueing) are learnt per node from the
+  requests the controller relays, continuously (:class:`LatencyModel`).
 * **Downtime** of a route switch is ``switch_s`` when nothing is deployed (early exit, skip) and, for a
   repartition, ``sum over nodes of (fixed_s + bytes * per_byte_s + link transfer)`` with ``fixed_s`` and
   ``per_byte_s`` fitted on the initial deployment (:class:`DowntimeModel`).
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -24,7 +26,7 @@ import torch
 from edgeflower.data.datasets import ImageData
 from edgeflower.models.splittable import SplittableModel
 from edgeflower.serving.exits import ExitHead
-from edgeflower.serving.plan import Route, skippable
+from edgeflower.serving.plan import Route, Stage, skippable
 from edgeflower.transport.emulation import LinkProfile
 
 __all__ = ["DowntimeModel", "LatencyModel", "accuracy_table", "block_times", "out_shapes"]
@@ -115,7 +117,14 @@ def accuracy_table(
 
 @dataclass
 class LatencyModel:
-    """Latency of a route for one batch.
+    """Latency of a route for one batch, calibrated continuously on the requests the controller relays.
+
+    A stage's estimate is ``hop + speed * compute + wire``: ``compute`` from the offline block profile, ``wire``
+    from the node's link, and per node two factors learnt from its recent forwards (:meth:`observe`): ``speed``,
+    the node's reported compute time over the profile's prediction (a slower or busier node than the profiling
+    machine), and ``hop``, the rest of the stage's wall time (RPC, codec, queueing). Each is the ``quantile`` of
+    the last ``window`` observations, so a burst of contention does not pass for the node's usual speed. A node
+    never observed uses ``speed = 1`` and :attr:`hop_s` (the heartbeat round trip).
 
     Attributes
     ----------
@@ -132,9 +141,13 @@ class LatencyModel:
     batch_size : int
         The batch the times were measured at.
     hop_s : float
-        Fixed RPC + codec overhead of one stage (measured by the controller).
+        RPC overhead of a stage on a node not yet observed (the controller sets it from heartbeats).
     links : dict of int to LinkProfile
         Emulated link of every node (absent: unlimited).
+    window : int
+        Observations kept per node.
+    quantile : float
+        Quantile of the window used for ``speed`` and ``hop`` (0.5: the median).
     """
 
     block_s: list[float]
@@ -145,21 +158,61 @@ class LatencyModel:
     batch_size: int
     hop_s: float = 0.0
     links: dict[int, LinkProfile] = field(default_factory=dict)
+    window: int = 64
+    quantile: float = 0.5
+    _speed: dict[int, deque[float]] = field(default_factory=dict, init=False, repr=False)
+    _hop: dict[int, deque[float]] = field(default_factory=dict, init=False, repr=False)
 
-    def stage_s(self, node: int, start: int, stop: int, use_exit: bool, batch: int) -> float:
-        """Seconds of one stage for a batch of ``batch``."""
+    def __post_init__(self) -> None:
+        if self.window < 1:
+            raise ValueError(f"window must be >= 1, got {self.window}")
+        if not 0.0 <= self.quantile <= 1.0:
+            raise ValueError(f"quantile must be in [0, 1], got {self.quantile}")
+
+    def compute_s(self, start: int, stop: int, use_exit: bool, batch: int) -> float:
+        """Profiled (uncalibrated) compute seconds of blocks ``[start, stop)`` (and an exit head) on ``batch``."""
         scale = batch / self.batch_size
-        compute = sum(self.block_s[start:stop]) * scale + (self.exit_s * scale if use_exit else 0.0)
+        return sum(self.block_s[start:stop]) * scale + (self.exit_s * scale if use_exit else 0.0)
+
+    def wire_s(self, node: int, start: int, stop: int, use_exit: bool, batch: int) -> float:
+        """Seconds on ``node``'s link: the stage's input up, its output down, and the link latency both ways."""
         sent = (self.in_bytes if start == 0 else self.out_bytes[start - 1]) * batch
         got = (self.num_classes * 4 if use_exit else self.out_bytes[stop - 1]) * batch
         link = self.links.get(node, LinkProfile())
-        wire = link.transfer_s(sent, up=True) + link.transfer_s(got, up=False) + 2 * link.latency_ms / 1000
-        return self.hop_s + compute + wire
+        return link.transfer_s(sent, up=True) + link.transfer_s(got, up=False) + 2 * link.latency_ms / 1000
+
+    def observe(self, node: int, stage: Stage, batch: int, wall_s: float, compute_s: float) -> None:
+        """Learn from one relayed forward: ``wall_s`` seen by the controller, ``compute_s`` reported by the node."""
+        predicted = self.compute_s(stage.start, stage.stop, stage.exit, batch)
+        wire = self.wire_s(node, stage.start, stage.stop, stage.exit, batch)
+        if predicted > 0 and compute_s > 0:
+            self._speed.setdefault(node, deque(maxlen=self.window)).append(compute_s / predicted)
+        self._hop.setdefault(node, deque(maxlen=self.window)).append(max(wall_s - compute_s - wire, 0.0))
+
+    def speed(self, node: int) -> float:
+        """``node``'s compute time relative to the profile (1.0 until observed)."""
+        return _quantile(self._speed.get(node), self.quantile, 1.0)
+
+    def node_hop_s(self, node: int) -> float:
+        """``node``'s per-stage overhead (:attr:`hop_s` until observed)."""
+        return _quantile(self._hop.get(node), self.quantile, self.hop_s)
+
+    def stage_s(self, node: int, start: int, stop: int, use_exit: bool, batch: int) -> float:
+        """Seconds of one stage for a batch of ``batch``."""
+        compute = self.compute_s(start, stop, use_exit, batch) * self.speed(node)
+        return self.node_hop_s(node) + compute + self.wire_s(node, start, stop, use_exit, batch)
 
     def estimate(self, route: Route, batch: int | None = None) -> float:
         """Estimated seconds of one request through ``route``."""
         b = batch or self.batch_size
         return sum(self.stage_s(s.node, s.start, s.stop, s.exit, b) for s in route.stages)
+
+
+def _quantile(values: deque[float] | None, q: float, default: float) -> float:
+    if not values:
+        return default
+    ordered = sorted(values)  # a copy: other threads keep appending
+    return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
 
 
 @dataclass

@@ -91,6 +91,12 @@ class NodeClient:
 
     def forward(self, version: str, request_id: str, x: torch.Tensor, use_exit: bool = False) -> torch.Tensor:
         """Run the node's segment (then its exit head when ``use_exit``) on ``x``."""
+        return self.forward_timed(version, request_id, x, use_exit)[0]
+
+    def forward_timed(
+        self, version: str, request_id: str, x: torch.Tensor, use_exit: bool = False
+    ) -> tuple[torch.Tensor, float]:
+        """:meth:`forward`, also returning the compute seconds the node reported for this call (thread-safe)."""
         meta = {"token": self.token, "version": version, "request_id": request_id, "exit": use_exit}
         frame = encode_frame("forward", meta, {"x": x}, self.limits)
         start, end = self.link.transmit(tensor_bytes(x), up=True)
@@ -99,9 +105,10 @@ class NodeClient:
             call(self._channel, FORWARD, frame, self.timeout_s, self.address, self.limits), "forwarded", ("y",)
         )
         y = reply.tensors["y"]
-        self.last_compute_s = float(reply.meta.get("compute_s", 0.0))
+        compute_s = float(reply.meta.get("compute_s", 0.0))
+        self.last_compute_s = compute_s
         self.link.transmit(tensor_bytes(y), up=False)
-        return y
+        return y, compute_s
 
     def probe(self, nbytes: int, timeout_s: float = 5.0) -> float:
         """Send ``nbytes`` of padding with a heartbeat over the (emulated) link; return the uplink hold time.

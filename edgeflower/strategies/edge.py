@@ -5,7 +5,10 @@ wrapper, ...). It delegates sampling and aggregation to the inner strategy and o
 
 * merges a per-node *plan* (a flat dict of config values: learning rate, split point, edge address, token ...)
   into the ``config`` record of each training message, and
-* times every round and collects the per-node reply metrics, handing them to an optional recorder.
+* times every round and collects the per-node reply metrics, handing them to an optional recorder, and
+* hands replies to the inner strategy in a fixed order (the ``partition-id`` a node reports in its ``node``
+  config record, else its node ID), not in arrival order: floating-point sums depend on their order, so a run
+  is then reproducible to the bit whatever order its nodes finish in.
 
 Because replies always carry the full model, whatever the inner strategy aggregates is a complete model.
 """
@@ -24,7 +27,10 @@ from flwr.serverapp.strategy import Strategy
 
 from edgeflower.strategies.wrapper import StrategyWrapper
 
-__all__ = ["EdgeStrategy", "PlanFn", "RoundRecorder"]
+__all__ = ["NODE_RECORD", "EdgeStrategy", "PlanFn", "RoundRecorder", "in_node_order"]
+
+NODE_RECORD = "node"
+"""Config record of a reply that identifies its node across runs (``partition-id``); used to order replies."""
 
 PlanFn = Callable[[int, int], dict[str, Any]]
 """``plan(server_round, node_id) -> config values`` merged into that node's training config."""
@@ -108,7 +114,7 @@ class EdgeStrategy(StrategyWrapper):
         Flower's strategies require identical keys, so the replies' metric records are completed with zeros for
         the keys only others reported before the inner strategy sees them (recorders get them as reported).
         """
-        replies = list(replies)
+        replies = in_node_order(replies)
         seconds = time.perf_counter() - self._round_start.pop(server_round, time.perf_counter())
         per_node: dict[int, dict[str, Any]] = {}
         for msg in replies:
@@ -126,6 +132,28 @@ class EdgeStrategy(StrategyWrapper):
         for recorder in self.recorders:
             recorder.on_train_round(server_round, seconds, per_node, dict(metrics.items()) if metrics else {})
         return arrays, metrics
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Aggregate with the inner strategy, in node order."""
+        return self.inner.aggregate_evaluate(server_round, in_node_order(replies))
+
+
+def in_node_order(replies: Iterable[Message]) -> list[Message]:
+    """``replies`` sorted by the ``partition-id`` in their ``node`` record, then by node ID (errors last).
+
+    Flower hands replies over in arrival order, which changes from run to run; aggregating them in a fixed order
+    makes two runs of the same computation give the same global model to the bit.
+    """
+
+    def key(msg: Message) -> tuple[int, int, int]:
+        if msg.has_error():
+            return (2, 0, msg.metadata.src_node_id)
+        record = msg.content.config_records.get(NODE_RECORD)
+        if record is not None and "partition-id" in record:
+            return (0, int(record["partition-id"]), msg.metadata.src_node_id)  # type: ignore[call-overload]
+        return (1, 0, msg.metadata.src_node_id)
+
+    return sorted(replies, key=key)
 
 
 def _complete_metric_keys(replies: list[Message]) -> None:
