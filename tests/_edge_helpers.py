@@ -4,11 +4,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
-import queue
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -21,6 +16,7 @@ from edgeflower.clients.local import make_optimizer
 from edgeflower.data import BatchLoader, load_dataset
 from edgeflower.models.splittable import SplittableModel
 from edgeflower.models.zoo import build_model
+from edgeflower.process import ListeningProcess
 from edgeflower.transport import EdgeClient, OptimizerSettings, SessionMetrics, TokenIssuer
 
 SECRET = b"edgeflower-test-secret-0123456789abcdef"
@@ -157,57 +153,12 @@ def self_signed_cert(common_name: str = "localhost") -> tuple[bytes, bytes]:
     return cert_pem, key_pem
 
 
-class EdgeProcess:
+class EdgeProcess(ListeningProcess):
     """``edgeflower edge-server`` in a subprocess on a free port; always stop it in ``finally`` (or use ``with``).
 
     Its stderr is merged into stdout, which a thread drains, so a chatty server can never block on a full pipe.
     """
 
     def __init__(self, secret_file: Path, *extra: str, startup_timeout_s: float = 60.0) -> None:
-        cmd = [sys.executable, "-m", "edgeflower.cli", "edge-server", "--port", "0", "--secret-file", str(secret_file)]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(
-            [*cmd, *extra], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        lines: queue.Queue[str] = queue.Queue()
-        self._reader = threading.Thread(target=self._pump, args=(lines,), daemon=True)
-        self._reader.start()
-        self.address = ""
-        try:
-            deadline = time.monotonic() + startup_timeout_s
-            while not self.address:
-                line = lines.get(timeout=max(0.01, deadline - time.monotonic()))
-                if line.startswith("edge server listening on "):
-                    self.address = line.rsplit(" ", 1)[1].strip()
-        except queue.Empty:
-            self.kill()
-            raise RuntimeError("edge server did not start") from None
-
-    def _pump(self, lines: queue.Queue[str]) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            lines.put(line)
-
-    def terminate(self, timeout_s: float = 20.0) -> int:
-        """SIGTERM, wait; return the exit code."""
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout_s)
-        finally:
-            self.kill()
-
-    def kill(self) -> None:
-        """SIGKILL if still running, and reap."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-        self._reader.join(5)
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
-
-    def __enter__(self) -> EdgeProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.kill()
+        args = ["edge-server", "--port", "0", "--secret-file", str(secret_file), *extra]
+        super().__init__(args, "edge server listening on ", cwd=REPO, startup_timeout_s=startup_timeout_s)

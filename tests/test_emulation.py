@@ -40,6 +40,20 @@ def test_transfers_in_one_direction_queue_but_latency_overlaps():
     assert max(ends) - t0 == pytest.approx(0.2, abs=0.04)
 
 
+def test_booked_transfers_from_one_sender_overlap_their_latencies():
+    link = EmulatedLink(LinkProfile(8.0, 8.0, latency_ms=100))
+    t0 = time.perf_counter()
+    # one thread books five messages back to back (what a pipelining sender does): each holds the wire 0.05 s
+    bookings = [link.book(50_000, up=True, ready=t0) for _ in range(5)]
+    starts = [start - t0 for start, _ in bookings]
+    arrivals = [arrival - t0 for _, arrival in bookings]
+    assert starts == pytest.approx([0.0, 0.05, 0.10, 0.15, 0.20])
+    assert arrivals == pytest.approx([0.15, 0.20, 0.25, 0.30, 0.35])  # not 0.15 * (j + 1): latencies overlap
+    assert time.perf_counter() - t0 < 0.05  # booking does not wait
+    assert link.book(1, up=False, ready=t0)[0] == t0  # the other direction is free
+    assert link.bytes == {True: 250_000, False: 1}
+
+
 def test_unlimited_link_adds_no_delay():
     link = EmulatedLink()
     assert link.profile.unlimited

@@ -24,10 +24,14 @@ def _run_rows(run_root: Path, outcome: RunOutcome) -> list[dict]:
 
 
 def test_flwr_run_simulation_completes_and_learns_well_above_chance(tmp_path):
+    # with Flower's client-side central DP composed in (the ClientApp's mod clips, the wrapper adds noise); the
+    # clipping norm and noise are too loose to change what is learnt
+    central = {"central-dp": "client-fixed", "central-dp-clipping-norm": 1e4, "central-dp-noise-multiplier": 1e-9}
     outcome = run_simulation(
-        ROOT, ROOT / ".flwr", num_supernodes=4, run_config={**QUICK, "run-dir": str(tmp_path)}, timeout=400
+        ROOT, ROOT / ".flwr", num_supernodes=4, run_config={**QUICK, **central, "run-dir": str(tmp_path)}, timeout=400
     )
     assert outcome.status == "finished:completed", (outcome.details, outcome.logs[-3000:])
+    assert "DifferentialPrivacyClientSideFixedClipping" in outcome.logs or "clipping" in outcome.logs.lower()
     rows = _run_rows(tmp_path, outcome)
     assert [r["round"] for r in rows] == [0, 1, 2]
     assert rows[0]["test-accuracy"] < 0.2

@@ -13,12 +13,20 @@ from edgeflower.clients.mobility import MoveOrder, train_moving
 from edgeflower.clients.pipeline import PipelineTrainer
 from edgeflower.data import BatchLoader
 from edgeflower.models import build_model
-from edgeflower.server.edge import EdgeServer
+from edgeflower.server.edge import EdgeServer, EdgeServerConfig
 from edgeflower.server.migration import export_session, seal
-from edgeflower.transport import EdgeAuthError, EdgeClient, InvalidMessageError, OptimizerSettings, TokenIssuer
+from edgeflower.transport import (
+    EdgeAuthError,
+    EdgeClient,
+    EdgeError,
+    InvalidMessageError,
+    OptimizerSettings,
+    TLSConfig,
+    TokenIssuer,
+)
 from edgeflower.transport.migration import ImportRequest, MigrateRequest
 from edgeflower.transport.service import METHOD_IMPORT, METHOD_MIGRATE
-from tests._edge_helpers import EdgeProcess
+from tests._edge_helpers import EdgeProcess, self_signed_cert
 
 SECRET = b"migration-test-shared-secret-0123456789"
 OPT = OptimizerSettings(lr=0.05, momentum=0.9, weight_decay=1e-4)
@@ -41,9 +49,9 @@ def _max_diff(a, b) -> float:
     return max((sa[k].double() - sb[k].double()).abs().max().item() for k in sa)
 
 
-def _run(model, batches, source: str, edge_id: str, order: MoveOrder | None, m: int = 1, node: int = 5):
+def _run(model, batches, source: str, edge_id: str, order: MoveOrder | None, m: int = 1, node: int = 5, root_cert=None):
     token = ISSUER.issue(run_id=3, node_id=node, server_round=1, edge_id=edge_id)
-    with EdgeClient(source) as client:
+    with EdgeClient(source, root_cert) as client:
         trainer = PipelineTrainer(model, 3, OPT, m)
         return train_moving(
             trainer, batches, lambda k, tail, opt: client.open_session(token, model.spec, k, tail, opt), order
@@ -70,6 +78,33 @@ def test_migrated_round_ends_with_the_same_weights_as_an_unmoved_round(edges, ba
     assert _max_diff(initial, moved) > 1e-3
     assert order.report["migration-bytes"] > 0 and order.report["migration-resumed"] == 0
     assert a.num_sessions == 0 and b.num_sessions == 0  # source freed after the ack, destination closed
+
+
+def test_migration_between_tls_edge_servers_trusts_only_the_configured_peer_root(batches):
+    cert, key = self_signed_cert()
+    tls = TLSConfig(cert, key)
+    trusting = EdgeServerConfig(peer_root_cert=cert)
+    with (
+        EdgeServer(secret=SECRET, tls=tls, edge_id="tls-a", config=trusting) as a,
+        EdgeServer(secret=SECRET, tls=tls, edge_id="tls-b") as b,
+        EdgeServer(secret=SECRET, tls=tls, edge_id="tls-c") as c,  # does not trust its peers' certificate
+    ):
+        torch.manual_seed(0)
+        initial = build_model("vgg5")
+        unmoved, moved = copy.deepcopy(initial), copy.deepcopy(initial)
+        _run(unmoved, batches, a.address, "tls-a", None, root_cert=cert)
+        order = _order(b, at_batch=3)
+        order.connect = lambda address: EdgeClient(address, cert)
+        result = _run(moved, batches, a.address, "tls-a", order, root_cert=cert)
+        assert not result.fell_back and order.report["migration-bytes"] > 0
+        assert _max_diff(unmoved, moved) <= 1e-6
+        # an edge server without the peer's root refuses to hand the session over; the device keeps its progress
+        token = ISSUER.issue(run_id=3, node_id=6, server_round=1, edge_id="tls-c")
+        with EdgeClient(c.address, cert) as client:
+            session = client.open_session(token, initial.spec, 3, initial.split(3)[1].state_dict(), OPT)
+            with pytest.raises(EdgeError):
+                client.migrate(session, a.address, ISSUER.issue(run_id=3, node_id=6, server_round=1, edge_id="tls-a"))
+            assert c.num_sessions == 1  # nothing lost on the source
 
 
 def test_restart_baseline_discards_progress_but_ends_with_the_same_weights(edges, batches):
@@ -268,3 +303,31 @@ def test_migration_with_full_dp_keeps_weights_noise_stream_and_epsilon(edges, ba
     assert result.server_metrics["dp-steps"] == still.server_metrics["dp-steps"] == len(batches)
     assert result.server_metrics["dp-epsilon"] == pytest.approx(still.server_metrics["dp-epsilon"], abs=1e-9)
     assert result.server_metrics["dp-epsilon"] > 0
+
+
+def test_restart_baseline_with_full_dp_reopens_the_destination_with_the_tails_dp(edges, batches):
+    """The restart baseline opens a new session on the destination: with ``reopen`` it is as private as the first."""
+    from edgeflower.privacy.dpsgd import DeviceDP
+    from edgeflower.privacy.remote import open_private_session
+    from edgeflower.transport.messages import DPParams
+
+    a, b = edges
+    torch.manual_seed(0)
+    model = build_model("vgg5", norm="group")
+    tail_dp = DPParams(noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=32, sample_rate=0.1,
+                       delta=1e-5, seed=123)  # fmt: skip
+
+    def private(client, token, k, tail, opt):
+        return open_private_session(client, token, model.spec, k, tail, opt, tail_dp)
+
+    token = ISSUER.issue(run_id=3, node_id=22, server_round=1, edge_id="edge-a")
+    order = _order(b, at_batch=3, mode="restart", node=22)
+    with EdgeClient(a.address) as client:
+        trainer = PipelineTrainer(model, 3, OPT, 1, dp=DeviceDP(1.0, 1.0, 32, 0.1, torch.Generator().manual_seed(7)))
+        result = train_moving(
+            trainer, batches, lambda k, tail, opt: private(client, token, k, tail, opt), order, reopen=private
+        )
+    assert not result.fell_back and order.report["migration-s"] > 0
+    assert result.server_metrics["dp-steps"] == len(batches)  # the whole round again, privately, on the destination
+    assert result.server_metrics["dp-epsilon"] > 0
+    assert a.num_sessions == 0 and b.num_sessions == 0

@@ -102,14 +102,15 @@ def test_pipelining_beats_sequential_when_link_and_compute_are_comparable(profil
 def test_planner_moves_work_back_to_the_device_when_bandwidth_drops(profile):
     planner = PiParPlanner(profile, 50)
     head_s_per_sample = sum(b.fwd_s + b.bwd_s for b in profile.blocks[:3]) / profile.batch_size
-    report = {"split-point": 3, "num-examples": 500, "batches": 10, "device-s": 2.0 * head_s_per_sample * 500}
+    device_s = 2.0 * head_s_per_sample * 500
+    report = {"split-point": 3, "num-examples": 500, "batches": 10, "device-s": device_s, "train-time-s": 9.0}
     fast = {**report, "uplink-bytes": 10_000_000, "uplink-s": 0.08, "downlink-bytes": 10_000_000, "downlink-s": 0.08}
     planner.observe(1, fast)
-    assert planner.nodes[1].slowdown == pytest.approx(2.0)
+    assert planner.estimate(1).slowdown == pytest.approx(2.0)
     before = planner.plan(1)
     assert before.split_point < len(profile.blocks)  # a 2x slower device offloads over a 1 Gbit/s link
     planner.observe(1, {**fast, "uplink-s": 800.0, "downlink-s": 800.0})  # 1000 Mbit/s -> 0.1 Mbit/s
-    assert planner.nodes[1].uplink_mbps == pytest.approx(0.1)
+    assert planner.estimate(1).uplink_mbps == pytest.approx(0.1)
     after = planner.plan(1)
     assert after.split_point == len(profile.blocks)  # everything back on the device
 

@@ -79,7 +79,9 @@ def test_pipelined_batchnorm_equals_local_gradient_accumulation_over_micro_batch
 def test_device_compute_and_uplink_really_overlap(edge, batches):
     torch.manual_seed(0)
     model = build_model("vgg5", norm="group")
-    link = EmulatedLink(LinkProfile(uplink_mbps=50, downlink_mbps=50, latency_ms=2))
+    # a micro-batch's activation (~400 kB) takes ~8 ms at 400 Mbit/s, about one (3x slowed) head forward: every
+    # stage has work while the others do
+    link = EmulatedLink(LinkProfile(uplink_mbps=400, downlink_mbps=400, latency_ms=2))
     with EdgeClient(edge.address) as client:
         trainer = PipelineTrainer(model, 3, OPT, micro_batches=4, device=DeviceProfile(3.0), link=link)
         result = trainer.train(batches, _opener(client, model))

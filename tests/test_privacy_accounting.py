@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyClientSideFixedClipping,
+    DifferentialPrivacyServerSideFixedClipping,
+    FedAvg,
+)
 from flwr.supercore.task_identity import TaskIdentity
 from opacus.accountants import RDPAccountant
 
@@ -15,6 +19,7 @@ from edgeflower.clients.split import SplitTrainer
 from edgeflower.config import AppConfig, ConfigError
 from edgeflower.models import build_model
 from edgeflower.privacy.accounting import STATE_KEY, PrivacyHistory
+from edgeflower.privacy.mods import central_dp_mod
 from edgeflower.privacy.node import NodeRoundDP
 from edgeflower.privacy.remote import open_private_session
 from edgeflower.privacy.settings import DPSettings
@@ -200,6 +205,38 @@ def test_flowers_server_side_dp_wrapper_composes_with_edge_strategy(task_identit
     w_private = private.to_torch_state_dict()["w"]
     assert torch.allclose(w_plain, torch.zeros(6))  # (3 * 10 - 1 * 30) / 40
     assert not torch.allclose(w_private, w_plain, atol=1e-3)  # clipped and noised
+
+
+def _node_context(central: str) -> Context:
+    return Context(run_id=1, node_id=11, node_config={}, state=RecordDict(), run_config={"central-dp": central})
+
+
+def test_client_side_central_dp_clips_each_nodes_update_through_the_mod(task_identity):
+    wrapped = central_dp(_fedavg(), "client-fixed", 0.0, 0.5, 2)
+    assert isinstance(wrapped, DifferentialPrivacyClientSideFixedClipping)
+    strategy = EdgeStrategy(wrapped, plan_fn=lambda r, n: {"lr": 0.5})
+    messages = list(strategy.configure_train(1, ArrayRecord({"w": torch.zeros(6)}), ConfigRecord(), _Grid()))
+    updates = {11: torch.full((6,), 3.0), 22: torch.full((6,), -1.0)}  # norms 7.3 and 2.4, clipped to 0.5
+    replies, sent = [], {}
+    for msg in messages:
+        node = msg.metadata.dst_node_id
+
+        def train(m: Message, ctx: Context, node: int = node) -> Message:
+            content = RecordDict(
+                {"arrays": ArrayRecord({"w": updates[node]}), "metrics": MetricRecord({"num-examples": 10})}
+            )
+            return Message(content, reply_to=m)
+
+        reply = central_dp_mod(msg, _node_context("client-fixed"), train)
+        sent[node] = reply.content["arrays"].to_torch_state_dict()["w"]
+        replies.append(reply)
+        untouched = central_dp_mod(msg, _node_context("off"), train)  # another run: a pass-through
+        assert torch.equal(untouched.content["arrays"].to_torch_state_dict()["w"], updates[node])
+    for node, w in sent.items():
+        assert float(w.norm()) == pytest.approx(0.5, rel=1e-5)  # what left the node was clipped there
+        assert torch.allclose(w / w.norm(), updates[node] / updates[node].norm())
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert torch.allclose(arrays.to_torch_state_dict()["w"], (sent[11] + sent[22]) / 2, atol=1e-6)  # noise 0
 
 
 def test_nodes_out_of_budget_are_not_aggregated_and_an_empty_round_keeps_the_model(task_identity):

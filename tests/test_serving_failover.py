@@ -221,10 +221,11 @@ def _measure(ctl: Controller, route: Route, test, batch: int = 200) -> tuple[flo
 
 
 def test_estimators_match_measurements_within_stated_bounds(resnet):
-    """Accuracy within 3 points (2000 validation vs 2000 test samples), latency and downtime within 2x and 4x.
+    """Accuracy within 3 points (2000 validation vs 2000 test samples), latency within 1.5x, downtime within 4x.
 
-    The timing bounds are loose because the suite shares two cores with other work; the failover benchmark
-    reports the actual errors."""
+    Latency is estimated from the three calibration requests of the controller's start-up only; the timing bounds
+    leave room for the two cores being shared with other work. The failover benchmark reports the actual errors
+    (under load, with the estimates learnt from the load's requests)."""
     bundle, test = resnet
     nodes = _nodes(4)
     try:
@@ -235,14 +236,14 @@ def test_estimators_match_measurements_within_stated_bounds(resnet):
                     continue  # measured below, after really redeploying
                 acc, lat = _measure(ctl, route, test)
                 assert abs(cand.accuracy - acc) <= 0.03, (cand, acc)
-                assert 0.5 <= cand.latency_s / lat <= 2.0, (cand, lat)
+                assert 1 / 1.5 <= cand.latency_s / lat <= 1.5, (cand, lat)
             nodes[FAILED].stop()
             event = ctl.fail_over(FAILED, "test")
             assert event is not None and event.technique == "repartition"
             est = next(c for c, _ in options if c.technique == "repartition")
             acc, lat = _measure(ctl, ctl.route, test)
             assert abs(est.accuracy - acc) <= 0.03
-            assert 0.5 <= est.latency_s / lat <= 2.0, (est, lat)
+            assert 1 / 1.5 <= est.latency_s / lat <= 1.5, (est, lat)
             assert est.downtime_s / 4 <= event.downtime_s <= est.downtime_s * 4, (est, event.downtime_s)
     finally:
         for n in nodes:

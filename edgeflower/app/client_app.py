@@ -18,6 +18,7 @@ from edgeflower.clients.pipeline import PipelineTrainer
 from edgeflower.config import AppConfig
 from edgeflower.data import BatchLoader
 from edgeflower.planning.scenario import parse_link_schedules
+from edgeflower.privacy.mods import central_dp_mod
 from edgeflower.privacy.node import NodeRoundDP
 from edgeflower.privacy.remote import open_private_session
 from edgeflower.strategies.edge import NODE_RECORD
@@ -32,7 +33,7 @@ from edgeflower.transport.emulation import (
 )
 from edgeflower.transport.messages import OptimizerSettings
 
-app = ClientApp()
+app = ClientApp(mods=[central_dp_mod])  # Flower's client-side clipping when central-dp = "client-fixed"
 
 
 def _all_epochs(loader: BatchLoader, epochs: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -100,17 +101,20 @@ def train(msg: Message, context: Context) -> Message:
         tail_dp = dp.tail_params() if dp else None
         order = move_order_from_plan(config, len(loader) * cfg.local_epochs)
         trigger = trigger_from_plan(config, context.node_config)
+
+        def open_on(c: EdgeClient, tok: str, kk: int, tail: Any, opt: OptimizerSettings) -> Any:
+            if tail_dp is not None:  # dp = full: the edge server trains the tail privately too
+                return open_private_session(c, tok, model.spec, kk, tail, opt, tail_dp, m)
+            return c.open_session(tok, model.spec, kk, tail, opt)
+
         with EdgeClient(str(config["edge-address"])) as client:
             result = train_moving(
                 trainer,
                 batches,
-                lambda kk, tail, opt: (
-                    open_private_session(client, token, model.spec, kk, tail, opt, tail_dp, m)
-                    if tail_dp is not None
-                    else client.open_session(token, model.spec, kk, tail, opt)
-                ),
+                lambda kk, tail, opt: open_on(client, token, kk, tail, opt),
                 order,
                 trigger,
+                reopen=open_on,  # a restarted round reopens on the destination the same way
             )
         metrics = result.metrics()
         metrics.update(move_metrics(trainer.last_move, config))

@@ -30,7 +30,7 @@ from flwr.common.logger import log
 from edgeflower.transport.client import EdgeClient, SessionHandle
 from edgeflower.transport.errors import EdgeUnavailableError, SessionNotFoundError
 
-__all__ = ["MOVE_MODES", "MoveOrder", "RestartRound", "migrate_session", "train_moving"]
+__all__ = ["MOVE_MODES", "MoveOrder", "RestartRound", "SessionOpener", "migrate_session", "train_moving"]
 
 MOVE_MODES = ("migrate", "restart")
 
@@ -115,12 +115,18 @@ def migrate_session(session: SessionHandle, order: MoveOrder, model_spec: Any) -
     return handle
 
 
+SessionOpener = Callable[[EdgeClient, str, int, Any, Any], SessionHandle]
+"""``(client, token, split_point, tail_state, optimizer) -> SessionHandle``: opens a round's session on an edge server
+(e.g. with the tail's DP parameters, :func:`edgeflower.privacy.remote.open_private_session`)."""
+
+
 def train_moving(
     trainer: Any,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     open_session: Callable[..., SessionHandle],
     order: MoveOrder | None = None,
     trigger: MoveTrigger | None = None,
+    reopen: SessionOpener | None = None,
 ) -> Any:
     """Run ``trainer.train`` with a move: migrate at the batch boundary, or restart the round on the destination.
 
@@ -136,6 +142,10 @@ def train_moving(
         A scheduled move.
     trigger : MoveTrigger, optional
         An operator's trigger polled between batches.
+    reopen : SessionOpener, optional
+        How a restarted round opens its session on the destination; give the same opener as ``open_session``
+        uses (DP parameters included), or the destination trains the tail without them. Default: a plain
+        :meth:`EdgeClient.open_session`.
     """
     if order is None and trigger is None:
         return trainer.train(batches, open_session)
@@ -164,8 +174,9 @@ def train_moving(
     dest = restart.client()
     token = restart.token
     replay = seen + list(source)
+    opener = reopen or (lambda c, tok, k, tail, opt: c.open_session(tok, trainer.model.spec, k, tail, opt))
     try:
-        result = trainer.train(replay, lambda k, tail, opt: dest.open_session(token, trainer.model.spec, k, tail, opt))
+        result = trainer.train(replay, lambda k, tail, opt: opener(dest, token, k, tail, opt))
     finally:
         dest.close()
     result.seconds += wasted

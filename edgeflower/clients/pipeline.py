@@ -1,10 +1,11 @@
 """Pipeline-parallel split training (PiPar): micro-batches overlap device compute, uplink, server and downlink.
 
 Each batch of ``B`` samples is cut into ``m`` micro-batches. The device runs the ``m`` head forward passes back to
-back; a sender thread ships each activation as soon as it is ready (holding the emulated uplink while it does);
-the edge server processes micro-batches as they arrive (loss scaled by ``n_j / B`` so the accumulated gradients
-equal the full batch's) and streams the gradients back; a receiver thread takes them off the (emulated) downlink;
-the device runs each micro-batch's backward as its gradient arrives. Both sides accumulate gradients and take one
+back, booking each activation's transfer on the emulated uplink, and a sender thread hands it to the edge server
+when it has arrived (transfers queue for the wire, their latencies overlap); the edge server processes
+micro-batches as they arrive (loss scaled by ``n_j / B`` so the accumulated gradients equal the full batch's) and
+streams the gradients back; a receiver thread takes them off the stream and books the emulated downlink; the device
+runs each micro-batch's backward once its gradient has arrived. Both sides accumulate gradients and take one
 optimizer step per batch, so the update equals the sequential one.
 
 BatchNorm: statistics are computed per micro-batch (as PiPar does), so with BatchNorm models the pipelined update
@@ -31,7 +32,7 @@ from edgeflower.clients.split import SplitTrainer, _nbytes
 from edgeflower.models.splittable import SplittableModel
 from edgeflower.privacy.dpsgd import DeviceDP
 from edgeflower.timeline import Timeline
-from edgeflower.transport.emulation import DeviceProfile, EmulatedLink
+from edgeflower.transport.emulation import DeviceProfile, EmulatedLink, wait_until
 from edgeflower.transport.errors import EdgeError, SessionStateError
 from edgeflower.transport.messages import OptimizerSettings, StepResult
 
@@ -84,6 +85,7 @@ class PipelineTrainer(SplitTrainer):
         batch_size = len(y)
         outbox: queue.Queue[Any] = queue.Queue()
         results: list[StepResult | None] = [None] * m
+        arrivals = [0.0] * m  # when each gradient has come down the emulated link
         arrived = [threading.Event() for _ in range(m)]
         errors: list[BaseException] = []
         sent = threading.Semaphore(0)  # the receiver may only wait for micro-batches already sent
@@ -100,9 +102,8 @@ class PipelineTrainer(SplitTrainer):
                     item = outbox.get()
                     if item is _STOP:
                         return
-                    act, labels = item
-                    up0, up1 = self._transmit(_nbytes(act, labels), True)
-                    timeline.add("uplink", up0, up1, b, j)
+                    act, labels, arrival = item
+                    wait_until(arrival)  # booked by the device thread: latencies of successive sends overlap
                     session.send(act, labels, batch=b, micro=j, num_micro=m, batch_size=batch_size)
                     sent.release()
             except BaseException as exc:  # handed to the device thread, which raises it
@@ -117,9 +118,10 @@ class PipelineTrainer(SplitTrainer):
                     result = session.recv()
                     now = time.perf_counter()
                     timeline.add("server", now - result.server_s, now, b, j)
-                    down0, down1 = self._transmit(_nbytes(result.grad), False)
+                    down0, down1 = self._book(_nbytes(result.grad), False, now)  # waited for by the device
                     timeline.add("downlink", down0, down1, b, j)
                     results[j] = result
+                    arrivals[j] = down1
                     arrived[j].set()
             except BaseException as exc:
                 fail(exc)
@@ -139,16 +141,20 @@ class PipelineTrainer(SplitTrainer):
                 if self.k == 0:
                     act = xs[j]
                 elif recompute:
-                    act = self._device(timeline, b, "fwd", lambda j=j: _no_grad(self.head, xs[j]))
+                    act = self._device(timeline, b, "fwd", lambda j=j: _no_grad(self.head, xs[j]), j)
                 else:
-                    act = self._device(timeline, b, "fwd", lambda j=j: self.head(xs[j]))
+                    act = self._device(timeline, b, "fwd", lambda j=j: self.head(xs[j]), j)
                 acts.append(act)
-                outbox.put((act.detach(), ys[j]))
+                sent_act = act.detach()
+                up0, up1 = self._book(_nbytes(sent_act, ys[j]), True)
+                timeline.add("uplink", up0, up1, b, j)
+                outbox.put((sent_act, ys[j], up1))
             loss = 0.0
             for j in range(m):
                 arrived[j].wait()
                 if errors:
                     break
+                wait_until(arrivals[j])
                 result = results[j]
                 assert result is not None
                 loss += result.loss * len(ys[j])
@@ -158,6 +164,7 @@ class PipelineTrainer(SplitTrainer):
                         b,
                         "bwd",
                         lambda j=j, a=acts[j], g=result.grad: (self.head(xs[j]) if recompute else a).backward(g),
+                        j,
                     )
             if errors:
                 raise _as_edge_error(errors[0])

@@ -166,11 +166,11 @@ class SplitTrainer:
             raise RestartRound(f"restart the round on {order.destination}")
         return migrate_session(session, order, self.model.spec)
 
-    def _device(self, timeline: Timeline, batch: int, what: str, fn: Callable[[], Any]) -> Any:
+    def _device(self, timeline: Timeline, batch: int, what: str, fn: Callable[[], Any], micro: int = 0) -> Any:
         start = time.perf_counter()
         out = fn()
         self.device.stretch(time.perf_counter() - start)
-        timeline.add("device", start, time.perf_counter(), batch, what=what)
+        timeline.add("device", start, time.perf_counter(), batch, micro, what=what)
         return out
 
     def train(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], open_session: SessionOpener) -> SplitResult:
@@ -308,6 +308,11 @@ class SplitTrainer:
     def _transmit(self, nbytes: int, up: bool) -> tuple[float, float]:
         self.traffic["uplink-bytes" if up else "downlink-bytes"] += nbytes
         return self.link.transmit(nbytes, up)
+
+    def _book(self, nbytes: int, up: bool, ready: float | None = None) -> tuple[float, float]:
+        """Book a transfer on the emulated link without waiting: ``(start, arrival)`` (see ``EmulatedLink.book``)."""
+        self.traffic["uplink-bytes" if up else "downlink-bytes"] += nbytes  # one thread per direction
+        return self.link.book(nbytes, up, ready)
 
     def _train_locally(
         self,

@@ -1,14 +1,49 @@
-"""The loop every long-running ``edgeflower`` server command shares: start, announce, serve until a signal."""
+"""What every long-running ``edgeflower`` server command shares: its common arguments (address, secret, TLS,
+message limit) and the loop that starts, announces and serves until a signal."""
 
 from __future__ import annotations
 
+import argparse
 import signal
 import sys
 import threading
 from collections.abc import Callable
 from types import FrameType
 
-__all__ = ["serve_until_signal"]
+from edgeflower.transport.codec import DEFAULT_MAX_MESSAGE_BYTES
+from edgeflower.transport.tls import TLSConfig
+
+__all__ = ["add_server_arguments", "max_message_bytes", "serve_until_signal", "tls_from_args"]
+
+
+def add_server_arguments(p: argparse.ArgumentParser, peer: str) -> None:
+    """``--host``, ``--port``, ``--secret-file`` (shared with ``peer``), ``--tls-cert``/``--tls-key``, and
+    ``--max-message-mb``."""
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: %(default)s)")
+    p.add_argument("--port", type=int, default=0, help="port to bind; 0 picks a free one (default: %(default)s)")
+    p.add_argument("--secret-file", required=True, help=f"file holding the token secret shared with the {peer}")
+    p.add_argument("--tls-cert", help="PEM certificate chain (enables TLS, needs --tls-key)")
+    p.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    p.add_argument(
+        "--max-message-mb",
+        type=float,
+        default=DEFAULT_MAX_MESSAGE_BYTES / 2**20,
+        help="largest message in MiB (default: %(default)s)",
+    )
+
+
+def tls_from_args(args: argparse.Namespace) -> TLSConfig | None:
+    """The TLS configuration of :func:`add_server_arguments`' options (``None``: insecure)."""
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ValueError("--tls-cert and --tls-key go together")
+    return TLSConfig.from_files(args.tls_cert, args.tls_key) if args.tls_cert else None
+
+
+def max_message_bytes(args: argparse.Namespace) -> int:
+    """``--max-message-mb`` in bytes (a positive number of MiB)."""
+    if args.max_message_mb <= 0:
+        raise ValueError("--max-message-mb must be positive")
+    return int(args.max_message_mb * 2**20)
 
 
 def serve_until_signal(

@@ -10,11 +10,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from edgeflower.commands._serving_loop import serve_until_signal
+from edgeflower.commands._serving_loop import add_server_arguments, max_message_bytes, serve_until_signal, tls_from_args
 from edgeflower.server.edge import EdgeServer, EdgeServerConfig
 from edgeflower.transport.auth import load_secret
-from edgeflower.transport.codec import DEFAULT_MAX_MESSAGE_BYTES
-from edgeflower.transport.tls import TLSConfig
 
 __all__ = ["register", "run"]
 
@@ -26,21 +24,11 @@ def register(subparsers: Any) -> None:
         help="run an edge server that trains devices' server-side layers",
         description="Serve split-training sessions over gRPC until SIGTERM/SIGINT.",
     )
-    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: %(default)s)")
-    p.add_argument("--port", type=int, default=0, help="port to bind; 0 picks a free one (default: %(default)s)")
-    p.add_argument("--secret-file", required=True, help="file holding the token secret shared with the ServerApp")
-    p.add_argument("--tls-cert", help="PEM certificate chain (enables TLS, needs --tls-key)")
-    p.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    add_server_arguments(p, "ServerApp")
     p.add_argument("--edge-id", help="this edge server's id (tokens for other ids are refused)")
     p.add_argument("--max-sessions", type=int, default=64, help="most concurrent sessions (default: %(default)s)")
     p.add_argument(
         "--idle-timeout", type=float, default=300.0, help="drop sessions idle this many seconds (default: %(default)s)"
-    )
-    p.add_argument(
-        "--max-message-mb",
-        type=float,
-        default=DEFAULT_MAX_MESSAGE_BYTES / 2**20,
-        help="largest message in MiB (default: %(default)s)",
     )
     p.add_argument(
         "--peer-root-cert", help="PEM root certificate to trust when migrating sessions to TLS-serving edge servers"
@@ -52,13 +40,11 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Start the server, print its address, serve until SIGTERM/SIGINT, stop; return the exit code."""
-    if bool(args.tls_cert) != bool(args.tls_key):
-        raise ValueError("--tls-cert and --tls-key go together")
-    if args.max_sessions < 1 or args.idle_timeout <= 0 or args.max_message_mb <= 0:
-        raise ValueError("--max-sessions, --idle-timeout and --max-message-mb must be positive")
-    tls = TLSConfig.from_files(args.tls_cert, args.tls_key) if args.tls_cert else None
+    tls = tls_from_args(args)
+    if args.max_sessions < 1 or args.idle_timeout <= 0:
+        raise ValueError("--max-sessions and --idle-timeout must be positive")
     config = EdgeServerConfig(
-        max_message_bytes=int(args.max_message_mb * 2**20),
+        max_message_bytes=max_message_bytes(args),
         max_sessions=args.max_sessions,
         idle_timeout_s=args.idle_timeout,
         peer_root_cert=Path(args.peer_root_cert).read_bytes() if args.peer_root_cert else None,

@@ -15,8 +15,8 @@ DP_MODES = ("off", "device", "full")
 BATCHNORM_POLICIES = ("convert", "refuse")
 """What a DP run does with a BatchNorm model."""
 
-CENTRAL_DP = ("off", "server-fixed")
-"""Flower's central DP wrapper the ServerApp puts around FedAvg."""
+CENTRAL_DP = ("off", "server-fixed", "client-fixed")
+"""Flower's central DP wrapper the ServerApp puts around FedAvg (``client-fixed``: nodes clip their own updates)."""
 
 
 def dp_config_error(

@@ -13,7 +13,11 @@ from logging import INFO
 
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.common.logger import log
-from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, Strategy
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyClientSideFixedClipping,
+    DifferentialPrivacyServerSideFixedClipping,
+    Strategy,
+)
 
 from edgeflower.strategies.wrapper import StrategyWrapper
 
@@ -67,10 +71,14 @@ def central_dp(inner: Strategy, kind: str, noise_multiplier: float, clipping_nor
 
     ``"server-fixed"`` is :class:`~flwr.serverapp.strategy.DifferentialPrivacyServerSideFixedClipping`: the
     ServerApp clips each node's model update to ``clipping_norm`` and adds Gaussian noise of std
-    ``noise_multiplier * clipping_norm / num_sampled`` to the aggregate.
+    ``noise_multiplier * clipping_norm / num_sampled`` to the aggregate. ``"client-fixed"`` is
+    :class:`~flwr.serverapp.strategy.DifferentialPrivacyClientSideFixedClipping`: the nodes clip their own updates
+    (:func:`edgeflower.privacy.mods.central_dp_mod` in the ClientApp) and the ServerApp adds the same noise.
     """
     if kind == "off":
         return inner
     if kind == "server-fixed":
         return DifferentialPrivacyServerSideFixedClipping(inner, noise_multiplier, clipping_norm, num_sampled)
+    if kind == "client-fixed":
+        return DifferentialPrivacyClientSideFixedClipping(inner, noise_multiplier, clipping_norm, num_sampled)
     raise ValueError(f"unknown central DP {kind!r}")

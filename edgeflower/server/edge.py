@@ -21,7 +21,6 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent import futures
 from dataclasses import dataclass
 from logging import ERROR, INFO, WARNING
 from types import TracebackType
@@ -43,6 +42,7 @@ from edgeflower.transport.errors import (
     SessionNotFoundError,
     SessionStateError,
 )
+from edgeflower.transport.grpc_server import RunningServer, start_server
 from edgeflower.transport.messages import (
     END_KIND,
     CloseReply,
@@ -72,7 +72,6 @@ from edgeflower.transport.service import (
     SERVICE,
     SESSION_KEY,
     TOKEN_KEY,
-    channel_options,
     identity,
 )
 from edgeflower.transport.tls import TLSConfig
@@ -173,8 +172,7 @@ class EdgeServer:
         self._imported: dict[str, str] = {}  # migration token -> session id (one import per token)
         self._import_lock = threading.Lock()
         self.registry = SessionRegistry(self.config.max_sessions, self.config.idle_timeout_s)
-        self._server: grpc.Server | None = None
-        self._executor: futures.ThreadPoolExecutor | None = None
+        self._server: RunningServer | None = None
         self._stopped = threading.Event()
         self._address: str | None = None
 
@@ -202,33 +200,10 @@ class EdgeServer:
         if self._server is not None:
             return self.address
         cfg = self.config
-        self._executor = futures.ThreadPoolExecutor(cfg.workers, thread_name_prefix="edgeflower-edge")
-        server = grpc.server(
-            self._executor,
-            handlers=[self._handlers()],
-            options=channel_options(cfg.max_message_bytes, server=True),
-            maximum_concurrent_rpcs=cfg.workers,
+        running = start_server(
+            [self._handlers()], self.host, self.port, cfg.workers, cfg.max_message_bytes, self.tls, "edge server"
         )
-        target = f"{self.host}:{self.port}"
-        try:
-            if self.tls is not None:
-                port = server.add_secure_port(target, self.tls.server_credentials())
-            else:
-                port = server.add_insecure_port(target)
-        except RuntimeError as exc:
-            port = 0
-            reason = str(exc)
-        else:
-            reason = ""
-        if not port:
-            self._executor.shutdown(wait=False)
-            self._executor = None
-            raise OSError(f"edge server cannot bind {target} {reason}".strip())
-        server.start()
-        self._server = server
-        self.port = port
-        host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
-        self._address = f"{host}:{port}"
+        self._server, self.port, self._address = running, running.port, running.address
         self._stopped.clear()
         self.registry.start_reaper(cfg.reap_interval)
         log(
@@ -243,17 +218,17 @@ class EdgeServer:
 
     def stop(self, grace_s: float | None = None) -> None:
         """Stop serving: cancel open streams, drop every session, join every thread. Idempotent."""
-        server, executor = self._server, self._executor
-        self._server = self._executor = None
-        if server is not None:
-            server.stop(self.config.stop_grace_s if grace_s is None else grace_s).wait()
+        server, self._server = self._server, None
+        if server is not None:  # sessions are dropped before the workers are joined: no stream waits on one
+            server.stop(self.config.stop_grace_s if grace_s is None else grace_s, self._drop_sessions)
+            log(INFO, "edge server %s on %s stopped", self.edge_id or "", self._address)
+        else:
+            self._drop_sessions()
+        self._stopped.set()
+
+    def _drop_sessions(self) -> None:
         self.registry.stop_reaper()
         self.registry.clear()
-        if executor is not None:
-            executor.shutdown(wait=True)
-        if server is not None:
-            log(INFO, "edge server %s on %s stopped", self.edge_id or "", self._address)
-        self._stopped.set()
 
     def wait(self, timeout_s: float | None = None) -> bool:
         """Block until :meth:`stop` has finished (or the timeout); return whether it has."""

@@ -15,6 +15,7 @@ import hashlib
 import statistics
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
@@ -81,8 +82,8 @@ class ControllerConfig:
         Largest message.
     latency_window : int
         Relayed forwards per node the latency model learns from (the most recent ones).
-    latency_quantile : float
-        Quantile of those forwards taken as the node's speed and overhead (lower: closer to an idle node).
+    latency_trim : float
+        Share of those forwards dropped at each end before averaging the node's speed and overhead.
     """
 
     heartbeat_s: float = 0.2
@@ -94,7 +95,7 @@ class ControllerConfig:
     workers: int = 16
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     latency_window: int = 64
-    latency_quantile: float = 0.5
+    latency_trim: float = 0.25
 
 
 @dataclass
@@ -194,7 +195,7 @@ class Controller:
             bundle.batch_size,
             links=self.links,
             window=cfg.latency_window,
-            quantile=cfg.latency_quantile,
+            trim=cfg.latency_trim,
         )
         self.downtime = DowntimeModel(links=self.links)
         self._lock = threading.Lock()
@@ -205,6 +206,7 @@ class Controller:
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
         self.executed = 0
+        self._route_s: dict[str, deque[float]] = {}
         self._server = GrpcServer(
             CONTROLLER_SERVICE,
             {"Predict": self._predict_rpc, "Status": self._status_rpc},
@@ -228,6 +230,12 @@ class Controller:
             self._deploy(stage.node, self.route.version, stage.start, stage.stop)
         samples = [self._deploy(s.node, self.route.version, s.start, s.stop) for s in self.route.stages]
         self.downtime.calibrate(samples)  # fitted on the second, warm deployment
+        swaps = []
+        for _ in range(5):  # a switch that deploys nothing (early exit, skip) is a route swap under the lock
+            t0 = time.perf_counter()
+            self._apply(self.route)
+            swaps.append(time.perf_counter() - t0)
+        self.downtime.switch_s = statistics.median(swaps)
         rtts = []
         for client in self.clients:
             for _ in range(5):
@@ -437,11 +445,13 @@ class Controller:
         while True:
             route = self.route
             node = -1
+            t0 = time.perf_counter()
             try:
                 h = x
                 for stage in route.stages:
                     node = stage.node
                     h = self._forward(route, stage, request_id, h)
+                self._route_s.setdefault(route.version, deque(maxlen=1024)).append(time.perf_counter() - t0)
                 return h, route
             except EdgeUnavailableError as exc:
                 log(WARNING, "controller: request %s: node %d unavailable (%s)", request_id, node, exc.code.name)
@@ -453,6 +463,10 @@ class Controller:
             with self._route_changed:
                 if self.route.version == route.version and self.route.stages == route.stages:
                     self._route_changed.wait(self.config.heartbeat_s)
+
+    def route_latencies(self, version: str | None = None) -> list[float]:
+        """Seconds of the last (up to 1024) requests served through route ``version`` (default: the current one)."""
+        return list(self._route_s.get(version or self.route.version, ()))
 
     def handle(self, request_id: str, x: torch.Tensor) -> bytes:
         """Answer request ``request_id`` exactly once (journalled); return the ``prediction`` frame."""
@@ -511,10 +525,13 @@ class Controller:
         return self.handle(request_id, x)
 
     def status(self) -> dict[str, Any]:
-        """Route, live nodes, pending journal entries and failover events."""
+        """Route, live nodes, the current route's median and estimated latency, pending entries, failover events."""
+        served = self.route_latencies()
         return {
             "technique": self.route.technique,
             "route": self.route.describe(),
+            "latency_ms": statistics.median(served) * 1e3 if served else None,
+            "estimated_latency_ms": self.latency.estimate(self.route) * 1e3,
             "alive": self.alive(),
             "pending": self.journal.pending,
             "executed": self.executed,

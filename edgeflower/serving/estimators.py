@@ -122,8 +122,10 @@ class LatencyModel:
     A stage's estimate is ``hop + speed * compute + wire``: ``compute`` from the offline block profile, ``wire``
     from the node's link, and per node two factors learnt from its recent forwards (:meth:`observe`): ``speed``,
     the node's reported compute time over the profile's prediction (a slower or busier node than the profiling
-    machine), and ``hop``, the rest of the stage's wall time (RPC, codec, queueing). Each is the ``quantile`` of
-    the last ``window`` observations, so a burst of contention does not pass for the node's usual speed. A node
+    machine), and ``hop``, the rest of the stage's wall time (RPC, codec, queueing). Each is the trimmed mean of the
+    last ``window`` observations (the lowest and highest ``trim`` share dropped), so an outburst of contention does
+    not pass for the node's usual speed, while the means of the stages still add up to the route's (stage times
+    under load are skewed: a sum of per-stage medians falls short of a route's typical latency). A node
     never observed uses ``speed = 1`` and :attr:`hop_s` (the heartbeat round trip).
 
     Attributes
@@ -146,8 +148,8 @@ class LatencyModel:
         Emulated link of every node (absent: unlimited).
     window : int
         Observations kept per node.
-    quantile : float
-        Quantile of the window used for ``speed`` and ``hop`` (0.5: the median).
+    trim : float
+        Share of the window dropped at each end before averaging (0: the mean; 0.25: the interquartile mean).
     """
 
     block_s: list[float]
@@ -159,15 +161,15 @@ class LatencyModel:
     hop_s: float = 0.0
     links: dict[int, LinkProfile] = field(default_factory=dict)
     window: int = 64
-    quantile: float = 0.5
+    trim: float = 0.25
     _speed: dict[int, deque[float]] = field(default_factory=dict, init=False, repr=False)
     _hop: dict[int, deque[float]] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.window < 1:
             raise ValueError(f"window must be >= 1, got {self.window}")
-        if not 0.0 <= self.quantile <= 1.0:
-            raise ValueError(f"quantile must be in [0, 1], got {self.quantile}")
+        if not 0.0 <= self.trim < 0.5:
+            raise ValueError(f"trim must be in [0, 0.5), got {self.trim}")
 
     def compute_s(self, start: int, stop: int, use_exit: bool, batch: int) -> float:
         """Profiled (uncalibrated) compute seconds of blocks ``[start, stop)`` (and an exit head) on ``batch``."""
@@ -182,7 +184,13 @@ class LatencyModel:
         return link.transfer_s(sent, up=True) + link.transfer_s(got, up=False) + 2 * link.latency_ms / 1000
 
     def observe(self, node: int, stage: Stage, batch: int, wall_s: float, compute_s: float) -> None:
-        """Learn from one relayed forward: ``wall_s`` seen by the controller, ``compute_s`` reported by the node."""
+        """Learn from one relayed forward: ``wall_s`` seen by the controller, ``compute_s`` reported by the node.
+
+        Forwards of a batch more than twice as large or small as the profiled one are ignored: compute does not
+        scale linearly that far, and they would skew the node's speed for serving-size batches.
+        """
+        if not self.batch_size / 2 <= batch <= self.batch_size * 2:
+            return
         predicted = self.compute_s(stage.start, stage.stop, stage.exit, batch)
         wire = self.wire_s(node, stage.start, stage.stop, stage.exit, batch)
         if predicted > 0 and compute_s > 0:
@@ -191,11 +199,11 @@ class LatencyModel:
 
     def speed(self, node: int) -> float:
         """``node``'s compute time relative to the profile (1.0 until observed)."""
-        return _quantile(self._speed.get(node), self.quantile, 1.0)
+        return _trimmed_mean(self._speed.get(node), self.trim, 1.0)
 
     def node_hop_s(self, node: int) -> float:
         """``node``'s per-stage overhead (:attr:`hop_s` until observed)."""
-        return _quantile(self._hop.get(node), self.quantile, self.hop_s)
+        return _trimmed_mean(self._hop.get(node), self.trim, self.hop_s)
 
     def stage_s(self, node: int, start: int, stop: int, use_exit: bool, batch: int) -> float:
         """Seconds of one stage for a batch of ``batch``."""
@@ -208,11 +216,12 @@ class LatencyModel:
         return sum(self.stage_s(s.node, s.start, s.stop, s.exit, b) for s in route.stages)
 
 
-def _quantile(values: deque[float] | None, q: float, default: float) -> float:
+def _trimmed_mean(values: deque[float] | None, trim: float, default: float) -> float:
     if not values:
         return default
     ordered = sorted(values)  # a copy: other threads keep appending
-    return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
+    cut = int(trim * len(ordered))
+    return statistics.fmean(ordered[cut : len(ordered) - cut])
 
 
 @dataclass

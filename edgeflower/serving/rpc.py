@@ -8,7 +8,6 @@ failure aborts the RPC with the :class:`~edgeflower.transport.errors.EdgeError` 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from concurrent import futures
 from logging import ERROR, WARNING
 
 import grpc
@@ -16,7 +15,8 @@ from flwr.common.logger import log
 
 from edgeflower.transport.codec import Frame, Limits, decode_frame
 from edgeflower.transport.errors import EdgeError, from_rpc_error
-from edgeflower.transport.service import channel_options, identity
+from edgeflower.transport.grpc_server import RunningServer, open_channel, start_server
+from edgeflower.transport.service import identity
 from edgeflower.transport.tls import TLSConfig
 
 __all__ = ["GrpcServer", "Handler", "call", "open_channel"]
@@ -74,8 +74,7 @@ class GrpcServer:
         self.service, self.methods, self.who = service, dict(methods), who
         self.host, self.port, self.workers, self.tls = host, port, workers, tls
         self.max_message_bytes = max_message_bytes
-        self._server: grpc.Server | None = None
-        self._executor: futures.ThreadPoolExecutor | None = None
+        self._server: RunningServer | None = None
         self.address = ""
 
     def start(self) -> str:
@@ -85,29 +84,11 @@ class GrpcServer:
             name: grpc.unary_unary_rpc_method_handler(_guard(name, fn, self.who), **kw)  # type: ignore[arg-type]
             for name, fn in self.methods.items()
         }
-        self._executor = futures.ThreadPoolExecutor(self.workers, thread_name_prefix=f"edgeflower-{self.who}")
-        server = grpc.server(
-            self._executor,
-            handlers=[grpc.method_handlers_generic_handler(self.service, handlers)],
-            options=channel_options(self.max_message_bytes, server=True),
-            maximum_concurrent_rpcs=self.workers,
+        generic = grpc.method_handlers_generic_handler(self.service, handlers)
+        running = start_server(
+            [generic], self.host, self.port, self.workers, self.max_message_bytes, self.tls, self.who
         )
-        target = f"{self.host}:{self.port}"
-        try:
-            if self.tls is not None:
-                port = server.add_secure_port(target, self.tls.server_credentials())
-            else:
-                port = server.add_insecure_port(target)
-        except RuntimeError:
-            port = 0
-        if not port:
-            self._executor.shutdown(wait=False)
-            self._executor = None
-            raise OSError(f"{self.who} cannot bind {target}")
-        server.start()
-        self._server, self.port = server, port
-        host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
-        self.address = f"{host}:{port}"
+        self._server, self.port, self.address = running, running.port, running.address
         return self.address
 
     @property
@@ -117,12 +98,9 @@ class GrpcServer:
 
     def stop(self, grace_s: float = 1.0) -> None:
         """Stop serving and join the worker threads. Idempotent."""
-        server, executor = self._server, self._executor
-        self._server = self._executor = None
+        server, self._server = self._server, None
         if server is not None:
-            server.stop(grace_s).wait()
-        if executor is not None:
-            executor.shutdown(wait=True)
+            server.stop(grace_s)
 
 
 def call(
@@ -146,11 +124,3 @@ def call(
     except grpc.RpcError as exc:
         raise from_rpc_error(exc, address) from None
     return decode_frame(reply, limits)
-
-
-def open_channel(address: str, max_message_bytes: int, root_cert: bytes | None = None) -> grpc.Channel:
-    """A channel to ``address`` (TLS when ``root_cert`` is given)."""
-    options = channel_options(max_message_bytes)
-    if root_cert is not None:
-        return grpc.secure_channel(address, grpc.ssl_channel_credentials(root_cert), options=options)
-    return grpc.insecure_channel(address, options=options)

@@ -9,7 +9,8 @@ arriving ``latency`` after it leaves. :func:`select_plan` returns the plan with 
 every split point (including ``k = num_blocks``, no offloading) and every micro-batch count that divides the batch.
 
 :class:`PiParPlanner` keeps per-node estimates of the device slow-down and the bandwidth from what nodes report
-after each round, and re-selects each node's plan every round (so a bandwidth drop moves the plan).
+after each round (in the same :class:`~edgeflower.planning.observations.ObservationHistory` the FedAdapt planners
+use), and re-selects each node's plan every round (so a bandwidth drop moves the plan).
 
 Sizes are counted right: activation bytes are ``numel * 4`` for float32 (PiPar's reference code counted bits as
 bytes) and labels travel as int64.
@@ -21,13 +22,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from edgeflower.models.profiler import ModelProfile
+from edgeflower.planning.costmodel import CostModel, NodeState
+from edgeflower.planning.observations import ObservationHistory
 from edgeflower.transport.emulation import LinkProfile
 
-__all__ = ["NodeEstimate", "PiParPlanner", "Plan", "predict_iteration", "select_plan", "stage_times"]
+__all__ = ["PiParPlanner", "Plan", "predict_iteration", "select_plan", "stage_times"]
 
 LABEL_BYTES = 8
 MESSAGE_OVERHEAD_S = 0.004
 """Fixed cost of one step message on the offload channel (framing, gRPC, scheduling), measured on loopback."""
+DEFAULT_MBPS = 100.0
+"""Bandwidth a node is assumed to have before it reports one."""
 CHANNEL_BYTES_PER_S = 500e6
 """Codec and gRPC copy throughput of the offload channel on loopback (benchmark ``split``: ``channel_mb_s``)."""
 
@@ -190,22 +195,6 @@ def select_plan(
     return best
 
 
-@dataclass
-class NodeEstimate:
-    """What the planner believes about one node."""
-
-    slowdown: float = 1.0
-    uplink_mbps: float = 100.0
-    downlink_mbps: float = 100.0
-    latency_ms: float = 0.0
-    observed: bool = False
-
-    @property
-    def link(self) -> LinkProfile:
-        """The estimated link."""
-        return LinkProfile(self.uplink_mbps, self.downlink_mbps, self.latency_ms)
-
-
 class PiParPlanner:
     """Per-node automatic (k, m) selection that follows what nodes report.
 
@@ -221,48 +210,48 @@ class PiParPlanner:
         A fixed micro-batch count, or ``0`` to select it.
     """
 
-    def __init__(self, profile: ModelProfile, batch_size: int, split_point: int = -1, micro_batches: int = 0) -> None:
+    def __init__(
+        self,
+        profile: ModelProfile,
+        batch_size: int,
+        split_point: int = -1,
+        micro_batches: int = 0,
+        history: ObservationHistory | None = None,
+    ) -> None:
         self.profile = profile
         self.batch_size = batch_size
         self.fixed_k = split_point
         self.fixed_m = micro_batches
-        self.nodes: dict[int, NodeEstimate] = {}
+        self.history = history or ObservationHistory(CostModel(profile, batch_size), DEFAULT_MBPS, window=1)
         self.plans: dict[int, Plan] = {}
+
+    def estimate(self, node: int) -> NodeState:
+        """What the planner believes about ``node`` (the prior before its first reply)."""
+        return self.history.state(node) or NodeState(1.0, DEFAULT_MBPS, DEFAULT_MBPS)
 
     def plan(self, node: int) -> Plan:
         """The node's plan for the next round."""
-        est = self.nodes.setdefault(node, NodeEstimate())
+        est = self.estimate(node)
         plan = select_plan(
             self.profile,
             self.batch_size,
             est.slowdown,
-            est.link,
+            LinkProfile(est.uplink_mbps, est.downlink_mbps, est.latency_s * 1e3),
             split_points=[self.fixed_k] if self.fixed_k >= 0 else None,
             micro_batches=[self.fixed_m] if self.fixed_m > 0 else None,
         )
         self.plans[node] = plan
         return plan
 
-    def observe(self, node: int, metrics: Mapping[str, float]) -> None:
-        """Update the node's estimates from its reply metrics (``device-s``, ``uplink-s``, ``uplink-bytes`` ...)."""
-        est = self.nodes.setdefault(node, NodeEstimate())
-        k = int(metrics.get("split-point", len(self.profile.blocks)))
-        batches = float(metrics.get("batches", 0) or 0)
-        examples = float(metrics.get("num-examples", 0) or 0)
-        if batches and examples and metrics.get("device-s"):
-            per_sample = sum(b.fwd_s + b.bwd_s for b in self.profile.blocks[:k]) / self.profile.batch_size
-            predicted = per_sample * examples
-            if predicted > 0:
-                est.slowdown = max(1.0, float(metrics["device-s"]) / predicted)
-        for direction in ("uplink", "downlink"):
-            nbytes, seconds = metrics.get(f"{direction}-bytes"), metrics.get(f"{direction}-s")
-            if nbytes and seconds and float(seconds) > 0:
-                setattr(est, f"{direction}_mbps", float(nbytes) * 8 / float(seconds) / 1e6)
-        est.observed = True
+    def observe(self, node: int, metrics: Mapping[str, float], server_round: int = 0) -> None:
+        """Learn the node's slow-down and bandwidth from its reply metrics (``train-time-s``, ``device-s``,
+        ``uplink-s``, ``uplink-bytes``, or the ``uplink-mbps`` it reports ...): see
+        :class:`~edgeflower.planning.observations.ObservationHistory`."""
+        self.history.add(server_round, node, metrics)
 
     def on_train_round(
         self, server_round: int, seconds: float, replies: Mapping[int, Mapping[str, float]], aggregated: object
     ) -> None:
         """:class:`~edgeflower.strategies.edge.RoundRecorder` hook: learn from every node's reply."""
         for node, metrics in replies.items():
-            self.observe(node, metrics)
+            self.observe(node, metrics, server_round)

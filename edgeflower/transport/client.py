@@ -40,6 +40,7 @@ from edgeflower.transport.errors import (
     SessionStateError,
     from_rpc_error,
 )
+from edgeflower.transport.grpc_server import open_channel
 from edgeflower.transport.messages import (
     END_KIND,
     CloseReply,
@@ -63,10 +64,8 @@ from edgeflower.transport.service import (
     METHOD_TRAIN,
     SESSION_KEY,
     TOKEN_KEY,
-    channel_options,
     identity,
 )
-from edgeflower.transport.tls import client_credentials
 
 __all__ = ["EdgeClient", "SessionHandle"]
 
@@ -102,13 +101,7 @@ class EdgeClient:
         self.address = address
         self.limits = Limits(max_message_bytes=max_message_bytes)
         self.timeout_s = timeout_s
-        options: list[tuple[str, Any]] = list(channel_options(max_message_bytes))
-        if tls_root_cert is not None:
-            if server_name:
-                options.append(("grpc.ssl_target_name_override", server_name))
-            self._channel = grpc.secure_channel(address, client_credentials(tls_root_cert), options)
-        else:
-            self._channel = grpc.insecure_channel(address, options)
+        self._channel = open_channel(address, max_message_bytes, tls_root_cert, server_name)
         kw = {"request_serializer": identity, "response_deserializer": identity}
         self._unary = {
             method: self._channel.unary_unary(method, **kw)

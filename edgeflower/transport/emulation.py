@@ -19,7 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DeviceProfile", "EmulatedLink", "LinkProfile", "LinkSchedule", "parse_profiles", "profile_for"]
+__all__ = [
+    "DeviceProfile",
+    "EmulatedLink",
+    "LinkProfile",
+    "LinkSchedule",
+    "parse_profiles",
+    "profile_for",
+    "wait_until",
+]
 
 
 @dataclass(frozen=True)
@@ -165,32 +173,43 @@ class EmulatedLink:
 
     def __init__(self, profile: LinkProfile | None = None) -> None:
         self.profile = profile or LinkProfile()
-        self._locks = {True: threading.Lock(), False: threading.Lock()}
+        self._lock = threading.Lock()
+        self._free = {True: 0.0, False: 0.0}  # when each direction's wire is free again (perf-counter time)
         self.bytes = {True: 0, False: 0}
 
     def set_profile(self, profile: LinkProfile) -> None:
         """Change bandwidth/latency (e.g. at a new round)."""
         self.profile = profile
 
+    def book(self, nbytes: int, up: bool, ready: float | None = None) -> tuple[float, float]:
+        """Reserve the wire for ``nbytes`` sent at ``ready`` (default: now); return ``(start, arrival)`` times.
+
+        The transfer starts when the message is ready and the wire is free of earlier transfers in the same
+        direction, holds the wire for the serialisation time, and arrives the link latency after it leaves the
+        wire. Booking does not wait: the caller waits until ``arrival`` (with :func:`wait_until`) before it hands
+        the message over, so back-to-back messages overlap their latencies as on a real link.
+        """
+        profile = self.profile
+        ready = time.perf_counter() if ready is None else ready
+        with self._lock:
+            start = max(ready, self._free[up])
+            self._free[up] = start + profile.transfer_s(nbytes, up)
+            self.bytes[up] += nbytes
+            return start, self._free[up] + profile.latency_ms / 1000
+
     def transmit(self, nbytes: int, up: bool) -> tuple[float, float]:
         """Block for the emulated transfer of ``nbytes``; return ``(start, end)`` perf-counter times.
 
-        The link is held for the serialisation time (queueing other transfers in the same direction); the
-        latency is then waited without holding the link, so back-to-back messages pipeline as on a real link.
+        Transfers in the same direction queue for the wire (serialisation time); the latency is waited without
+        holding it, so messages sent back to back from several threads pipeline as on a real link.
         """
-        profile = self.profile
-        with self._locks[up]:
-            start = time.perf_counter()
-            hold = profile.transfer_s(nbytes, up)
-            if hold > 0:
-                _sleep_until(start + hold)
-            self.bytes[up] += nbytes
-        if profile.latency_ms > 0:
-            _sleep_until(start + hold + profile.latency_ms / 1000)
+        start, arrival = self.book(nbytes, up)
+        wait_until(arrival)
         return start, time.perf_counter()
 
 
-def _sleep_until(deadline: float) -> None:
+def wait_until(deadline: float) -> None:
+    """Sleep until the perf-counter time ``deadline`` (returns at once if it has passed)."""
     while True:
         left = deadline - time.perf_counter()
         if left <= 0:
