@@ -693,6 +693,9 @@ def _execute(
                 kill_process_tree(follower.pid)
     elapsed = time.monotonic() - t0
     logs = "" if stream else fetch_logs(run_id, connection, env)
+    if not stream and status != STATUS_COMPLETED and "Traceback" not in logs:
+        time.sleep(LATE_LOGS_S)  # a failing runtime uploads its traceback after it reported the final status
+        logs = fetch_logs(run_id, connection, env) or logs
     log(INFO, "flwrctl: run %s -> %s (%.1fs) %s", run_id, status, elapsed, details)
     return RunOutcome(status, run_id, logs, elapsed, details, cli_output)
 
@@ -787,6 +790,9 @@ def run_simulation(
         )
     return outcome
 
+
+LATE_LOGS_S = 3.0
+"""How long to wait before fetching a failed run's logs again (its last lines arrive after the final status)."""
 
 RAY_STARTUP_FAILURES = ("wait_for_persisted_port",)
 """Log markers of Ray failing to start a simulation worker on an overloaded machine (retried once)."""
