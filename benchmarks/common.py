@@ -13,7 +13,7 @@ import json
 import os
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +29,17 @@ class BenchArgs(argparse.Namespace):
     out: Path
 
 
-def parse_args(name: str, argv: Sequence[str] | None = None) -> BenchArgs:
-    """Parse ``--quick`` and ``--out`` for benchmark ``name``."""
+def parse_args(
+    name: str,
+    argv: Sequence[str] | None = None,
+    extra: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> BenchArgs:
+    """Parse ``--quick`` and ``--out`` (and the options ``extra`` adds) for benchmark ``name``."""
     parser = argparse.ArgumentParser(prog=f"python -m benchmarks.{name}", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny run for CI (seconds)")
     parser.add_argument("--out", type=Path, default=Path("results"), help="output directory (default: results)")
+    if extra is not None:
+        extra(parser)
     args = parser.parse_args(argv, namespace=BenchArgs())
     args.out.mkdir(parents=True, exist_ok=True)
     return args

@@ -1,7 +1,8 @@
 """Benchmark ``fedadapt``: adaptive offloading on the emulated FedAdapt testbed.
 
 Five devices (2x Pi 3, 2x Pi 4, 1 Jetson as compute slow-downs 8/4/2 of this machine) on 75 Mbit/s links; from
-round ``drop`` one Pi 3 and one Pi 4 fall to 5 Mbit/s. VGG5 on Fashion-MNIST (IID partitions), batch 100,
+round ``drop`` one Pi 3 and one Pi 4 fall to 5 Mbit/s. VGG5 on CIFAR-10 where it is present (``--dataset auto``,
+the default; torchvision's files under ``$EDGEFLOWER_DATA``), else Fashion-MNIST (IID partitions), batch 100,
 SGD lr 0.01 momentum 0.9 (x0.1 after half the rounds). Rounds run in-process without the Flower engine: every
 node trains ``batches`` mini-batches per round, offloaded ones through :class:`SplitTrainer` against an in-process
 :class:`EdgeServer` with the node's device and link emulation; nodes run one after another and each node's time is
@@ -15,6 +16,7 @@ first with ``train-agent``'s environment on this machine's profile).
 
 from __future__ import annotations
 
+import argparse
 import copy
 import itertools
 import statistics
@@ -30,7 +32,7 @@ from edgeflower.clients.local import evaluate, make_optimizer, train_local
 from edgeflower.clients.split import SplitTrainer
 from edgeflower.commands.train_agent import train_policy
 from edgeflower.data import BatchLoader, load_dataset, partition
-from edgeflower.data.datasets import ImageData
+from edgeflower.data.datasets import DATASET_SHAPES, DataError, ImageData
 from edgeflower.models import build_model
 from edgeflower.models.splittable import SplittableModel
 from edgeflower.planning import CostModel, ExactPlanner, FixedPlanner, Planner, fedadapt_testbed, make_planner
@@ -47,15 +49,15 @@ BATCH = 100
 class Bench:
     """Shared state of one benchmark run: data, testbed, edge server, initial model."""
 
-    def __init__(self, rounds: int, batches: int, drop: int, eval_samples: int, edge: EdgeServer) -> None:
+    def __init__(self, rounds: int, batches: int, drop: int, eval_samples: int, edge: EdgeServer, dataset: str) -> None:
         self.rounds, self.batches, self.drop = rounds, batches, drop
         self.testbed: Testbed = fedadapt_testbed(drop_round=drop)
-        train = load_dataset("fashion-mnist")
+        train = load_dataset(dataset)
         parts = partition(train.y.numpy(), len(self.testbed.nodes), "iid", seed=0)
         self.data: list[ImageData] = [train.subset(p) for p in parts]
-        self.test = load_dataset("fashion-mnist", train=False).subset(range(eval_samples))
+        self.test = load_dataset(dataset, train=False).subset(range(eval_samples))
         torch.manual_seed(0)
-        self.init = build_model("vgg5")
+        self.init = build_model("vgg5", in_shape=DATASET_SHAPES[dataset])
         self.edge = edge
         self.issuer = TokenIssuer(SECRET)
         self.client = EdgeClient(edge.address)
@@ -218,27 +220,57 @@ def key_index(key: str) -> int:
     return ("fl", "fixed", "exact", "agent").index(key)
 
 
+def choose_dataset(requested: str) -> str:
+    """``auto``: CIFAR-10 when its files are present (as in the FedAdapt paper), else Fashion-MNIST."""
+    if requested != "auto":
+        return requested
+    try:
+        load_dataset("cifar10", train=False)
+    except DataError:
+        return "fashion-mnist"
+    return "cifar10"
+
+
+def _options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dataset",
+        default="auto",
+        choices=["auto", "cifar10", "fashion-mnist"],
+        help="auto (default): CIFAR-10 where present, else Fashion-MNIST",
+    )
+
+
 def main() -> None:
-    args = parse_args("fedadapt")
+    args = parse_args("fedadapt", extra=_options)
+    dataset = choose_dataset(args.dataset)
+    print(f"dataset: {dataset}", flush=True)
     t_start = time.perf_counter()
     if args.quick:
         rounds, batches, drop, eval_samples, episodes, probe_ks = 3, 1, 3, 500, 200, [0]
     else:
         rounds, batches, drop, eval_samples, episodes, probe_ks = 10, 6, 6, 5000, 300, list(range(7))
     restarts, trials, repeats = (1, 1, 2) if args.quick else (3, 3, 5)
-    model = build_model("vgg5")
+    model = build_model("vgg5", in_shape=DATASET_SHAPES[dataset])
     profile = median_profile(model, BATCH, repeats=repeats, trials=trials)  # per-block median: robust to load bursts
     print(f"profiled in {time.perf_counter() - t_start:.1f} s", flush=True)
     policy_path = Path(args.out) / f"fedadapt_agent{'.quick' if args.quick else ''}.pt"
     print(f"training the FedAdapt agent ({restarts} x {episodes} episodes) ...", flush=True)
-    trained = train_policy(policy_path, episodes=episodes, seed=0, progress=False, restarts=restarts, profile=profile)
+    trained = train_policy(
+        policy_path,
+        in_shape=DATASET_SHAPES[dataset],
+        episodes=episodes,
+        seed=0,
+        progress=False,
+        restarts=restarts,
+        profile=profile,
+    )
     print(
         f"  agent reward {trained.agent_reward:.2f} vs no offloading {trained.no_offload_reward:.2f} "
         f"({time.perf_counter() - t_start:.1f} s)",
         flush=True,
     )
     with EdgeServer(secret=SECRET) as edge:
-        bench = Bench(rounds, batches, drop, eval_samples, edge)
+        bench = Bench(rounds, batches, drop, eval_samples, edge, dataset)
         bench.train_node(copy.deepcopy(bench.init), 4, 4, 1, 1)  # warm-up: gRPC channel, allocator
         cost = CostModel(profile)
         runs = {"fl": bench.run("classic FL", FixedPlanner(cost, model.num_blocks))}
@@ -300,6 +332,7 @@ def main() -> None:
     _plots(runs, names, bench.testbed, drop, args)
     details = {
         "setup": {
+            "dataset": dataset,
             "rounds": rounds,
             "batches_per_round": batches,
             "batch_size": BATCH,

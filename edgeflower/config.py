@@ -92,6 +92,9 @@ class AppConfig:
         Comma-separated ``host:port`` of running ``edgeflower edge-server`` processes (empty = in-process).
     edge_secret_file : str
         File with the token secret those edge servers share (required with ``edge-addresses``).
+    edge_root_cert : str
+        PEM CA certificate the nodes trust for TLS to the ``edge-addresses`` servers (empty = plaintext); a node's
+        node config ``edge-root-cert`` overrides it.
     device_profiles : str
         Per-node compute slow-down factors, e.g. ``"1,4,2.5"`` (node ``i`` takes value ``i mod n``).
     link_profiles : str
@@ -160,6 +163,7 @@ class AppConfig:
     edge_servers: int = 2
     edge_addresses: str = ""
     edge_secret_file: str = ""
+    edge_root_cert: str = ""
     device_profiles: str = ""
     link_profiles: str = ""
     link_trace: str = ""
@@ -323,6 +327,11 @@ class AppConfig:
                 raise ConfigError("edge-secret-file", "is required when edge-addresses is set")
             if not Path(self.edge_secret_file).is_file():
                 raise ConfigError("edge-secret-file", f"{self.edge_secret_file!r} does not exist")
+        if self.edge_root_cert:
+            if not self.edge_addresses:
+                raise ConfigError("edge-root-cert", "needs edge-addresses (in-process edge servers use loopback)")
+            if not Path(self.edge_root_cert).is_file():
+                raise ConfigError("edge-root-cert", f"{self.edge_root_cert!r} does not exist")
 
     @property
     def edge_address_list(self) -> list[str]:

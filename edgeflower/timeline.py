@@ -2,7 +2,8 @@
 
 Each :class:`Interval` is one phase of one (micro-)batch on one resource. Rounds report the per-phase totals as
 metrics and the intervals themselves as JSON (``edgeflower plot`` draws them as a Gantt chart). Idle time of a
-resource is the part of the round's span where it does nothing.
+resource is the part of the round's span where it does nothing; a link's utilisation is the fraction of the span
+it carries data.
 """
 
 from __future__ import annotations
@@ -88,12 +89,21 @@ class Timeline:
         return max(iv.end for iv in self.intervals) - min(iv.start for iv in self.intervals)
 
     def totals(self) -> dict[str, float]:
-        """Per-phase busy seconds, the span, and device/server idle seconds (span minus busy)."""
+        """Per-phase busy seconds, the span, device/server idle seconds (span minus busy) and link utilisation.
+
+        Returns
+        -------
+        dict of str to float
+            ``<phase>-s`` for every phase, ``span-s``, ``device-idle-s``, ``server-idle-s``, and
+            ``uplink-utilisation`` / ``downlink-utilisation`` (busy seconds of the link over the span, 0 to 1).
+        """
         out = {f"{p}-s": self.busy(p) for p in PHASES}
         span = self.span_s
         out["span-s"] = span
         out["device-idle-s"] = max(0.0, span - out["device-s"])
         out["server-idle-s"] = max(0.0, span - out["server-s"])
+        for link in ("uplink", "downlink"):
+            out[f"{link}-utilisation"] = out[f"{link}-s"] / span if span > 0 else 0.0
         return out
 
     def to_json(self) -> str:

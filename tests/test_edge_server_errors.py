@@ -58,12 +58,14 @@ def _open(client: EdgeClient, node: int = 1, k: int = K, **kw: object) -> tuple[
 
 
 class GoodSession(threading.Thread):
-    """A well-behaved device training steadily on the same server while a test misbehaves."""
+    """A well-behaved device training on the same server while a test misbehaves: it trains half its batches,
+    holds its session open until the test is done misbehaving (``resume``), then trains the rest and closes."""
 
     def __init__(self, address: str, data: list, batches: int = 12) -> None:
         super().__init__(daemon=True)
         self.address, self.data, self.batches = address, data, batches
         self.started_training = threading.Event()
+        self.resume = threading.Event()
         self.error: BaseException | None = None
         self.metrics = None
 
@@ -73,9 +75,11 @@ class GoodSession(threading.Thread):
                 session, head = _open(client, node=99)
                 x, y = self.data[0]
                 for b in range(self.batches):
+                    if b == self.batches // 2:
+                        self.started_training.set()
+                        assert self.resume.wait(120), "the test never let the good session resume"
                     result = session.step(head(x).detach(), y, batch=b)
                     assert result.grad is not None and result.stepped
-                    self.started_training.set()
                 _, self.metrics = session.close()
         except BaseException as exc:
             self.error = exc
@@ -95,6 +99,7 @@ def good(server: EdgeServer, data: list) -> Iterator[GoodSession]:
     worker.start()
     assert worker.started_training.wait(20)
     yield worker
+    worker.resume.set()  # the misbehaviour is over: the good session must still be served to the end
     worker.check()
 
 

@@ -145,14 +145,13 @@ def test_source_killed_before_the_migration_fails_cleanly_and_falls_back_keeping
     torch.manual_seed(0)
     initial = build_model("vgg5")
     k, at = 3, 2
-    reference = copy.deepcopy(initial)  # batches [0, at) split (== local), then local from the round-start tail
+    # batches [0, at) split (== local); then the device replays the dead source's tail updates and trains
+    # locally: the same as local training of the whole model
+    reference = copy.deepcopy(initial)
     head, tail = reference.split(k, share=True)
     head_opt = make_optimizer(head.parameters(), OPT.lr, OPT.momentum, OPT.weight_decay)
     tail_opt = make_optimizer(tail.parameters(), OPT.lr, OPT.momentum, OPT.weight_decay)
-    for i, (x, y) in enumerate(batches):
-        if i == at:
-            tail.load_state_dict(initial.split(k)[1].state_dict())
-            tail_opt = make_optimizer(tail.parameters(), OPT.lr, OPT.momentum, OPT.weight_decay)
+    for x, y in batches:
         head_opt.zero_grad()
         tail_opt.zero_grad()
         torch.nn.functional.cross_entropy(tail(head(x)), y).backward()
@@ -170,7 +169,7 @@ def test_source_killed_before_the_migration_fails_cleanly_and_falls_back_keeping
 
         order = _order(b, at_batch=at, node=7)
         result = _run(moved, stream(), source.address, "edge-src", order, node=7)
-    assert result.fell_back and result.fallback_batch == at
+    assert result.fell_back and result.fallback_batch == at and result.replayed_batches == at
     assert _max_diff(moved, reference) <= 1e-5
     assert b.num_sessions == 0
 
@@ -270,8 +269,10 @@ def test_operator_trigger_moves_a_running_node_at_the_next_batch_boundary(tmp_pa
     assert _max_diff(unmoved, moved) <= 1e-6
 
 
-def test_migration_with_full_dp_keeps_weights_noise_stream_and_epsilon(edges, batches):
-    """dp = full: the tail's DP state (noise generator, step count) moves too, so epsilon continues."""
+@pytest.mark.parametrize(("micro_batches", "full"), [(1, True), (4, True), (4, False)])
+def test_migration_with_dp_keeps_weights_noise_stream_and_epsilon(edges, batches, micro_batches, full):
+    """dp = full: the tail's DP state (noise generator, step count) moves too, so epsilon continues; split
+    (one micro-batch) and pipelined; dp = device: the device's DP is unaffected by the move."""
     from edgeflower.privacy.dpsgd import DeviceDP
     from edgeflower.privacy.remote import open_private_session
     from edgeflower.transport.messages import DPParams
@@ -286,7 +287,11 @@ def test_migration_with_full_dp_keeps_weights_noise_stream_and_epsilon(edges, ba
         token = ISSUER.issue(run_id=3, node_id=node, server_round=1, edge_id="edge-a")
         device_dp = DeviceDP(1.0, 1.0, 32, 0.1, torch.Generator().manual_seed(7))
         with EdgeClient(a.address) as client:
-            trainer = PipelineTrainer(model, 3, OPT, 1, dp=device_dp)
+            trainer = PipelineTrainer(model, 3, OPT, micro_batches, dp=device_dp)
+            if not full:
+                return train_moving(
+                    trainer, batches, lambda k, tail, opt: client.open_session(token, model.spec, k, tail, opt), order
+                )
             return train_moving(
                 trainer,
                 batches,
@@ -295,11 +300,14 @@ def test_migration_with_full_dp_keeps_weights_noise_stream_and_epsilon(edges, ba
             )
 
     unmoved, moved = copy.deepcopy(initial), copy.deepcopy(initial)
-    still = run(unmoved, None, node=20)
-    order = _order(b, at_batch=3, node=21)
-    result = run(moved, order, node=21)
-    assert not result.fell_back
+    node = 20 + 10 * micro_batches + int(full)
+    still = run(unmoved, None, node=node)
+    order = _order(b, at_batch=3, node=node + 100)
+    result = run(moved, order, node=node + 100)
+    assert not result.fell_back and order.report["migration-s"] > 0
     assert _max_diff(unmoved, moved) <= 1e-6  # same noise, same clipping: the move changed nothing
+    if not full:
+        return
     assert result.server_metrics["dp-steps"] == still.server_metrics["dp-steps"] == len(batches)
     assert result.server_metrics["dp-epsilon"] == pytest.approx(still.server_metrics["dp-epsilon"], abs=1e-9)
     assert result.server_metrics["dp-epsilon"] > 0

@@ -42,10 +42,11 @@ def _max_diff(a, b) -> float:
     return max((sa[k].double() - sb[k].double()).abs().max().item() for k in sa)
 
 
-@pytest.mark.parametrize("k", [0, 1, 3, 5])
-def test_pipelined_training_equals_sequential_split_training_with_groupnorm(edge, batches, k):
+@pytest.mark.parametrize(("name", "k"), [("vgg5", k) for k in range(7)] + [("resnet18", k) for k in (2, 5, 9)])
+def test_pipelined_training_equals_sequential_split_training_with_groupnorm(edge, batches, name, k):
     torch.manual_seed(0)
-    initial = build_model("vgg5", norm="group")
+    options = {"resnet18": {"width": 8}, "mobilenetv2": {"width": 0.25}}.get(name, {})
+    initial = build_model(name, norm="group", **options)
     sequential, pipelined = copy.deepcopy(initial), copy.deepcopy(initial)
     with EdgeClient(edge.address) as client:
         SplitTrainer(sequential, k, OPT).train(batches, _opener(client, sequential))
@@ -53,6 +54,31 @@ def test_pipelined_training_equals_sequential_split_training_with_groupnorm(edge
     assert not result.fell_back and result.traffic["micro-batches"] == 4
     assert _max_diff(sequential, pipelined) <= 1e-5
     assert _max_diff(initial, pipelined) > 1e-3
+
+
+def test_pipelined_mobilenetv2_differs_from_sequential_only_by_float_reordering(edge, batches):
+    """MobileNetV2 on 28x28 inputs ends in 1x1 feature maps, where GroupNorm is so ill-conditioned in float32 that
+    even local training with gradient accumulation over 4 micro-batches differs from full-batch training by ~4e-4
+    (in float64 by 2e-16). Pipelining must add nothing beyond that reordering noise."""
+    torch.manual_seed(0)
+    initial = build_model("mobilenetv2", norm="group", width=0.25)
+    local = {}
+    for m in (1, 4):
+        local[m] = copy.deepcopy(initial)
+        opt = make_optimizer(local[m].parameters(), OPT.lr, OPT.momentum)
+        for x, y in batches:
+            opt.zero_grad()
+            for xm, ym in zip(x.tensor_split(m), y.tensor_split(m), strict=True):
+                (torch.nn.functional.cross_entropy(local[m](xm), ym) * len(ym) / len(y)).backward()
+            opt.step()
+    noise = _max_diff(local[1], local[4])
+    sequential, pipelined = copy.deepcopy(initial), copy.deepcopy(initial)
+    with EdgeClient(edge.address) as client:
+        SplitTrainer(sequential, 4, OPT).train(batches, _opener(client, sequential))
+        PipelineTrainer(pipelined, 4, OPT, micro_batches=4).train(batches, _opener(client, pipelined))
+    assert _max_diff(sequential, local[1]) <= 1e-5  # split == local: same operations, same order
+    assert _max_diff(pipelined, local[4]) <= 1e-5  # pipelined == local accumulation over the same micro-batches
+    assert _max_diff(sequential, pipelined) <= 2 * noise
 
 
 def test_pipelined_batchnorm_equals_local_gradient_accumulation_over_micro_batches(edge, batches):
@@ -95,6 +121,7 @@ def test_device_compute_and_uplink_really_overlap(edge, batches):
     assert any(s.start < d.end and d.start < s.end for s in server for d in device)  # server busy during device work
     totals = result.timeline.totals()
     assert totals["span-s"] < totals["device-s"] + totals["uplink-s"] + totals["server-s"] + totals["downlink-s"]
+    assert 0 < totals["uplink-utilisation"] <= 1 and 0 < totals["downlink-utilisation"] <= 1
 
 
 def test_several_devices_pipeline_against_one_edge_server_at_once(edge, batches):

@@ -92,7 +92,7 @@ def test_full_mode_adds_the_edge_sessions_history_to_the_node(fmnist_train):
 
 
 @pytest.mark.parametrize(("mode", "split"), [("device", False), ("full", True)])
-def test_target_epsilon_calibrates_the_noise_and_stops_the_node_when_the_budget_is_spent(mode, split):
+def test_target_epsilon_calibrates_the_noise_and_stops_the_node_when_the_budget_is_spent(mode, split, caplog):
     settings = DPSettings(mode, noise_multiplier=0.0, max_grad_norm=1.0, target_epsilon=2.0, delta=DELTA)
     state = RecordDict()
     spent = []
@@ -104,7 +104,9 @@ def test_target_epsilon_calibrates_the_noise_and_stops_the_node_when_the_budget_
         spent.append(dp.epsilon)
     assert spent[-1] <= 2.0 and spent[-1] > 1.9  # calibrated: the planned rounds use (almost) all of the budget
     last = _round(settings, state, 200, split=split, rounds=3)
+    assert "budget exhausted" not in caplog.text
     assert last.exhausted("node 0")
+    assert "dp: node 0 stops training: privacy budget exhausted" in caplog.text  # clearly logged
     assert last.stopped_metrics()["dp-stopped"] == 1 and last.stopped_metrics()["dp-epsilon"] == spent[-1]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 
 import pytest
 import torch
@@ -176,9 +177,14 @@ def test_dp_params_travel_in_the_open_request_and_bad_values_are_rejected():
         DPParams(1.0, 1.0, 10, 0.0, 1e-5)
 
 
-def test_batchnorm_is_converted_once_for_every_party_or_refused(edge):
+def test_batchnorm_is_converted_once_for_every_party_or_refused(edge, caplog):
+    from edgeflower.privacy import models as dp_models
+
+    caplog.set_level(logging.INFO, logger="flwr")
+    dp_models._LOGGED.clear()
     cfg = AppConfig.from_run_config({"dp": "device", "dp-delta": 1e-5, "norm": "batch", "mode": "split"})
     model = cfg.build_model()
+    assert "uses BatchNorm" in caplog.text and "converted to GroupNorm" in caplog.text  # said clearly, once
     assert model.spec.norm == "group"
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     assert any(isinstance(m, nn.GroupNorm) for m in model.modules())

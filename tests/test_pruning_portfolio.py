@@ -230,3 +230,28 @@ def test_unsupported_layer_is_reported_by_path() -> None:
     model.blocks[1] = nn.Sequential(nn.MaxPool2d(2, 2, ceil_mode=True), nn.SiLU())
     with pytest.raises(SurgeryError, match=r"blocks\.1\.1.*SiLU"):
         surgery(model)
+
+
+def test_cli_prunes_the_checkpoint_of_an_fl_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from edgeflower.config import AppConfig
+
+    run = tmp_path / "run"  # what an FL run directory holds: its run config and the final global model
+    run.mkdir()
+    cfg = AppConfig.from_run_config({"model": "vgg5", "norm": "batch"})
+    (run / "config.json").write_text(json.dumps(cfg.to_dict()))
+    torch.manual_seed(0)
+    model = cfg.build_model()
+    torch.save(model.state_dict(), run / "model.pt")
+    out = tmp_path / "pf"
+    common = ["--compressions", "2", "--retrain-epochs", "0.01", "--train-samples", "1000", "--test-samples", "100"]
+    assert main(["prune", "--checkpoint", str(run), *common, "--out", str(out), "--no-progress"]) == 0
+    loaded = Portfolio.load(out)
+    assert loaded.names == ["x2"] and loaded.spec == model.spec
+    assert loaded["x2"].params < sum(p.numel() for p in model.parameters())
+
+    wrong = tmp_path / "other.pt"  # a state dict that does not fit the zoo model asked for
+    torch.save(build_model("vgg11", (1, 28, 28), 10, "batch", width=0.125).state_dict(), wrong)
+    capsys.readouterr()
+    assert main(["prune", "--checkpoint", str(wrong), "--model", "vgg5", *common, "--out", str(tmp_path / "x")]) == 1
+    assert "does not fit vgg5" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()  # nothing half-written

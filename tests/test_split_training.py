@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from edgeflower.clients.local import make_optimizer
+from edgeflower.clients.pipeline import PipelineTrainer
 from edgeflower.clients.split import SplitTrainer
 from edgeflower.data import BatchLoader
 from edgeflower.models import build_model
@@ -86,17 +87,24 @@ def test_timeline_records_every_phase_in_data_flow_order(edge, batches):
     metrics = result.metrics()
     assert metrics["uplink-s"] == pytest.approx(4 * (act_bytes * 8 / 40e6 + 0.002), rel=0.15)
     assert metrics["server-s"] > 0 and metrics["server-idle-s"] > 0
+    assert 0 < metrics["uplink-utilisation"] <= 1 and 0 < metrics["downlink-utilisation"] <= 1
     assert metrics["fell-back"] == 0 and metrics["num-examples"] == 64
 
 
-def test_killed_edge_server_process_mid_round_falls_back_and_keeps_progress(tmp_path, batches):
+@pytest.mark.parametrize(
+    ("norm", "m", "replay_mb"),
+    [("batch", 1, 256.0), ("group", 4, 256.0), ("batch", 1, 0.0)],
+    ids=["split", "pipeline", "no-replay-log"],
+)
+def test_killed_edge_server_process_mid_round_falls_back_and_keeps_progress(tmp_path, batches, norm, m, replay_mb):
     secret_file = tmp_path / "secret"
     secret_file.write_bytes(SECRET)
     torch.manual_seed(0)
-    initial = build_model("vgg5")
+    initial = build_model("vgg5", norm=norm)
     k, kill_at = 3, 2
 
-    # What must come out: batches [0, kill_at) split (== local), then the tail restarts from the round-start
+    # What must come out: with the replay log, exactly local training of the whole model (the device rebuilds the
+    # dead edge server's tail); without it, batches [0, kill_at) split, then the tail restarts from the round-start
     # weights with a fresh optimizer while the head keeps its weights and momentum.
     reference = copy.deepcopy(initial)
     head, tail = reference.split(k, share=True)
@@ -104,7 +112,7 @@ def test_killed_edge_server_process_mid_round_falls_back_and_keeps_progress(tmp_
     tail_opt = make_optimizer(tail.parameters(), OPT.lr, OPT.momentum, OPT.weight_decay)
     loss_fn = torch.nn.CrossEntropyLoss()
     for i, (x, y) in enumerate(batches):
-        if i == kill_at:
+        if i == kill_at and replay_mb == 0:
             tail.load_state_dict(initial.split(k)[1].state_dict())
             tail_opt = make_optimizer(tail.parameters(), OPT.lr, OPT.momentum, OPT.weight_decay)
         head_opt.zero_grad()
@@ -123,10 +131,13 @@ def test_killed_edge_server_process_mid_round_falls_back_and_keeps_progress(tmp_
 
         model = copy.deepcopy(initial)
         with EdgeClient(proc.address, timeout_s=20) as client:
-            result = SplitTrainer(model, k, OPT).train(stream(), _opener(client, model))
+            trainer = PipelineTrainer(model, k, OPT, m, replay_limit_mb=replay_mb)
+            result = trainer.train(stream(), _opener(client, model))
     assert result.fell_back and result.fallback_batch == kill_at
     assert "Unavailable" in result.fallback_reason
     assert result.num_examples == 64
+    assert result.replayed_batches == (kill_at if replay_mb else 0)
+    assert result.metrics()["fallback-replayed-batches"] == result.replayed_batches
     assert _max_diff(model, reference) <= 1e-5
     assert _max_diff(model, initial) > 1e-3  # progress was made and kept
 

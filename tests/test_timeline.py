@@ -12,7 +12,7 @@ from edgeflower.runlog import RunLog
 from edgeflower.timeline import Timeline
 
 
-def test_busy_time_merges_overlaps_and_idle_is_span_minus_busy():
+def test_busy_time_merges_overlaps_idle_is_span_minus_busy_and_utilisation_is_busy_over_span():
     tl = Timeline()
     o = tl.origin
     tl.add("device", o + 0.0, o + 1.0)
@@ -24,6 +24,9 @@ def test_busy_time_merges_overlaps_and_idle_is_span_minus_busy():
     assert totals["span-s"] == pytest.approx(3.0)
     assert totals["server-idle-s"] == pytest.approx(2.0)
     assert totals["device-idle-s"] == pytest.approx(1.5)
+    assert totals["uplink-utilisation"] == pytest.approx(0.5 / 3.0)
+    assert totals["downlink-utilisation"] == 0.0
+    assert Timeline().totals()["uplink-utilisation"] == 0.0  # empty round: no division by zero
     with pytest.raises(ValueError, match="unknown phase"):
         tl.add("gpu", o, o + 1)
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -58,6 +59,14 @@ def node_link(cfg: AppConfig, partition_id: int, server_round: int) -> LinkProfi
     return profile_for(parse_profiles(cfg.link_profiles, "link"), partition_id, LinkProfile())
 
 
+def edge_connector(cfg: AppConfig, node_config: Mapping[str, Any]) -> Callable[[str], EdgeClient]:
+    """How this node connects to edge servers: TLS with ``edge-root-cert`` (node config over run config), else
+    plaintext."""
+    path = str(node_config.get("edge-root-cert", "") or cfg.edge_root_cert)
+    root_cert = Path(path).read_bytes() if path else None
+    return lambda address: EdgeClient(address, root_cert)
+
+
 def node_device(cfg: AppConfig, partition_id: int) -> DeviceProfile:
     """The emulated compute speed of a node."""
     return profile_for(parse_profiles(cfg.device_profiles, "device"), partition_id, DeviceProfile())
@@ -99,15 +108,16 @@ def train(msg: Message, context: Context) -> Message:
         trainer = PipelineTrainer(model, k, settings, m, device, link, dp=dp.device() if dp else None)
         token = str(config["edge-token"])
         tail_dp = dp.tail_params() if dp else None
-        order = move_order_from_plan(config, len(loader) * cfg.local_epochs)
-        trigger = trigger_from_plan(config, context.node_config)
+        connect = edge_connector(cfg, context.node_config)
+        order = move_order_from_plan(config, len(loader) * cfg.local_epochs, connect)
+        trigger = trigger_from_plan(config, context.node_config, connect)
 
         def open_on(c: EdgeClient, tok: str, kk: int, tail: Any, opt: OptimizerSettings) -> Any:
             if tail_dp is not None:  # dp = full: the edge server trains the tail privately too
                 return open_private_session(c, tok, model.spec, kk, tail, opt, tail_dp, m)
             return c.open_session(tok, model.spec, kk, tail, opt)
 
-        with EdgeClient(str(config["edge-address"])) as client:
+        with connect(str(config["edge-address"])) as client:
             result = train_moving(
                 trainer,
                 batches,

@@ -11,12 +11,13 @@ each node ended the round on and starts its next round there.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from edgeflower.clients.mobility import MoveOrder, MoveTrigger
 from edgeflower.server.pool import EdgePool
+from edgeflower.transport.client import EdgeClient
 
 __all__ = ["MobilityTracker", "Move", "move_order_from_plan", "parse_mobility", "plan_entries", "trigger_from_plan"]
 
@@ -78,18 +79,22 @@ def plan_entries(
     return entries
 
 
-def move_order_from_plan(plan: Mapping[str, Any], total_batches: int) -> MoveOrder | None:
-    """The node's scheduled move for this round, if its plan has one."""
+def move_order_from_plan(
+    plan: Mapping[str, Any], total_batches: int, connect: Callable[[str], EdgeClient] | None = None
+) -> MoveOrder | None:
+    """The node's scheduled move for this round, if its plan has one (``connect``: see :class:`MoveOrder`)."""
     if "move-edge" not in plan:
         return None
     edge = int(plan["move-edge"])
     addresses = str(plan["edge-addresses"]).split(",")
     tokens = str(plan["move-tokens"]).split(",")
     at = min(total_batches - 1, int(float(plan["move-fraction"]) * total_batches))
-    return MoveOrder(max(at, 0), addresses[edge], tokens[edge], str(plan.get("move-mode", "migrate")))
+    return MoveOrder(max(at, 0), addresses[edge], tokens[edge], str(plan.get("move-mode", "migrate")), connect)
 
 
-def trigger_from_plan(plan: Mapping[str, Any], node_config: Mapping[str, Any]) -> MoveTrigger | None:
+def trigger_from_plan(
+    plan: Mapping[str, Any], node_config: Mapping[str, Any], connect: Callable[[str], EdgeClient] | None = None
+) -> MoveTrigger | None:
     """A :class:`MoveTrigger` when the node config names a ``move-trigger`` file and the plan lists edge servers."""
     path = node_config.get("move-trigger")
     if not path or "edge-addresses" not in plan:
@@ -99,6 +104,7 @@ def trigger_from_plan(plan: Mapping[str, Any], node_config: Mapping[str, Any]) -
         str(plan["edge-addresses"]).split(","),
         str(plan["move-tokens"]).split(","),
         int(plan.get("edge-index", 0)),
+        connect,
     )
 
 

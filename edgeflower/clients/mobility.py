@@ -199,10 +199,20 @@ class MoveTrigger:
         The round's edge servers and a migration token for each (from the plan).
     current : int
         Index of the edge server the node trains with now.
+    connect : callable, optional
+        How the orders it fires connect to their destination (e.g. with TLS; default plaintext ``EdgeClient``).
     """
 
-    def __init__(self, path: str, addresses: list[str], tokens: list[str], current: int) -> None:
+    def __init__(
+        self,
+        path: str,
+        addresses: list[str],
+        tokens: list[str],
+        current: int,
+        connect: Callable[[str], EdgeClient] | None = None,
+    ) -> None:
         self.path = path
+        self.connect = connect
         self.addresses = addresses
         self.tokens = tokens
         self.current = current
@@ -227,7 +237,7 @@ class MoveTrigger:
             mode = str(request.get("mode", "migrate"))
             if not 0 <= to < len(self.addresses) or to == self.current:
                 raise ValueError(f"edge index {to} is not another edge server of this round")
-            order = MoveOrder(batch, self.addresses[to], self.tokens[to], mode)
+            order = MoveOrder(batch, self.addresses[to], self.tokens[to], mode, self.connect)
         except (KeyError, TypeError, ValueError) as exc:
             log(WARNING, "move trigger %s rejected: %s", self.path, exc)
             return None

@@ -52,6 +52,8 @@ class PipelineTrainer(SplitTrainer):
         Micro-batches per batch (capped by the batch size); 1 is sequential split training.
     dp : DeviceDP, optional
         Train the head with DP-SGD (see the module docstring).
+    replay_limit_mb : float
+        As for :class:`~edgeflower.clients.split.SplitTrainer` (the replay log keeps every micro-batch).
     """
 
     def __init__(
@@ -63,8 +65,9 @@ class PipelineTrainer(SplitTrainer):
         device: DeviceProfile | None = None,
         link: EmulatedLink | None = None,
         dp: DeviceDP | None = None,
+        replay_limit_mb: float = 256.0,
     ) -> None:
-        super().__init__(model, split_point, optimizer, device, link, dp)
+        super().__init__(model, split_point, optimizer, device, link, dp, replay_limit_mb)
         if micro_batches < 1:
             raise ValueError(f"micro_batches must be >= 1, got {micro_batches}")
         self.micro_batches = micro_batches
@@ -146,6 +149,7 @@ class PipelineTrainer(SplitTrainer):
                     act = self._device(timeline, b, "fwd", lambda j=j: self.head(xs[j]), j)
                 acts.append(act)
                 sent_act = act.detach()
+                self._sent.append((sent_act, ys[j]))
                 up0, up1 = self._book(_nbytes(sent_act, ys[j]), True)
                 timeline.add("uplink", up0, up1, b, j)
                 outbox.put((sent_act, ys[j], up1))

@@ -7,8 +7,12 @@ model. Every phase lands on a :class:`~edgeflower.timeline.Timeline`; device and
 and transfers to the emulated testbed.
 
 If the edge server dies or becomes unreachable mid-round, the device keeps its head progress and finishes the
-round by training the whole model locally, with the tail taken from the last tail weights it holds (those of the
-round start), and reports that it fell back.
+round by training the whole model locally, and reports that it fell back. The tail's progress on the dead edge
+server is not lost either: the device keeps the activations and labels it sent this round (the *replay log*, up to
+``replay_limit_mb``), so it rebuilds the tail the edge server had by replaying its updates from the round-start
+weights (the same inputs, loss and SGD settings give the same tail, optimizer momentum included) and continues
+from there: a round with a dead edge server ends with the same model as one without. Past the replay limit the log
+is dropped and the tail restarts from the round-start weights (logged).
 
 With ``dp`` (a :class:`~edgeflower.privacy.dpsgd.DeviceDP`) the head is trained with DP-SGD: Opacus' per-sample
 gradient hooks on the head capture each sample's gradient from the activation gradient the edge server returns,
@@ -68,6 +72,8 @@ class SplitResult:
         The edge session's metrics (empty after a fallback).
     traffic : dict
         ``uplink-bytes``, ``downlink-bytes`` sent over the (emulated) link, ``batches`` and ``micro-batches``.
+    replayed_batches : int
+        Batches of the dead edge server's tail training replayed on the device after a fallback.
     """
 
     num_examples: int
@@ -79,6 +85,7 @@ class SplitResult:
     timeline: Timeline
     server_metrics: dict[str, float] = field(default_factory=dict)
     traffic: dict[str, int] = field(default_factory=dict)
+    replayed_batches: int = 0
 
     def metrics(self) -> dict[str, float | int]:
         """Flat metrics for a Flower ``MetricRecord`` (hyphenated keys)."""
@@ -88,6 +95,7 @@ class SplitResult:
             "train-time-s": self.seconds,
             "fell-back": int(self.fell_back),
             "fallback-batch": self.fallback_batch,
+            "fallback-replayed-batches": self.replayed_batches,
         }
         out.update(self.timeline.totals())
         out.update(self.traffic)
@@ -115,6 +123,8 @@ class SplitTrainer:
         Link emulation.
     dp : DeviceDP, optional
         Train the head with DP-SGD (see the module docstring).
+    replay_limit_mb : float
+        Most megabytes of sent activations and labels kept to replay the tail after a fallback (0 keeps none).
     """
 
     move_order: MoveOrder | None = None
@@ -132,6 +142,7 @@ class SplitTrainer:
         device: DeviceProfile | None = None,
         link: EmulatedLink | None = None,
         dp: DeviceDP | None = None,
+        replay_limit_mb: float = 256.0,
     ) -> None:
         model.check_split_point(split_point)
         if split_point == model.num_blocks:
@@ -147,6 +158,12 @@ class SplitTrainer:
         self.traffic: dict[str, int] = {"uplink-bytes": 0, "downlink-bytes": 0}
         self.dp = dp
         self.dp_optimizer: BatchDPOptimizer | None = None
+        if replay_limit_mb < 0:
+            raise ValueError(f"replay_limit_mb must be >= 0, got {replay_limit_mb}")
+        self.replay_limit_bytes = int(replay_limit_mb * 1e6)
+        self._replay: list[tuple[int, list[tuple[torch.Tensor, torch.Tensor]]]] | None = []
+        self._replay_bytes = 0
+        self._sent: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     @property
     def _head_private(self) -> bool:
@@ -215,6 +232,7 @@ class SplitTrainer:
         pending: tuple[torch.Tensor, torch.Tensor] | None = None
         head_buffers: list[torch.Tensor] = []
         b = 0
+        self._replay, self._replay_bytes = [], 0
         try:
             session = open_session(self.k, round_start_tail, self.opt)
             for b, (x, y) in enumerate(it):
@@ -226,12 +244,15 @@ class SplitTrainer:
                     session = self._move(session, order)
                 if head_opt is not None:
                     head_opt.zero_grad(set_to_none=True)
+                self._sent = []
                 loss_sum += self._batch(session, b, x, y, timeline, head_opt)
+                self._log_sent(len(y))
                 pending = None
                 n += len(y)
                 batches_done += 1
             tail_state, metrics = session.close()
             session = None
+            self._replay = []  # the round is safe: free the log
             self.tail.load_state_dict(tail_state)
             return self._result(n, loss_sum, batches_done, t0, timeline, server_metrics=_metrics_dict(metrics))
         except EdgeError as exc:
@@ -242,6 +263,8 @@ class SplitTrainer:
                 except Exception:  # the session is already broken; aborting it is best effort
                     pass
             self.tail.load_state_dict(round_start_tail)
+            self._replay = self._replay if self.dp is None else None  # a DP round stops: nothing to replay
+            tail_opt, replayed = self._replay_tail(timeline, b)
             if pending is not None:
                 with torch.no_grad():
                     for buf, saved in zip(self.head.buffers(), head_buffers, strict=True):
@@ -252,9 +275,15 @@ class SplitTrainer:
                 log(WARNING, "dp: no non-private fallback; the round stops at batch %d", first)
                 return self._result(n, loss_sum, batches_done, t0, timeline, fallback=(first, reason))
             rest = ([pending] if pending is not None else []) + list(it)
-            m, local_loss = self._train_locally(rest, timeline, first, head_opt)
+            m, local_loss = self._train_locally(rest, timeline, first, head_opt, tail_opt)
             return self._result(
-                n + m, loss_sum + local_loss, batches_done + len(rest), t0, timeline, fallback=(first, reason)
+                n + m,
+                loss_sum + local_loss,
+                batches_done + len(rest),
+                t0,
+                timeline,
+                fallback=(first, reason),
+                replayed=replayed,
             )
 
     def _result(
@@ -266,6 +295,7 @@ class SplitTrainer:
         timeline: Timeline,
         server_metrics: dict[str, float] | None = None,
         fallback: tuple[int, str] | None = None,
+        replayed: int = 0,
     ) -> SplitResult:
         first, reason = fallback if fallback else (-1, "")
         return SplitResult(
@@ -278,6 +308,7 @@ class SplitTrainer:
             timeline,
             server_metrics or {},
             {**self.traffic, "batches": batches, "micro-batches": self.micro_batches},
+            replayed,
         )
 
     def _batch(
@@ -289,9 +320,13 @@ class SplitTrainer:
         timeline: Timeline,
         head_opt: torch.optim.Optimizer | None,
     ) -> float:
-        """One batch, sequentially: head forward, uplink, server, downlink, head backward. Returns the loss sum."""
+        """One batch, sequentially: head forward, uplink, server, downlink, head backward. Returns the loss sum.
+
+        Appends what it sent to ``self._sent`` (for the replay log).
+        """
         act = self._device(timeline, b, "fwd", lambda: self.head(x)) if self.k > 0 else x
         sent = act.detach()
+        self._sent.append((sent, y))
         up0, up1 = self._transmit(_nbytes(sent, y), True)
         timeline.add("uplink", up0, up1, b)
         call0 = time.perf_counter()
@@ -314,15 +349,53 @@ class SplitTrainer:
         self.traffic["uplink-bytes" if up else "downlink-bytes"] += nbytes  # one thread per direction
         return self.link.book(nbytes, up, ready)
 
+    def _log_sent(self, batch_size: int) -> None:
+        """Keep the batch the edge server just trained on in the replay log (dropped past the limit)."""
+        if self._replay is None:
+            return
+        self._replay_bytes += sum(_nbytes(a, y) for a, y in self._sent)
+        if self._replay_bytes > self.replay_limit_bytes:
+            log(
+                WARNING,
+                "split: replay log over %.0f MB; a fallback this round restarts the tail from the round start",
+                self.replay_limit_bytes / 1e6,
+            )
+            self._replay = None
+            return
+        self._replay.append((batch_size, self._sent))
+
+    def _replay_tail(self, timeline: Timeline, batch: int) -> tuple[torch.optim.Optimizer, int]:
+        """Rebuild the dead edge server's tail from the round-start tail and the replay log.
+
+        Each logged batch repeats the edge server's step: cross-entropy (scaled per micro-batch as in
+        :mod:`edgeflower.server.session`), backward, one SGD step. Returns the tail optimizer (its momentum as the
+        edge server had it) and the number of batches replayed.
+        """
+        tail_opt = _sgd(self.tail, self.opt)
+        log_ = self._replay or []
+        self._replay, self._sent = [], []
+
+        def replay() -> None:
+            for batch_size, micro in log_:
+                tail_opt.zero_grad(set_to_none=True)
+                for act, labels in micro:
+                    loss = nn.functional.cross_entropy(self.tail(act.to(torch.float32)), labels)
+                    (loss * (len(labels) / batch_size) if len(micro) > 1 else loss).backward()
+                tail_opt.step()
+
+        if log_:
+            self._device(timeline, batch, "replay", replay)
+        return tail_opt, len(log_)
+
     def _train_locally(
         self,
         batches: list[tuple[torch.Tensor, torch.Tensor]],
         timeline: Timeline,
         first: int,
         head_opt: torch.optim.Optimizer | None,
+        tail_opt: torch.optim.Optimizer,
     ) -> tuple[int, float]:
-        """Fallback: train the whole model here (the head keeps its optimizer state); returns (samples, loss sum)."""
-        tail_opt = _sgd(self.tail, self.opt)
+        """Fallback: train the whole model here (both sides keep their optimizer state); returns (samples, loss sum)."""
         n, total = 0, 0.0
         for i, (x, y) in enumerate(batches):
 
