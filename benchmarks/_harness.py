@@ -22,7 +22,8 @@ __all__ = ["OPT", "SECRET", "Measured", "edge_server", "run_local", "run_split"]
 
 @dataclass
 class Measured:
-    """One measured pass: wall seconds, per-batch seconds and the timeline totals."""
+    """One measured pass: wall seconds (the round: session open and tail fetch included), per-batch seconds (the
+    span of the batches' phases over their number: steady-state iteration time) and the timeline totals."""
 
     seconds: float
     per_batch_s: float
@@ -54,7 +55,7 @@ def run_split(
     if result.fell_back:
         raise RuntimeError(f"benchmark run fell back: {result.fallback_reason}")
     totals = result.timeline.totals()
-    return Measured(result.seconds, result.seconds / len(batches), totals, len(batches))
+    return Measured(result.seconds, totals["span-s"] / len(batches), totals, len(batches))
 
 
 def run_local(

@@ -12,10 +12,11 @@ server does no training at all, over pipelined), ``pipeline_efficiency`` (the sl
 measured iteration time; 1.0 is the limit), ``aps_vs_exhaustive_ratio`` (over every offloading split point
 ``k = 0 .. n-1`` and five micro-batch counts), ``prediction_error`` (mean relative error of predicted vs measured
 iteration time over the grid) and ``prediction_error_selected`` (the same for the plan selected in each scenario).
-Each scenario also reports its round time (all batches, session open and tail fetch included) for the three
-ways of training. The offloading plans are compared with classic FL, not chosen instead of it: with a device as
-fast as the edge server and both on one machine, FL is faster (see the scenarios), and the app's ``split-point =
-"auto"`` then keeps the node training locally.
+Iteration times are the span of the batches' phases over their number (what PiPar's model predicts); each scenario
+also reports its round time (all batches, session open and tail fetch included) for the three ways of training.
+The offloading plans are compared with classic FL, not chosen instead of it: with a device as fast as the edge
+server and both on one machine, FL is faster (see the scenarios), and the app's ``split-point = "auto"`` then
+keeps the node training locally.
 
 Device and edge server share this machine's cores, so torch runs one intra-op thread: the device's thread and the
 edge server's each have a core, as on two machines (with a thread pool each, they would contend for both cores and

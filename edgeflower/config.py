@@ -94,7 +94,9 @@ class AppConfig:
         File with the token secret those edge servers share (required with ``edge-addresses``).
     edge_root_cert : str
         PEM CA certificate the nodes trust for TLS to the ``edge-addresses`` servers (empty = plaintext); a node's
-        node config ``edge-root-cert`` overrides it.
+        node config ``edge-root-cert`` overrides it. Read on the nodes only.
+    fallback_replay_mb : float
+        Megabytes of sent activations a node keeps per round to rebuild a dead edge server's tail (0 = none).
     device_profiles : str
         Per-node compute slow-down factors, e.g. ``"1,4,2.5"`` (node ``i`` takes value ``i mod n``).
     link_profiles : str
@@ -164,6 +166,7 @@ class AppConfig:
     edge_addresses: str = ""
     edge_secret_file: str = ""
     edge_root_cert: str = ""
+    fallback_replay_mb: float = 256.0
     device_profiles: str = ""
     link_profiles: str = ""
     link_trace: str = ""
@@ -257,6 +260,7 @@ class AppConfig:
             "dirichlet_alpha": (lambda v: v > 0, "must be > 0"),
             "model_width": (lambda v: v > 0, "must be > 0"),
             "edge_servers": (lambda v: v >= 1, "must be >= 1"),
+            "fallback_replay_mb": (lambda v: v >= 0, "must be >= 0"),
             "microbatches": (lambda v: v >= 0, "must be >= 1 (or 'auto')"),
         }
         for name, (ok, message) in checks.items():
@@ -327,11 +331,8 @@ class AppConfig:
                 raise ConfigError("edge-secret-file", "is required when edge-addresses is set")
             if not Path(self.edge_secret_file).is_file():
                 raise ConfigError("edge-secret-file", f"{self.edge_secret_file!r} does not exist")
-        if self.edge_root_cert:
-            if not self.edge_addresses:
-                raise ConfigError("edge-root-cert", "needs edge-addresses (in-process edge servers use loopback)")
-            if not Path(self.edge_root_cert).is_file():
-                raise ConfigError("edge-root-cert", f"{self.edge_root_cert!r} does not exist")
+        if self.edge_root_cert and not self.edge_addresses:
+            raise ConfigError("edge-root-cert", "needs edge-addresses (in-process edge servers use loopback)")
 
     @property
     def edge_address_list(self) -> list[str]:

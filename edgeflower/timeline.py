@@ -3,7 +3,8 @@
 Each :class:`Interval` is one phase of one (micro-)batch on one resource. Rounds report the per-phase totals as
 metrics and the intervals themselves as JSON (``edgeflower plot`` draws them as a Gantt chart). Idle time of a
 resource is the part of the round's span where it does nothing; a link's utilisation is the fraction of the span
-it carries data.
+during which data is in flight on it (a transfer's interval runs from its start to its arrival, so it includes the
+link's latency; on an unemulated link transfers take no modelled time and the utilisation reads about 0).
 """
 
 from __future__ import annotations
@@ -95,7 +96,8 @@ class Timeline:
         -------
         dict of str to float
             ``<phase>-s`` for every phase, ``span-s``, ``device-idle-s``, ``server-idle-s``, and
-            ``uplink-utilisation`` / ``downlink-utilisation`` (busy seconds of the link over the span, 0 to 1).
+            ``uplink-utilisation`` / ``downlink-utilisation`` (seconds with data in flight on the link over the
+            span, 0 to 1).
         """
         out = {f"{p}-s": self.busy(p) for p in PHASES}
         span = self.span_s

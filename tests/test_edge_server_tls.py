@@ -64,3 +64,27 @@ def test_tls_config_reads_pem_files_and_hides_the_key(tmp_path, cert: tuple[byte
     tls = TLSConfig.from_files(tmp_path / "c.pem", tmp_path / "k.pem")
     assert tls == TLSConfig(*cert)
     assert "PRIVATE" not in repr(tls)
+
+
+def test_app_nodes_connect_over_tls_with_edge_root_cert(tls_server: EdgeServer, cert, tmp_path) -> None:
+    from edgeflower.app.client_app import edge_connector
+    from edgeflower.config import AppConfig, ConfigError
+
+    pem = tmp_path / "ca.pem"
+    pem.write_bytes(cert[0])
+    secret = tmp_path / "secret"
+    secret.write_bytes(SECRET)
+    external = {"mode": "split", "edge-addresses": tls_server.address, "edge-secret-file": str(secret)}
+    cfg = AppConfig.from_run_config({**external, "edge-root-cert": str(pem)})
+    with edge_connector(cfg, {})(tls_server.address) as client:  # the run config's certificate
+        assert client.health().status == "serving"
+    plain = AppConfig.from_run_config(external)
+    with edge_connector(plain, {"edge-root-cert": str(pem)})(tls_server.address) as client:  # a node's own
+        assert client.health().status == "serving"
+    with edge_connector(cfg, {"edge-root-cert": ""})(tls_server.address) as client:  # a node opting out
+        with pytest.raises(EdgeUnavailableError):
+            client.health()
+    with pytest.raises(ConfigError, match=r"'edge-root-cert'.*does not exist on this node"):
+        edge_connector(cfg, {"edge-root-cert": str(tmp_path / "missing.pem")})
+    in_process = AppConfig.from_run_config({"mode": "split"})  # loopback edge servers are plaintext
+    assert edge_connector(in_process, {"edge-root-cert": str(tmp_path / "missing.pem")}) is not None

@@ -12,6 +12,7 @@ from edgeflower.app.mobility import (
     plan_entries,
     trigger_from_plan,
 )
+from edgeflower.clients.mobility import write_trigger
 from edgeflower.server.pool import EdgePool
 from edgeflower.transport.auth import TokenIssuer, TokenVerifier
 
@@ -61,13 +62,19 @@ def test_move_order_from_the_plan_moves_at_the_scheduled_batch_with_the_destinat
     assert (order.at_batch, order.destination, order.mode) == (9, "127.0.0.1:2", "restart")
     assert order.token == plan["move-tokens"].split(",")[1]
     assert move_order_from_plan(plan_entries([], "migrate", pool, 1, 30, 1, NODES), 10) is None
+    connect = object()  # how the node reaches edge servers (e.g. over TLS) carries over to the move
+    assert move_order_from_plan(plan, 10, connect).connect is connect  # type: ignore[arg-type]
 
 
 def test_trigger_needs_a_move_trigger_file_in_the_node_config(tmp_path):
     plan = plan_entries([], "migrate", _pool(), 1, 20, 1, NODES)
     assert trigger_from_plan(plan, {}) is None
-    trigger = trigger_from_plan(plan, {"move-trigger": str(tmp_path / "move.json")})
+    connect = object()
+    trigger = trigger_from_plan(plan, {"move-trigger": str(tmp_path / "move.json")}, connect)  # type: ignore[arg-type]
     assert trigger is not None and trigger.poll(0) is None  # nothing fired yet
+    write_trigger(str(tmp_path / "move.json"), 0)
+    order = trigger.poll(3)
+    assert order is not None and order.at_batch == 3 and order.connect is connect
 
 
 def test_server_app_follows_a_moved_node_to_its_new_edge_in_the_next_round():

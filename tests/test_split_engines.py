@@ -102,14 +102,24 @@ def test_pipeline_mode_selects_plans_per_node_and_reports_predicted_vs_measured(
         assert metrics["fell-back"] == 0 if metrics["split-point"] < 7 else True
 
 
-def test_fedadapt_planner_plans_per_node_split_points_from_observations(tmp_path):
-    """The ServerApp loads a (briefly trained) PPO policy for two groups and plans each round from what the nodes
-    reported (the exact planner takes the same path through ``make_planner``; its choices are unit-tested)."""
-    from edgeflower.cli import main
+def test_fedadapt_planner_applies_the_policy_per_group_after_a_measuring_round(tmp_path):
+    """The ServerApp loads a policy file and, once round 1 has measured every node, applies the policy's action
+    to each group. The policy here always answers 0.5 (an actor with a zeroed last layer), so every node must get
+    the split point whose on-device FLOP share is nearest one half (the exact planner takes the same path through
+    ``make_planner``; its choices are unit-tested)."""
+    from edgeflower.models import build_model, profile_model
+    from edgeflower.planning import ActorCritic, save_policy
+    from edgeflower.planning.actions import SplitMapper
 
+    net = ActorCritic(4, 2)  # two groups: (iteration time, offloaded share) per group
+    with torch.no_grad():
+        net.actor[0][-1].weight.zero_()
+        net.actor[0][-1].bias.zero_()  # sigmoid(0) = 0.5 whatever the state
     policy = tmp_path / "policy.pt"
-    args = ["--episodes", "3", "--episode-len", "4", "--groups", "2", "--restarts", "1", "--no-progress"]
-    assert main(["train-agent", "--out", str(policy), *args]) == 0
+    save_policy(policy, net, "vgg5", 7, {"episodes": 0})
+    model = build_model("vgg5")
+    expected = SplitMapper(profile_model(model, batch_size=32, repeats=1)).split(0.5)
+    assert 0 < expected < 7
     config = {
         **QUICK,
         "num-rounds": 2,
@@ -126,5 +136,6 @@ def test_fedadapt_planner_plans_per_node_split_points_from_observations(tmp_path
     rows, nodes = _run(tmp_path, outcome)
     assert all(m["split-point"] == 7 for m in nodes["1"].values())  # round 1 measures: classic FL
     assert all(m["uplink-mbps"] == 50 for m in nodes["1"].values())
-    assert all(0 <= m["split-point"] <= 7 and m["fell-back"] == 0 for m in nodes["2"].values() if m["split-point"] < 7)
+    assert [m["split-point"] for m in nodes["2"].values()] == [expected, expected]  # the policy's choice
+    assert all(m["fell-back"] == 0 for m in nodes["2"].values())
     assert rows[-1]["test-accuracy"] > 0.5

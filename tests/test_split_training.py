@@ -15,7 +15,8 @@ from edgeflower.models import build_model
 from edgeflower.server.edge import EdgeServer
 from edgeflower.transport import EdgeClient, OptimizerSettings, TokenIssuer
 from edgeflower.transport.emulation import EmulatedLink, LinkProfile
-from tests._edge_helpers import EdgeProcess
+from edgeflower.transport.errors import EdgeUnavailableError
+from tests._edge_helpers import EdgeProcess, wait_until
 
 SECRET = b"split-training-test-secret-0123456789"
 OPT = OptimizerSettings(lr=0.05, momentum=0.9, weight_decay=1e-4)
@@ -140,6 +141,52 @@ def test_killed_edge_server_process_mid_round_falls_back_and_keeps_progress(tmp_
     assert result.metrics()["fallback-replayed-batches"] == result.replayed_batches
     assert _max_diff(model, reference) <= 1e-5
     assert _max_diff(model, initial) > 1e-3  # progress was made and kept
+
+
+class _LosesReplyAt:
+    """A session whose edge server steps batch ``at`` and then dies before the reply reaches the device."""
+
+    def __init__(self, session, at: int) -> None:
+        self._session, self.at = session, at
+
+    def step(self, act, labels, batch: int, batch_size: int | None = None):
+        result = self._session.step(act, labels, batch=batch, batch_size=batch_size)
+        if batch == self.at:
+            raise EdgeUnavailableError("connection lost after the server stepped")
+        return result
+
+    def __getattr__(self, name: str):
+        return getattr(self._session, name)
+
+
+@pytest.mark.parametrize("at", [0, 2])
+def test_a_batch_the_server_stepped_but_never_answered_is_redone_locally_not_replayed(edge, batches, at):
+    torch.manual_seed(0)
+    initial = build_model("vgg5")
+    reference = copy.deepcopy(initial)
+    _local(reference, batches)
+    model = copy.deepcopy(initial)
+    with EdgeClient(edge.address) as client:
+        opener = _opener(client, model, node=40 + at)
+        result = SplitTrainer(model, 3, OPT).train(batches, lambda k, t, o: _LosesReplyAt(opener(k, t, o), at))
+    assert result.fell_back and result.fallback_batch == at and result.replayed_batches == at
+    assert _max_diff(model, reference) <= 1e-5  # the lost step is not counted twice, nothing is missing
+    assert wait_until(lambda: edge.num_sessions == 0)
+
+
+def test_open_failure_falls_back_from_the_first_batch(batches):
+    torch.manual_seed(0)
+    initial = build_model("vgg5")
+    reference = copy.deepcopy(initial)
+    _local(reference, batches)
+
+    def refuse(k, tail, opt):
+        raise EdgeUnavailableError("no edge server")
+
+    model = copy.deepcopy(initial)
+    result = SplitTrainer(model, 3, OPT).train(batches, refuse)
+    assert result.fell_back and result.fallback_batch == 0 and result.replayed_batches == 0
+    assert _max_diff(model, reference) <= 1e-5
 
 
 def test_all_blocks_on_the_device_is_not_a_split():

@@ -16,7 +16,7 @@ from edgeflower.app.task import load_partition, load_test_set, node_loader
 from edgeflower.clients.local import evaluate, make_optimizer, train_local
 from edgeflower.clients.mobility import MoveOrder, train_moving
 from edgeflower.clients.pipeline import PipelineTrainer
-from edgeflower.config import AppConfig
+from edgeflower.config import AppConfig, ConfigError
 from edgeflower.data import BatchLoader
 from edgeflower.planning.scenario import parse_link_schedules
 from edgeflower.privacy.mods import central_dp_mod
@@ -42,7 +42,11 @@ def _all_epochs(loader: BatchLoader, epochs: int) -> Iterator[tuple[torch.Tensor
 
 
 def move_metrics(move: MoveOrder | None, plan: Mapping[str, Any]) -> dict[str, float]:
-    """What a move cost and where the node ended the round (``moved-to-edge = -1``: it did not move)."""
+    """What a move cost and where the node ended the round (``moved-to-edge = -1``: it did not move).
+
+    A device that tried to move is near its destination even when the migration failed and it finished the round
+    locally, so the destination is reported either way and the ServerApp starts its next round there.
+    """
     if move is None:
         return {"moved-to-edge": -1}
     edge = str(plan["edge-addresses"]).split(",").index(move.destination)
@@ -60,9 +64,17 @@ def node_link(cfg: AppConfig, partition_id: int, server_round: int) -> LinkProfi
 
 
 def edge_connector(cfg: AppConfig, node_config: Mapping[str, Any]) -> Callable[[str], EdgeClient]:
-    """How this node connects to edge servers: TLS with ``edge-root-cert`` (node config over run config), else
-    plaintext."""
-    path = str(node_config.get("edge-root-cert", "") or cfg.edge_root_cert)
+    """How this node connects to edge servers: TLS with ``edge-root-cert`` (the node config's, even empty, over the
+    run config's) for external edge servers, else plaintext (in-process edge servers listen on plaintext loopback).
+
+    Raises
+    ------
+    ConfigError
+        If the certificate file does not exist.
+    """
+    path = str(node_config.get("edge-root-cert", cfg.edge_root_cert)) if cfg.edge_addresses else ""
+    if path and not Path(path).is_file():
+        raise ConfigError("edge-root-cert", f"{path!r} does not exist on this node")
     root_cert = Path(path).read_bytes() if path else None
     return lambda address: EdgeClient(address, root_cert)
 
@@ -105,7 +117,9 @@ def train(msg: Message, context: Context) -> Message:
         link = EmulatedLink(node_link(cfg, pid, server_round))
         m = int(config.get("microbatches", 1))
         settings = OptimizerSettings(lr, cfg.momentum, cfg.weight_decay)
-        trainer = PipelineTrainer(model, k, settings, m, device, link, dp=dp.device() if dp else None)
+        trainer = PipelineTrainer(
+            model, k, settings, m, device, link, dp=dp.device() if dp else None, replay_limit_mb=cfg.fallback_replay_mb
+        )
         token = str(config["edge-token"])
         tail_dp = dp.tail_params() if dp else None
         connect = edge_connector(cfg, context.node_config)

@@ -103,6 +103,13 @@ def migrate_session(session: SessionHandle, order: MoveOrder, model_spec: Any) -
         raise EdgeUnavailableError(
             "the source edge server failed before the destination received the session", address=source.address
         ) from None
+    except BaseException:
+        dest.close()
+        raise
+    handle.owns_client = True  # closed with the session
+    if getattr(session, "owns_client", False):  # a second move: the previous destination's channel is done
+        session.owns_client = False
+        source.close()
     order.report["migration-s"] = time.perf_counter() - t0
     order.report["migration-resumed"] = float(resumed)
     log(

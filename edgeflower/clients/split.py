@@ -232,7 +232,7 @@ class SplitTrainer:
         pending: tuple[torch.Tensor, torch.Tensor] | None = None
         head_buffers: list[torch.Tensor] = []
         b = 0
-        self._replay, self._replay_bytes = [], 0
+        self._replay, self._replay_bytes = (None if self.dp is not None else []), 0  # a DP round never replays
         try:
             session = open_session(self.k, round_start_tail, self.opt)
             for b, (x, y) in enumerate(it):
@@ -256,20 +256,19 @@ class SplitTrainer:
             self.tail.load_state_dict(tail_state)
             return self._result(n, loss_sum, batches_done, t0, timeline, server_metrics=_metrics_dict(metrics))
         except EdgeError as exc:
-            log(WARNING, "edge server failed at batch %d (%s); finishing the round locally", b, exc)
+            first = batches_done  # batches complete in order: the first one not completed is redone locally
+            log(WARNING, "edge server failed at batch %d (%s); finishing the round locally", first, exc)
             if session is not None:
                 try:
                     session.abort()
                 except Exception:  # the session is already broken; aborting it is best effort
                     pass
             self.tail.load_state_dict(round_start_tail)
-            self._replay = self._replay if self.dp is None else None  # a DP round stops: nothing to replay
             tail_opt, replayed = self._replay_tail(timeline, b)
             if pending is not None:
                 with torch.no_grad():
                     for buf, saved in zip(self.head.buffers(), head_buffers, strict=True):
                         buf.copy_(saved)
-            first = b if pending is not None else b + 1
             reason = f"{type(exc).__name__}: {exc}"
             if self.dp is not None:
                 log(WARNING, "dp: no non-private fallback; the round stops at batch %d", first)
@@ -379,7 +378,7 @@ class SplitTrainer:
             for batch_size, micro in log_:
                 tail_opt.zero_grad(set_to_none=True)
                 for act, labels in micro:
-                    loss = nn.functional.cross_entropy(self.tail(act.to(torch.float32)), labels)
+                    loss = nn.functional.cross_entropy(self.tail(act.to(torch.float32)), labels.long())
                     (loss * (len(labels) / batch_size) if len(micro) > 1 else loss).backward()
                 tail_opt.step()
 

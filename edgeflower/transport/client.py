@@ -259,10 +259,14 @@ class SessionHandle:
         Shape of one sample of the activations the server expects.
     expects_grad : bool
         Whether results carry activation gradients (``split_point > 0``).
+    owns_client : bool
+        Close the client's channel when the session is closed or aborted (set for a handle whose client was opened
+        just for it, e.g. on a migration's destination).
     """
 
     def __init__(self, client: EdgeClient, reply: OpenReply, token: str, split_point: int) -> None:
         self._client = client
+        self.owns_client = False
         self._token = token
         self.session_id = reply.session_id
         self.edge_id = reply.edge_id
@@ -497,8 +501,15 @@ class SessionHandle:
             reply = CloseReply.from_frame(frame)
         except EdgeError as exc:
             raise self._fail(exc) from None
+        finally:
+            self._release_client()
         self._closed = True
         return reply.state, reply.metrics
+
+    def _release_client(self) -> None:
+        if self.owns_client:
+            self.owns_client = False
+            self._client.close()
 
     def _end_stream(self, timeout: float) -> None:
         """End the training stream cleanly (the session stays open on the server)."""
@@ -542,12 +553,16 @@ class SessionHandle:
         Never raises; safe to call more than once and after a failure.
         """
         if self._closed:
+            self._release_client()
             return
         self._closed = True
-        if self._call is not None:
-            self._shutdown_stream()
-            return
-        try:  # no stream yet: close it explicitly, best effort
-            self._client.call(METHOD_CLOSE, CloseRequest(self.session_id, self._token).to_bytes(), 2.0)
-        except EdgeError:
-            pass
+        try:
+            if self._call is not None:
+                self._shutdown_stream()
+                return
+            try:  # no stream yet: close it explicitly, best effort
+                self._client.call(METHOD_CLOSE, CloseRequest(self.session_id, self._token).to_bytes(), 2.0)
+            except EdgeError:
+                pass
+        finally:
+            self._release_client()
