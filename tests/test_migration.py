@@ -8,7 +8,7 @@ import signal
 import pytest
 import torch
 
-from edgeflower.clients.local import make_optimizer
+from edgeflower.clients.local import make_optimizer, train_local
 from edgeflower.clients.mobility import MoveOrder, train_moving
 from edgeflower.clients.pipeline import PipelineTrainer
 from edgeflower.data import BatchLoader
@@ -144,19 +144,11 @@ def test_source_killed_before_the_migration_fails_cleanly_and_falls_back_keeping
     secret_file.write_bytes(SECRET)
     torch.manual_seed(0)
     initial = build_model("vgg5")
-    k, at = 3, 2
+    at = 2
     # batches [0, at) split (== local); then the device replays the dead source's tail updates and trains
     # locally: the same as local training of the whole model
     reference = copy.deepcopy(initial)
-    head, tail = reference.split(k, share=True)
-    head_opt = make_optimizer(head.parameters(), OPT.lr, OPT.momentum, OPT.weight_decay)
-    tail_opt = make_optimizer(tail.parameters(), OPT.lr, OPT.momentum, OPT.weight_decay)
-    for x, y in batches:
-        head_opt.zero_grad()
-        tail_opt.zero_grad()
-        torch.nn.functional.cross_entropy(tail(head(x)), y).backward()
-        head_opt.step()
-        tail_opt.step()
+    train_local(reference, batches, make_optimizer(reference.parameters(), OPT.lr, OPT.momentum, OPT.weight_decay))
     moved = copy.deepcopy(initial)
     with EdgeProcess(secret_file, "--edge-id", "edge-src") as source:
 

@@ -37,6 +37,17 @@ def _opener(client: EdgeClient, model, node: int = 1):
     return lambda k, tail, opt: client.open_session(token, model.spec, k, tail, opt)
 
 
+def _local_accumulating(model, batches, m: int):
+    """Local training of the whole model, accumulating each batch's gradient over ``m`` micro-batches."""
+    opt = make_optimizer(model.parameters(), OPT.lr, OPT.momentum)
+    for x, y in batches:
+        opt.zero_grad()
+        for xm, ym in zip(x.tensor_split(m), y.tensor_split(m), strict=True):
+            (torch.nn.functional.cross_entropy(model(xm), ym) * len(ym) / len(y)).backward()
+        opt.step()
+    return model
+
+
 def _max_diff(a, b) -> float:
     sa, sb = a.state_dict(), b.state_dict()
     return max((sa[k].double() - sb[k].double()).abs().max().item() for k in sa)
@@ -62,15 +73,7 @@ def test_pipelined_mobilenetv2_differs_from_sequential_only_by_float_reordering(
     (in float64 by 2e-16). Pipelining must add nothing beyond that reordering noise."""
     torch.manual_seed(0)
     initial = build_model("mobilenetv2", norm="group", width=0.25)
-    local = {}
-    for m in (1, 4):
-        local[m] = copy.deepcopy(initial)
-        opt = make_optimizer(local[m].parameters(), OPT.lr, OPT.momentum)
-        for x, y in batches:
-            opt.zero_grad()
-            for xm, ym in zip(x.tensor_split(m), y.tensor_split(m), strict=True):
-                (torch.nn.functional.cross_entropy(local[m](xm), ym) * len(ym) / len(y)).backward()
-            opt.step()
+    local = {m: _local_accumulating(copy.deepcopy(initial), batches, m) for m in (1, 4)}
     noise = _max_diff(local[1], local[4])
     sequential, pipelined = copy.deepcopy(initial), copy.deepcopy(initial)
     with EdgeClient(edge.address) as client:
@@ -85,14 +88,8 @@ def test_pipelined_batchnorm_equals_local_gradient_accumulation_over_micro_batch
     """Documented behaviour: BatchNorm statistics are per micro-batch, as in PiPar."""
     torch.manual_seed(0)
     initial = build_model("vgg5", norm="batch")
-    reference, pipelined = copy.deepcopy(initial), copy.deepcopy(initial)
-    opt = make_optimizer(reference.parameters(), OPT.lr, OPT.momentum)
-    loss_fn = torch.nn.CrossEntropyLoss()
-    for x, y in batches:
-        opt.zero_grad()
-        for xm, ym in zip(x.tensor_split(4), y.tensor_split(4), strict=True):
-            (loss_fn(reference(xm), ym) * len(ym) / len(y)).backward()
-        opt.step()
+    reference = _local_accumulating(copy.deepcopy(initial), batches, 4)
+    pipelined = copy.deepcopy(initial)
     with EdgeClient(edge.address) as client:
         PipelineTrainer(pipelined, 3, OPT, micro_batches=4).train(batches, _opener(client, pipelined))
     assert _max_diff(reference, pipelined) <= 1e-5

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from edgeflower.clients.local import make_optimizer
+from edgeflower.clients.local import make_optimizer, train_local
 from edgeflower.clients.pipeline import PipelineTrainer
 from edgeflower.clients.split import SplitTrainer
 from edgeflower.data import BatchLoader
@@ -40,12 +40,7 @@ def _opener(client: EdgeClient, model, node: int = 1):
 
 
 def _local(model, batches):
-    opt = make_optimizer(model.parameters(), OPT.lr, OPT.momentum, OPT.weight_decay)
-    loss_fn = torch.nn.CrossEntropyLoss()
-    for x, y in batches:
-        opt.zero_grad()
-        loss_fn(model(x), y).backward()
-        opt.step()
+    train_local(model, batches, make_optimizer(model.parameters(), OPT.lr, OPT.momentum, OPT.weight_decay))
 
 
 def _max_diff(a, b) -> float:
@@ -159,12 +154,21 @@ class _LosesReplyAt:
         return getattr(self._session, name)
 
 
-@pytest.mark.parametrize("at", [0, 2])
-def test_a_batch_the_server_stepped_but_never_answered_is_redone_locally_not_replayed(edge, batches, at):
+@pytest.fixture(scope="module")
+def vgg5_and_local(batches):
+    """A fresh VGG5 and its copy trained locally on ``batches`` (the reference of every fallback)."""
     torch.manual_seed(0)
     initial = build_model("vgg5")
     reference = copy.deepcopy(initial)
     _local(reference, batches)
+    return initial, reference
+
+
+@pytest.mark.parametrize("at", [0, 2])
+def test_a_batch_the_server_stepped_but_never_answered_is_redone_locally_not_replayed(
+    edge, batches, vgg5_and_local, at
+):
+    initial, reference = vgg5_and_local
     model = copy.deepcopy(initial)
     with EdgeClient(edge.address) as client:
         opener = _opener(client, model, node=40 + at)
@@ -174,11 +178,8 @@ def test_a_batch_the_server_stepped_but_never_answered_is_redone_locally_not_rep
     assert wait_until(lambda: edge.num_sessions == 0)
 
 
-def test_open_failure_falls_back_from_the_first_batch(batches):
-    torch.manual_seed(0)
-    initial = build_model("vgg5")
-    reference = copy.deepcopy(initial)
-    _local(reference, batches)
+def test_open_failure_falls_back_from_the_first_batch(batches, vgg5_and_local):
+    initial, reference = vgg5_and_local
 
     def refuse(k, tail, opt):
         raise EdgeUnavailableError("no edge server")

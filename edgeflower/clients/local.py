@@ -11,7 +11,7 @@ from torch import nn
 
 from edgeflower.data.datasets import ImageData
 
-__all__ = ["TrainResult", "evaluate", "make_optimizer", "train_local"]
+__all__ = ["TrainResult", "evaluate", "make_optimizer", "micro_batch_loss", "train_local"]
 
 
 @dataclass
@@ -38,6 +38,19 @@ def make_optimizer(
 ) -> torch.optim.SGD:
     """The SGD optimizer used on both sides of every training mode."""
     return torch.optim.SGD(list(params), lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def micro_batch_loss(
+    logits: torch.Tensor, labels: torch.Tensor, batch_size: int, num_micro: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tail's loss on one (micro-)batch, as the edge server computes it: ``(loss, to_backpropagate)``.
+
+    The cross-entropy is the mean over the micro-batch; when a batch is cut into ``num_micro > 1`` micro-batches it
+    is scaled by ``len(labels) / batch_size``, so the gradients accumulated over the batch equal the full batch's.
+    A device replaying a dead edge server's steps uses the same function, so the replay is exact.
+    """
+    loss = nn.functional.cross_entropy(logits, labels)
+    return loss, (loss * (len(labels) / batch_size) if num_micro > 1 else loss)
 
 
 def train_local(

@@ -107,7 +107,7 @@ def migrate_session(session: SessionHandle, order: MoveOrder, model_spec: Any) -
         dest.close()
         raise
     handle.owns_client = True  # closed with the session
-    if getattr(session, "owns_client", False):  # a second move: the previous destination's channel is done
+    if session.owns_client:  # a second move: the previous destination's channel is done
         session.owns_client = False
         source.close()
     order.report["migration-s"] = time.perf_counter() - t0

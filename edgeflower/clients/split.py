@@ -33,7 +33,7 @@ import torch
 from flwr.common.logger import log
 from torch import nn
 
-from edgeflower.clients.local import make_optimizer
+from edgeflower.clients.local import make_optimizer, micro_batch_loss
 from edgeflower.clients.mobility import MoveOrder, MoveTrigger, RestartRound, migrate_session
 from edgeflower.models.splittable import SplittableModel
 from edgeflower.privacy.dpsgd import BatchDPOptimizer, DeviceDP
@@ -162,7 +162,6 @@ class SplitTrainer:
             raise ValueError(f"replay_limit_mb must be >= 0, got {replay_limit_mb}")
         self.replay_limit_bytes = int(replay_limit_mb * 1e6)
         self._replay: list[tuple[int, list[tuple[torch.Tensor, torch.Tensor]]]] | None = []
-        self._replay_bytes = 0
         self._sent: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     @property
@@ -232,7 +231,7 @@ class SplitTrainer:
         pending: tuple[torch.Tensor, torch.Tensor] | None = None
         head_buffers: list[torch.Tensor] = []
         b = 0
-        self._replay, self._replay_bytes = (None if self.dp is not None else []), 0  # a DP round never replays
+        self._replay = None if self.dp is not None else []  # a DP round never replays
         try:
             session = open_session(self.k, round_start_tail, self.opt)
             for b, (x, y) in enumerate(it):
@@ -349,11 +348,13 @@ class SplitTrainer:
         return self.link.book(nbytes, up, ready)
 
     def _log_sent(self, batch_size: int) -> None:
-        """Keep the batch the edge server just trained on in the replay log (dropped past the limit)."""
+        """Keep the batch the edge server just trained on in the replay log (dropped past the limit).
+
+        The log holds exactly what went up the link this round, so its size is the uplink byte count.
+        """
         if self._replay is None:
             return
-        self._replay_bytes += sum(_nbytes(a, y) for a, y in self._sent)
-        if self._replay_bytes > self.replay_limit_bytes:
+        if self.traffic["uplink-bytes"] > self.replay_limit_bytes:
             log(
                 WARNING,
                 "split: replay log over %.0f MB; a fallback this round restarts the tail from the round start",
@@ -366,9 +367,9 @@ class SplitTrainer:
     def _replay_tail(self, timeline: Timeline, batch: int) -> tuple[torch.optim.Optimizer, int]:
         """Rebuild the dead edge server's tail from the round-start tail and the replay log.
 
-        Each logged batch repeats the edge server's step: cross-entropy (scaled per micro-batch as in
-        :mod:`edgeflower.server.session`), backward, one SGD step. Returns the tail optimizer (its momentum as the
-        edge server had it) and the number of batches replayed.
+        Each logged batch repeats the edge server's step: :func:`~edgeflower.clients.local.micro_batch_loss` per
+        micro-batch, backward, one SGD step. Returns the tail optimizer (its momentum as the edge server had it) and
+        the number of batches replayed.
         """
         tail_opt = _sgd(self.tail, self.opt)
         log_ = self._replay or []
@@ -378,8 +379,8 @@ class SplitTrainer:
             for batch_size, micro in log_:
                 tail_opt.zero_grad(set_to_none=True)
                 for act, labels in micro:
-                    loss = nn.functional.cross_entropy(self.tail(act.to(torch.float32)), labels.long())
-                    (loss * (len(labels) / batch_size) if len(micro) > 1 else loss).backward()
+                    logits = self.tail(act.to(torch.float32))
+                    micro_batch_loss(logits, labels.long(), batch_size, len(micro))[1].backward()
                 tail_opt.step()
 
         if log_:

@@ -20,9 +20,8 @@ import threading
 import time
 
 import torch
-import torch.nn.functional as F  # noqa: N812
 
-from edgeflower.clients.local import make_optimizer
+from edgeflower.clients.local import make_optimizer, micro_batch_loss
 from edgeflower.models.zoo import build_model
 from edgeflower.privacy.server import PrivateTail
 from edgeflower.transport.auth import TokenClaims
@@ -241,8 +240,8 @@ class TrainingSession:
         tc = time.perf_counter()
         x = act.to(torch.float32).requires_grad_(self.expects_grad)
         with torch.enable_grad():
-            loss = F.cross_entropy(self.tail(x), labels)
-            (loss * (n / req.batch_size) if req.num_micro > 1 else loss).backward()
+            loss, scaled = micro_batch_loss(self.tail(x), labels, req.batch_size, req.num_micro)
+            scaled.backward()
         grad = x.grad.to(act.dtype) if self.expects_grad and x.grad is not None else None
         if last:
             self.optimizer.step()
