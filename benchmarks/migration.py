@@ -1,9 +1,10 @@
 """Benchmark ``migration``: FedFly's migration of the server-side state vs restarting the round (the baseline).
 
-One device (VGG5 on Fashion-MNIST, FedFly's split after conv2 + pool, ``k = 4``; batch 64; device 4x slower than
-this machine; 50 Mbit/s link) trains a round against edge server A and moves to edge server B when 50 % or 90 % of
-the round is done: ``migrate`` moves the tail, optimizer and progress edge to edge (over an emulated 100 Mbit/s
-edge-to-edge link, so the round times include the transfer), ``restart`` discards them and restarts the round on B.
+One device (VGG5 on Fashion-MNIST, FedFly's split after conv2 + pool, ``k = 4``; batch 64, 16 with ``--quick``;
+device 4x slower than this machine; 50 Mbit/s link) trains a round against edge server A and moves to edge server B
+when 50 % or 90 % of the round is done: ``migrate`` moves the tail, optimizer and progress edge to edge (over an
+emulated 100 Mbit/s edge-to-edge link, so the round times include the transfer), ``restart`` discards them and
+restarts the round on B.
 Then the migration overhead (device-visible time of the move) is compared with its physical bound (state bytes
 over the emulated edge-to-edge bandwidth) at three bandwidths.
 
@@ -46,12 +47,12 @@ def _round(model, batches, a: EdgeServer, order: MoveOrder | None, node: int):  
 
 def main() -> None:
     args = parse_args("migration")
-    n_batches = 4 if args.quick else 30
+    n_batches, batch = (4, 16) if args.quick else (30, 64)
     torch.manual_seed(0)
     initial = build_model("vgg5")
-    data = load_dataset("fashion-mnist").subset(range(64 * n_batches))
+    data = load_dataset("fashion-mnist").subset(range(batch * n_batches))
     test = load_dataset("fashion-mnist", train=False).subset(range(1000 if args.quick else 10000))
-    batches = list(BatchLoader(data, 64, seed=0).batches(0))
+    batches = list(BatchLoader(data, batch, seed=0).batches(0))
     issuer = TokenIssuer(SECRET)
     rows = []
     node = 0
@@ -72,7 +73,7 @@ def main() -> None:
                 results[(frac, mode)] = (res.seconds, model)
                 rows.append({"case": mode, "at": f"{frac:.0%}", "round_s": res.seconds})
         acc_moved = [evaluate(results[(frac, "migrate")][1], test)[1] for frac in (0.5, 0.9)]
-    title = f"round time, {n_batches} batches of 64, device 4x slower, 50 Mbit/s link, {PEER_MBPS:g} Mbit/s edge-edge"
+    title = f"round time, {n_batches} x {batch} samples, device 4x slower, 50 Mbit/s, {PEER_MBPS:g} Mbit/s edge-edge"
     print_table(rows, title=title)
 
     overhead_rows = []

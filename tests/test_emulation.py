@@ -17,13 +17,16 @@ from edgeflower.transport.emulation import (
     profile_for,
 )
 
+EPS = 1e-3  # a sleep never ends early; perf_counter rounding
+SLACK = 0.1  # a sleep may end late when the two cores are busy: these tests check the model, not the scheduler
+
 
 def test_link_transfer_time_is_bytes_over_bandwidth_plus_latency():
     link = EmulatedLink(LinkProfile(uplink_mbps=8.0, downlink_mbps=80.0, latency_ms=20))
     start, end = link.transmit(100_000, up=True)  # 0.1 s at 8 Mbit/s + 20 ms
-    assert end - start == pytest.approx(0.12, abs=0.02)
+    assert 0.12 - EPS <= end - start < 0.12 + SLACK
     start, end = link.transmit(100_000, up=False)  # 0.01 s + 20 ms
-    assert end - start == pytest.approx(0.03, abs=0.015)
+    assert 0.03 - EPS <= end - start < 0.03 + SLACK
     assert link.bytes == {True: 100_000, False: 100_000}
 
 
@@ -37,7 +40,7 @@ def test_transfers_in_one_direction_queue_but_latency_overlaps():
     for t in threads:
         t.join()
     # serialisation 0.05 s each, queued: last ends at 0.1 + 0.1 latency (not 2 * 0.15)
-    assert max(ends) - t0 == pytest.approx(0.2, abs=0.04)
+    assert 0.2 - EPS <= max(ends) - t0 < 0.2 + SLACK
 
 
 def test_booked_transfers_from_one_sender_overlap_their_latencies():
@@ -49,7 +52,7 @@ def test_booked_transfers_from_one_sender_overlap_their_latencies():
     arrivals = [arrival - t0 for _, arrival in bookings]
     assert starts == pytest.approx([0.0, 0.05, 0.10, 0.15, 0.20])
     assert arrivals == pytest.approx([0.15, 0.20, 0.25, 0.30, 0.35])  # not 0.15 * (j + 1): latencies overlap
-    assert time.perf_counter() - t0 < 0.05  # booking does not wait
+    assert time.perf_counter() - t0 < SLACK  # booking does not wait (0.35 s if it did)
     assert link.book(1, up=False, ready=t0)[0] == t0  # the other direction is free
     assert link.bytes == {True: 250_000, False: 1}
 
@@ -65,7 +68,7 @@ def test_device_slowdown_stretches_compute():
     t0 = time.perf_counter()
     emulated = DeviceProfile(3.0).stretch(0.05)
     assert emulated == pytest.approx(0.15)
-    assert time.perf_counter() - t0 == pytest.approx(0.1, abs=0.03)
+    assert 0.1 - EPS <= time.perf_counter() - t0 < 0.1 + SLACK
     with pytest.raises(ValueError, match=r">= 1\.0"):
         DeviceProfile(0.5)
 

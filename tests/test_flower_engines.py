@@ -9,11 +9,9 @@ import pytest
 
 from edgeflower.flwrctl import Deployment, RunOutcome, run_simulation
 from edgeflower.runlog import run_folder
-from tests.conftest import ROOT
+from tests.conftest import QUICK, ROOT
 
 pytestmark = pytest.mark.slow
-
-QUICK = {"num-rounds": 2, "max-batches": 15, "eval-samples": 2000, "lr": 0.05}
 
 
 def _run_rows(run_root: Path, outcome: RunOutcome) -> list[dict]:
@@ -23,16 +21,10 @@ def _run_rows(run_root: Path, outcome: RunOutcome) -> list[dict]:
     return json.loads((run / "metrics.json").read_text())
 
 
-def test_flwr_run_simulation_completes_and_learns_well_above_chance(tmp_path):
-    # with Flower's client-side central DP composed in (the ClientApp's mod clips, the wrapper adds noise); the
-    # clipping norm and noise are too loose to change what is learnt
-    central = {"central-dp": "client-fixed", "central-dp-clipping-norm": 1e4, "central-dp-noise-multiplier": 1e-9}
-    outcome = run_simulation(
-        ROOT, ROOT / ".flwr", num_supernodes=4, run_config={**QUICK, **central, "run-dir": str(tmp_path)}, timeout=400
-    )
+def test_flwr_run_simulation_completes_and_learns_well_above_chance(quick_fl_run):
+    outcome, run_root = quick_fl_run
     assert outcome.status == "finished:completed", (outcome.details, outcome.logs[-3000:])
-    assert "DifferentialPrivacyClientSideFixedClipping" in outcome.logs or "clipping" in outcome.logs.lower()
-    rows = _run_rows(tmp_path, outcome)
+    rows = _run_rows(run_root, outcome)
     assert [r["round"] for r in rows] == [0, 1, 2]
     assert rows[0]["test-accuracy"] < 0.2
     assert rows[-1]["test-accuracy"] > 0.6  # chance is 0.1
@@ -49,8 +41,12 @@ def test_bad_run_config_fails_the_run_with_the_key_named(tmp_path):
 
 
 def test_deployment_engine_runs_the_app_on_superlink_and_two_supernodes(tmp_path):
+    # with Flower's client-side central DP composed in (the ClientApp's mod clips, the wrapper adds noise); the
+    # clipping norm and noise are too loose to change what is learnt
+    central = {"central-dp": "client-fixed", "central-dp-clipping-norm": 1e4, "central-dp-noise-multiplier": 1e-9}
     with Deployment(ROOT / ".flwr", num_supernodes=2) as deployment:
-        outcome = deployment.run(ROOT, {**QUICK, "run-dir": str(tmp_path)}, timeout=400)
+        outcome = deployment.run(ROOT, {**QUICK, **central, "run-dir": str(tmp_path)}, timeout=400)
     assert outcome.status == "finished:completed", (outcome.details, outcome.logs[-3000:])
+    assert "DifferentialPrivacyClientSideFixedClipping" in outcome.logs or "clipping" in outcome.logs.lower()
     rows = _run_rows(tmp_path, outcome)
     assert rows[-1]["nodes"] == 2 and rows[-1]["test-accuracy"] > 0.5

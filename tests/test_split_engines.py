@@ -12,11 +12,9 @@ import torch
 from edgeflower.flwrctl import Deployment, RunOutcome, run_simulation
 from edgeflower.runlog import run_folder
 from tests._edge_helpers import EdgeProcess, self_signed_cert
-from tests.conftest import ROOT
+from tests.conftest import QUICK, ROOT
 
 pytestmark = pytest.mark.slow
-
-QUICK = {"num-rounds": 2, "max-batches": 15, "eval-samples": 2000, "lr": 0.05}
 
 
 def _run(run_root: Path, outcome: RunOutcome) -> tuple[list[dict], dict]:
@@ -24,9 +22,12 @@ def _run(run_root: Path, outcome: RunOutcome) -> tuple[list[dict], dict]:
     return json.loads((run / "metrics.json").read_text()), json.loads((run / "nodes.json").read_text())
 
 
-def test_split_mode_with_two_edge_servers_matches_fl_accuracy(tmp_path):
-    accuracy, runs = {}, {}
-    for mode in ("fl", "split", "moved"):
+def test_split_mode_with_two_edge_servers_matches_fl_accuracy(tmp_path, quick_fl_run):
+    fl_outcome, fl_root = quick_fl_run  # the same config in classic FL (shared with test_flower_engines)
+    assert fl_outcome.status == "finished:completed", (fl_outcome.details, fl_outcome.logs[-3000:])
+    accuracy = {"fl": _run(fl_root, fl_outcome)[0][-1]["test-accuracy"]}
+    runs = {}
+    for mode in ("split", "moved"):
         out = tmp_path / mode
         config = {**QUICK, "mode": mode, "split-point": 3, "edge-servers": 2, "run-dir": str(out)}
         if mode == "moved":  # the same split run, but the first node moves to the other edge server mid-round 2
