@@ -4,9 +4,8 @@ One device (VGG5 on Fashion-MNIST, FedFly's split after conv2 + pool, ``k = 4``;
 device 4x slower than this machine; 50 Mbit/s link) trains a round against edge server A and moves to edge server B
 when 50 % or 90 % of the round is done: ``migrate`` moves the tail, optimizer and progress edge to edge (over an
 emulated 100 Mbit/s edge-to-edge link, so the round times include the transfer), ``restart`` discards them and
-restarts the round on B.
-Then the migration overhead (device-visible time of the move) is compared with its physical bound (state bytes
-over the emulated edge-to-edge bandwidth) at three bandwidths.
+restarts the round on B. Then the migration overhead (device-visible time of the move) is compared with its
+physical bound (state bytes over the emulated edge-to-edge bandwidth) at three bandwidths.
 
 Figures: ``time_saved_vs_restart_50`` and ``time_saved_vs_restart_90`` (1 - migrated round time / restarted round
 time), ``migration_overhead_s`` (at 100 Mbit/s edge to edge), ``overhead_vs_bound_ratio`` (worst of the three

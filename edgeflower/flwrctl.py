@@ -654,6 +654,10 @@ def fetch_logs(run_id: int, connection: str, env: dict[str, str], *, timeout: fl
     return proc.stdout + proc.stderr
 
 
+LATE_LOGS_S = 3.0
+"""How long to wait before fetching a failed run's logs again (its last lines arrive after the final status)."""
+
+
 def _execute(
     app_dir: Path,
     connection: str,
@@ -790,9 +794,6 @@ def run_simulation(
         )
     return outcome
 
-
-LATE_LOGS_S = 3.0
-"""How long to wait before fetching a failed run's logs again (its last lines arrive after the final status)."""
 
 RAY_STARTUP_FAILURES = ("wait_for_persisted_port",)
 """Log markers of Ray failing to start a simulation worker on an overloaded machine (retried once)."""

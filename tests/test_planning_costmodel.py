@@ -56,10 +56,10 @@ def test_predicted_iteration_times_match_measured_ones_on_this_machine(fmnist_tr
     The relative errors are printed (run with ``-s``). Splits 2 and 5 (device and server compute plus emulated
     transfers) are predicted within 3-12 % on the idle 2-core development machine and must be within 50 %; a
     measurement disturbed by other load is retried (best of 3 attempts). Split 0 (the whole model on the edge
-    server) is over-predicted by 70-90 %: the server's speed factor fitted on the round at split 4 (2-3x the
-    profile) does not carry over to the whole model on the server (about 1.2x); the per-call costs behind the
-    difference are not modelled apart from compute. It is printed, not bounded; the benchmarks report the
-    planners' prediction errors.
+    server) is over-predicted by 70-90 %: the edge server's measured compute over the profile is 2-3x for the
+    tails of splits 2 and 4 but about 1.2x for the whole model, so the one speed factor fitted on the round at
+    split 4 does not carry over (the cause is not isolated). It is printed, not bounded; the benchmarks report
+    the planners' prediction errors.
     """
     data = fmnist_train.subset(range(4 * BATCH))
     device = DeviceProfile(2.0)

@@ -263,7 +263,6 @@ class SplitTrainer:
                 except Exception:  # the session is already broken; aborting it is best effort
                     pass
             self.tail.load_state_dict(round_start_tail)
-            tail_opt, replayed = self._replay_tail(timeline, b)
             if pending is not None:
                 with torch.no_grad():
                     for buf, saved in zip(self.head.buffers(), head_buffers, strict=True):
@@ -272,6 +271,7 @@ class SplitTrainer:
             if self.dp is not None:
                 log(WARNING, "dp: no non-private fallback; the round stops at batch %d", first)
                 return self._result(n, loss_sum, batches_done, t0, timeline, fallback=(first, reason))
+            tail_opt, replayed = self._replay_tail(timeline, b)
             rest = ([pending] if pending is not None else []) + list(it)
             m, local_loss = self._train_locally(rest, timeline, first, head_opt, tail_opt)
             return self._result(
