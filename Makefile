@@ -15,7 +15,10 @@ export EDGEFLOWER_RUN_ROOT := $(CURDIR)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 NUM_SUPERNODES ?= 4
+# RUN_CONFIG reaches `flwr run --run-config` through the environment, so its quotes survive exactly as written
+# (`make run RUN_CONFIG='mode="split"'` and `make run RUN_CONFIG="model=\"resnet18\""` both work).
 RUN_CONFIG ?=
+export RUN_CONFIG
 
 .PHONY: install data run test lint bench clean
 
@@ -41,10 +44,10 @@ data:
 
 run: install data
 	$(BIN)/python -m edgeflower.flwrctl run-sim . --home $(FLWR_HOME) --num-supernodes $(NUM_SUPERNODES) \
-	  --stream --run-config "$(RUN_CONFIG)"
+	  --stream --run-config "$$RUN_CONFIG"
 
 test: install data
-	$(BIN)/python -m pytest -q -ra --durations=15
+	$(BIN)/python -m pytest -q -ra --durations=15 -n 2 --dist loadgroup
 
 lint: install
 	$(BIN)/ruff check edgeflower tests benchmarks

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def client_token(client: int = 1, secret: bytes = SECRET) -> str:
     """A predict token for ``client``."""
-    return TokenIssuer(secret).issue(0, client, 0)
+    return TokenIssuer(secret).issue(0, client, 0, role="client")
 
 
 def train_briefly(name: str, data: ImageData, batches: int, seed: int = 0, **options: object) -> SplittableModel:

@@ -42,4 +42,40 @@ def quick_fl_run(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("quick-fl")
     config = {**QUICK, "mode": "fl", "run-dir": str(out)}
-    return run_simulation(ROOT, ROOT / ".flwr", num_supernodes=4, run_config=config, timeout=400), out
+    return run_simulation(ROOT, out / "flwr-home", num_supernodes=4, run_config=config, timeout=400), out
+
+
+@pytest.fixture
+def flwr_home(tmp_path):
+    """A fresh Flower home for one test: runs in parallel (pytest-xdist workers) never share a local SuperLink,
+    and :func:`edgeflower.flwrctl.run_simulation` stops only the SuperLink it started for this home."""
+    home = tmp_path / "flwr-home"
+    home.mkdir()
+    return home
+
+
+# -- running in parallel (pytest-xdist: `make test` runs `-n 2 --dist loadgroup`) ---------------------------------
+# Each test module is one group, so its module-scoped fixtures (a trained model, a bundle) are built once, on one
+# worker; the tests that share the session's classic-FL run form one group for the same reason. The groups that take
+# longest (end-to-end runs through Flower, the benchmarks' quick runs) are handed out first.
+FIRST = ("e2e", "benchmarks", "serving", "server", "privacy", "pruning")
+
+
+def _group(item: pytest.Item) -> str:
+    if "quick_fl_run" in getattr(item, "fixturenames", ()):
+        return "quick-fl-run"
+    return item.nodeid.split("::", 1)[0]
+
+
+def _order(item: pytest.Item) -> int:
+    parts = item.nodeid.split("/")
+    top = parts[1] if len(parts) > 2 else ""
+    return FIRST.index(top) if top in FIRST else len(FIRST)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Group tests by module (see above) and put the long groups first; a stable sort keeps each module's order."""
+    for item in items:
+        if not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(_group(item)))
+    items.sort(key=_order)

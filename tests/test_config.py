@@ -87,3 +87,59 @@ def test_node_config_without_partition_id_is_a_clear_error():
 def test_lr_decays_tenfold_from_the_configured_round():
     cfg = AppConfig(lr=0.1, lr_decay_round=3)
     assert [cfg.lr_at(r) for r in (1, 2, 3, 4)] == pytest.approx([0.1, 0.1, 0.01, 0.01])
+
+
+def test_unknown_key_is_named_with_the_nearest_known_key():
+    with pytest.raises(ConfigError, match=r"'split-piont': unknown key; did you mean 'split-point'\?") as info:
+        AppConfig.from_run_config({"split-piont": 3})
+    assert info.value.key == "split-piont"
+    assert AppConfig.from_run_config({"my-own-key": 1, "lr": 0.1}, strict=False).lr == 0.1  # an app's own keys
+
+
+@pytest.mark.parametrize("value", ["inf", float("inf"), float("-inf"), float("nan"), "nan"])
+def test_non_finite_numbers_are_refused(value):
+    with pytest.raises(ConfigError, match=r"'lr': must be a finite number"):
+        AppConfig.from_run_config({"lr": value})
+
+
+@pytest.mark.parametrize("mode", ["split", "pipeline"])
+def test_a_split_point_that_offloads_nothing_is_refused_in_a_split_mode(mode):
+    blocks = AppConfig().build_model().num_blocks
+    with pytest.raises(ConfigError, match=rf"'split-point'.*nothing is offloaded in mode '{mode}'"):
+        AppConfig.from_run_config({"mode": mode, "split-point": blocks})
+    assert AppConfig.from_run_config({"mode": "fl", "split-point": blocks}).split_point == blocks
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "needle"),
+    [("fallback", "sometimes", "expected one of transient, never"), ("max-message-mb", -1.0, ">= 0"),
+     ("max-failed-fraction", 1.0, "[0, 1)")],
+)  # fmt: skip
+def test_failure_handling_keys_are_validated(key, value, needle):
+    with pytest.raises(ConfigError, match=rf"'{key}'") as info:
+        AppConfig.from_run_config({key: value})
+    assert needle in str(info.value)
+
+
+def test_message_limit_is_sized_from_the_model_unless_overridden():
+    from edgeflower.config import MIN_MESSAGE_BYTES, message_limit_bytes
+    from edgeflower.models.zoo import build_model
+
+    small = build_model("vgg5")
+    assert message_limit_bytes(small, 100) == MIN_MESSAGE_BYTES  # a small model keeps the transport's default
+    assert message_limit_bytes(small, 100, override_mb=3.5) == int(3.5 * 2**20)
+    big = build_model("vgg16", (3, 32, 32))
+    state = sum(t.numel() * t.element_size() for t in big.state_dict().values())
+    limit = message_limit_bytes(big, 100)
+    assert limit > 2 * state  # a migration carries the whole tail (k = 0) with its momentum
+    # the widest activation of a 100-sample batch fits as well
+    assert message_limit_bytes(big, 4000) > 4000 * 64 * 32 * 32 * 4
+
+
+def test_missing_dataset_file_is_named(tmp_path):
+    source = "/usr/share/datasets/fashion-mnist"
+    for stem in ("train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (tmp_path / f"{stem}.gz").symlink_to(f"{source}/{stem}.gz")
+    cfg = AppConfig.from_run_config({"data-root": str(tmp_path)})
+    with pytest.raises(ConfigError, match=r"'data-root'.*lacks train-images-idx3-ubyte\[\.gz\]"):
+        load_partition(cfg, {"partition-id": 0, "num-partitions": 2})

@@ -25,3 +25,26 @@ def test_run_folder_is_found_by_run_id_beside_a_crashed_attempts_folder(tmp_path
         run_folder(tmp_path, 5)
     with pytest.raises(FileNotFoundError):
         run_folder(tmp_path, None)
+
+
+def test_unknown_run_config_keys_are_named_before_flower_is_asked(tmp_path):
+    from edgeflower.flwrctl import run_simulation, unknown_run_config_keys
+    from tests.conftest import ROOT
+
+    assert unknown_run_config_keys(ROOT, {"lr": 0.1, "mode": "split"}) == ""
+    message = unknown_run_config_keys(ROOT, {"split-piont": 3, "lr": 0.1})
+    assert "unknown run-config key 'split-piont' (did you mean 'split-point'?)" in message
+    outcome = run_simulation(ROOT, tmp_path / "home", run_config={"num-round": 2})  # refused without starting Flower
+    assert outcome.status == "not-started" and "'num-round' (did you mean 'num-rounds'?)" in outcome.details
+
+
+def test_a_failed_runs_reasons_are_its_details_and_the_serverapps_failure_lines():
+    from edgeflower.flwrctl import run_failures
+
+    logs = (
+        "INFO : round 1: 2 replies\nERROR : round 2: 2 of 2 nodes failed: node 1: cannot read train-images\n"
+        "ERROR : edgeflower: the run failed: round 2 got no result: 2 of 2 nodes failed: node 1: ...\n"
+    )
+    lines = run_failures(RunOutcome("finished:failed", 5, logs=logs, details="ServerApp raised"))
+    assert lines[0] == "run 5 finished:failed: ServerApp raised"
+    assert len(lines) == 3 and "cannot read train-images" in lines[1] and "the run failed" in lines[2]

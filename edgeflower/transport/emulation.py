@@ -17,9 +17,11 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 __all__ = [
+    "SYSTEM_CLOCK",
+    "Clock",
     "DeviceProfile",
     "EmulatedLink",
     "LinkProfile",
@@ -28,6 +30,32 @@ __all__ = [
     "profile_for",
     "wait_until",
 ]
+
+
+class Clock(Protocol):
+    """Where emulation reads the time and sleeps: the system's monotonic clock, or a test's manual clock."""
+
+    def now(self) -> float:
+        """Seconds on a monotonic scale."""
+        ...
+
+    def sleep(self, seconds: float) -> None:
+        """Block for ``seconds``."""
+        ...
+
+
+class _SystemClock:
+    """:func:`time.perf_counter` and :func:`time.sleep`."""
+
+    def now(self) -> float:
+        return time.perf_counter()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+SYSTEM_CLOCK: Clock = _SystemClock()
+"""The clock every emulation uses unless one is injected (tests inject a manual one)."""
 
 
 @dataclass(frozen=True)
@@ -46,11 +74,11 @@ class DeviceProfile:
         if not self.slowdown >= 1.0:
             raise ValueError(f"device slowdown must be >= 1.0, got {self.slowdown}")
 
-    def stretch(self, measured_s: float) -> float:
+    def stretch(self, measured_s: float, clock: Clock = SYSTEM_CLOCK) -> float:
         """Sleep so that ``measured_s`` of real compute lasts ``slowdown * measured_s``; return the emulated time."""
         extra = measured_s * (self.slowdown - 1.0)
         if extra > 0:
-            time.sleep(extra)
+            clock.sleep(extra)
         return measured_s * self.slowdown
 
 
@@ -169,10 +197,13 @@ class EmulatedLink:
     ----------
     profile : LinkProfile
         Bandwidth and latency.
+    clock : Clock
+        Time source and sleep of the emulation (the system clock unless a test injects one).
     """
 
-    def __init__(self, profile: LinkProfile | None = None) -> None:
+    def __init__(self, profile: LinkProfile | None = None, clock: Clock = SYSTEM_CLOCK) -> None:
         self.profile = profile or LinkProfile()
+        self.clock = clock
         self._lock = threading.Lock()
         self._free = {True: 0.0, False: 0.0}  # when each direction's wire is free again (perf-counter time)
         self.bytes = {True: 0, False: 0}
@@ -190,7 +221,7 @@ class EmulatedLink:
         the message over, so back-to-back messages overlap their latencies as on a real link.
         """
         profile = self.profile
-        ready = time.perf_counter() if ready is None else ready
+        ready = self.clock.now() if ready is None else ready
         with self._lock:
             start = max(ready, self._free[up])
             self._free[up] = start + profile.transfer_s(nbytes, up)
@@ -204,17 +235,17 @@ class EmulatedLink:
         holding it, so messages sent back to back from several threads pipeline as on a real link.
         """
         start, arrival = self.book(nbytes, up)
-        wait_until(arrival)
-        return start, time.perf_counter()
+        wait_until(arrival, self.clock)
+        return start, self.clock.now()
 
 
-def wait_until(deadline: float) -> None:
-    """Sleep until the perf-counter time ``deadline`` (returns at once if it has passed)."""
+def wait_until(deadline: float, clock: Clock = SYSTEM_CLOCK) -> None:
+    """Sleep until ``clock`` reads ``deadline`` (returns at once if it has passed)."""
     while True:
-        left = deadline - time.perf_counter()
+        left = deadline - clock.now()
         if left <= 0:
             return
-        time.sleep(left)
+        clock.sleep(left)
 
 
 def parse_profiles(spec: str, kind: str) -> dict[int, Any]:

@@ -60,7 +60,7 @@ def _run(model, batches, source: str, edge_id: str, order: MoveOrder | None, m: 
 
 def _order(dest, at_batch: int, mode: str = "migrate", node: int = 5) -> MoveOrder:
     return MoveOrder(
-        at_batch, dest.address, ISSUER.issue(run_id=3, node_id=node, server_round=1, edge_id=dest.edge_id), mode
+        at_batch, dest.address, ISSUER.issue(run_id=3, node_id=node, server_round=1, edge_id=dest.edge_id, role="migration"), mode
     )
 
 
@@ -103,7 +103,7 @@ def test_migration_between_tls_edge_servers_trusts_only_the_configured_peer_root
         with EdgeClient(c.address, cert) as client:
             session = client.open_session(token, initial.spec, 3, initial.split(3)[1].state_dict(), OPT)
             with pytest.raises(EdgeError):
-                client.migrate(session, a.address, ISSUER.issue(run_id=3, node_id=6, server_round=1, edge_id="tls-a"))
+                client.migrate(session, a.address, ISSUER.issue(run_id=3, node_id=6, server_round=1, edge_id="tls-a", role="migration"))
             assert c.num_sessions == 1  # nothing lost on the source
 
 
@@ -185,10 +185,10 @@ def test_forged_replayed_and_tampered_migrations_are_rejected(edges, batches):
         with pytest.raises(EdgeAuthError, match="signature"):
             client.migrate(session, b.address, forged)
         assert session.session_id in a.registry.ids()  # the source keeps the session when the move fails
-        wrong_owner = ISSUER.issue(3, 9, 1, "edge-b")  # a migration token for another node
+        wrong_owner = ISSUER.issue(3, 9, 1, "edge-b", role="migration")  # a migration token for another node
         with pytest.raises(EdgeAuthError, match="belongs to"):
             client.migrate(session, b.address, wrong_owner)
-        good = ISSUER.issue(3, 8, 1, "edge-b")
+        good = ISSUER.issue(3, 8, 1, "edge-b", role="migration")
         with a.registry.get(session.session_id).lock:
             state = export_session(a.registry.get(session.session_id))
         tampered = bytearray(state)
@@ -214,9 +214,9 @@ def test_destination_refuses_a_state_for_another_model_or_split_point(edges, bat
         session = _open_and_detach(client, model, ISSUER.issue(3, 10, 1, "edge-a"), x, y)
         other_model = build_model("vgg5", norm="group").spec
         with pytest.raises(InvalidMessageError, match="model"):
-            client.migrate(session, b.address, ISSUER.issue(3, 10, 1, "edge-b"), expect_model=other_model)
+            client.migrate(session, b.address, ISSUER.issue(3, 10, 1, "edge-b", role="migration"), expect_model=other_model)
         request = MigrateRequest(
-            session.session_id, session._token, b.address, ISSUER.issue(3, 10, 1, "edge-b"), None, 2
+            session.session_id, session._token, b.address, ISSUER.issue(3, 10, 1, "edge-b", role="migration"), None, 2
         )
         with pytest.raises(InvalidMessageError, match="split point"):
             client.call(METHOD_MIGRATE, request.to_bytes(), 10)
@@ -237,7 +237,7 @@ def test_operator_trigger_moves_a_running_node_at_the_next_batch_boundary(tmp_pa
     unmoved, moved = copy.deepcopy(initial), copy.deepcopy(initial)
     _run(unmoved, batches, a.address, "edge-a", None)
     trigger_file = tmp_path / "move-trigger.json"
-    tokens = [ISSUER.issue(3, 11, 1, e.edge_id) for e in (a, b)]
+    tokens = [ISSUER.issue(3, 11, 1, e.edge_id, role="migration") for e in (a, b)]
     trigger = MoveTrigger(str(trigger_file), [a.address, b.address], tokens, current=0)
     fired_at = 3
 

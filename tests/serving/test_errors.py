@@ -66,8 +66,8 @@ def test_malformed_predict_requests_are_rejected_with_clear_errors(chain):
 
 def test_wrong_tokens_are_refused_by_the_controller_and_the_nodes(chain):
     ctl, nodes, x = chain
-    forged = TokenIssuer(OTHER).issue(0, 1, 0)
-    expired = TokenIssuer(SECRET).issue(0, 1, 0, ttl_s=-1)
+    forged = TokenIssuer(OTHER).issue(0, 1, 0, role="client")
+    expired = TokenIssuer(SECRET).issue(0, 1, 0, ttl_s=-1, role="client")
     for token in (forged, expired, "garbage"):
         with ServingClient(ctl.address, token) as client, pytest.raises(EdgeAuthError):
             client.predict(x, "tok")
@@ -84,7 +84,7 @@ def test_wrong_tokens_are_refused_by_the_controller_and_the_nodes(chain):
 
 def test_nodes_refuse_stale_versions_and_weights_that_do_not_fit(chain):
     ctl, nodes, x = chain
-    node = NodeClient(nodes[1].address, TokenIssuer(SECRET).issue(0, 1, 0))
+    node = NodeClient(nodes[1].address, TokenIssuer(SECRET).issue(0, 1, 0, role="controller"))
     try:
         with pytest.raises(SessionStateError, match="version"):
             node.forward("stale", "r", x)

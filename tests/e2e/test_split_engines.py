@@ -32,7 +32,7 @@ def test_split_mode_with_two_edge_servers_matches_fl_accuracy(tmp_path, quick_fl
         config = {**QUICK, "mode": mode, "split-point": 3, "edge-servers": 2, "run-dir": str(out)}
         if mode == "moved":  # the same split run, but the first node moves to the other edge server mid-round 2
             config.update({"mode": "split", "mobility": "0@2:0.5->1"})
-        outcome = run_simulation(ROOT, ROOT / ".flwr", num_supernodes=4, run_config=config, timeout=500)
+        outcome = run_simulation(ROOT, tmp_path / "flwr-home", num_supernodes=4, run_config=config, timeout=500)
         assert outcome.status == "finished:completed", (outcome.details, outcome.logs[-3000:])
         rows, nodes = _run(out, outcome)
         runs[mode] = run_folder(out, outcome.run_id)
@@ -65,7 +65,7 @@ def test_split_mode_on_deployment_engine_with_edge_server_processes_over_tls(tmp
     with (
         EdgeProcess(secret, *tls) as e1,
         EdgeProcess(secret, *tls) as e2,
-        Deployment(ROOT / ".flwr", 2) as deployment,
+        Deployment(tmp_path / "flwr-home", 2) as deployment,
     ):
         config = {
             **QUICK,
@@ -94,7 +94,7 @@ def test_pipeline_mode_selects_plans_per_node_and_reports_predicted_vs_measured(
         "device-profiles": "2,2",
         "run-dir": str(tmp_path),
     }
-    outcome = run_simulation(ROOT, ROOT / ".flwr", num_supernodes=2, run_config=config, timeout=500)
+    outcome = run_simulation(ROOT, tmp_path / "flwr-home", num_supernodes=2, run_config=config, timeout=500)
     assert outcome.status == "finished:completed", (outcome.details, outcome.logs[-3000:])
     rows, nodes = _run(tmp_path, outcome)
     assert rows[-1]["test-accuracy"] > 0.5
@@ -132,7 +132,7 @@ def test_fedadapt_planner_applies_the_policy_per_group_after_a_measuring_round(t
         "link-schedules": "1:50/50/1;1:50/50/1",
         "run-dir": str(tmp_path),
     }
-    outcome = run_simulation(ROOT, ROOT / ".flwr", num_supernodes=2, run_config=config, timeout=500)
+    outcome = run_simulation(ROOT, tmp_path / "flwr-home", num_supernodes=2, run_config=config, timeout=500)
     assert outcome.status == "finished:completed", (outcome.details, outcome.logs[-3000:])
     rows, nodes = _run(tmp_path, outcome)
     assert all(m["split-point"] == 7 for m in nodes["1"].values())  # round 1 measures: classic FL

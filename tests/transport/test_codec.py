@@ -13,7 +13,7 @@ import torch
 from edgeflower.transport import DTYPES, InvalidMessageError, Limits, MessageTooLargeError, decode_frame, encode_frame
 from edgeflower.transport.messages import OptimizerSettings, StepRequest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _frame(header: object, payload: bytes = b"", magic: bytes = b"EFLW", version: int = 1) -> bytes:

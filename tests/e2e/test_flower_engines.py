@@ -34,7 +34,7 @@ def test_flwr_run_simulation_completes_and_learns_well_above_chance(quick_fl_run
 
 def test_bad_run_config_fails_the_run_with_the_key_named(tmp_path):
     outcome = run_simulation(
-        ROOT, ROOT / ".flwr", num_supernodes=2, run_config={"split-point": 99, "run-dir": str(tmp_path)}, timeout=300
+        ROOT, tmp_path / "flwr-home", num_supernodes=2, run_config={"split-point": 99, "run-dir": str(tmp_path)}, timeout=300
     )
     assert outcome.status == "finished:failed"
     assert "split-point" in outcome.details + outcome.logs
@@ -44,7 +44,7 @@ def test_deployment_engine_runs_the_app_on_superlink_and_two_supernodes(tmp_path
     # with Flower's client-side central DP composed in (the ClientApp's mod clips, the wrapper adds noise); the
     # clipping norm and noise are too loose to change what is learnt
     central = {"central-dp": "client-fixed", "central-dp-clipping-norm": 1e4, "central-dp-noise-multiplier": 1e-9}
-    with Deployment(ROOT / ".flwr", num_supernodes=2) as deployment:
+    with Deployment(tmp_path / "flwr-home", num_supernodes=2) as deployment:
         outcome = deployment.run(ROOT, {**QUICK, **central, "run-dir": str(tmp_path)}, timeout=400)
     assert outcome.status == "finished:completed", (outcome.details, outcome.logs[-3000:])
     assert "DifferentialPrivacyClientSideFixedClipping" in outcome.logs or "clipping" in outcome.logs.lower()

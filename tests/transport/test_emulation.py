@@ -1,10 +1,10 @@
-"""Device and link emulation: measured times follow the emulated testbed."""
+"""Device and link emulation: the times an emulated testbed waits follow its profiles (on a manual clock, so the
+tests decide on the model, never on how busy the machine's scheduler is)."""
 
 from __future__ import annotations
 
 import json
 import threading
-import time
 
 import pytest
 
@@ -15,60 +15,80 @@ from edgeflower.transport.emulation import (
     LinkSchedule,
     parse_profiles,
     profile_for,
+    wait_until,
 )
 
-EPS = 1e-3  # a sleep never ends early; perf_counter rounding
-SLACK = 0.1  # a sleep may end late when the two cores are busy: these tests check the model, not the scheduler
+
+class ManualClock:
+    """A clock that only moves when someone sleeps on it (thread-safe); records every sleep."""
+
+    def __init__(self, start: float = 100.0) -> None:
+        self.t = start
+        self.sleeps: list[float] = []
+        self._lock = threading.Lock()
+
+    def now(self) -> float:
+        with self._lock:
+            return self.t
+
+    def sleep(self, seconds: float) -> None:
+        with self._lock:
+            self.sleeps.append(seconds)
+            self.t += seconds
 
 
 def test_link_transfer_time_is_bytes_over_bandwidth_plus_latency():
-    link = EmulatedLink(LinkProfile(uplink_mbps=8.0, downlink_mbps=80.0, latency_ms=20))
+    link = EmulatedLink(LinkProfile(uplink_mbps=8.0, downlink_mbps=80.0, latency_ms=20), clock=ManualClock())
     start, end = link.transmit(100_000, up=True)  # 0.1 s at 8 Mbit/s + 20 ms
-    assert 0.12 - EPS <= end - start < 0.12 + SLACK
+    assert end - start == pytest.approx(0.12)
     start, end = link.transmit(100_000, up=False)  # 0.01 s + 20 ms
-    assert 0.03 - EPS <= end - start < 0.03 + SLACK
+    assert end - start == pytest.approx(0.03)
     assert link.bytes == {True: 100_000, False: 100_000}
 
 
 def test_transfers_in_one_direction_queue_but_latency_overlaps():
-    link = EmulatedLink(LinkProfile(8.0, 8.0, latency_ms=100))
-    ends: list[float] = []
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=lambda: ends.append(link.transmit(50_000, True)[1])) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    # serialisation 0.05 s each, queued: last ends at 0.1 + 0.1 latency (not 2 * 0.15)
-    assert 0.2 - EPS <= max(ends) - t0 < 0.2 + SLACK
+    clock = ManualClock()
+    link = EmulatedLink(LinkProfile(8.0, 8.0, latency_ms=100), clock=clock)
+    t0 = clock.now()
+    first = link.book(50_000, up=True)  # two senders with a message ready at the same moment
+    second = link.book(50_000, up=True)
+    # serialisation 0.05 s each, queued: the second leaves the wire at 0.1 and arrives 0.1 later
+    assert first == pytest.approx((t0, t0 + 0.15)) and second == pytest.approx((t0 + 0.05, t0 + 0.2))
+    wait_until(second[1], clock)
+    assert clock.now() - t0 == pytest.approx(0.2)  # not 2 * 0.15: the latencies overlap
+    start, end = link.transmit(50_000, up=True)  # a transfer after them waits for the wire, then its latency
+    assert start == pytest.approx(t0 + 0.2) and end == pytest.approx(t0 + 0.35)
 
 
 def test_booked_transfers_from_one_sender_overlap_their_latencies():
-    link = EmulatedLink(LinkProfile(8.0, 8.0, latency_ms=100))
-    t0 = time.perf_counter()
+    clock = ManualClock()
+    link = EmulatedLink(LinkProfile(8.0, 8.0, latency_ms=100), clock=clock)
+    t0 = clock.now()
     # one thread books five messages back to back (what a pipelining sender does): each holds the wire 0.05 s
     bookings = [link.book(50_000, up=True, ready=t0) for _ in range(5)]
     starts = [start - t0 for start, _ in bookings]
     arrivals = [arrival - t0 for _, arrival in bookings]
     assert starts == pytest.approx([0.0, 0.05, 0.10, 0.15, 0.20])
     assert arrivals == pytest.approx([0.15, 0.20, 0.25, 0.30, 0.35])  # not 0.15 * (j + 1): latencies overlap
-    assert time.perf_counter() - t0 < SLACK  # booking does not wait (0.35 s if it did)
+    assert clock.sleeps == [] and clock.now() == t0  # booking does not wait (0.35 s if it did)
     assert link.book(1, up=False, ready=t0)[0] == t0  # the other direction is free
     assert link.bytes == {True: 250_000, False: 1}
 
 
 def test_unlimited_link_adds_no_delay():
-    link = EmulatedLink()
+    clock = ManualClock()
+    link = EmulatedLink(clock=clock)
     assert link.profile.unlimited
     start, end = link.transmit(10**9, up=True)
-    assert end - start < 0.01
+    assert end == start and clock.sleeps == []
 
 
 def test_device_slowdown_stretches_compute():
-    t0 = time.perf_counter()
-    emulated = DeviceProfile(3.0).stretch(0.05)
+    clock = ManualClock()
+    emulated = DeviceProfile(3.0).stretch(0.05, clock)
     assert emulated == pytest.approx(0.15)
-    assert 0.1 - EPS <= time.perf_counter() - t0 < 0.1 + SLACK
+    assert clock.sleeps == [pytest.approx(0.1)]  # the measured 0.05 s ran for real; the rest is slept
+    assert DeviceProfile(1.0).stretch(0.05, clock) == 0.05 and len(clock.sleeps) == 1
     with pytest.raises(ValueError, match=r">= 1\.0"):
         DeviceProfile(0.5)
 

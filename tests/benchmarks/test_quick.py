@@ -59,6 +59,15 @@ REQUIRED_FIGURES = {
         "downtime_s_skip",
     },
     "adaptive": {"repartition_gain_ratio"},
+    "security": {
+        "attacks_tried",
+        "attacks_rejected",
+        "model_replaced",
+        "legit_session_max_abs_diff",
+        "legit_availability",
+        "memory_growth_mb",
+        "node_readmitted",
+    },
 }
 """The figures each benchmark's issue asks for, by name."""
 

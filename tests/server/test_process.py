@@ -54,7 +54,7 @@ def test_killing_the_edge_server_mid_stream_raises_edge_unavailable_quickly(secr
         start = time.monotonic()
         with pytest.raises(EdgeUnavailableError):
             session.step(head(x).detach(), y, batch=1)
-        assert time.monotonic() - start < 5.0
+        assert time.monotonic() - start < 10.0  # one-sided and generous: far below the 30 s deadline it replaces
         with pytest.raises(EdgeUnavailableError):  # the session stays failed
             session.step(head(x).detach(), y, batch=2)
         session.abort()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -56,7 +58,7 @@ def test_reported_epsilon_accumulates_across_rounds_and_equals_an_independent_op
     for rnd in range(3):
         dp = _round(settings, state, len(y))
         opt, hooks, _ = dp.device().wrap(model, make_optimizer(model.parameters(), 0.05))
-        train_local(model, dp.batches(x, y, seed=rnd), opt)
+        train_local(model, dp.batches(x, y), opt)  # masks from the OS CSPRNG
         hooks.remove_hooks()
         metrics = dp.finish()
         reported.append(metrics["dp-epsilon"])
@@ -68,7 +70,7 @@ def test_reported_epsilon_accumulates_across_rounds_and_equals_an_independent_op
     assert PrivacyHistory.load(state).steps == 15
 
 
-def test_full_mode_adds_the_edge_sessions_history_to_the_node(fmnist_train):
+def test_full_mode_counts_one_joint_mechanism_per_step_for_head_and_tail(fmnist_train):
     x, y = fmnist_train.x[:60], fmnist_train.y[:60]
     settings = DPSettings("full", noise_multiplier=1.3, max_grad_norm=1.0, delta=DELTA)
     state = RecordDict()
@@ -78,17 +80,21 @@ def test_full_mode_adds_the_edge_sessions_history_to_the_node(fmnist_train):
         token = TokenIssuer(SECRET).issue(run_id=1, node_id=1, server_round=1)
         dp = _round(settings, state, len(y), split=True)
         tail_dp = dp.tail_params()
-        assert tail_dp is not None and tail_dp.noise_multiplier == 1.3
-        result = SplitTrainer(model, 3, OptimizerSettings(0.05), dp=dp.device()).train(
-            dp.batches(x, y, 0),
+        # each side: clip C / sqrt(2), noise std sigma * C (so the whole model's gradient is clipped to C)
+        assert tail_dp is not None and tail_dp.max_grad_norm == pytest.approx(1.0 / 2**0.5)
+        assert tail_dp.noise_multiplier * tail_dp.max_grad_norm == pytest.approx(1.3)
+        device = dp.device()
+        assert (device.noise_multiplier, device.max_grad_norm) == (tail_dp.noise_multiplier, tail_dp.max_grad_norm)
+        result = SplitTrainer(model, 3, OptimizerSettings(0.05), dp=device).train(
+            dp.batches(x, y, torch.Generator().manual_seed(0)),
             lambda k, tail, opt: open_private_session(client, token, model.spec, k, tail, opt, tail_dp),
         )
         metrics = dp.finish(result.server_metrics)
     assert result.server_metrics["dp-steps"] == 3
-    assert result.server_metrics["dp-epsilon"] == pytest.approx(_independent_epsilon([(1.3, 1 / 3, 3)]), abs=1e-6)
-    # head and tail: two releases per step, composed
-    assert metrics["dp-epsilon"] == pytest.approx(_independent_epsilon([(1.3, 1 / 3, 6)]), abs=1e-6)
-    assert metrics["dp-edge-epsilon"] == result.server_metrics["dp-epsilon"]
+    # head and tail on the same Poisson batch: ONE subsampled Gaussian of multiplier sigma per step
+    assert metrics["dp-epsilon"] == pytest.approx(_independent_epsilon([(1.3, 1 / 3, 3)]), abs=1e-6)
+    assert metrics["dp-edge-steps"] == 3 and metrics["dp-steps"] == 3
+    assert dp.scope_record()["dp-scope"] == "model"
 
 
 @pytest.mark.parametrize(("mode", "split"), [("device", False), ("full", True)])
@@ -99,7 +105,7 @@ def test_target_epsilon_calibrates_the_noise_and_stops_the_node_when_the_budget_
     for _ in range(3):
         dp = _round(settings, state, 200, split=split, rounds=3)
         assert not dp.exhausted("node 0")
-        dp.history.add(dp.noise_multiplier, dp.sample_rate, dp.steps * (2 if split else 1))
+        dp.history.add(dp.noise_multiplier, dp.sample_rate, dp.steps)  # one mechanism per step in every mode
         dp.history.save(state)
         spent.append(dp.epsilon)
     assert spent[-1] <= 2.0 and spent[-1] > 1.9  # calibrated: the planned rounds use (almost) all of the budget
@@ -123,6 +129,14 @@ def test_target_epsilon_calibrates_the_noise_and_stops_the_node_when_the_budget_
         ({"dp-batchnorm": "ignore"}, "dp-batchnorm", "unknown value"),
         ({"central-dp": "client-adaptive"}, "central-dp", "unknown value"),
         ({"central-dp-clipping-norm": -1.0}, "central-dp-clipping-norm", "> 0"),
+        ({"dp": "device", "dp-delta": 1e-5, "dp-accountant": "gdp"}, "dp-accountant", "unknown value"),
+        ({"central-dp-target-epsilon": 2.0}, "central-dp-target-epsilon", "central-dp is"),
+        ({"central-dp-target-epsilon": -1.0}, "central-dp-target-epsilon", ">= 0"),
+        (
+            {"central-dp": "server-fixed", "central-dp-noise-multiplier": 0.0, "central-dp-target-epsilon": 2.0},
+            "central-dp-noise-multiplier",
+            "> 0",
+        ),
     ],
 )
 def test_bad_dp_config_fails_fast_naming_the_key(run_config, key, needle):
@@ -247,3 +261,56 @@ def test_nodes_out_of_budget_are_not_aggregated_and_an_empty_round_keeps_the_mod
     assert torch.allclose(arrays.to_torch_state_dict()["w"], torch.full((6,), -1.0))
     arrays, metrics = _round_through(strategy, {11: (torch.ones(6), 0), 22: (torch.ones(6), 0)})
     assert arrays is None and metrics is None  # Strategy.start keeps the previous global model
+
+
+def _central_round(strategy: EdgeStrategy, rnd: int, updates: dict[int, tuple[torch.Tensor, int]]):
+    arrays = ArrayRecord({"w": torch.zeros(6)})
+    messages = list(strategy.configure_train(rnd, arrays, ConfigRecord({"lr": 0.1}), _Grid()))
+    replies = []
+    for msg in messages:
+        w, n = updates[msg.metadata.dst_node_id]
+        content = RecordDict({"arrays": ArrayRecord({"w": w}), "metrics": MetricRecord({"num-examples": n})})
+        replies.append(Message(content, reply_to=msg))
+    return len(messages), strategy.aggregate_train(rnd, replies)
+
+
+def test_central_dp_reports_flowers_client_level_epsilon_per_round_and_stops_cleanly_at_the_target(
+    task_identity, tmp_path, caplog
+):
+    from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+
+    from edgeflower.privacy.strategy import CentralDPAccounting, central_accountant
+    from edgeflower.privacy.summary import PrivacySummary
+
+    updates = {11: (torch.full((6,), 3.0), 10), 22: (torch.full((6,), -1.0), 30)}  # unequal example counts
+    # accounted central DP weighs nodes equally (Flower's accountant requires it): mean 1.0, not 0.0
+    quiet = central_dp(_fedavg(), "server-fixed", 1e-4, 8.0, 2, central_accountant(DELTA, 2, 0.0))
+    _, (arrays, _) = _central_round(EdgeStrategy(quiet, plan_fn=lambda r, n: {"lr": 0.5}), 1, updates)
+    assert torch.allclose(arrays.to_torch_state_dict()["w"], torch.ones(6), atol=1e-2)
+
+    sigma = 0.8
+    orders = list(central_accountant(DELTA, 2, 0.0)._orders)
+
+    def independent(releases: int) -> float:  # Gaussian mechanism without amplification, composed `releases` times
+        rdp = compute_rdp(q=1.0, noise_multiplier=sigma, steps=releases, orders=orders)
+        return float(get_privacy_spent(orders=orders, rdp=rdp, delta=DELTA)[0])
+
+    target = (independent(2) + independent(3)) / 2  # two rounds fit, the third would not
+    wrapped = central_dp(_fedavg(), "client-fixed", sigma, 8.0, 2, central_accountant(DELTA, 2, target))
+    assert isinstance(wrapped, CentralDPAccounting)
+    strategy = EdgeStrategy(wrapped, plan_fn=lambda r, n: {"lr": 0.5})
+    sent = []
+    for rnd in range(1, 5):
+        count, (arrays, metrics) = _central_round(strategy, rnd, updates)
+        sent.append(count)
+        if rnd <= 2:
+            assert metrics["central-dp-epsilon"] == pytest.approx(independent(rnd), abs=1e-9)
+        else:
+            assert arrays is None and metrics is None  # no release: the global model is kept
+    assert sent == [2, 2, 0, 0] and wrapped.stopped_at == 3
+    assert wrapped.epsilon() <= target and "central DP: training stops before round 3" in caplog.text
+    summary = PrivacySummary(DELTA, 0.0, "off", central=wrapped).finish(tmp_path)
+    written = json.loads((tmp_path / "privacy.json").read_text())["central-dp"]
+    assert written == summary["central-dp"]
+    assert written["rounds"] == {"1": pytest.approx(independent(1)), "2": pytest.approx(independent(2))}
+    assert written["stopped-at-round"] == 3 and written["sampling-method"] == "no-amplification"

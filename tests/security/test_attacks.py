@@ -1,0 +1,283 @@
+"""The attacks of issue 15 against real services on loopback: every one is refused with the right status, nothing
+is allocated for a refused request, half-open calls hold no worker, and legitimate traffic is served meanwhile.
+
+Bounded: a few dozen calls, small models (VGG5 at width 0.25), deadlines of 1 s (asserted only one-sided).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+import pytest
+import torch
+
+from benchmarks._attacks import (
+    DEPLOY,
+    FORWARD,
+    PING,
+    PREDICT,
+    HalfOpenFlood,
+    attempt,
+    deep_json_frame,
+    edge_token_attacks,
+    foreign_stream,
+    nan_step,
+    open_frame,
+    stride_overflow_frame,
+)
+from edgeflower.models.zoo import build_model
+from edgeflower.server import EdgeServer, EdgeServerConfig
+from edgeflower.server import session as session_module
+from edgeflower.serving import Controller, InferenceNode, NodeClient, ServingClient, build_bundle
+from edgeflower.serving.controller import ControllerConfig
+from edgeflower.transport import EdgeClient, OptimizerSettings
+from edgeflower.transport.auth import TokenIssuer
+from edgeflower.transport.codec import Frame, encode_frame
+from edgeflower.transport.errors import EdgeAuthError, EdgeOverloadedError, InvalidMessageError, SessionStateError
+from edgeflower.transport.grpc_server import ServerOptions
+from edgeflower.transport.service import METHOD_HEALTH, METHOD_OPEN
+from tests._edge_helpers import wait_until
+
+SECRET = b"security-attack-test-secret-0123456789"
+OTHER = b"an-attacker-guessed-this-secret-000000"
+ISSUER = TokenIssuer(SECRET)
+OPTIM = OptimizerSettings(lr=0.05, momentum=0.9)
+PD, INV, RE = grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def _small():
+    torch.manual_seed(0)
+    return build_model("vgg5", width=0.25)
+
+
+def _state_size(model) -> int:
+    return sum(t.numel() for t in model.state_dict().values())
+
+
+@pytest.fixture(scope="module")
+def edge():
+    config = EdgeServerConfig(max_model_params=_state_size(_small()), first_message_s=1.0, max_sessions_per_node=2)
+    with EdgeServer(secret=SECRET, edge_id="edge-s", config=config) as server:
+        yield server
+
+
+def _open(client: EdgeClient, token: str, model=None, k: int = 2):
+    model = model or _small()
+    return client.open_session(token, model.spec, k, model.split(k)[1].state_dict(), OPTIM)
+
+
+def test_forged_expired_foreign_wrong_role_and_malformed_requests_are_refused_by_the_edge_server(edge):
+    outcomes = edge_token_attacks(edge.address, SECRET, "edge-s", OTHER)
+    assert len(outcomes) >= 14
+    assert [o for o in outcomes if not o.rejected] == []
+    assert edge.num_sessions == 0
+
+
+def test_an_open_token_opens_one_session_and_only_an_identical_retry_gets_it_back(edge):
+    token = ISSUER.issue(11, 1, 1, "edge-s")
+    frame = open_frame(token, width=0.25)
+    first = attempt("open", grpc.StatusCode.OK, edge.address, METHOD_OPEN, frame)
+    again = attempt("retry", grpc.StatusCode.OK, edge.address, METHOD_OPEN, frame)  # a lost reply, retried
+    assert first.rejected and again.rejected and edge.num_sessions == 1
+    other = attempt("reuse", PD, edge.address, METHOD_OPEN, open_frame(token, width=0.25, k=3))
+    assert other.rejected and "single-use" in other.detail and edge.num_sessions == 1
+    for sid in edge.registry.ids():
+        edge.registry.drop(sid, "test done")
+
+
+def test_a_node_holds_at_most_its_session_quota_and_tokens_of_past_rounds_are_refused(edge):
+    with EdgeClient(edge.address, retries=0) as client:
+        held = [_open(client, ISSUER.issue(12, 4, 2, "edge-s")) for _ in range(2)]
+        with pytest.raises(EdgeOverloadedError, match="at most 2"):
+            _open(client, ISSUER.issue(12, 4, 2, "edge-s"))
+        _open(client, ISSUER.issue(12, 5, 2, "edge-s")).abort()  # other nodes are not locked out
+        for h in held:
+            h.abort()
+        assert wait_until(lambda: edge.num_sessions == 0)
+        with pytest.raises(SessionStateError, match="round 1"):
+            _open(client, ISSUER.issue(12, 4, 1, "edge-s"))
+
+
+def test_an_oversized_model_or_open_message_is_refused_before_anything_is_built(edge, monkeypatch):
+    built_for_real = []
+    real = session_module.build_model
+
+    def spy(spec):
+        model = real(spec)
+        if next(model.parameters()).device.type != "meta":
+            built_for_real.append(spec)
+        return model
+
+    monkeypatch.setattr(session_module, "build_model", spy)
+    huge = open_frame(ISSUER.issue(13, 1, 1, "edge-s"), with_state=False, width=16)  # ~117 M parameters
+    assert len(huge) < 2048
+    outcome = attempt("huge-spec", INV, edge.address, METHOD_OPEN, huge)
+    assert outcome.rejected and "limit" in outcome.detail and built_for_real == []
+    padded = encode_frame("open", {"pad": "x" * (edge.config.open_bytes + 10)})
+    assert attempt("huge-message", RE, edge.address, METHOD_OPEN, padded).rejected
+
+
+def test_non_finite_activations_are_refused_and_a_foreign_token_cannot_drive_a_session(edge):
+    with EdgeClient(edge.address) as client:
+        token = ISSUER.issue(14, 1, 1, "edge-s")
+        session = _open(client, token)
+        assert foreign_stream(edge.address, session.session_id, ISSUER.issue(14, 2, 1, "edge-s")).rejected
+        outcome = nan_step(session.session_id, token, edge.address, session.input_shape)
+        assert outcome.rejected and "NaN" in outcome.detail
+        assert wait_until(lambda: edge.num_sessions == 0)  # the poisoned session is gone, not trained
+
+
+def test_half_open_calls_end_with_deadline_exceeded_while_health_and_open_are_served(edge):
+    flood = HalfOpenFlood(edge.address, METHOD_OPEN, n=24).start()
+    try:
+        with EdgeClient(edge.address, retries=0) as client:
+            assert client.health().status == "serving"
+            _open(client, ISSUER.issue(15, 1, 1, "edge-s")).close()
+        assert wait_until(lambda: sum(flood.ended.values()) >= 24, timeout_s=60)  # deadline 1 s, bounded generously
+    finally:
+        flood.stop()
+    assert flood.outcome.rejected, flood.ended
+    assert attempt("health", grpc.StatusCode.OK, edge.address, METHOD_HEALTH, encode_frame("health")).rejected
+
+
+def test_plaintext_on_a_non_loopback_address_needs_tls_or_an_explicit_insecure_option(caplog):
+    with pytest.raises(ValueError, match="refuses to serve plaintext"):
+        EdgeServer("0.0.0.0", 0, secret=SECRET).start()
+    with pytest.raises(ValueError, match="refuses to serve plaintext"):
+        InferenceNode("0.0.0.0", 0, secret=SECRET).start()
+    caplog.set_level(logging.WARNING)
+    with EdgeServer("0.0.0.0", 0, secret=SECRET, config=EdgeServerConfig(insecure=True)):
+        pass
+    assert any("INSECURE" in r.getMessage() and "session tokens" in r.getMessage() for r in caplog.records)
+
+
+# -- the serving chain ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def chain(fmnist_test):
+    model = _small().eval()
+    data = fmnist_test.subset(torch.arange(200))
+    bundle = build_bundle(model, (0, 3, 7), data, data, exit_epochs=1)
+    options = ServerOptions(first_message_s=1.0)
+    nodes = [InferenceNode(secret=SECRET, max_model_params=_state_size(model), options=options) for _ in range(2)]
+    for n in nodes:
+        n.start()
+    config = ControllerConfig(heartbeat_s=0.1, readmit_every=1, first_message_s=1.0)
+    ctl = Controller(bundle, [n.address for n in nodes], SECRET, config=config).start()
+    try:
+        yield ctl, nodes, fmnist_test.x[:4].clone()
+    finally:
+        ctl.stop()
+        for n in nodes:
+            n.stop()
+
+
+def test_only_the_controller_deploys_to_or_forwards_through_nodes(chain):
+    ctl, nodes, x = chain
+    client = ISSUER.issue(0, 1, 0, role="client")
+    before = ServingClient(ctl.address, client).predict(x).logits
+    version = ctl.route.version
+    for role in ("client", "device", "node", "migration"):
+        stolen = NodeClient(nodes[0].address, ISSUER.issue(0, 0, 0, role=role))
+        try:
+            with pytest.raises(EdgeAuthError, match="not accepted"):
+                stolen.deploy(
+                    "evil",
+                    ctl.bundle.spec,
+                    0,
+                    3,
+                    {k: torch.zeros_like(v) for k, v in ctl.bundle.model.segment(0, 3).state_dict().items()},
+                )
+            with pytest.raises(EdgeAuthError, match="not accepted"):
+                stolen.forward(version, "bypass", x)
+            with pytest.raises(EdgeAuthError, match="not accepted"):
+                stolen.ping()
+        finally:
+            stolen.close()
+    assert nodes[0].deployment.version == ctl.route.version
+    with ServingClient(ctl.address, ISSUER.issue(0, 1, 0, role="controller"), deadline_s=1) as wrong:
+        with pytest.raises(EdgeAuthError, match="not accepted"):
+            wrong.predict(x)
+    after = ServingClient(ctl.address, client).predict(x).logits
+    assert torch.equal(before, after)
+
+
+def test_nodes_and_controller_refuse_oversized_models_non_finite_inputs_and_malformed_frames(chain):
+    ctl, nodes, x = chain
+    controller_token = ISSUER.issue(0, 0, 0, role="controller")
+    node = NodeClient(nodes[0].address, controller_token)
+    try:
+        with pytest.raises(InvalidMessageError, match="limit"):
+            node.deploy("huge", _huge_spec(), 0, 3, {})
+        with pytest.raises(InvalidMessageError, match="NaN"):
+            node.forward(ctl.route.version, "nan", torch.full_like(x, float("nan")))
+    finally:
+        node.close()
+    with ServingClient(ctl.address, ISSUER.issue(0, 1, 0, role="client")) as client:
+        with pytest.raises(InvalidMessageError, match="NaN"):
+            client.predict(torch.full_like(x, float("inf")))
+    for address, method in ((nodes[0].address, DEPLOY), (nodes[0].address, FORWARD), (ctl.address, PREDICT)):
+        for frame in (stride_overflow_frame("deploy"), deep_json_frame("forward")):
+            assert attempt("malformed", INV, address, method, frame).rejected
+    assert nodes[0].deployment.version == ctl.route.version
+
+
+def _huge_spec():
+    with torch.device("meta"):
+        return build_model("vgg5", width=16).spec
+
+
+def test_half_open_calls_do_not_starve_heartbeats_or_predictions(chain):
+    ctl, nodes, x = chain
+    floods = [HalfOpenFlood(nodes[0].address, PING, n=16).start(), HalfOpenFlood(ctl.address, PREDICT, n=16).start()]
+    try:
+        with ServingClient(ctl.address, ISSUER.issue(0, 1, 0, role="client")) as client:
+            for i in range(3):
+                assert client.predict(x, f"during-flood-{i}").logits.shape == (4, 10)
+        assert wait_until(lambda: all(sum(f.ended.values()) >= 16 for f in floods), timeout_s=60)
+    finally:
+        for f in floods:
+            f.stop()
+    assert all(f.outcome.rejected for f in floods), [f.ended for f in floods]
+    assert ctl.dead == set()
+
+
+def test_a_dead_node_that_answers_heartbeats_again_is_readmitted_and_the_route_replanned(chain):
+    ctl, _, x = chain
+    ctl.fail_over(1, "test")  # declared dead (e.g. after missed heartbeats) although it is back
+    assert 1 in ctl.dead
+    assert wait_until(lambda: 1 not in ctl.dead, timeout_s=30)
+    assert ctl.readmissions and ctl.readmissions[-1]["node"] == 1
+    assert ctl.route.technique == "initial" and ctl.route.nodes() == [0, 1]
+    with ServingClient(ctl.address, ISSUER.issue(0, 1, 0, role="client")) as client:
+        assert client.predict(x, "after-readmission").technique == "initial"
+
+
+def test_clients_retry_busy_refusals_with_backoff_and_the_same_request(monkeypatch):
+    import edgeflower.serving.client as serving_client
+
+    seen: list[bytes] = []
+
+    def busy_twice(channel, method, frame, timeout_s, address, limits):
+        seen.append(frame)
+        if len(seen) < 3:
+            raise EdgeOverloadedError("controller is busy")
+        return Frame("prediction", {"technique": "initial"}, {"logits": torch.zeros(1, 10)})
+
+    monkeypatch.setattr(serving_client, "call", busy_twice)
+    with ServingClient("127.0.0.1:1", "token", deadline_s=30) as client:
+        answer = client.predict(torch.zeros(1, 1, 28, 28), "same-id")
+    assert answer.attempts == 3 and len(set(seen)) == 1  # exactly the same request (id) every time
+
+    calls: list[bytes] = []
+
+    def open_busy_once(self, method, frame, timeout_s=None):
+        calls.append(frame)
+        if len(calls) == 1:
+            raise EdgeOverloadedError("busy")
+        return "reply"
+
+    monkeypatch.setattr(EdgeClient, "call", open_busy_once)
+    with EdgeClient("127.0.0.1:1", retry_backoff_s=0.01) as client:
+        assert client.call_retrying(METHOD_OPEN, b"frame") == "reply"
+    assert calls == [b"frame", b"frame"]
