@@ -31,7 +31,7 @@ from benchmarks.common import parse_args, png_path, print_table, write_result
 from edgeflower.models.zoo import build_model
 from edgeflower.serving import AdaptiveSplitServing, Conditions, CutModel, InferenceNode, NodeClient
 from edgeflower.serving.adaptive import brute_force_cut, measure_cut, sensitivity_study
-from edgeflower.transport.auth import TokenIssuer
+from edgeflower.transport.auth import RenewingToken, TokenIssuer
 from edgeflower.transport.emulation import DeviceProfile, LinkProfile
 
 NAME = "adaptive"
@@ -69,7 +69,7 @@ def _served_latency(serving: AdaptiveSplitServing, x: torch.Tensor, n: int) -> l
 
 def _change(model, cm: CutModel, before: float, after: float, cfg: dict[str, Any]) -> dict[str, Any]:  # type: ignore[no-untyped-def]
     x = torch.randn(cfg["batch_size"], *model.spec.in_shape)
-    token = TokenIssuer(SECRET).issue(0, 0, 0)
+    token = RenewingToken(lambda ttl: TokenIssuer(SECRET).issue(0, 0, 0, ttl_s=ttl, role="controller"))
     old, new = (Conditions(bandwidth_mbps=b, device_slowdown=DEVICE) for b in (before, after))
     row: dict[str, Any] = {"from_mbps": before, "to_mbps": after}
     with InferenceNode(secret=SECRET) as n_fixed, InferenceNode(secret=SECRET) as n_adapt:

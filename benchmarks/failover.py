@@ -24,6 +24,7 @@ import statistics
 import tempfile
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,7 @@ from edgeflower.serving import (
 )
 from edgeflower.serving.launch import NodeProcess
 from edgeflower.serving.plan import Route
-from edgeflower.transport.auth import TokenIssuer
+from edgeflower.transport.auth import RenewingToken, TokenIssuer
 
 NAME = "failover"
 SECRET = b"edgeflower-failover-benchmark-secret"
@@ -76,6 +77,10 @@ QUICK = {
     "answers_before_kill": 10,
     "answers_after_kill": 20,
 }
+
+
+def _client_token(client: int, ttl_s: float) -> str:
+    return TokenIssuer(SECRET).issue(0, client, 0, ttl_s=ttl_s, role="client")
 
 
 def _bundle(cfg: dict[str, Any]) -> tuple[ServingBundle, ImageData]:
@@ -149,7 +154,7 @@ def _objectives_for(technique: str, cands: dict[str, Candidate]) -> Objectives |
 
 def _load(address: str, x: torch.Tensor, threads: int, stop: threading.Event, out: dict[str, Any]) -> list:
     def loop(t: int) -> None:
-        with ServingClient(address, TokenIssuer(SECRET).issue(0, t, 0), deadline_s=60) as client:
+        with ServingClient(address, RenewingToken(partial(_client_token, t)), deadline_s=60) as client:
             i = 0
             while not stop.is_set():
                 rid = f"t{t}-{i}"

@@ -67,7 +67,7 @@ def main() -> None:
             for mode in ("migrate", "restart"):
                 model = copy.deepcopy(initial)
                 node += 1
-                order = MoveOrder(at, b.address, issuer.issue(1, node, 1, "b"), mode)
+                order = MoveOrder(at, b.address, issuer.issue(1, node, 1, "b", role="migration"), mode)
                 res = _round(model, batches, a, order, node)
                 results[(frac, mode)] = (res.seconds, model)
                 rows.append({"case": mode, "at": f"{frac:.0%}", "round_s": res.seconds})
@@ -80,7 +80,7 @@ def main() -> None:
         cfg = EdgeServerConfig(peer_link_mbps=mbps)
         with EdgeServer(secret=SECRET, edge_id="a", config=cfg) as a, EdgeServer(secret=SECRET, edge_id="b") as b:
             node += 1
-            order = MoveOrder(n_batches // 2, b.address, issuer.issue(1, node, 1, "b"), "migrate")
+            order = MoveOrder(n_batches // 2, b.address, issuer.issue(1, node, 1, "b", role="migration"), "migrate")
             _round(copy.deepcopy(initial), batches[: n_batches // 2 + 1], a, order, node)
         state_bytes = order.report["migration-bytes"]
         bound = state_bytes * 8 / (mbps * 1e6)

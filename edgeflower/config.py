@@ -6,19 +6,22 @@ overridden with ``flwr run . --run-config "key=value"``.
 
 from __future__ import annotations
 
+import difflib
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from edgeflower.data.datasets import DATASET_SHAPES, DATASETS
+from edgeflower.models.reference import is_reference, trust_reference
 from edgeflower.models.splittable import SplittableModel
 from edgeflower.models.zoo import NORMS, available_models, build_model
 from edgeflower.privacy.models import dp_norm, log_conversion
-from edgeflower.privacy.settings import CENTRAL_DP, DPSettings, dp_config_error
+from edgeflower.privacy.settings import CENTRAL_DP, DPSettings, central_dp_config_error, dp_config_error
 from edgeflower.transport.emulation import LinkSchedule, parse_profiles
 
-__all__ = ["AppConfig", "ConfigError"]
+__all__ = ["AppConfig", "ConfigError", "message_limit_bytes"]
 
 
 class ConfigError(ValueError):
@@ -33,6 +36,42 @@ MODES = ("fl", "split", "pipeline")
 AUTO = {"split_point": -1, "microbatches": 0, "dp_noise_multiplier": 0.0}
 """Fields that also accept the string ``"auto"`` (stored as the number given here)."""
 PARTITIONERS = ("iid", "dirichlet")
+FALLBACKS = ("transient", "never")
+"""``fallback``: see :data:`edgeflower.clients.split.FALLBACK_MODES`."""
+MIN_MESSAGE_BYTES = 64 * 2**20
+"""The smallest size limit of an offload-channel message sized from the model (the transport's default, 64 MiB)."""
+MESSAGE_HEADROOM = 1.25
+"""Headroom on the largest message a plan can send (frame headers, optimizer state in a migration's frame)."""
+
+
+def message_limit_bytes(model: SplittableModel, batch_size: int, override_mb: float = 0.0) -> int:
+    """The size limit of offload-channel messages for ``model``: what its plans can send, plus headroom.
+
+    The largest messages are the tail's weights (sent when a session opens, returned when it closes; a migration
+    carries them with the optimizer's momentum, twice the weights) and one batch's activations (or their
+    gradient) at the widest split point. The limit is ``MESSAGE_HEADROOM`` times the larger of the two plus 1 MiB,
+    and never below :data:`MIN_MESSAGE_BYTES`. ``override_mb`` > 0 (run-config ``max-message-mb``, MiB) replaces it.
+    """
+    if override_mb > 0:
+        return int(override_mb * 2**20)
+    import torch
+
+    state = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    widest = 0
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            x = torch.zeros(1, *model.spec.in_shape)
+            widest = x.numel()
+            for block in model.blocks[:-1]:  # the output of the last block never crosses the link
+                x = block(x)
+                widest = max(widest, x.numel())
+    finally:
+        model.train(was_training)
+    activations = batch_size * (widest * 4 + 8)  # float32 activations and int64 labels
+    needed = max(2 * state, activations)
+    return max(MIN_MESSAGE_BYTES, int(needed * MESSAGE_HEADROOM) + 2**20)
 
 
 @dataclass(frozen=True)
@@ -137,6 +176,20 @@ class AppConfig:
         ``"off"`` or ``"server-fixed"`` (Flower's ``DifferentialPrivacyServerSideFixedClipping`` around FedAvg).
     central_dp_noise_multiplier, central_dp_clipping_norm : float
         Its noise multiplier and clipping norm.
+    dp_accountant : str
+        ``"rdp"`` or ``"prv"``: the Opacus accountant that reports ``dp-epsilon``, calibrates ``"auto"`` noise and
+        stops a node at ``dp-target-epsilon`` (the other one is logged for comparison).
+    central_dp_target_epsilon : float
+        Client-level budget of central DP (Flower's ``RdpAccountant``); training stops cleanly before a round
+        that would exceed it (0 = no budget, epsilon still reported).
+    fallback : str
+        Split modes: ``"transient"`` (a node whose edge server is unreachable, killed, too slow or overloaded
+        trains locally, logged and counted) or ``"never"`` (it fails instead). Permanent errors always fail it.
+    max_message_mb : float
+        Size limit of one offload-channel message in MiB on the nodes and the in-process edge servers; ``0`` =
+        sized from the model (:func:`message_limit_bytes`).
+    max_failed_fraction : float
+        The run fails when more than this share of a round's nodes fail (and always when none replies).
     """
 
     mode: str = "fl"
@@ -176,15 +229,20 @@ class AppConfig:
     dp_target_epsilon: float = 0.0
     dp_delta: float = 0.0
     dp_batchnorm: str = "convert"
+    dp_accountant: str = "rdp"
     central_dp: str = "off"
     central_dp_noise_multiplier: float = 0.01
     central_dp_clipping_norm: float = 5.0
+    central_dp_target_epsilon: float = 0.0
     link_schedules: str = ""
     planner: str = "fixed"
     policy_path: str = ""
     planner_groups: int = 3
     mobility: str = ""
     mobility_mode: str = "migrate"
+    fallback: str = "transient"
+    max_message_mb: float = 0.0
+    max_failed_fraction: float = 0.5
 
     @staticmethod
     def key(field_name: str) -> str:
@@ -192,16 +250,25 @@ class AppConfig:
         return field_name.replace("_", "-")
 
     @classmethod
-    def from_run_config(cls, run_config: Mapping[str, Any]) -> AppConfig:
+    def from_run_config(cls, run_config: Mapping[str, Any], strict: bool = True) -> AppConfig:
         """Parse and validate Flower's ``context.run_config``.
 
-        Unknown keys are ignored (other apps' keys may share the config); known keys are type-checked.
+        Known keys are type-checked (numbers must be finite). An unknown key is an error naming it (with the
+        nearest known key), unless ``strict`` is false (an app of your own that adds keys to the same config).
 
         Raises
         ------
         ConfigError
             Naming the first invalid key.
         """
+        known = {cls.key(f.name) for f in fields(cls)}
+        unknown = sorted(k for k in run_config if k not in known)
+        if strict and unknown:
+            key = unknown[0]
+            near = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f"; did you mean '{near[0]}'?" if near else "; see the run-config table in README.md"
+            others = f" (also unknown: {', '.join(unknown[1:])})" if len(unknown) > 1 else ""
+            raise ConfigError(key, f"unknown key{hint}{others}")
         values: dict[str, Any] = {}
         for f in fields(cls):
             key = cls.key(f.name)
@@ -226,6 +293,8 @@ class AppConfig:
                     value = str(raw)
             except (TypeError, ValueError):
                 raise ConfigError(key, f"expected {typ.__name__}, got {raw!r}") from None
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(key, f"must be a finite number, got {raw!r}")
             values[f.name] = value
         cfg = cls(**values)
         cfg.validate()
@@ -235,7 +304,7 @@ class AppConfig:
         """Check every value; raise :class:`ConfigError` naming the first bad key."""
         choice: dict[str, tuple[str, ...]] = {
             "mode": MODES,
-            "model": tuple(available_models()),
+            "model": (self.model, *available_models()) if is_reference(self.model) else tuple(available_models()),
             "norm": NORMS,
             "dataset": DATASETS,
             "partitioner": PARTITIONERS,
@@ -262,6 +331,8 @@ class AppConfig:
             "edge_servers": (lambda v: v >= 1, "must be >= 1"),
             "fallback_replay_mb": (lambda v: v >= 0, "must be >= 0"),
             "microbatches": (lambda v: v >= 0, "must be >= 1 (or 'auto')"),
+            "max_message_mb": (lambda v: v >= 0, "must be >= 0 (0 = sized from the model)"),
+            "max_failed_fraction": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
         }
         for name, (ok, message) in checks.items():
             if not ok(getattr(self, name)):
@@ -274,6 +345,7 @@ class AppConfig:
             self.dp_delta,
             self.dp_batchnorm,
             self.norm,
+            self.dp_accountant,
         )
         if dp_error is not None:
             raise ConfigError(*dp_error)
@@ -285,11 +357,24 @@ class AppConfig:
             raise ConfigError("central-dp-noise-multiplier", f"must be >= 0, got {self.central_dp_noise_multiplier!r}")
         if not self.central_dp_clipping_norm > 0:
             raise ConfigError("central-dp-clipping-norm", f"must be > 0, got {self.central_dp_clipping_norm!r}")
+        central_error = central_dp_config_error(
+            self.central_dp, self.central_dp_noise_multiplier, self.central_dp_target_epsilon
+        )
+        if central_error is not None:
+            raise ConfigError(*central_error)
+        if self.fallback not in FALLBACKS:
+            raise ConfigError("fallback", f"unknown value {self.fallback!r}; expected one of {', '.join(FALLBACKS)}")
         blocks = self.build_model().num_blocks
         if not -1 <= self.split_point <= blocks:
             raise ConfigError(
                 "split-point",
                 f"{self.split_point} is out of range for {self.model}: valid values are 0..{blocks} (or -1 = all)",
+            )
+        if self.mode != "fl" and self.planner == "fixed" and self.split_point == blocks:
+            raise ConfigError(
+                "split-point",
+                f"{blocks} keeps all {blocks} blocks of {self.model} on the device: nothing is offloaded in mode "
+                f"{self.mode!r}; use mode = 'fl' for that, or a split point 0..{blocks - 1}",
             )
         for key, kind in (("device_profiles", "device"), ("link_profiles", "link")):
             try:
@@ -366,14 +451,28 @@ class AppConfig:
         if self.dp != "off" and self.norm == "batch":
             norm = dp_norm(self.norm, self.dp_batchnorm)
             log_conversion(self.model)
+        if is_reference(self.model):  # the run's own model: this process may build it for its peers
+            try:
+                trust_reference(self.model)
+            except ValueError as exc:
+                raise ConfigError("model", str(exc)) from None
         return build_model(self.model, self.in_shape, 10, norm, **options)
 
     @property
     def dp_settings(self) -> DPSettings:
         """The DP-SGD settings."""
         return DPSettings(
-            self.dp, self.dp_noise_multiplier, self.dp_max_grad_norm, self.dp_target_epsilon, self.dp_delta
+            self.dp,
+            self.dp_noise_multiplier,
+            self.dp_max_grad_norm,
+            self.dp_target_epsilon,
+            self.dp_delta,
+            self.dp_accountant,
         )
+
+    def max_message_bytes(self, model: SplittableModel) -> int:
+        """The offload channel's message size limit for ``model`` (``max-message-mb``, else sized from it)."""
+        return message_limit_bytes(model, self.batch_size, self.max_message_mb)
 
     def lr_at(self, server_round: int) -> float:
         """Learning rate of ``server_round`` (1-based)."""

@@ -42,6 +42,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from dataclasses import dataclass, field
 from logging import ERROR, INFO, WARNING
 from pathlib import Path
@@ -65,10 +66,13 @@ __all__ = [
     "get_run_status",
     "kill_process_tree",
     "main",
+    "run_failures",
     "run_simulation",
+    "runtime_crash_cause",
     "runtime_crashed",
     "start_run",
     "stop_local_superlink",
+    "unknown_run_config_keys",
     "wait_for_run",
     "write_connections",
 ]
@@ -696,12 +700,54 @@ def _execute(
             except subprocess.TimeoutExpired:
                 kill_process_tree(follower.pid)
     elapsed = time.monotonic() - t0
-    logs = "" if stream else fetch_logs(run_id, connection, env)
-    if not stream and status != STATUS_COMPLETED and "Traceback" not in logs:
+    # a streamed run's log was shown live; a failed one's is fetched all the same (it says why it failed)
+    logs = "" if stream and status == STATUS_COMPLETED else fetch_logs(run_id, connection, env)
+    if status != STATUS_COMPLETED and "Traceback" not in logs:
         time.sleep(LATE_LOGS_S)  # a failing runtime uploads its traceback after it reported the final status
         logs = fetch_logs(run_id, connection, env) or logs
     log(INFO, "flwrctl: run %s -> %s (%.1fs) %s", run_id, status, elapsed, details)
     return RunOutcome(status, run_id, logs, elapsed, details, cli_output)
+
+
+def unknown_run_config_keys(app_dir: Path, run_config: dict[str, Any] | None) -> str:
+    """A message naming the ``run_config`` keys the app's ``[tool.flwr.app.config]`` lacks ('' when none).
+
+    Flower refuses such keys with only ``Invalid run configuration``; this names them (and the nearest known key)
+    before ``flwr run`` is called.
+    """
+    import difflib
+
+    try:
+        with open(Path(app_dir) / "pyproject.toml", "rb") as fh:
+            known = set(tomllib.load(fh)["tool"]["flwr"]["app"]["config"])
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        return ""  # not an app we can read: let Flower decide
+    problems = []
+    for key in sorted(set(run_config or {}) - known):
+        near = difflib.get_close_matches(key, sorted(known), n=1)
+        problems.append(f"'{key}'" + (f" (did you mean '{near[0]}'?)" if near else ""))
+    if not problems:
+        return ""
+    where = Path(app_dir) / "pyproject.toml"
+    return f"unknown run-config key {', '.join(problems)}: not in [tool.flwr.app.config] of {where}"
+
+
+RUN_FAILURE_MARKERS = ("edgeflower: the run failed:", "nodes failed:")
+"""Log lines that tell why a run failed (the ServerApp's round summaries and its final error)."""
+
+
+def run_failures(outcome: RunOutcome, limit: int = 8) -> list[str]:
+    """Why a run failed: its status details, then the first log lines that say so (at most ``limit``)."""
+    lines = [f"run {outcome.run_id} {outcome.status}: {outcome.details}".rstrip(": ")]
+    for line in outcome.logs.splitlines():
+        if len(lines) > limit:
+            break
+        if not any(m in line for m in RUN_FAILURE_MARKERS):
+            continue
+        core = line.split("nodes failed:", 1)[-1].strip()  # the nodes' messages: shown once
+        if not any(core in shown for shown in lines):
+            lines.append(line.strip())
+    return lines
 
 
 # --------------------------------------------------------------------------------------
@@ -762,6 +808,10 @@ def run_simulation(
         Final status, run ID, logs and elapsed time.
     """
     home = Path(home).expanduser().resolve()
+    unknown = unknown_run_config_keys(Path(app_dir), run_config)
+    if unknown:
+        log(ERROR, "flwrctl: %s", unknown)
+        return RunOutcome("not-started", None, details=unknown)
     stop_local_superlink(home)  # stale SuperLink from an interrupted earlier call
     port = port or free_port()
     env = flower_env(home, local_superlink_port=port)
@@ -780,37 +830,128 @@ def run_simulation(
     }
     if ray_num_cpus is not None:
         federation_config["init-args-num-cpus"] = int(ray_num_cpus)
+    crashes: list[dict[str, Any]] = []
     for attempt in range(2):
         outcome = _run_once(
             app_dir, home, connection, env, run_config, federation_config, timeout, poll_interval, stream
         )
-        if outcome.ok or attempt or not runtime_crashed(outcome):
-            return outcome
+        cause = runtime_crash_cause(outcome)
+        if outcome.ok or attempt or not cause:
+            break
         log(
             WARNING,
-            "flwrctl: run %s: the Simulation Runtime crashed (%s), not the app; retrying once",
+            "flwrctl: run %s: Ray failed to start (%s), a cause outside the app (a machine too busy for Ray's "
+            "fixed startup window); retrying once",
             outcome.run_id,
-            outcome.details,
+            cause,
         )
+        crashes.append({"run-id": outcome.run_id, "status": outcome.status, "cause": cause})
+    if crashes:
+        outcome.extra["runtime-retries"] = crashes
+        _record_retries(run_config, outcome, crashes)
     return outcome
 
 
-RAY_STARTUP_FAILURES = ("wait_for_persisted_port",)
-"""Log markers of Ray failing to start a simulation worker on an overloaded machine (retried once)."""
+def _record_retries(run_config: dict[str, Any] | None, outcome: RunOutcome, crashes: list[dict[str, Any]]) -> None:
+    """Count the retried attempts in the final run's folder (``runtime-retries.json``), when it can be found."""
+    from edgeflower.runlog import run_folder
+
+    root = Path(str((run_config or {}).get("run-dir", "runs")))
+    if not root.is_absolute():
+        root = Path(os.environ.get("EDGEFLOWER_RUN_ROOT", ".")) / root
+    try:
+        folder = run_folder(root, outcome.run_id)
+    except FileNotFoundError:
+        log(WARNING, "flwrctl: no run folder of run %s under %s to count the retry in", outcome.run_id, root)
+        return
+    (folder / "runtime-retries.json").write_text(json.dumps({"retries": len(crashes), "attempts": crashes}, indent=2))
+
+
+RAY_STARTUP_FAILURES = ("The current node timed out during startup", "wait_for_persisted_port")
+"""Log markers of Ray failing to start on a machine too busy for its fixed startup windows: the raylet must register
+with the GCS within 30 s (``ray._private.node``), a worker must report its port in time. Only these are retried."""
 
 SIMULATION_RUNTIME_CRASH = "An error was encountered. Ending simulation."
 """Flower's status detail when the Simulation Runtime itself (Ray backend, actor pool) raised; an exception of the
 ServerApp is reported with its own message instead, and a ClientApp's becomes an error reply."""
 
 
+def runtime_crash_cause(outcome: RunOutcome) -> str:
+    """Why Ray failed to start, when that ended the run (the log line of a :data:`RAY_STARTUP_FAILURES` marker);
+    ``''`` for anything else: a completed run, an app's failure, or a Simulation Runtime crash of another cause
+    (not retried: a crash we do not understand must be seen)."""
+    if outcome.ok:
+        return ""
+    for line in outcome.logs.splitlines():
+        for marker in RAY_STARTUP_FAILURES:
+            if marker in line:
+                return line[line.index(marker) :].strip()
+    return ""
+
+
 def runtime_crashed(outcome: RunOutcome) -> bool:
-    """Whether ``outcome`` failed in Flower's Simulation Runtime or Ray rather than in the app (worth one retry).
+    """Whether ``outcome`` failed because Ray could not start (see :func:`runtime_crash_cause`; retried once).
 
     A retried run gets a new run ID, so its run folder (``...-run<run_id>``) is a new one too.
     """
-    if outcome.ok:
-        return False
-    return SIMULATION_RUNTIME_CRASH in (outcome.details or "") or any(m in outcome.logs for m in RAY_STARTUP_FAILURES)
+    return bool(runtime_crash_cause(outcome))
+
+
+LOCAL_SUPERLINK_START_S = 240.0
+"""How long :func:`start_local_superlink` waits for the simulation SuperLink to serve (``flwr`` gives up after 15 s,
+which a machine busy with other work exceeds)."""
+
+
+def start_local_superlink(home: Path, env: dict[str, str], timeout: float = LOCAL_SUPERLINK_START_S) -> int:
+    """Start the local simulation SuperLink that ``flwr run`` would start, and wait until it serves.
+
+    The command and its ``--log-file`` are ``flwr``'s own (so :func:`find_local_superlinks` and
+    :func:`stop_local_superlink` find it), on the port in ``env``; ``flwr run`` then finds it running and submits to
+    it. ``flwr`` would wait only 15 s for its start; on a busy machine that is too short ("Failed to start local
+    SuperLink within 15s"), so it is started here with ``timeout``.
+
+    Returns
+    -------
+    int
+        The SuperLink's process id.
+
+    Raises
+    ------
+    FlwrCtlError
+        If it exits or does not serve within ``timeout``.
+    """
+    port = int(env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"])
+    log_file = Path(home).expanduser().resolve() / "local-superlink" / "superlink.log"
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    command = [
+        _exe("flower-superlink"),
+        "--insecure",
+        "--simulation",
+        "--isolation",
+        "subprocess",
+        "--control-api-address",
+        f"127.0.0.1:{env.get('FLWR_LOCAL_CONTROL_API_PORT', port + 2)}",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-file",
+        str(log_file),
+    ]
+    proc = subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        _wait_http_health(f"http://127.0.0.1:{port}/health", proc, timeout)
+    except FlwrCtlError as err:
+        kill_process_tree(proc.pid, group=True)
+        raise FlwrCtlError(f"the local SuperLink did not start within {timeout:.0f} s ({err}); see {log_file}") from err
+    return proc.pid
 
 
 def _run_once(
@@ -826,6 +967,11 @@ def _run_once(
 ) -> RunOutcome:
     stop_local_superlink(home)
     try:
+        try:
+            start_local_superlink(home, env)
+        except FlwrCtlError as err:
+            log(ERROR, "flwrctl: %s", err)
+            return RunOutcome("not-started", None, details=str(err))
         return _execute(
             Path(app_dir),
             connection,
@@ -997,6 +1143,7 @@ class Deployment:
         timeout: float = 600.0,
         *,
         poll_interval: float = 3.0,
+        stream: bool = False,
     ) -> RunOutcome:
         """Run an app on this deployment and wait for its final status.
 
@@ -1010,6 +1157,8 @@ class Deployment:
             Overall timeout in seconds.
         poll_interval : float
             Seconds between status polls.
+        stream : bool
+            Follow the ServerApp's log on stdout while it runs (``logs`` then holds only the SuperNode logs).
 
         Returns
         -------
@@ -1027,6 +1176,7 @@ class Deployment:
             federation_config=None,
             timeout=timeout,
             poll_interval=poll_interval,
+            stream=stream,
         )
         for f in self._log_files:
             f.flush()
@@ -1081,6 +1231,34 @@ def _parse_kv(text: str | None) -> dict[str, Any]:
     return dict(parse_config_args([text]))
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m edgeflower.flwrctl`` (``run-sim``, ``run-deploy``)."""
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="python -m edgeflower.flwrctl",
+        description="Run the Flower app and wait for its final status (exit 0 only if it completed).",
+        formatter_class=fmt,
+    )
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    helps = {
+        "run-sim": "run in Flower's Simulation Engine (a local SuperLink, stopped afterwards)",
+        "run-deploy": "run on a loopback Deployment Engine (SuperLink + SuperNodes, stopped afterwards)",
+    }
+    for name, text in helps.items():
+        p = sub.add_parser(name, help=text, description=text, formatter_class=fmt)
+        p.add_argument("app_dir", nargs="?", default=".", help="Flower app directory")
+        p.add_argument("--home", default=".flwr", help="FLWR_HOME (keep it `.flwr`: excluded from FABs)")
+        p.add_argument("--num-supernodes", type=int, default=2, help="SuperNodes (one data partition each)")
+        p.add_argument("--run-config", default="", help='overrides, e.g. "num-rounds=3 lr=0.1"')
+        p.add_argument("--timeout", type=float, default=3600.0, help="seconds before the run is given up")
+        p.add_argument("--logs", default="", help="write the run logs to this file")
+        p.add_argument("--stream", action="store_true", help="follow the run's log live")
+        if name == "run-sim":
+            p.add_argument("--num-cpus", type=int, default=1, help="CPUs per simulated ClientApp")
+            p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per simulated ClientApp")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point (``python -m edgeflower.flwrctl``).
 
@@ -1094,22 +1272,17 @@ def main(argv: list[str] | None = None) -> int:
     int
         0 if the run finished with ``finished:completed``, 1 otherwise.
     """
-    parser = argparse.ArgumentParser(prog="python -m edgeflower.flwrctl")
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    for name in ("run-sim", "run-deploy"):
-        p = sub.add_parser(name)
-        p.add_argument("app_dir", nargs="?", default=".")
-        p.add_argument("--home", default=".flwr", help="FLWR_HOME (keep it `.flwr`: excluded from FABs)")
-        p.add_argument("--num-supernodes", type=int, default=2)
-        p.add_argument("--run-config", default="", help='e.g. "num-rounds=3 lr=0.1"')
-        p.add_argument("--timeout", type=float, default=3600.0)
-        p.add_argument("--logs", default="", help="write the run logs to this file")
-        p.add_argument("--stream", action="store_true", help="follow the run's log live")
-        if name == "run-sim":
-            p.add_argument("--num-cpus", type=int, default=1)
-            p.add_argument("--num-gpus", type=float, default=0.0)
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     run_config = _parse_kv(args.run_config)
+    try:
+        outcome = _run_command(args, run_config)
+    except KeyboardInterrupt:  # Ctrl-C: what we started was stopped on the way out (finally / __exit__)
+        print("\nflwrctl: interrupted; stopped the SuperLink, SuperNodes and runs it started", file=sys.stderr)
+        return 130
+    return _finish(args, outcome)
+
+
+def _run_command(args: argparse.Namespace, run_config: dict[str, Any]) -> RunOutcome:
     if args.cmd == "run-sim":
         outcome = run_simulation(
             Path(args.app_dir),
@@ -1123,14 +1296,21 @@ def main(argv: list[str] | None = None) -> int:
         )
     else:
         with Deployment(Path(args.home), args.num_supernodes) as dep:
-            outcome = dep.run(Path(args.app_dir), run_config, args.timeout)
+            outcome = dep.run(Path(args.app_dir), run_config, args.timeout, stream=args.stream)
+    return outcome
+
+
+def _finish(args: argparse.Namespace, outcome: RunOutcome) -> int:
     if args.logs:
         Path(args.logs).write_text(outcome.logs, encoding="utf-8")
-    else:
+    elif not args.stream:
         sys.stdout.write(outcome.logs)
     print(f"run_id={outcome.run_id} status={outcome.status} elapsed={outcome.elapsed:.1f}s details={outcome.details}")
     if not outcome.ok and outcome.cli_output:
         print(outcome.cli_output, file=sys.stderr)
+    if not outcome.ok:
+        for line in run_failures(outcome):
+            print(line, file=sys.stderr)
     return 0 if outcome.ok else 1
 
 

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RunLog", "run_folder"]
+__all__ = ["RunLog", "round_timelines", "run_folder"]
 
 
 def run_folder(root: str | Path, run_id: int | None) -> Path:
@@ -23,6 +23,36 @@ def run_folder(root: str | Path, run_id: int | None) -> Path:
     if run_id is None or len(matches) != 1:
         raise FileNotFoundError(f"no single run folder of run {run_id} in {root}: {[m.name for m in matches]}")
     return matches[0]
+
+
+def round_timelines(replies: dict[int, dict[str, Any]], seconds: float, now_unix: float) -> dict[str, Any]:
+    """A round's timelines on the round's own clock: ``{"round-s", "nodes": {node: {label, offset-s, local,
+    intervals}}}``.
+
+    The round started ``seconds`` before ``now_unix`` (the server's wall clock when the round's replies were
+    aggregated); a node's intervals are shifted by ``offset-s``, its timeline's wall-clock origin
+    (``timeline-origin-unix``) minus the round's start, so a node that started late is drawn late. A node that
+    trained locally (no ``timeline``) gets one ``device`` interval of its ``train-time-s``, marked ``local``. Nodes
+    are labelled by partition (``partition-id`` of their reply), else by node id. Without an origin (older clients)
+    the offset is 0.
+    """
+    start = now_unix - seconds
+    nodes: dict[str, Any] = {}
+    for node, metrics in replies.items():
+        raw = metrics.get("timeline")
+        if isinstance(raw, str):
+            intervals, local = json.loads(raw), False
+        elif "train-time-s" in metrics:
+            intervals = [{"phase": "device", "start": 0.0, "end": float(metrics["train-time-s"]), "what": "local"}]
+            local = True
+        else:
+            continue
+        origin = metrics.get("timeline-origin-unix")
+        offset = max(0.0, float(origin) - start) if origin is not None else 0.0
+        label = f"partition {int(metrics['partition-id'])}" if "partition-id" in metrics else f"node {node}"
+        nodes[str(node)] = {"label": label, "offset-s": round(offset, 4), "local": local, "intervals": intervals}
+    ordered = sorted(nodes.items(), key=lambda kv: (len(kv[1]["label"]), kv[1]["label"]))  # partition 2 < 10
+    return {"round-s": round(seconds, 4), "nodes": dict(ordered)}
 
 
 class RunLog:
@@ -64,16 +94,15 @@ class RunLog:
         """:class:`~edgeflower.strategies.edge.RoundRecorder` hook: record round time and node metrics.
 
         A node's ``timeline`` value (JSON intervals, see :mod:`edgeflower.timeline`) goes to
-        ``timelines/round-<n>.json`` instead of ``nodes.json``.
+        ``timelines/round-<n>.json`` instead of ``nodes.json``, on the round's own clock (:func:`round_timelines`).
         """
-        timelines = {}
+        timelines = round_timelines(replies, seconds, time.time())
         clean: dict[int, dict[str, Any]] = {}
         for node, metrics in replies.items():
             metrics = dict(metrics)
-            if isinstance(metrics.get("timeline"), str):
-                timelines[str(node)] = json.loads(metrics.pop("timeline"))
+            metrics.pop("timeline", None)
             clean[node] = metrics
-        if timelines:
+        if timelines["nodes"]:
             folder = self.path / "timelines"
             folder.mkdir(exist_ok=True)
             (folder / f"round-{server_round}.json").write_text(json.dumps(timelines))
@@ -81,6 +110,17 @@ class RunLog:
         values: dict[str, Any] = {"round-time-s": round(seconds, 4), "nodes": len(replies)}
         values.update({f"train-{k}" if not k.startswith("train-") else k: v for k, v in aggregated.items()})
         self.update(server_round, **values)
+
+    def on_round_outcome(self, outcome: Any) -> None:
+        """Record a round's failed and fallen-back nodes (a :class:`~edgeflower.strategies.edge.RoundOutcome`):
+        ``nodes-failed`` and ``nodes-fell-back`` in the round's row, the failures' messages in ``failures.json``."""
+        if outcome.failures:
+            path = self.path / "failures.json"
+            failures = json.loads(path.read_text()) if path.is_file() else {}
+            failures[str(outcome.server_round)] = [{"node": n, "message": m} for n, m in outcome.failures]
+            path.write_text(json.dumps(failures, indent=2))
+        counts = {"nodes-failed": len(outcome.failures), "nodes-fell-back": len(outcome.fell_back)}
+        self.update(outcome.server_round, **counts)
 
     def _write(self) -> None:
         rows = [self.rows[k] for k in sorted(self.rows)]

@@ -54,10 +54,15 @@ class Interval:
 
 
 class Timeline:
-    """Thread-safe recorder of :class:`Interval` s relative to an origin (``perf_counter`` at creation)."""
+    """Thread-safe recorder of :class:`Interval` s relative to an origin (``perf_counter`` at creation).
+
+    ``origin_unix`` is the same instant on the wall clock, so the server can place a node's timeline on the round's
+    own clock (the node's start offset: it may start late, e.g. when the simulation runs fewer nodes at once).
+    """
 
     def __init__(self) -> None:
         self.origin = time.perf_counter()
+        self.origin_unix = time.time()
         self.intervals: list[Interval] = []
         self._lock = threading.Lock()
 

@@ -159,6 +159,6 @@ class EdgeProcess(ListeningProcess):
     Its stderr is merged into stdout, which a thread drains, so a chatty server can never block on a full pipe.
     """
 
-    def __init__(self, secret_file: Path, *extra: str, startup_timeout_s: float = 60.0) -> None:
+    def __init__(self, secret_file: Path, *extra: str, startup_timeout_s: float = 180.0) -> None:
         args = ["edge-server", "--port", "0", "--secret-file", str(secret_file), *extra]
         super().__init__(args, "edge server listening on ", cwd=REPO, startup_timeout_s=startup_timeout_s)

@@ -16,6 +16,11 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 os.environ.setdefault("FLWR_HOME", str(ROOT / ".flwr"))
+# One compute thread per process: `make test` runs two pytest workers on two cores, and the servers and Flower runs
+# they start are further processes. OpenMP threads that outnumber the cores spin against each other and make torch
+# ten times slower or worse; no test depends on intra-op parallelism (benchmarks, not tests, measure speed).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
@@ -56,7 +61,8 @@ def flwr_home(tmp_path):
 
 # -- running in parallel (pytest-xdist: `make test` runs `-n 2 --dist loadgroup`) ---------------------------------
 # Each test module is one group, so its module-scoped fixtures (a trained model, a bundle) are built once, on one
-# worker; the tests that share the session's classic-FL run form one group for the same reason. The groups that take
+# worker; the tests that share the session's classic-FL run form one group for the same reason. End-to-end tests
+# and benchmark quick runs stand alone and are spread one by one. The groups that take
 # longest (end-to-end runs through Flower, the benchmarks' quick runs) are handed out first.
 FIRST = ("e2e", "benchmarks", "serving", "server", "privacy", "pruning")
 
@@ -64,13 +70,23 @@ FIRST = ("e2e", "benchmarks", "serving", "server", "privacy", "pruning")
 def _group(item: pytest.Item) -> str:
     if "quick_fl_run" in getattr(item, "fixturenames", ()):
         return "quick-fl-run"
-    return item.nodeid.split("::", 1)[0]
+    path = item.nodeid.split("::", 1)[0]
+    if path.startswith(("tests/e2e/", "tests/benchmarks/")):
+        return item.nodeid  # each run stands alone (its own Flower home, its own subprocess): spread them
+    return path
 
 
 def _order(item: pytest.Item) -> int:
     parts = item.nodeid.split("/")
     top = parts[1] if len(parts) > 2 else ""
     return FIRST.index(top) if top in FIRST else len(FIRST)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Apply the one-thread rule of the environment above to this process's torch too."""
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import pytest
 
-from edgeflower.flwrctl import SIMULATION_RUNTIME_CRASH, RunOutcome, runtime_crashed
+from edgeflower.flwrctl import SIMULATION_RUNTIME_CRASH, RunOutcome, runtime_crash_cause, runtime_crashed
 from edgeflower.runlog import run_folder
 
 
-def test_only_simulation_runtime_crashes_are_retried_not_app_failures():
-    crashed = RunOutcome("finished:failed", 7, details=f"Simulation failed with exception: {SIMULATION_RUNTIME_CRASH}")
-    ray = RunOutcome("finished:failed", 8, logs="... raylet: wait_for_persisted_port timed out ...")
+def test_only_ray_failing_to_start_is_retried_not_app_failures_nor_unexplained_crashes():
+    ray_log = (
+        "ERROR : An exception occured!! The current node timed out during startup. This could happen because some"
+        " of the raylet failed to startup or the GCS has become overloaded.\n"
+    )
+    details = f"Simulation failed with exception: {SIMULATION_RUNTIME_CRASH}"
+    raylet = RunOutcome("finished:failed", 7, details=details, logs=ray_log)
+    worker = RunOutcome("finished:failed", 8, logs="... raylet: wait_for_persisted_port timed out ...")
+    unexplained = RunOutcome("finished:failed", 6, details=details, logs="ERROR : Simulation Runtime crashed.")
     app = RunOutcome("finished:failed", 9, details="Simulation failed with exception: bad run config 'split-point'")
-    done = RunOutcome("finished:completed", 10, details=SIMULATION_RUNTIME_CRASH)
-    assert runtime_crashed(crashed) and runtime_crashed(ray)
-    assert not runtime_crashed(app) and not runtime_crashed(done)
+    done = RunOutcome("finished:completed", 10, details=SIMULATION_RUNTIME_CRASH, logs=ray_log)
+    assert runtime_crashed(raylet) and runtime_crashed(worker)
+    assert runtime_crash_cause(raylet).startswith("The current node timed out during startup. This could happen")
+    assert not runtime_crashed(unexplained) and not runtime_crashed(app) and not runtime_crashed(done)
 
 
 def test_run_folder_is_found_by_run_id_beside_a_crashed_attempts_folder(tmp_path):
@@ -48,3 +55,15 @@ def test_a_failed_runs_reasons_are_its_details_and_the_serverapps_failure_lines(
     lines = run_failures(RunOutcome("finished:failed", 5, logs=logs, details="ServerApp raised"))
     assert lines[0] == "run 5 finished:failed: ServerApp raised"
     assert len(lines) == 3 and "cannot read train-images" in lines[1] and "the run failed" in lines[2]
+
+
+def test_a_retry_after_ray_failed_to_start_is_counted_in_the_final_runs_folder(tmp_path):
+    import json
+
+    from edgeflower.flwrctl import _record_retries
+
+    (tmp_path / "20261201-101010-run77").mkdir()
+    crash = {"run-id": 76, "status": "finished:failed", "cause": "The current node timed out during startup."}
+    _record_retries({"run-dir": str(tmp_path)}, RunOutcome("finished:completed", 77), [crash])
+    counted = json.loads((tmp_path / "20261201-101010-run77" / "runtime-retries.json").read_text())
+    assert counted == {"retries": 1, "attempts": [crash]}

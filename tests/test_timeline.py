@@ -52,7 +52,9 @@ def test_run_log_stores_timelines_and_plot_command_draws_gantt(tmp_path):
     log.on_train_round(1, 0.8, replies, {"train-loss": 1.0})
     log.update(1, **{"test-accuracy": 0.5})
     run = log.finish()
-    assert json.loads((run / "timelines" / "round-1.json").read_text())["7"][0]["phase"] == "device"
+    stored = json.loads((run / "timelines" / "round-1.json").read_text())
+    assert stored["nodes"]["7"]["intervals"][0]["phase"] == "device"
+    assert stored["nodes"]["8"]["local"] is True  # trained locally: drawn too
     assert "timeline" not in (run / "nodes.json").read_text()
     for png in ("run.png", "round-times.png", "gantt-round-1.png"):
         assert (run / png).stat().st_size > 1000
@@ -60,3 +62,37 @@ def test_run_log_stores_timelines_and_plot_command_draws_gantt(tmp_path):
     assert cli_main(["plot", str(run), "--round", "1"]) == 0
     assert (run / "gantt-round-1.png").exists()
     assert cli_main(["plot", str(tmp_path / "nope")]) == 1
+
+
+def test_round_timelines_put_nodes_on_the_round_clock_with_offsets_partition_labels_and_local_nodes():
+    """A node whose timeline started 24 s after the round is shifted by 24 s; a node without a timeline (it trained
+    locally) gets one device bar of its training time; nodes are named and ordered by partition, not node id."""
+    from edgeflower.runlog import round_timelines
+
+    ivs = json.dumps([{"phase": "device", "start": 0.0, "end": 1.0, "batch": 0, "micro": 0, "what": "fwd"}])
+    now = 1_000_100.0  # the round took 100 s: it started at 1_000_000
+    replies = {
+        9_000_000_000_000_000_001: {"partition-id": 10, "timeline": ivs, "timeline-origin-unix": 1_000_024.0},
+        9_000_000_000_000_000_002: {"partition-id": 2, "train-time-s": 30.0, "timeline-origin-unix": 1_000_000.5},
+        9_000_000_000_000_000_003: {"train-time-s": 5.0},  # an old client: no partition, no origin
+    }
+    out = round_timelines(replies, 100.0, now)
+    assert out["round-s"] == 100.0
+    nodes = list(out["nodes"].values())
+    assert [n["label"] for n in nodes] == ["partition 2", "partition 10", "node 9000000000000000003"]
+    assert nodes[1]["offset-s"] == pytest.approx(24.0) and nodes[1]["local"] is False
+    assert nodes[0]["local"] is True and nodes[0]["intervals"][0]["end"] == 30.0
+    assert nodes[0]["offset-s"] == pytest.approx(0.5) and nodes[2]["offset-s"] == 0.0
+
+
+def test_gantt_and_round_times_accept_round_clock_entries(tmp_path):
+    from edgeflower.plotting import plot_gantt, plot_round_times
+
+    entry = {"label": "partition 1", "offset-s": 3.0, "local": False,
+             "intervals": [{"phase": "uplink", "start": 0.0, "end": 1.0}]}  # fmt: skip
+    local = {"label": "partition 0", "offset-s": 0.0, "local": True,
+             "intervals": [{"phase": "device", "start": 0.0, "end": 2.0, "what": "local"}]}  # fmt: skip
+    assert plot_gantt({"a": entry, "b": local}, tmp_path / "g.png", round_s=4.0).stat().st_size > 1000
+    times = {1: {"a": 2.0, "b": 2.0}, 2: {"a": 1.0, "b": 3.0}}
+    out = plot_round_times(times, tmp_path / "r.png", {"a": "partition 0", "b": "partition 1"})
+    assert out.stat().st_size > 1000

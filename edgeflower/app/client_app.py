@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -13,15 +14,17 @@ from flwr.clientapp import ClientApp
 
 from edgeflower.app.mobility import move_order_from_plan, trigger_from_plan
 from edgeflower.app.task import load_partition, load_test_set, node_loader
-from edgeflower.clients.local import evaluate, make_optimizer, train_local
+from edgeflower.clients.local import evaluate, train_local
 from edgeflower.clients.mobility import MoveOrder, train_moving
 from edgeflower.clients.pipeline import PipelineTrainer
+from edgeflower.clients.proximal import sgd as proximal_sgd
 from edgeflower.config import AppConfig, ConfigError
 from edgeflower.data import BatchLoader
 from edgeflower.planning.scenario import parse_link_schedules
 from edgeflower.privacy.mods import central_dp_mod
 from edgeflower.privacy.node import NodeRoundDP
 from edgeflower.privacy.remote import open_private_session
+from edgeflower.progress import BatchProgress
 from edgeflower.strategies.edge import NODE_RECORD
 from edgeflower.transport.client import EdgeClient
 from edgeflower.transport.emulation import (
@@ -35,6 +38,10 @@ from edgeflower.transport.emulation import (
 from edgeflower.transport.messages import OptimizerSettings
 
 app = ClientApp(mods=[central_dp_mod])  # Flower's client-side clipping when central-dp = "client-fixed"
+
+PER_NODE_KEYS = ("uplink-mbps", "downlink-mbps", "split-point", "microbatches", "moved-to-edge")
+"""Reply values that describe a node (its link, its plan, where it moved): sent in its config record, never
+averaged (the mean of a 75 and a 5 Mbit/s link, or of edge indices, means nothing)."""
 
 
 def _all_epochs(loader: BatchLoader, epochs: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -76,7 +83,8 @@ def edge_connector(cfg: AppConfig, node_config: Mapping[str, Any]) -> Callable[[
     if path and not Path(path).is_file():
         raise ConfigError("edge-root-cert", f"{path!r} does not exist on this node")
     root_cert = Path(path).read_bytes() if path else None
-    return lambda address: EdgeClient(address, root_cert)
+    limit = cfg.max_message_bytes(cfg.build_model())  # sized from the model, as the ServerApp sizes its edge servers
+    return lambda address: EdgeClient(address, root_cert, max_message_bytes=limit)
 
 
 def node_device(cfg: AppConfig, partition_id: int) -> DeviceProfile:
@@ -111,15 +119,28 @@ def train(msg: Message, context: Context) -> Message:
             metrics.update({"lr": lr, "split-point": k})
             content["arrays"] = ArrayRecord(model.state_dict())
             content["metrics"] = MetricRecord(metrics)
+            content["dp"] = dp.scope_record()
             return Message(content=content, reply_to=msg)
-        batches = dp.batches(data.x, data.y, cfg.seed * 1_000_003 + server_round * 1009 + pid * 7919)
+        batches = dp.batches(data.x, data.y)  # Poisson masks from the OS's CSPRNG, never from the run config
+        content["dp"] = dp.scope_record()  # dp-scope: what the node's epsilon covers (head or model)
     if k < model.num_blocks:
         link = EmulatedLink(node_link(cfg, pid, server_round))
         m = int(config.get("microbatches", 1))
-        settings = OptimizerSettings(lr, cfg.momentum, cfg.weight_decay)
+        mu = float(config.get("proximal-mu", 0.0))  # Flower's FedProx: each side adds its part of the term
+        settings = OptimizerSettings(lr, cfg.momentum, cfg.weight_decay, mu)
         trainer = PipelineTrainer(
-            model, k, settings, m, device, link, dp=dp.device() if dp else None, replay_limit_mb=cfg.fallback_replay_mb
+            model,
+            k,
+            settings,
+            m,
+            device,
+            link,
+            dp=dp.device() if dp else None,
+            replay_limit_mb=cfg.fallback_replay_mb,
+            fallback=cfg.fallback,
         )
+        expected = len(batches) if hasattr(batches, "__len__") else len(loader) * cfg.local_epochs
+        trainer.progress = BatchProgress(f"round {server_round}, partition {pid} (split k={k}, m={m})", expected)
         token = str(config["edge-token"])
         tail_dp = dp.tail_params() if dp else None
         connect = edge_connector(cfg, context.node_config)
@@ -146,19 +167,31 @@ def train(msg: Message, context: Context) -> Message:
         if dp is not None:
             metrics.update(dp.finish(result.server_metrics, session_failed=result.fell_back))
         metrics["measured-iter-s"] = result.seconds / max(1, result.traffic.get("batches", 1))
-        content["timeline"] = ConfigRecord({"timeline": result.timeline.to_json(), "edge-address": client.address})
+        content["timeline"] = ConfigRecord(
+            {
+                "timeline": result.timeline.to_json(),
+                "timeline-origin-unix": result.timeline.origin_unix,  # places it on the round's clock
+                "edge-address": client.address,
+            }
+        )
         if result.fell_back:
-            content["fallback"] = ConfigRecord({"fallback-reason": result.fallback_reason})
+            content["fallback"] = ConfigRecord(
+                {"fallback-reason": result.fallback_reason, "fallback-cause": result.fallback_cause}
+            )
     else:
-        optimizer: torch.optim.Optimizer = make_optimizer(model.parameters(), lr, cfg.momentum, cfg.weight_decay)
+        optimizer: torch.optim.Optimizer = proximal_sgd(  # plain SGD unless Flower's FedProx sent proximal-mu
+            model.parameters(), lr, cfg.momentum, cfg.weight_decay, float(config.get("proximal-mu", 0.0))
+        )
         hooks = None
         if dp is not None:  # DP-SGD on the whole model; its state dict stays free of Opacus' prefixes
             optimizer, hooks, _ = dp.device().wrap(model, optimizer)
+        started_unix = time.time()
         try:
             res = train_local(model, batches, optimizer, slowdown=device.slowdown)
         finally:
             if hooks is not None:
                 hooks.remove_hooks()
+        content["timeline"] = ConfigRecord({"timeline-origin-unix": started_unix})  # its bar in the Gantt chart
         link_now = node_link(cfg, pid, server_round)
         metrics = {
             "num-examples": res.num_examples,
@@ -175,6 +208,10 @@ def train(msg: Message, context: Context) -> Message:
         metrics["predicted-iter-s"] = float(config["predicted-iter-s"])
         metrics.setdefault("measured-iter-s", metrics["train-time-s"] / max(1, int(metrics.get("batches", 1))))
     metrics.update({"lr": lr, "split-point": k})
+    # what describes this node rather than measures its training does not average across nodes: it travels in the
+    # node's config record (recorders and planners still see it per node; Flower's strategies never average it)
+    node_info = {key: metrics.pop(key) for key in PER_NODE_KEYS if key in metrics}
+    content[NODE_RECORD] = ConfigRecord({"partition-id": pid, **node_info})
     content["arrays"] = ArrayRecord(model.state_dict())
     content["metrics"] = MetricRecord(metrics)
     return Message(content=content, reply_to=msg)

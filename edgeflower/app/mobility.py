@@ -63,7 +63,7 @@ def plan_entries(
     current edge index, and a scheduled move if there is one for this node and round."""
     for other in sorted(node_ids):  # first assignment in id order: node position i starts on edge i mod n
         pool.edge_of(other)
-    tokens = [pool.issuer.issue(run_id, node_id, server_round, pool.edge_ids[e]) for e in range(len(pool.addresses))]
+    tokens = [pool.migration_token(run_id, node_id, server_round, e) for e in range(len(pool.addresses))]
     entries: dict[str, Any] = {
         "edge-index": pool.edge_of(node_id),
         "edge-addresses": ",".join(pool.addresses),

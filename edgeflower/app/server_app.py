@@ -8,16 +8,20 @@ session token.
 from __future__ import annotations
 
 import os
+import sys
 import time
-from logging import INFO
+from logging import ERROR, INFO, WARNING
 from pathlib import Path
+from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.exception import PrivacyBudgetExhausted
 from flwr.serverapp.strategy import FedAvg
 
+from edgeflower.app.forecast import predict_round_s
 from edgeflower.app.mobility import MobilityTracker, parse_mobility, plan_entries
 from edgeflower.app.task import load_test_set
 from edgeflower.clients.local import evaluate
@@ -25,11 +29,14 @@ from edgeflower.config import AppConfig
 from edgeflower.models.profiler import profile_model
 from edgeflower.planning import make_planner
 from edgeflower.planning.flower import PlanningRecorder
-from edgeflower.privacy.strategy import SkipExhausted, central_dp
+from edgeflower.privacy.node import scope_warning
+from edgeflower.privacy.strategy import CentralDPAccounting, SkipExhausted, central_accountant, central_dp
 from edgeflower.privacy.summary import PrivacySummary
+from edgeflower.progress import log_slow_round
 from edgeflower.runlog import RunLog
+from edgeflower.server.edge import EdgeServerConfig
 from edgeflower.server.pool import EdgePool
-from edgeflower.strategies.edge import EdgeStrategy
+from edgeflower.strategies.edge import EdgeStrategy, RunFailedError
 from edgeflower.strategies.pipar import PiParPlanner
 
 app = ServerApp()
@@ -43,17 +50,57 @@ def run_root(cfg: AppConfig) -> Path:
     return path
 
 
-def start_edges(cfg: AppConfig) -> EdgePool:
-    """The edge servers of a split run: external ones from ``edge-addresses``, else ``edge-servers`` in-process."""
+def start_edges(cfg: AppConfig, max_message_bytes: int | None = None, max_model_params: int | None = None) -> EdgePool:
+    """The edge servers of a split run: external ones from ``edge-addresses``, else ``edge-servers`` in-process
+    (accepting messages up to ``max_message_bytes``, sized from the model like the nodes' limit, and models up to
+    ``max_model_params`` parameters and buffers: what the run's model needs)."""
     if cfg.edge_addresses:
-        return EdgePool.external(cfg.edge_address_list, cfg.edge_secret_file)
-    return EdgePool.in_process(cfg.edge_servers)
+        return EdgePool.external(cfg.edge_address_list, cfg.edge_secret_file, cfg.edge_root_cert or None)
+    sizes = {"max_message_bytes": max_message_bytes, "max_model_params": max_model_params}
+    limits = EdgeServerConfig(**{k: v for k, v in sizes.items() if v}) if any(sizes.values()) else None
+    return EdgePool.in_process(cfg.edge_servers, config=limits)
+
+
+SIMULATION_BACKEND_WAIT_S = 300.0
+"""How long the ServerApp waits for the Simulation Engine's Ray backend before it starts its own work."""
+
+
+def wait_for_simulation_backend(grid: Grid, timeout_s: float = SIMULATION_BACKEND_WAIT_S, poll_s: float = 0.2) -> float:
+    """In Flower's Simulation Engine, wait until Ray is up before the ServerApp's heavy start; returns the wait (s).
+
+    Flower starts the ServerApp thread first and the Ray backend next, in the same process, and Ray gives its
+    raylet a fixed 30 s to register with its GCS (``ray._private.node``: "The current node timed out during
+    startup"). A ServerApp that loads the test set and evaluates the initial model meanwhile (every core, for tens
+    of seconds on a 2-core machine) pushes a busy machine past that window and the Simulation Runtime crashes before
+    any round. So the ServerApp idles until ``ray.is_initialized()`` (the Deployment Engine has no Ray: no wait).
+    """
+    if type(grid).__name__ != "InMemoryGrid":  # only the Simulation Engine runs the ServerApp beside Ray
+        return 0.0
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        ray = sys.modules.get("ray")
+        is_initialized = getattr(ray, "is_initialized", None)  # None while another thread is still importing ray
+        if is_initialized is not None and is_initialized():
+            return time.monotonic() - t0
+        time.sleep(poll_s)
+    log(WARNING, "edgeflower: Ray is not up after %.0f s; starting anyway", timeout_s)
+    return time.monotonic() - t0
+
+
+def strategy_arrays(result: Any, model: torch.nn.Module) -> ArrayRecord:
+    """The model to save when the strategy aggregated nothing (every round's arrays empty): never an empty state
+    dict. :class:`EdgeStrategy` fails the run before that can happen; this guards the file all the same."""
+    log(WARNING, "edgeflower: no round produced a model; model.pt holds the initial model")
+    return ArrayRecord(model.state_dict())
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run ``num-rounds`` of federated training and write the run directory."""
     cfg = AppConfig.from_run_config(context.run_config)
+    waited = wait_for_simulation_backend(grid)
+    if waited > 1.0:
+        log(INFO, "edgeflower: waited %.1f s for the Simulation Engine's Ray backend", waited)
     torch.manual_seed(cfg.seed)
     test = load_test_set(cfg)
     model = cfg.build_model()
@@ -73,12 +120,20 @@ def main(grid: Grid, context: Context) -> None:
         min_train_nodes=cfg.min_nodes,
         min_available_nodes=cfg.min_nodes,
     )
+    accountant = None  # Flower's RdpAccountant: client-level epsilon of central DP (at dp-delta, else 1e-5)
+    if cfg.central_dp != "off" and cfg.central_dp_noise_multiplier > 0:
+        accountant = central_accountant(cfg.dp_delta or 1e-5, cfg.min_nodes, cfg.central_dp_target_epsilon)
     inner = central_dp(
-        inner, cfg.central_dp, cfg.central_dp_noise_multiplier, cfg.central_dp_clipping_norm, cfg.min_nodes
+        inner, cfg.central_dp, cfg.central_dp_noise_multiplier, cfg.central_dp_clipping_norm, cfg.min_nodes, accountant
     )
-    privacy = PrivacySummary(cfg.dp_delta, cfg.dp_target_epsilon, cfg.dp) if cfg.dp != "off" else None
-    if privacy is not None:
+    central = inner if isinstance(inner, CentralDPAccounting) else None
+    privacy = None
+    if cfg.dp != "off" or central is not None:
+        privacy = PrivacySummary(cfg.dp_delta, cfg.dp_target_epsilon, cfg.dp, cfg.dp_accountant, central)
+    if cfg.dp != "off":
         inner = SkipExhausted(inner)  # nodes out of privacy budget reply with 0 examples: not aggregated
+    if (warning := scope_warning(cfg.dp, cfg.mode != "fl")) is not None:
+        log(WARNING, "edgeflower: %s", warning)
     blocks = model.num_blocks
     split_point = cfg.effective_split_point(blocks)
     planner = None
@@ -96,7 +151,8 @@ def main(grid: Grid, context: Context) -> None:
             batch_size=cfg.batch_size,
         )
     offloads = cfg.mode != "fl" and (split_point != blocks or split_planner is not None)
-    pool = start_edges(cfg) if offloads else None
+    needs = sum(t.numel() for t in model.state_dict().values())  # edge servers build nothing larger
+    pool = start_edges(cfg, cfg.max_message_bytes(model), needs) if offloads else None
     moves = parse_mobility(cfg.mobility)
     planned: dict[int, dict[int, int]] = {}
 
@@ -120,9 +176,28 @@ def main(grid: Grid, context: Context) -> None:
             mobility = plan_entries(moves, cfg.mobility_mode, pool, context.run_id, node, rnd, node_ids)
             entry.update(pool.plan(context.run_id, node, rnd))
             entry.update(mobility)
+        if rnd not in forecast_done:  # once per round: warn when the plan predicts a long round
+            forecast_done.add(rnd)
+            warn_if_slow(rnd, int(entry["split-point"]))
         return entry
 
-    strategy = EdgeStrategy(inner, plan_fn=plan, recorder=[runlog] + ([planner] if planner else []))
+    forecast_done: set[int] = set()
+    forecast_profile: list[Any] = []
+
+    def warn_if_slow(rnd: int, k: int) -> None:
+        if cfg.mode == "fl" and not cfg.device_profiles:
+            return  # classic FL at this machine's speed: nothing is slowed down on purpose
+        if not forecast_profile:
+            forecast_profile.append(profile_model(model, batch_size=cfg.batch_size))
+        partitions = range(len(list(grid.get_node_ids())))
+        log_slow_round(predict_round_s(cfg, forecast_profile[0], {pid: k for pid in partitions}, rnd))
+
+    strategy = EdgeStrategy(
+        inner,
+        plan_fn=plan,
+        recorder=[runlog] + ([planner] if planner else []),
+        max_failed_fraction=cfg.max_failed_fraction,
+    )
     if privacy is not None:
         strategy.recorders.append(privacy)
     if split_planner is not None:
@@ -137,10 +212,18 @@ def main(grid: Grid, context: Context) -> None:
             train_config=ConfigRecord({"lr": cfg.lr}),
             evaluate_fn=central_eval,
         )
+    except RunFailedError as exc:
+        log(ERROR, "edgeflower: the run failed: %s", exc)
+        raise
+    except PrivacyBudgetExhausted:
+        if central is None or central.stopped_at is None:
+            raise
+        result = central.stopped_result()  # central-dp-target-epsilon reached: a clean stop with the last model
     finally:
         if pool is not None:
             pool.stop()
-    torch.save(result.arrays.to_torch_state_dict(), runlog.path / "model.pt")
+    final_arrays = result.arrays if len(result.arrays) else strategy_arrays(result, model)
+    torch.save(final_arrays.to_torch_state_dict(), runlog.path / "model.pt")
     runlog.finish()
     if privacy is not None:
         privacy.finish(runlog.path)

@@ -54,6 +54,8 @@ class PipelineTrainer(SplitTrainer):
         Train the head with DP-SGD (see the module docstring).
     replay_limit_mb : float
         As for :class:`~edgeflower.clients.split.SplitTrainer` (the replay log keeps every micro-batch).
+    fallback : str
+        As for :class:`~edgeflower.clients.split.SplitTrainer`: which edge failures fall back to local training.
     """
 
     def __init__(
@@ -66,8 +68,9 @@ class PipelineTrainer(SplitTrainer):
         link: EmulatedLink | None = None,
         dp: DeviceDP | None = None,
         replay_limit_mb: float = 256.0,
+        fallback: str = "transient",
     ) -> None:
-        super().__init__(model, split_point, optimizer, device, link, dp, replay_limit_mb)
+        super().__init__(model, split_point, optimizer, device, link, dp, replay_limit_mb, fallback)
         if micro_batches < 1:
             raise ValueError(f"micro_batches must be >= 1, got {micro_batches}")
         self.micro_batches = micro_batches

@@ -19,6 +19,13 @@ gradient hooks on the head capture each sample's gradient from the activation gr
 and the head's step clips each sample and adds noise. A DP round never falls back to non-private local training:
 if the edge server fails, the round stops at that batch (the head keeps its private progress, the tail is the
 round-start tail).
+
+Which failures fall back: with ``fallback = "transient"`` (the default) an edge server that is unreachable, was
+killed, did not answer in time or is overloaded (:func:`is_transient`) is a *transient* fault, and the device
+finishes the round locally (a WARNING on the node, the reply's ``fallback`` record, the ServerApp's round summary).
+Every other error is *permanent* (unknown model, spec mismatch, a message over a size limit, a bad token, a request
+the edge server refuses): training locally would hide it, so the pass raises :class:`OffloadError` with the edge
+server's message and the node's reply fails. With ``fallback = "never"`` a transient fault fails the node too.
 """
 
 from __future__ import annotations
@@ -35,14 +42,77 @@ from torch import nn
 
 from edgeflower.clients.local import make_optimizer, micro_batch_loss
 from edgeflower.clients.mobility import MoveOrder, MoveTrigger, RestartRound, migrate_session
+from edgeflower.clients.proximal import sgd as proximal_sgd
 from edgeflower.models.splittable import SplittableModel
 from edgeflower.privacy.dpsgd import BatchDPOptimizer, DeviceDP
+from edgeflower.progress import BatchProgress
 from edgeflower.timeline import Timeline
 from edgeflower.transport.emulation import DeviceProfile, EmulatedLink
-from edgeflower.transport.errors import EdgeError
+from edgeflower.transport.errors import (
+    EdgeError,
+    EdgeOverloadedError,
+    EdgeTimeoutError,
+    EdgeUnavailableError,
+    MessageTooLargeError,
+)
 from edgeflower.transport.messages import OptimizerSettings
 
-__all__ = ["SessionOpener", "SplitResult", "SplitTrainer"]
+__all__ = [
+    "FALLBACK_MODES",
+    "OffloadError",
+    "SessionOpener",
+    "SplitResult",
+    "SplitTrainer",
+    "describe_failure",
+    "fallback_cause",
+    "is_transient",
+]
+
+FALLBACK_MODES = ("transient", "never")
+"""Run-config ``fallback``: train locally after a transient edge failure, or ``never`` (the node fails instead)."""
+
+
+class OffloadError(RuntimeError):
+    """A node's split training failed for good: the ClientApp raises it and Flower counts the node as failed.
+
+    The message carries the edge server's own message (and, for a message over a size limit, the option to raise).
+    """
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether an offload error is a transient fault a device may answer by training locally.
+
+    Transient: the edge server is unreachable or went away (``UNAVAILABLE``, ``CANCELLED``: killed, network down),
+    did not answer in time (``DEADLINE_EXCEEDED``) or refuses more sessions for now (overloaded). Everything else
+    is permanent: an unknown model or a spec mismatch, a message over a size limit, a bad or foreign token, a
+    refused request, a protocol or server bug.
+    """
+    if isinstance(exc, MessageTooLargeError):
+        return False
+    return isinstance(exc, (EdgeUnavailableError, EdgeOverloadedError))
+
+
+def fallback_cause(exc: BaseException) -> str:
+    """A few words on a transient fault for the round summary: ``unreachable``, ``timed out`` or ``overloaded``."""
+    if isinstance(exc, EdgeTimeoutError):
+        return "timed out"
+    if isinstance(exc, EdgeOverloadedError):
+        return "overloaded"
+    return "unreachable"
+
+
+def describe_failure(exc: BaseException, fallback: str = "transient") -> str:
+    """The message of the :class:`OffloadError` that fails a node: the edge server's message, plus a hint."""
+    text = str(exc)
+    if isinstance(exc, MessageTooLargeError):
+        text += (
+            "; raise the run-config option max-message-mb (nodes and in-process edge servers use it; an external "
+            "edge server takes `edgeflower edge-server --max-message-mb`)"
+        )
+    if is_transient(exc):
+        return f"split training failed (fallback = {fallback!r}: no local training): {text}"
+    return f"split training failed: {text}"
+
 
 SessionOpener = Callable[[int, dict[str, torch.Tensor], OptimizerSettings], Any]
 """``open(split_point, tail_state, optimizer) -> SessionHandle`` (e.g. a bound ``EdgeClient.open_session``)."""
@@ -74,6 +144,8 @@ class SplitResult:
         ``uplink-bytes``, ``downlink-bytes`` sent over the (emulated) link, ``batches`` and ``micro-batches``.
     replayed_batches : int
         Batches of the dead edge server's tail training replayed on the device after a fallback.
+    fallback_cause : str
+        A few words on why it fell back (see :func:`fallback_cause`; empty when it did not).
     """
 
     num_examples: int
@@ -86,6 +158,7 @@ class SplitResult:
     server_metrics: dict[str, float] = field(default_factory=dict)
     traffic: dict[str, int] = field(default_factory=dict)
     replayed_batches: int = 0
+    fallback_cause: str = ""
 
     def metrics(self) -> dict[str, float | int]:
         """Flat metrics for a Flower ``MetricRecord`` (hyphenated keys)."""
@@ -125,6 +198,9 @@ class SplitTrainer:
         Train the head with DP-SGD (see the module docstring).
     replay_limit_mb : float
         Most megabytes of sent activations and labels kept to replay the tail after a fallback (0 keeps none).
+    fallback : str
+        ``"transient"``: train locally after a transient edge failure; ``"never"``: raise :class:`OffloadError`.
+        Permanent errors always raise it (see the module docstring).
     """
 
     move_order: MoveOrder | None = None
@@ -133,6 +209,8 @@ class SplitTrainer:
     """An operator's trigger polled between batches (set by :func:`edgeflower.clients.mobility.train_moving`)."""
     last_move: MoveOrder | None = None
     """The last move carried out."""
+    progress: BatchProgress | None = None
+    """Progress lines while the round runs (set by the ClientApp; see :mod:`edgeflower.progress`)."""
 
     def __init__(
         self,
@@ -143,8 +221,12 @@ class SplitTrainer:
         link: EmulatedLink | None = None,
         dp: DeviceDP | None = None,
         replay_limit_mb: float = 256.0,
+        fallback: str = "transient",
     ) -> None:
         model.check_split_point(split_point)
+        if fallback not in FALLBACK_MODES:
+            raise ValueError(f"fallback must be one of {', '.join(FALLBACK_MODES)}, got {fallback!r}")
+        self.fallback = fallback
         if split_point == model.num_blocks:
             raise ValueError("split point equals the number of blocks: nothing to offload, train locally")
         self.model = model
@@ -232,6 +314,7 @@ class SplitTrainer:
         head_buffers: list[torch.Tensor] = []
         b = 0
         self._replay = None if self.dp is not None else []  # a DP round never replays
+        self._fallback_cause = ""
         try:
             session = open_session(self.k, round_start_tail, self.opt)
             for b, (x, y) in enumerate(it):
@@ -249,6 +332,8 @@ class SplitTrainer:
                 pending = None
                 n += len(y)
                 batches_done += 1
+                if self.progress is not None:
+                    self.progress.update(batches_done)
             tail_state, metrics = session.close()
             session = None
             self._replay = []  # the round is safe: free the log
@@ -256,12 +341,15 @@ class SplitTrainer:
             return self._result(n, loss_sum, batches_done, t0, timeline, server_metrics=_metrics_dict(metrics))
         except EdgeError as exc:
             first = batches_done  # batches complete in order: the first one not completed is redone locally
-            log(WARNING, "edge server failed at batch %d (%s); finishing the round locally", first, exc)
             if session is not None:
                 try:
                     session.abort()
                 except Exception:  # the session is already broken; aborting it is best effort
                     pass
+            if not is_transient(exc) or self.fallback == "never":
+                raise OffloadError(describe_failure(exc, self.fallback)) from exc
+            log(WARNING, "edge server failed at batch %d (%s); finishing the round locally", first, exc)
+            self._fallback_cause = fallback_cause(exc)
             self.tail.load_state_dict(round_start_tail)
             if pending is not None:
                 with torch.no_grad():
@@ -307,6 +395,7 @@ class SplitTrainer:
             server_metrics or {},
             {**self.traffic, "batches": batches, "micro-batches": self.micro_batches},
             replayed,
+            self._fallback_cause if fallback is not None else "",
         )
 
     def _batch(
@@ -412,11 +501,16 @@ class SplitTrainer:
 
             total += self._device(timeline, first + i, "local", step) * len(y)
             n += len(y)
+            if self.progress is not None:
+                self.progress.update(first + i + 1, "training locally after the edge server failed")
         return n, total
 
 
 def _sgd(module: nn.Module, settings: OptimizerSettings) -> torch.optim.Optimizer:
-    """The SGD optimizer of one side, built from the session's optimizer settings."""
+    """The SGD optimizer of one side, built from the session's optimizer settings (FedProx's term included)."""
+    mu = getattr(settings, "proximal_mu", 0.0)
+    if mu:
+        return proximal_sgd(module.parameters(), settings.lr, settings.momentum, settings.weight_decay, mu)
     return make_optimizer(module.parameters(), settings.lr, settings.momentum, settings.weight_decay)
 
 

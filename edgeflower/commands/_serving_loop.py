@@ -17,13 +17,25 @@ __all__ = ["add_server_arguments", "max_message_bytes", "serve_until_signal", "t
 
 
 def add_server_arguments(p: argparse.ArgumentParser, peer: str) -> None:
-    """``--host``, ``--port``, ``--secret-file`` (shared with ``peer``), ``--tls-cert``/``--tls-key``, and
-    ``--max-message-mb``."""
+    """``--host``, ``--port``, ``--secret-file`` (shared with ``peer``), ``--tls-cert``/``--tls-key``,
+    ``--insecure`` and ``--max-message-mb``."""
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: %(default)s)")
     p.add_argument("--port", type=int, default=0, help="port to bind; 0 picks a free one (default: %(default)s)")
     p.add_argument("--secret-file", required=True, help=f"file holding the token secret shared with the {peer}")
     p.add_argument("--tls-cert", help="PEM certificate chain (enables TLS, needs --tls-key)")
     p.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow plaintext on a non-loopback --host (tokens and tensors then travel in clear; loopback never "
+        "needs TLS)",
+    )
+    p.add_argument(
+        "--first-message-timeout",
+        type=float,
+        default=5.0,
+        help="seconds a call may take to deliver its request before it is refused (default: %(default)s)",
+    )
     p.add_argument(
         "--max-message-mb",
         type=float,
@@ -78,7 +90,7 @@ def serve_until_signal(
     try:
         try:
             address = start()
-        except errors as exc:
+        except (*errors, ValueError) as exc:
             print(f"edgeflower {name}: error: {exc}", file=sys.stderr, flush=True)
             return 1
         print(f"{what} listening on {address}", flush=True)

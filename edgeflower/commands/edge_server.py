@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeflower.commands._serving_loop import add_server_arguments, max_message_bytes, serve_until_signal, tls_from_args
+from edgeflower.models.reference import trust_reference
 from edgeflower.server.edge import EdgeServer, EdgeServerConfig
 from edgeflower.transport.auth import load_secret
 
@@ -26,9 +27,29 @@ def register(subparsers: Any) -> None:
     )
     add_server_arguments(p, "ServerApp")
     p.add_argument("--edge-id", help="this edge server's id (tokens for other ids are refused)")
+    p.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="PACKAGE.MODULE:CALLABLE",
+        help="a model reference this server may build for devices (repeatable; zoo models need none). "
+        "The package must be importable here; code never comes over the network",
+    )
     p.add_argument("--max-sessions", type=int, default=64, help="most concurrent sessions (default: %(default)s)")
     p.add_argument(
         "--idle-timeout", type=float, default=300.0, help="drop sessions idle this many seconds (default: %(default)s)"
+    )
+    p.add_argument(
+        "--max-sessions-per-node",
+        type=int,
+        default=2,
+        help="most concurrent sessions of one device node (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-model-params",
+        type=int,
+        help="largest model (parameters and buffers) a session may build, e.g. what the run's model needs "
+        "(default: what fits in one message)",
     )
     p.add_argument(
         "--peer-root-cert", help="PEM root certificate to trust when migrating sessions to TLS-serving edge servers"
@@ -40,13 +61,22 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Start the server, print its address, serve until SIGTERM/SIGINT, stop; return the exit code."""
+    trust_reference(*args.model)  # imported now: a typo fails at start-up, not at the first device
     tls = tls_from_args(args)
-    if args.max_sessions < 1 or args.idle_timeout <= 0:
-        raise ValueError("--max-sessions and --idle-timeout must be positive")
+    if min(args.max_sessions, args.max_sessions_per_node) < 1 or args.idle_timeout <= 0:
+        raise ValueError("--max-sessions, --max-sessions-per-node and --idle-timeout must be positive")
+    if args.max_model_params is not None and args.max_model_params < 1:
+        raise ValueError("--max-model-params must be positive")
+    if args.first_message_timeout <= 0:
+        raise ValueError("--first-message-timeout must be positive")
     config = EdgeServerConfig(
         max_message_bytes=max_message_bytes(args),
         max_sessions=args.max_sessions,
         idle_timeout_s=args.idle_timeout,
+        max_sessions_per_node=args.max_sessions_per_node,
+        max_model_params=args.max_model_params,
+        first_message_s=args.first_message_timeout,
+        insecure=args.insecure,
         peer_root_cert=Path(args.peer_root_cert).read_bytes() if args.peer_root_cert else None,
         crash_after_migration_ack=args.crash_after_migration_ack,
     )

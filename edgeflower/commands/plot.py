@@ -38,8 +38,14 @@ def plot_run_dir(run_dir: str | Path, rounds: list[int] | None = None) -> list[P
         per_node = {
             int(r): {n: float(m["train-time-s"]) for n, m in v.items() if "train-time-s" in m} for r, v in nodes.items()
         }
+        labels = {
+            n: f"partition {int(m['partition-id'])}"
+            for v in nodes.values()
+            for n, m in v.items()
+            if "partition-id" in m
+        }
         if any(per_node.values()):
-            written.append(plot_round_times(per_node, path / "round-times.png"))
+            written.append(plot_round_times(per_node, path / "round-times.png", labels))
     tl_dir = path / "timelines"
     available = sorted(int(p.stem.split("-")[1]) for p in tl_dir.glob("round-*.json")) if tl_dir.is_dir() else []
     wanted = rounds if rounds is not None else sorted({available[0], available[-1]}) if available else []
@@ -47,8 +53,13 @@ def plot_run_dir(run_dir: str | Path, rounds: list[int] | None = None) -> list[P
         file = tl_dir / f"round-{rnd}.json"
         if not file.is_file():
             raise FileNotFoundError(f"no timeline for round {rnd} in {tl_dir}")
-        timelines = {f"node {n}": ivs for n, ivs in json.loads(file.read_text()).items()}
-        written.append(plot_gantt(timelines, path / f"gantt-round-{rnd}.png", title=f"round {rnd}"))
+        data = json.loads(file.read_text())
+        if "nodes" in data:  # on the round's clock (edgeflower.runlog.round_timelines)
+            timelines, round_s = data["nodes"], data.get("round-s")
+        else:  # older runs: each node on its own clock
+            timelines, round_s = {f"node {n}": ivs for n, ivs in data.items()}, None
+        title = f"round {rnd}: every node's phases on the round's clock"
+        written.append(plot_gantt(timelines, path / f"gantt-round-{rnd}.png", title=title, round_s=round_s))
     return written
 
 
@@ -60,7 +71,13 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``plot`` subcommand."""
-    p = sub.add_parser("plot", help="draw a run's pictures (Gantt chart of a round, round times)")
+    p = sub.add_parser(
+        "plot",
+        help="draw a run's pictures (Gantt chart of a round, round times)",
+        description="Draw run.png (accuracy, loss, round time), round-times.png (training time per node) and "
+        "gantt-round-<n>.png (every node's device/uplink/server/downlink phases on the round's clock) into a run "
+        "folder.",
+    )
     p.add_argument("run_dir", help="a run folder (runs/<date>-run<id>)")
     p.add_argument("--round", type=int, action="append", help="round to draw a Gantt chart for (repeatable)")
     p.set_defaults(func=_run)

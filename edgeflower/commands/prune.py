@@ -10,6 +10,7 @@ import torch
 
 from edgeflower.data import load_dataset
 from edgeflower.data.datasets import DATASET_SHAPES, DATASETS
+from edgeflower.models.reference import is_reference
 from edgeflower.models.splittable import SplittableModel
 from edgeflower.models.zoo import NORMS, available_models, build_model
 
@@ -33,25 +34,33 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     src = p.add_argument_group("model")
     src.add_argument("--checkpoint", type=Path, help="FL run directory (config.json + model.pt) or a .pt state dict")
-    src.add_argument("--model", choices=available_models(), default="vgg16", help="zoo model (default: vgg16)")
+    src.add_argument(
+        "--model",
+        type=_model_name,
+        default="vgg16",
+        help=f"zoo model ({', '.join(available_models())}) or your own by reference 'package.module:callable' "
+        "(importable here, e.g. run from your app's directory)",
+    )
     src.add_argument(
         "--width", type=float, default=None, help="zoo width option (VGG/MobileNet multiplier, ResNet base)"
     )
-    src.add_argument("--norm", choices=NORMS, default="batch")
-    src.add_argument("--dataset", choices=DATASETS, default="fashion-mnist")
+    src.add_argument("--norm", choices=NORMS, default="batch", help="normalisation layers of the zoo model")
+    src.add_argument("--dataset", choices=DATASETS, default="fashion-mnist", help="training and test data")
     src.add_argument("--data-root", default="", help="dataset directory (default: Debian's Fashion-MNIST)")
     tr = p.add_argument_group("schedule")
     tr.add_argument("--dense-epochs", type=float, default=1.0, help="dense training first (ignored with --checkpoint)")
-    tr.add_argument("--rewind-batches", type=int, default=20, help="rewind point in dense batches (default: 20)")
-    tr.add_argument("--compressions", type=_floats, default=[2, 4, 8, 16, 32, 64, 128, 256])
-    tr.add_argument("--retrain-epochs", type=float, default=0.5)
-    tr.add_argument("--batch-size", type=int, default=128)
-    tr.add_argument("--lr", type=float, default=0.05)
+    tr.add_argument("--rewind-batches", type=int, default=20, help="rewind point in dense batches")
+    tr.add_argument(
+        "--compressions", type=_floats, default=[2, 4, 8, 16, 32, 64, 128, 256], help="IMP levels (comma-separated)"
+    )
+    tr.add_argument("--retrain-epochs", type=float, default=0.5, help="retraining after each pruning level")
+    tr.add_argument("--batch-size", type=int, default=128, help="training batch size")
+    tr.add_argument("--lr", type=float, default=0.05, help="SGD learning rate")
     tr.add_argument("--max-batches", type=int, default=0, help="cap on batches per epoch (0 = none)")
     tr.add_argument("--train-samples", type=int, default=0, help="use the first N training samples (0 = all)")
     tr.add_argument("--test-samples", type=int, default=2000, help="test samples for accuracy (0 = all)")
     tr.add_argument("--include-linear", action="store_true", help="prune linear weights too")
-    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--seed", type=int, default=0, help="seed of initialisation, data order and pruning ties")
     p.add_argument("--out", type=Path, required=True, help="portfolio directory to write")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)
@@ -77,6 +86,15 @@ def load_checkpoint(path: Path, args: argparse.Namespace) -> tuple[SplittableMod
     except RuntimeError as exc:
         raise ValueError(f"{weights} does not fit {model.spec.name}: {exc}") from exc
     return model, dataset
+
+
+def _model_name(value: str) -> str:
+    """A zoo name or a well-formed import reference (imported when the model is built)."""
+    if value in available_models() or is_reference(value):
+        return value
+    raise argparse.ArgumentTypeError(
+        f"unknown model {value!r}: expected one of {', '.join(available_models())} or 'package.module:callable'"
+    )
 
 
 def _zoo(args: argparse.Namespace) -> SplittableModel:

@@ -13,7 +13,8 @@ Config (paths relative to the config file)::
                      "priority": ["accuracy", "latency", "downtime"]},
       "links": ["100/100/2", "10/10/5", "0"],   # optional emulated link per node, up/down Mbit/s / latency ms
       "heartbeat_s": 0.2, "misses": 2,
-      "tls_cert": null, "tls_key": null, "node_root_cert": null
+      "tls_cert": null, "tls_key": null, "node_root_cert": null,
+      "insecure": false                         # allow plaintext on a non-loopback host (logs a WARNING)
     }
 
 Prints ``controller listening on HOST:PORT`` once it serves; stops cleanly on SIGTERM/SIGINT.
@@ -53,6 +54,7 @@ KEYS = {
     "tls_cert",
     "tls_key",
     "node_root_cert",
+    "insecure",
 }
 
 
@@ -96,10 +98,21 @@ def build_controller(config: dict[str, Any], base: Path) -> Controller:
         Journal(path("journal")),
         str(config.get("host", "127.0.0.1")),
         int(config.get("port", 0)),
-        ControllerConfig(heartbeat_s=float(config.get("heartbeat_s", 0.2)), misses=int(config.get("misses", 2))),
+        ControllerConfig(
+            heartbeat_s=float(config.get("heartbeat_s", 0.2)),
+            misses=int(config.get("misses", 2)),
+            insecure=_flag(config, "insecure"),
+        ),
         tls,
         root.read_bytes() if root else None,
     )
+
+
+def _flag(config: dict[str, Any], key: str) -> bool:
+    value = config.get(key, False)
+    if not isinstance(value, bool):
+        raise ValueError(f"serve config {key!r} must be true or false, got {value!r}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -132,4 +145,4 @@ def _serve(controller: Controller) -> int:
         controller.start()
         return controller.address
 
-    return serve_until_signal("serve", "controller", start, controller.stop, (OSError, EdgeError))
+    return serve_until_signal("serve", "controller", start, controller.stop, (OSError, EdgeError, ValueError))

@@ -20,9 +20,9 @@ from edgeflower.planning.env import EnvConfig, OffloadEnv
 from edgeflower.planning.policy import PolicyHeader, save_policy
 from edgeflower.planning.ppo import PPOConfig
 from edgeflower.planning.scenario import fedadapt_testbed
-from edgeflower.planning.training import evaluate_policy, node_states_of, plot_rewards, train_agent
+from edgeflower.planning.training import evaluate_policy, node_states_of, train_agent
 
-__all__ = ["TrainedAgent", "register", "train_policy"]
+__all__ = ["TrainedAgent", "plot_agent", "register", "train_policy"]
 
 SCENARIOS = {"fedadapt": fedadapt_testbed}
 
@@ -135,8 +135,70 @@ def train_policy(
         "env": {k: v for k, v in asdict(config).items() if k not in ("num_groups", "episode_len")},
     }
     header = save_policy(path, agent.net, model_name, model.num_blocks, info)
-    png = plot_rewards(rewards, path.with_suffix(".png"), title=f"FedAdapt agent on {scenario} ({model_name})")
+    png = plot_agent(
+        [c[3] for c in sorted(candidates, key=lambda c: c[1])],
+        best_restart,
+        score.reward,
+        fl.reward,
+        path.with_suffix(".png"),
+        title=f"FedAdapt agent on {scenario} ({model_name})",
+    )
     return TrainedAgent(header, rewards, path, png, score.reward, fl.reward, score.round_ratio)
+
+
+def plot_agent(
+    runs: list[list[float]],
+    chosen: int,
+    final_reward: float,
+    no_offload_reward: float,
+    path: str | Path,
+    title: str = "FedAdapt agent training",
+) -> Path:
+    """Every training episode of every restart, the chosen restart in bold, and the final figures marked.
+
+    Training episodes explore (sampled actions), so their rewards sit below the chosen policy's deterministic
+    evaluation (``final_reward``, on held-out episodes), which is what the command prints; ``no_offload_reward`` is
+    always-classic-FL evaluated on the same episodes.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    start = 0
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, rewards in enumerate(runs):
+        r = np.asarray(rewards, dtype=float)
+        xs = np.arange(start + 1, start + len(r) + 1)
+        color = colors[i % len(colors)]
+        ax.plot(xs, r, color=color, lw=0.6, alpha=0.35)
+        w = max(1, len(r) // 15)
+        if len(r) >= w:
+            smooth = np.convolve(r, np.ones(w) / w, mode="valid")
+            label = f"restart {i + 1}" + (" (chosen)" if i == chosen else "") + f", moving mean of {w}"
+            ax.plot(xs[w - 1 :], smooth, color=color, lw=2.4 if i == chosen else 1.2, label=label)
+        start += len(r)
+    ax.axhline(
+        no_offload_reward, color="#a33", ls="--", lw=1.2, label=f"no offloading, evaluated: {no_offload_reward:.2f}"
+    )
+    ax.axhline(final_reward, color="k", ls=":", lw=1.2, label=f"chosen policy, evaluated: {final_reward:.2f}")
+    ax.plot([start], [final_reward], marker="*", ms=14, color="k")
+    ax.annotate(f"final {final_reward:.2f}", (start, final_reward), textcoords="offset points", xytext=(-75, -16))
+    ax.set(title=title, xlabel=f"training episode (all {start}, restarts one after another)",
+           ylabel="reward (sum over devices and steps)")  # fmt: skip
+    ax.set_xlim(0, start * 1.03)
+    top = max([final_reward, no_offload_reward] + [max(r) for r in runs if len(r)])
+    ax.set_ylim(top=top + 0.08 * (abs(top) + 1))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -168,17 +230,22 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``train-agent``."""
-    p = subparsers.add_parser("train-agent", help="train the FedAdapt PPO agent offline and save its policy")
+    p = subparsers.add_parser(
+        "train-agent",
+        help="train the FedAdapt PPO agent offline and save its policy",
+        description="Train the FedAdapt PPO agent against the emulated testbed (profiled on this machine), keep the "
+        "best of --restarts trainings, and write the policy file and its reward curve (PNG next to it).",
+    )
     p.add_argument("--out", default="fedadapt-policy.pt", help="policy file (reward PNG next to it)")
-    p.add_argument("--model", default="vgg5", help="zoo model (default vgg5)")
-    p.add_argument("--in-shape", default="1x28x28", help="input shape CxHxW (default 1x28x28, Fashion-MNIST)")
+    p.add_argument("--model", default="vgg5", help="zoo model")
+    p.add_argument("--in-shape", default="1x28x28", help="input shape CxHxW (1x28x28: Fashion-MNIST)")
     p.add_argument("--scenario", default="fedadapt", choices=sorted(SCENARIOS), help="testbed scenario")
-    p.add_argument("--episodes", type=int, default=300, help="training episodes (default 300)")
-    p.add_argument("--episode-len", type=int, default=10, help="rounds per episode (default 10)")
-    p.add_argument("--groups", type=int, default=3, help="device groups (k-means k, default 3)")
-    p.add_argument("--batch-size", type=int, default=100, help="training batch size (default 100)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--restarts", type=int, default=3, help="independent trainings, best kept (default 3)")
+    p.add_argument("--episodes", type=int, default=300, help="training episodes")
+    p.add_argument("--episode-len", type=int, default=10, help="rounds per episode")
+    p.add_argument("--groups", type=int, default=3, help="device groups (k-means k)")
+    p.add_argument("--batch-size", type=int, default=100, help="training batch size")
+    p.add_argument("--seed", type=int, default=0, help="seed of the environment and the agent")
+    p.add_argument("--restarts", type=int, default=3, help="independent trainings, best kept")
     p.add_argument("--profile-trials", type=int, default=1, help="profiles to take the per-block median of")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)

@@ -143,7 +143,22 @@ def _load_idx_dir(root: Path, train: bool, name: str) -> ImageData:
     return ImageData(_normalise(x, name), torch.from_numpy(y.astype(np.int64)), 10, name)
 
 
+IDX_STEMS = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+"""The four IDX files of (Fashion-)MNIST, each also accepted gzip-compressed (``.gz``)."""
+
+
 def _missing_message(name: str, root: Path) -> str:
+    if name in ("fashion-mnist", "mnist") and root.is_dir() and any(_find(root, stem) for stem in IDX_STEMS):
+        missing = [f"{stem}[.gz]" for stem in IDX_STEMS if _find(root, stem) is None]
+        return (
+            f"{name}: {root} lacks {', '.join(missing)} (it has the other IDX files). Copy the missing file(s) "
+            "there, or point `data-root` at a directory with all four."
+        )
     if name == "fashion-mnist":
         return (
             f"Fashion-MNIST not found in {root}. Install Debian's package "
@@ -221,7 +236,7 @@ def load_dataset(name: str, train: bool = True, root: str | Path | None = None, 
     key = (name, str(path), train)
     if cache and key in _CACHE:
         return _CACHE[key]
-    if name == "fashion-mnist" and _find(path, "train-images-idx3-ubyte") is not None:
+    if name == "fashion-mnist" and any(_find(path, stem) is not None for stem in IDX_STEMS):
         data = _load_idx_dir(path, train, name)
     elif name == "fashion-mnist" and (path / "FashionMNIST" / "raw").is_dir():
         data = _load_idx_dir(path / "FashionMNIST" / "raw", train, name)

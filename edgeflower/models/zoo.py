@@ -1,4 +1,8 @@
-"""The splittable model zoo: VGG5 (FedAdapt), VGG-8/11/16, ResNet-18 and MobileNetV2.
+"""The splittable model zoo (VGG5 (FedAdapt), VGG-8/11/16, ResNet-18, MobileNetV2) and the one model resolver.
+
+:func:`build_model` is the only place models are built: a zoo name, or an import reference
+``"package.module:callable"`` to the user's own factory (see :mod:`edgeflower.models.reference`), made splittable
+with :func:`edgeflower.models.fx.splittable`.
 
 Every builder is input-shape agnostic (``in_shape`` is ``(C, H, W)``; 1x28x28 and 3x32x32 are tested) and takes a
 normalisation option: ``"batch"`` (BatchNorm), ``"group"`` (GroupNorm, works with Opacus) or ``"none"``.
@@ -16,9 +20,17 @@ from torchvision.models.mobilenetv2 import InvertedResidual
 from torchvision.models.resnet import BasicBlock
 from torchvision.ops.misc import Conv2dNormActivation
 
+from edgeflower.models.fx import splittable
+from edgeflower.models.reference import (
+    ModelReferenceError,
+    check_trusted,
+    factory_kwargs,
+    is_reference,
+    resolve_reference,
+)
 from edgeflower.models.splittable import ModelSpec, SplittableModel
 
-__all__ = ["MODEL_BUILDERS", "NORMS", "available_models", "build_model", "norm_layer"]
+__all__ = ["MODEL_BUILDERS", "NORMS", "available_models", "build_model", "model_fingerprint", "norm_layer"]
 
 NORMS = ("batch", "group", "none")
 
@@ -184,36 +196,110 @@ def available_models() -> list[str]:
     return sorted(MODEL_BUILDERS)
 
 
+def _build_reference(spec: ModelSpec, from_peer: bool) -> SplittableModel:
+    if from_peer:
+        check_trusted(spec.name)
+    factory = resolve_reference(spec.name)
+    offered = {"in_shape": tuple(spec.in_shape), "num_classes": spec.num_classes, "norm": spec.norm}
+    kwargs = factory_kwargs(factory, offered, dict(spec.options))
+    try:
+        module = factory(**kwargs)
+    except TypeError as exc:
+        raise ModelReferenceError(
+            f"model reference {spec.name!r} cannot be called with {sorted(kwargs)}: {exc}"
+        ) from exc
+    if not isinstance(module, nn.Module):
+        raise ModelReferenceError(f"model reference {spec.name!r} returned {type(module).__name__}, not an nn.Module")
+    example = torch.zeros(2, *spec.in_shape)
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            out = module(example)
+    except RuntimeError as exc:
+        raise ModelReferenceError(
+            f"model {spec.name!r} does not accept inputs of shape {list(spec.in_shape)}: {exc}"
+        ) from exc
+    finally:
+        module.train(was_training)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, spec.num_classes):
+        got = list(out.shape[1:]) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ModelReferenceError(
+            f"model {spec.name!r} maps inputs {list(spec.in_shape)} to outputs {got}, "
+            f"the spec says {spec.num_classes} classes"
+        )
+    if isinstance(module, SplittableModel):
+        module.spec = spec
+        return module
+    return splittable(module, example, spec)
+
+
+def model_fingerprint(model: nn.Module) -> dict[str, object]:
+    """Parameter count and state-dict shapes of a model: what two processes compare to agree on one model.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The model.
+    """
+    sd = model.state_dict()
+    return {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "shapes": {k: list(v.shape) for k, v in sd.items()},
+    }
+
+
 def build_model(
     name: str | ModelSpec,
     in_shape: Sequence[int] = (1, 28, 28),
     num_classes: int = 10,
     norm: str = "batch",
+    *,
+    from_peer: bool = False,
     **options: object,
 ) -> SplittableModel:
-    """Build a zoo model.
+    """Build a model: a zoo model by name, or the user's own by import reference.
 
     Parameters
     ----------
     name : str or ModelSpec
-        One of :func:`available_models`, or a complete :class:`ModelSpec`.
+        One of :func:`available_models`, an import reference ``"package.module:callable"`` (a class or function
+        returning an ``nn.Module``; it receives the spec's options as keyword arguments, and ``in_shape``,
+        ``num_classes`` and ``norm`` if it has parameters of those names), or a complete :class:`ModelSpec`.
     in_shape : sequence of int
         One input sample's ``(C, H, W)``.
     num_classes : int
         Number of classes.
     norm : str
         ``"batch"``, ``"group"`` or ``"none"``.
+    from_peer : bool
+        The name came from a network peer: build an import reference only if this process trusts it
+        (:func:`~edgeflower.models.reference.trust_reference`). Zoo names are always allowed.
     **options
         Builder options, e.g. ``width`` (channel multiplier for VGG/MobileNetV2, base width for ResNet-18).
 
     Returns
     -------
     SplittableModel
-        The model, in training mode.
+        The model, in training mode; a reference's model is checked to map ``in_shape`` to ``num_classes``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown zoo name, an invalid shape, or a reference that is malformed, not importable, not trusted
+        (``from_peer``), not traceable or whose output does not fit the spec (a :class:`ModelReferenceError` or
+        :class:`~edgeflower.models.fx.TraceError`, both ``ValueError``).
     """
     spec = name if isinstance(name, ModelSpec) else ModelSpec(name, tuple(in_shape), num_classes, norm, options)
+    if is_reference(spec.name):
+        if len(spec.in_shape) < 1 or min(spec.in_shape) < 1 or spec.num_classes < 1:
+            raise ValueError(f"invalid spec for {spec.name!r}: in_shape {spec.in_shape!r}, {spec.num_classes} classes")
+        return _build_reference(spec, from_peer)
     if spec.name not in MODEL_BUILDERS:
-        raise ValueError(f"unknown model {spec.name!r}: expected one of {', '.join(available_models())}")
+        raise ValueError(
+            f"unknown model {spec.name!r}: expected one of {', '.join(available_models())} "
+            "or an import reference 'package.module:callable'"
+        )
     if len(spec.in_shape) != 3 or min(spec.in_shape) < 1:
         raise ValueError(f"in_shape must be (C, H, W) with positive sizes, got {spec.in_shape!r}")
     if spec.num_classes < 2:

@@ -4,21 +4,47 @@ Opacus' :class:`~opacus.accountants.RDPAccountant` is fully described by its his
 ``(noise_multiplier, sample_rate, num_steps)``. :class:`PrivacyHistory` stores it as a
 :class:`~flwr.app.ConfigRecord` of three parallel lists, so epsilon accumulates across rounds (Flower's own Opacus
 example builds a new PrivacyEngine every round and so reports per-round epsilon) and the history can travel with the
-node (across edge servers, once migration exists).
+node (across edge servers).
+
+Every entry is one subsampled Gaussian mechanism per step for what is clipped together: the device-side part in
+``dp = device``, the whole model (head and tail, one joint clipping bound) in ``dp = full``. Consecutive entries
+with the same noise multiplier and sample rate are merged (exact for both accountants, and it keeps Opacus' PRV
+accountant fast). Epsilon is reported by Opacus' ``RDPAccountant`` or ``PRVAccountant`` (``dp-accountant``).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 from flwr.app import ConfigRecord, RecordDict
-from opacus.accountants import RDPAccountant
+from opacus.accountants import IAccountant, PRVAccountant, RDPAccountant
+from opacus.accountants.analysis import rdp as rdp_analysis
 
-__all__ = ["STATE_KEY", "PrivacyHistory"]
+__all__ = ["ACCOUNTANT_CLASSES", "STATE_KEY", "PrivacyHistory"]
 
 STATE_KEY = "edgeflower.dp"
 """Key of the history's ConfigRecord in ``context.state``."""
+
+ACCOUNTANT_CLASSES: dict[str, type[IAccountant]] = {"rdp": RDPAccountant, "prv": PRVAccountant}
+"""Opacus accountant by ``dp-accountant`` name."""
+
+
+@functools.lru_cache(maxsize=256)
+def _rdp_per_step(noise_multiplier: float, sample_rate: float) -> tuple[float, ...]:
+    """Opacus' RDP of one subsampled Gaussian step at its default orders (cached: the history repeats it)."""
+    orders = RDPAccountant.DEFAULT_ALPHAS
+    return tuple(rdp_analysis.compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=orders))
+
+
+def _rdp_epsilon(entries: list[tuple[float, float, int]], delta: float) -> float:
+    """What ``RDPAccountant.get_epsilon`` computes for ``entries`` (``compute_rdp`` is linear in the steps), with
+    the per-step RDP of each ``(noise, rate)`` cached."""
+    rdp = sum(np.asarray(_rdp_per_step(noise, rate)) * steps for noise, rate, steps in entries)
+    eps, _ = rdp_analysis.get_privacy_spent(orders=RDPAccountant.DEFAULT_ALPHAS, rdp=rdp, delta=delta)
+    return float(eps)
 
 
 @dataclass
@@ -35,7 +61,12 @@ class PrivacyHistory:
 
     def add(self, noise_multiplier: float, sample_rate: float, steps: int) -> None:
         """Record ``steps`` steps of a Gaussian mechanism subsampled at ``sample_rate``."""
-        if steps > 0:
+        if steps <= 0:
+            return
+        if self.entries and self.entries[-1][:2] == (float(noise_multiplier), float(sample_rate)):
+            last = self.entries[-1]
+            self.entries[-1] = (last[0], last[1], last[2] + int(steps))
+        else:
             self.entries.append((float(noise_multiplier), float(sample_rate), int(steps)))
 
     @property
@@ -43,21 +74,26 @@ class PrivacyHistory:
         """Total steps recorded."""
         return sum(e[2] for e in self.entries)
 
-    def accountant(self) -> RDPAccountant:
-        """An Opacus RDP accountant holding this history."""
-        acc = RDPAccountant()
+    def accountant(self, kind: str = "rdp") -> IAccountant:
+        """An Opacus accountant (``"rdp"`` or ``"prv"``) holding this history."""
+        acc = ACCOUNTANT_CLASSES[kind]()
         acc.history = list(self.entries)
         return acc
 
-    def epsilon(self, delta: float) -> float:
-        """Epsilon spent so far at ``delta`` (0 before any step)."""
+    def epsilon(self, delta: float, kind: str = "rdp") -> float:
+        """Epsilon spent so far at ``delta`` by accountant ``kind`` (0 before any step)."""
         if not self.entries:
             return 0.0
-        return float(self.accountant().get_epsilon(delta))
+        if kind == "rdp":
+            return _rdp_epsilon(self.entries, delta)
+        return float(self.accountant(kind).get_epsilon(delta))
 
-    def epsilon_after(self, delta: float, more: list[tuple[float, float, int]]) -> float:
+    def epsilon_after(self, delta: float, more: list[tuple[float, float, int]], kind: str = "rdp") -> float:
         """Epsilon after the releases ``more`` are added too."""
-        return PrivacyHistory(self.entries + [e for e in more if e[2] > 0]).epsilon(delta)
+        after = PrivacyHistory(list(self.entries))
+        for entry in more:
+            after.add(*entry)
+        return after.epsilon(delta, kind)
 
     def to_record(self) -> ConfigRecord:
         """As a ConfigRecord of parallel lists."""

@@ -9,9 +9,11 @@ external gradient (a split head's ``act.backward(grad)``) just as for a loss.
 ``max_grad_norm`` over *all* the module's parameters, sum, add ``N(0, (noise_multiplier * max_grad_norm)^2)``,
 divide by the expected batch size) with one difference: our losses are the mean over the *whole batch*, possibly
 back-propagated in several micro-batches (pipelined training scales micro-batch ``j``'s mean loss by
-``n_j / B``). Before clipping it concatenates the micro-batches' per-sample gradients and multiplies them by the
-batch's sample count, which turns them into each sample's own loss gradient; so clipping is per *sample* over the
-whole batch, and there is exactly one clip + noise step per batch however it was cut.
+``n_j / B``), so the hooks hold ``g_i / n`` for a batch of ``n`` samples. Before clipping it concatenates the
+micro-batches' per-sample gradients (a pipelined batch only), and clipping treats each of them as ``n`` times
+itself -- each sample's own loss gradient -- without materialising that product: the per-sample norms are scaled
+by ``n`` and so are the clip factors that weigh the sum (no copy of the per-sample gradients). So clipping is per
+*sample* over the whole batch, and there is exactly one clip + noise step per batch however it was cut.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 from opacus.accountants import RDPAccountant
 from opacus.grad_sample import GradSampleHooks
 from opacus.optimizers import DPOptimizer
+from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 from torch import nn
 
 from edgeflower.privacy.models import prepare_model
@@ -80,15 +83,32 @@ class BatchDPOptimizer(DPOptimizer):
         )
         self.steps_taken = 0
 
+    def clip_and_accumulate(self) -> None:
+        """Opacus' clipping of the per-sample loss gradients ``n * g_i`` with the factor ``n`` folded in.
+
+        ``||n g_i|| = n ||g_i||`` and ``sum_i c_i (n g_i) = sum_i (n c_i) g_i``: the same result as scaling the
+        per-sample gradients first, without a copy of them.
+        """
+        samples = self.grad_samples
+        n = len(samples[0])
+        if n == 0:
+            factor = torch.zeros((0,), device=samples[0].device)
+        else:
+            norms = torch.stack([g.reshape(n, -1).norm(2, dim=-1) for g in samples], dim=1).norm(2, dim=1)
+            factor = (self.max_grad_norm / (norms * n + 1e-6)).clamp(max=1.0) * n
+        for p in self.params:
+            _check_processed_flag(p.grad_sample)
+            gs = self._get_flat_grad_sample(p).to(p.dtype)
+            grad = torch.einsum("i,i...", factor.to(device=gs.device, dtype=p.dtype), gs)
+            p.summed_grad = grad if p.summed_grad is None else p.summed_grad + grad
+            _mark_as_processed(p.grad_sample)
+
     def pre_step(self, closure: Callable[[], float] | None = None) -> bool | None:
-        """Turn the batch's per-sample gradients into per-sample loss gradients, then Opacus' clip + noise."""
+        """Join a pipelined batch's micro-batches (one clip + noise step per batch), then Opacus' clip + noise."""
         for p in self.params:
             gs = getattr(p, "grad_sample", None)
-            if gs is None:
-                continue
             if isinstance(gs, list):
-                gs = torch.cat(gs, dim=0)
-            p.grad_sample = gs * gs.shape[0]
+                p.grad_sample = torch.cat(gs, dim=0)
         done = super().pre_step(closure)
         if done:
             self.steps_taken += 1

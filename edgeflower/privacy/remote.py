@@ -26,5 +26,5 @@ def open_private_session(
 ) -> SessionHandle:
     """Like :meth:`EdgeClient.open_session`, with :class:`DPParams` in the open request."""
     request = OpenRequest(token, spec, split_point, optimizer, dict(tail_state), micro_batches, dp)
-    frame = client.call(METHOD_OPEN, request.to_bytes(client.limits))
+    frame = client.call_retrying(METHOD_OPEN, request.to_bytes(client.limits))
     return SessionHandle(client, OpenReply.from_frame(frame), token, split_point)

@@ -1,7 +1,10 @@
 """DP-SGD on the edge server's tail (``dp = full``): per-sample gradients, clip + noise at each batch's step.
 
-The session's accountant counts its own steps; its history (noise multiplier, sample rate, steps) goes back to the
-device in the close reply's metrics, so the node's cumulative history covers the tail too.
+The device sends the tail's *share* of one joint mechanism (:func:`~edgeflower.privacy.settings.side_share`:
+clipping bound ``C / sqrt(2)``, noise std ``sigma * C``); the node accounts the whole step (head and tail on the
+same Poisson batch) as one Gaussian mechanism of multiplier ``sigma``. The session counts its own steps and
+returns them in the close reply's metrics (``dp_steps``; ``dp_epsilon`` is the tail's share taken alone, for
+diagnostics only, never added to the node's budget).
 """
 
 from __future__ import annotations

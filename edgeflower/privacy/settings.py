@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 from opacus.accountants.utils import get_noise_multiplier
 
-__all__ = ["BATCHNORM_POLICIES", "CENTRAL_DP", "DP_MODES", "DPSettings", "dp_config_error", "steps_per_round"]
+__all__ = [
+    "ACCOUNTANTS",
+    "BATCHNORM_POLICIES",
+    "CENTRAL_DP",
+    "DP_MODES",
+    "DPSettings",
+    "central_dp_config_error",
+    "dp_config_error",
+    "side_share",
+    "steps_per_round",
+]
 
 DP_MODES = ("off", "device", "full")
 """``off``; ``device`` (DP-SGD on the device-side part); ``full`` (also on the edge server's tail in split modes)."""
@@ -18,6 +29,26 @@ BATCHNORM_POLICIES = ("convert", "refuse")
 CENTRAL_DP = ("off", "server-fixed", "client-fixed")
 """Flower's central DP wrapper the ServerApp puts around FedAvg (``client-fixed``: nodes clip their own updates)."""
 
+ACCOUNTANTS = ("rdp", "prv")
+"""Opacus accountants a node may report epsilon with (``dp-accountant``; the other one is logged next to it)."""
+
+
+def side_share(noise_multiplier: float, max_grad_norm: float, sides: int) -> tuple[float, float]:
+    """Per-side DP-SGD settings when ``sides`` parts of one model are clipped and noised separately.
+
+    Each side clips each sample's gradient to ``C / sqrt(sides)`` and adds noise of std ``sigma * C`` (so Opacus'
+    per-side noise multiplier is ``sigma * sqrt(sides)``). The concatenated per-sample gradient then has norm
+    ``<= C`` and the concatenated noise std ``sigma * C``: one Gaussian mechanism of multiplier ``sigma`` per step,
+    exactly what ``dp = device`` is for the whole model in ``fl``.
+
+    Returns
+    -------
+    tuple of float
+        ``(per-side noise multiplier, per-side clipping bound)``.
+    """
+    root = math.sqrt(sides)
+    return noise_multiplier * root, max_grad_norm / root
+
 
 def dp_config_error(
     dp: str,
@@ -27,6 +58,7 @@ def dp_config_error(
     delta: float,
     batchnorm: str,
     norm: str,
+    accountant: str = "rdp",
 ) -> tuple[str, str] | None:
     """Return ``(key, message)`` for the first invalid DP value, or ``None`` when they are all valid.
 
@@ -34,6 +66,8 @@ def dp_config_error(
     """
     if dp not in DP_MODES:
         return "dp", f"unknown value {dp!r}; expected one of {', '.join(DP_MODES)}"
+    if accountant not in ACCOUNTANTS:
+        return "dp-accountant", f"unknown value {accountant!r}; expected one of {', '.join(ACCOUNTANTS)}"
     if batchnorm not in BATCHNORM_POLICIES:
         return "dp-batchnorm", f"unknown value {batchnorm!r}; expected one of {', '.join(BATCHNORM_POLICIES)}"
     for key, value in (("dp-noise-multiplier", noise_multiplier), ("dp-target-epsilon", target_epsilon)):
@@ -57,6 +91,22 @@ def dp_config_error(
     return None
 
 
+def central_dp_config_error(kind: str, noise_multiplier: float, target_epsilon: float) -> tuple[str, str] | None:
+    """``(key, message)`` for an invalid central-DP value, else ``None``.
+
+    Flower's accountant needs a positive noise multiplier; a budget without central DP is a mistake too.
+    """
+    if kind not in CENTRAL_DP:
+        return "central-dp", f"unknown value {kind!r}; expected one of {', '.join(CENTRAL_DP)}"
+    if not math.isfinite(target_epsilon) or target_epsilon < 0:
+        return "central-dp-target-epsilon", f"must be >= 0, got {target_epsilon!r}"
+    if target_epsilon > 0 and kind == "off":
+        return "central-dp-target-epsilon", 'is set but central-dp is "off"'
+    if target_epsilon > 0 and not noise_multiplier > 0:
+        return "central-dp-noise-multiplier", "must be > 0 to account a central-dp-target-epsilon"
+    return None
+
+
 def steps_per_round(num_samples: int, batch_size: int, local_epochs: int, max_batches: int = 0) -> int:
     """DP-SGD steps a node takes per round: ``round(N / B)`` Poisson draws per epoch (capped by ``max-batches``)."""
     per_epoch = max(1, round(num_samples / batch_size))
@@ -76,11 +126,17 @@ class DPSettings:
     noise_multiplier : float
         Gaussian noise std over the clipping norm; ``0`` = calibrate from ``target_epsilon``.
     max_grad_norm : float
-        Per-sample clipping bound ``C``.
+        Per-sample clipping bound ``C`` (of the whole private part: head and tail together in ``full``).
     target_epsilon : float
         The node's budget over the run (``0`` = no budget: train every round, just report epsilon).
     delta : float
         The ``delta`` of ``(epsilon, delta)``-DP.
+    accountant : str
+        ``"rdp"`` or ``"prv"``: the Opacus accountant that reports epsilon, calibrates the noise and stops the
+        node at its budget.
+    compare : bool
+        Also compute the other accountant's epsilon every round, for the log and the ``dp-epsilon-*`` metrics
+        (PRV costs about a second per round on a small CPU; ``False`` reports ``-1`` for the other one).
     """
 
     mode: str = "off"
@@ -88,6 +144,8 @@ class DPSettings:
     max_grad_norm: float = 1.0
     target_epsilon: float = 0.0
     delta: float = 0.0
+    accountant: str = "rdp"
+    compare: bool = True
 
     @property
     def enabled(self) -> bool:
@@ -98,17 +156,29 @@ class DPSettings:
         """Whether the edge server's tail is trained with DP-SGD too (``full`` in a split round)."""
         return self.mode == "full" and split
 
-    def noise_for(self, sample_rate: float, total_steps: int, mechanisms: int = 1) -> float:
-        """The noise multiplier to use: the configured one, or calibrated so that ``mechanisms`` DP-SGD releases per
-        step (2 in ``full`` split rounds: head and tail) over ``total_steps`` stay within ``target_epsilon``."""
+    def scope(self, split: bool) -> str:
+        """What the node's epsilon covers: ``"model"`` (the whole published model) or ``"head"`` (``device`` in a
+        split round: the tail is trained without DP and published as is)."""
+        return "head" if self.mode == "device" and split else "model"
+
+    def noise_for(self, sample_rate: float, total_steps: int) -> float:
+        """The noise multiplier to use: the configured one, or calibrated with the run's accountant so that
+        ``total_steps`` DP-SGD steps (one subsampled Gaussian mechanism each, in every mode) stay within
+        ``target_epsilon``."""
         if self.noise_multiplier > 0:
             return self.noise_multiplier
-        return float(
-            get_noise_multiplier(
-                target_epsilon=self.target_epsilon,
-                target_delta=self.delta,
-                sample_rate=sample_rate,
-                steps=total_steps * mechanisms,
-                accountant="rdp",
-            )
+        return _calibrated(self.target_epsilon, self.delta, sample_rate, total_steps, self.accountant)
+
+
+@functools.lru_cache(maxsize=64)
+def _calibrated(target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str) -> float:
+    """Opacus' noise calibration (cached: a node asks again every round with the same arguments)."""
+    return float(
+        get_noise_multiplier(
+            target_epsilon=target_epsilon,
+            target_delta=delta,
+            sample_rate=sample_rate,
+            steps=steps,
+            accountant=accountant,
         )
+    )

@@ -73,8 +73,11 @@ def _make(desc: Mapping[str, Any]) -> nn.Module:
     )
 
 
-def build_from_arch(arch: Mapping[str, Any]) -> SplittableModel:
+def build_from_arch(arch: Mapping[str, Any], from_peer: bool = False) -> SplittableModel:
     """An (uninitialised) model with the described architecture, in eval mode.
+
+    ``from_peer``: the description came from the network, so a model reference must be trusted here
+    (see :func:`~edgeflower.models.build_model`).
 
     Raises
     ------
@@ -86,7 +89,7 @@ def build_from_arch(arch: Mapping[str, Any]) -> SplittableModel:
         layers = dict(arch["layers"])
     except (KeyError, TypeError) as exc:
         raise ValueError(f"invalid architecture description: {exc}") from exc
-    model = fuse_batchnorm(build_model(spec), inplace=True)
+    model = fuse_batchnorm(build_model(spec, from_peer=from_peer), inplace=True)
     paths = {p for p, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
     if set(layers) != paths:
         missing, extra = sorted(paths - set(layers)), sorted(set(layers) - paths)

@@ -9,12 +9,13 @@ constant channels contributed, borders included.
 from __future__ import annotations
 
 import copy
-import itertools
 
 import torch
 import torch.nn.functional as F  # noqa: N812
-from torch import nn
-from torchvision.models.resnet import BasicBlock
+from torch import fx, nn
+
+from edgeflower.models.fx import TraceError, trace_module
+from edgeflower.pruning.errors import SurgeryError
 
 __all__ = ["FoldedConv2d", "fold_conv_bn", "fuse_batchnorm", "set_module"]
 
@@ -89,19 +90,29 @@ def _with_bias(conv: nn.Conv2d) -> nn.Conv2d:
     return out
 
 
-def _pairs(module: nn.Module) -> list[tuple[str, str]]:
-    """Names of ``(conv, bn)`` children where the BN directly normalises the conv's output."""
-    if isinstance(module, BasicBlock):
-        pairs = [("conv1", "bn1"), ("conv2", "bn2")]
-        return [(c, b) for c, b in pairs if isinstance(module.get_submodule(b), nn.BatchNorm2d)]
-    if isinstance(module, nn.Sequential):
-        names = [n for n, _ in module.named_children()]
-        return [
-            (a, b)
-            for a, b in itertools.pairwise(names)
-            if isinstance(module.get_submodule(a), nn.Conv2d) and isinstance(module.get_submodule(b), nn.BatchNorm2d)
-        ]
-    return []
+def _pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """Module paths ``(conv, bn)`` where, in the traced data flow, the BN reads only the conv's output and the conv's
+    output goes only to the BN (each called once)."""
+    try:
+        gm = trace_module(model)
+    except TraceError as exc:
+        raise SurgeryError(f"cannot prove the data flow: {exc}") from exc
+    calls: dict[str, int] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            calls[str(node.target)] = calls.get(str(node.target), 0) + 1
+    pairs = []
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or not isinstance(model.get_submodule(str(node.target)), nn.BatchNorm2d):
+            continue
+        src = node.args[0] if len(node.args) == 1 and not node.kwargs else None
+        if not isinstance(src, fx.Node) or src.op != "call_module" or len(src.users) != 1:
+            continue
+        if not isinstance(model.get_submodule(str(src.target)), nn.Conv2d):
+            continue
+        if calls[str(src.target)] == 1 and calls[str(node.target)] == 1:
+            pairs.append((str(src.target), str(node.target)))
+    return pairs
 
 
 @torch.no_grad()
@@ -111,7 +122,8 @@ def fuse_batchnorm(model: nn.Module, inplace: bool = False) -> nn.Module:
     Parameters
     ----------
     model : nn.Module
-        A model in the zoo's structure (``Sequential`` conv/BN pairs, ResNet ``BasicBlock``).
+        Any model ``torch.fx`` can trace; a BatchNorm is folded when, in the traced data flow, it reads exactly
+        the output of a convolution that nothing else reads.
     inplace : bool
         Modify ``model`` instead of a deep copy.
 
@@ -122,13 +134,10 @@ def fuse_batchnorm(model: nn.Module, inplace: bool = False) -> nn.Module:
     """
     out = model if inplace else copy.deepcopy(model)
     out.eval()
-    for path, module in list(out.named_modules()):
-        for conv_name, bn_name in _pairs(module):
-            conv = module.get_submodule(conv_name)
-            bn = module.get_submodule(bn_name)
-            prefix = f"{path}." if path else ""
-            set_module(out, prefix + conv_name, fold_conv_bn(conv, bn))  # type: ignore[arg-type]
-            set_module(out, prefix + bn_name, nn.Identity())
+    for conv_path, bn_path in _pairs(out):
+        conv, bn = out.get_submodule(conv_path), out.get_submodule(bn_path)
+        set_module(out, conv_path, fold_conv_bn(conv, bn))  # type: ignore[arg-type]
+        set_module(out, bn_path, nn.Identity())
     for path, module in list(out.named_modules()):
         if isinstance(module, nn.Conv2d) and module.bias is None:
             set_module(out, path, _with_bias(module))

@@ -1,27 +1,78 @@
-"""A channel-level dependency graph of a BN-folded model.
+"""The channel-level dependency graph of a BN-folded model, built from its ``torch.fx`` trace.
 
-:func:`trace` walks the zoo's module structure (``Sequential`` chains, ResNet ``BasicBlock``, MobileNetV2
-``InvertedResidual``) and records every operation that touches channels: convolutions, linear layers,
-element-wise activations, pools, flatten and residual additions. Tensors joined by channel-wise operations
-(activation, pool, flatten, addition, depthwise convolution) must keep the same channels; :meth:`Graph.groups`
-returns those coupled sets.
+:func:`trace` traces the model (see :func:`edgeflower.models.fx.trace_module`), runs it once on a zero input to
+learn every value's shape, and records each operation that touches channels: convolutions, linear layers,
+element-wise functions (ReLU, ReLU6, SiLU, Hardswish, GELU, Hardsigmoid, sigmoid, tanh, arithmetic with a
+number), pools, flatten, residual additions, channel-wise products (squeeze-and-excitation) and concatenation
+along channels. Anything else that produces a tensor is refused with a :class:`SurgeryError` naming it: surgery
+only removes a channel when it can prove, from the data flow, where that channel goes.
+
+Channels joined by channel-wise operations must be removed together; :meth:`Graph.channel_groups` numbers those
+coupled sets (channel ``c`` of an activation's input and output, channel ``offset + c`` of a concatenation and
+channel ``c`` of its ``i``-th input, ...).
 """
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
-from torch import nn
-from torchvision.models.mobilenetv2 import InvertedResidual
-from torchvision.models.resnet import BasicBlock
+import torch.nn.functional as F  # noqa: N812
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
+from torchvision.ops import StochasticDepth
 
+from edgeflower.models.fx import TraceError, trace_module
 from edgeflower.pruning.errors import SurgeryError
 
 __all__ = ["Graph", "Op", "TensorInfo", "is_depthwise", "trace"]
 
-OpKind = Literal["conv", "linear", "act", "pool", "flatten", "add"]
+OpKind = Literal["conv", "linear", "act", "pool", "flatten", "add", "mul", "cat"]
+
+_ACT_MODULES = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.SiLU,
+    nn.Hardswish,
+    nn.GELU,
+    nn.Hardsigmoid,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.Mish,
+)
+_ACT_FUNCTIONS: dict[object, Callable[..., torch.Tensor]] = {
+    F.relu: F.relu,
+    torch.relu: torch.relu,
+    F.relu6: F.relu6,
+    F.silu: F.silu,
+    F.hardswish: F.hardswish,
+    F.gelu: F.gelu,
+    F.hardsigmoid: F.hardsigmoid,
+    torch.sigmoid: torch.sigmoid,
+    F.sigmoid: torch.sigmoid,
+    torch.tanh: torch.tanh,
+    F.tanh: torch.tanh,
+}
+_ACT_METHODS = {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh, "relu_": torch.relu}
+_POOL_MODULES = (nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d)
+_POOL_FUNCTIONS = (F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.max_pool2d, F.avg_pool2d)
+_ALIAS_MODULES = (nn.Identity, nn.Dropout, nn.Dropout2d, StochasticDepth)  # identities in eval mode
+_ALIAS_FUNCTIONS = (F.dropout, F.dropout2d)
+_ALIAS_METHODS = ("contiguous", "clone")
+_ADD = (operator.add, operator.iadd, torch.add, "add", "add_", "__add__")
+_MUL = (operator.mul, operator.imul, torch.mul, "mul", "mul_", "__mul__")
+_SCALAR_ARITH: dict[object, Callable[[torch.Tensor, float], torch.Tensor]] = {
+    operator.truediv: operator.truediv,
+    operator.sub: operator.sub,
+    "div": operator.truediv,
+    "sub": operator.sub,
+}
+_IGNORED = (torch._assert, getattr, operator.getitem, "size", "dim")
 
 
 @dataclass
@@ -34,14 +85,19 @@ class TensorInfo:
 
 @dataclass
 class Op:
-    """One operation: ``kind`` reads ``inputs`` (tensor ids) and writes ``output``."""
+    """One operation: ``kind`` reads ``inputs`` (tensor ids) and writes ``output``.
+
+    ``fn`` maps a channel's constant value through an element-wise op; ``exact_constants`` is false for a pool
+    whose padding changes a constant channel at the borders (only zero stays zero).
+    """
 
     kind: OpKind
     inputs: tuple[int, ...]
     output: int
     path: str = ""
     module: nn.Module | None = None
-    act: str = ""
+    fn: Callable[[torch.Tensor], torch.Tensor] | None = None
+    exact_constants: bool = True
 
 
 @dataclass
@@ -52,6 +108,8 @@ class Graph:
     ops: list[Op] = field(default_factory=list)
     input: int = 0
     output: int = 0
+    fixed: list[int] = field(default_factory=list)
+    """Tensors whose channel count the forward code fixes (e.g. ``x.view(-1, 400)``): no channel is removed."""
 
     def new(self, channels: int, spatial: int = 1) -> int:
         """Add a tensor and return its id."""
@@ -62,29 +120,44 @@ class Graph:
         """Operations that read ``tensor``."""
         return [op for op in self.ops if tensor in op.inputs]
 
-    def groups(self) -> list[list[int]]:
-        """Sets of tensors that must keep identical channels (union-find over channel-wise operations)."""
-        parent = list(range(len(self.tensors)))
+    def channel_groups(self) -> list[torch.Tensor]:
+        """Per tensor, the group id of each of its channels; coupled channels share an id (ids are ``0..G-1``)."""
+        base = [0]
+        for t in self.tensors:
+            base.append(base[-1] + t.channels)
+        label = torch.arange(base[-1])
+        pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
 
-        def find(a: int) -> int:
-            while parent[a] != a:
-                parent[a] = parent[parent[a]]
-                a = parent[a]
-            return a
+        def ids(t: int, offset: int = 0, count: int | None = None) -> torch.Tensor:
+            n = self.tensors[t].channels if count is None else count
+            return torch.arange(base[t] + offset, base[t] + offset + n)
 
         for op in self.ops:
-            coupled = op.kind in ("act", "pool", "flatten", "add") or (op.kind == "conv" and is_depthwise(op.module))
-            if coupled:
+            if op.kind == "cat":
+                offset = 0
                 for t in op.inputs:
-                    parent[find(t)] = find(op.output)
-        out: dict[int, list[int]] = {}
-        for t in range(len(self.tensors)):
-            out.setdefault(find(t), []).append(t)
-        for members in out.values():
-            sizes = {self.tensors[t].channels for t in members}
-            if len(sizes) != 1:
-                raise SurgeryError(f"coupled tensors disagree on channel counts {sorted(sizes)}")
-        return list(out.values())
+                    c = self.tensors[t].channels
+                    pairs.append((ids(t), ids(op.output, offset, c)))
+                    offset += c
+            elif op.kind in ("act", "pool", "flatten", "add", "mul") or (op.kind == "conv" and is_depthwise(op.module)):
+                for t in op.inputs:
+                    pairs.append((ids(t), ids(op.output)))
+        changed = True
+        while changed:
+            changed = False
+            for a, b in pairs:
+                m = torch.minimum(label[a], label[b])
+                if not (torch.equal(m, label[a]) and torch.equal(m, label[b])):
+                    label[a] = m
+                    label[b] = m
+                    changed = True
+            while True:  # pointer jumping (labels only point into their own group) keeps the sweeps few
+                jumped = label[label]
+                if torch.equal(jumped, label):
+                    break
+                label = jumped
+        _, dense = torch.unique(label, return_inverse=True)
+        return [dense[base[t] : base[t + 1]] for t in range(len(self.tensors))]
 
 
 def is_depthwise(module: nn.Module | None) -> bool:
@@ -96,72 +169,178 @@ def is_depthwise(module: nn.Module | None) -> bool:
     )
 
 
-class _Tracer:
-    def __init__(self, flatten_spatial: dict[int, int]) -> None:
+def _shape(node: Any) -> tuple[int, ...] | None:
+    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+    return tuple(meta.shape) if isinstance(meta, TensorMetadata) else None
+
+
+def _describe(node: fx.Node) -> str:
+    target = node.target
+    name = getattr(target, "__qualname__", None) or getattr(target, "__name__", None) or str(target)
+    module = getattr(target, "__module__", None)
+    where = f" ({node.stack_trace.strip().splitlines()[-1].strip()})" if node.stack_trace else ""
+    of = ""
+    if target in (getattr, operator.getitem) and node.args and isinstance(node.args[0], fx.Node):
+        of = f" of the result of {_describe(node.args[0])}"
+    return f"{node.op} {module + '.' if module and node.op == 'call_function' else ''}{name}{where}{of}"
+
+
+class _Builder:
+    def __init__(self, gm: fx.GraphModule) -> None:
+        self.gm = gm
         self.g = Graph()
-        self.flatten_spatial = flatten_spatial
+        self.env: dict[fx.Node, int] = {}
+        self.called: set[str] = set()
 
-    def op(self, kind: OpKind, inputs: tuple[int, ...], channels: int, **kw: object) -> int:
-        spatial = int(kw.pop("spatial", 1))  # type: ignore[call-overload]
+    def tensor(self, node: fx.Node, arg: object) -> int:
+        if isinstance(arg, fx.Node) and arg in self.env:
+            return self.env[arg]
+        if isinstance(arg, fx.Node) and arg.op == "get_attr":
+            raise SurgeryError(f"{node.name}: reads the parameter or buffer {arg.target!r} directly in forward")
+        raise SurgeryError(f"{node.name}: cannot follow the data flow of input {arg!r} of {_describe(node)}")
+
+    def op(self, node: fx.Node, kind: OpKind, inputs: tuple[int, ...], **kw: Any) -> None:
+        shape = _shape(node)
+        assert shape is not None
+        channels = int(kw.pop("channels", shape[1] if len(shape) > 1 else 1))
+        spatial = int(kw.pop("spatial", 1))
         out = self.g.new(channels, spatial)
-        self.g.ops.append(Op(kind, inputs, out, **kw))  # type: ignore[arg-type]
-        return out
+        self.g.ops.append(Op(kind, inputs, out, **kw))
+        self.env[node] = out
 
-    def walk(self, m: nn.Module, path: str, t: int) -> int:
-        pre = f"{path}." if path else ""
-        ch = self.g.tensors[t].channels
-        if isinstance(m, BasicBlock):
-            o = self.walk(m.conv1, pre + "conv1", t)
-            o = self.walk(m.bn1, pre + "bn1", o)
-            o = self.op("act", (o,), self.g.tensors[o].channels, act="relu")
-            o = self.walk(m.conv2, pre + "conv2", o)
-            o = self.walk(m.bn2, pre + "bn2", o)
-            skip = self.walk(m.downsample, pre + "downsample", t) if m.downsample is not None else t
-            s = self.op("add", (o, skip), self.g.tensors[o].channels)
-            return self.op("act", (s,), self.g.tensors[s].channels, act="relu")
-        if isinstance(m, InvertedResidual):
-            o = self.walk(m.conv, pre + "conv", t)
-            return self.op("add", (t, o), ch) if m.use_res_connect else o
-        blocks = getattr(m, "blocks", None)
-        if isinstance(blocks, (nn.ModuleList, nn.ModuleDict)) and not isinstance(m, nn.Sequential):
-            for name, child in blocks.named_children():
-                t = self.walk(child, f"{pre}blocks.{name}", t)
-            return t
-        if isinstance(m, (nn.Sequential, nn.ModuleList)):
-            for name, child in m.named_children():
-                t = self.walk(child, pre + name, t)
-            return t
+    def alias(self, node: fx.Node, arg: object) -> None:
+        self.env[node] = self.tensor(node, arg)
+
+    def module(self, node: fx.Node) -> None:
+        path = str(node.target)
+        m = self.gm.get_submodule(path)
+        x = node.args[0] if node.args else None
         if isinstance(m, nn.Conv2d):
+            if path in self.called:
+                raise SurgeryError(f"{path}: the convolution is used more than once (shared weights)")
+            self.called.add(path)
+            t = self.tensor(node, x)
             if m.padding_mode != "zeros" or isinstance(m.padding, str):
                 raise SurgeryError(f"{path}: only integer zero padding is supported")
             if m.groups != 1 and not is_depthwise(m):
                 raise SurgeryError(f"{path}: grouped convolutions other than depthwise are not supported")
-            if m.in_channels != ch:
-                raise SurgeryError(f"{path}: expects {m.in_channels} channels, the graph has {ch}")
-            return self.op("conv", (t,), m.out_channels, path=path, module=m)
-        if isinstance(m, nn.Linear):
+            self.op(node, "conv", (t,), path=path, module=m)
+        elif isinstance(m, nn.Linear):
+            if path in self.called:
+                raise SurgeryError(f"{path}: the linear layer is used more than once (shared weights)")
+            self.called.add(path)
+            t = self.tensor(node, x)
             info = self.g.tensors[t]
-            if m.in_features != info.channels * info.spatial:
-                raise SurgeryError(f"{path}: expects {m.in_features} features, the graph has {ch}x{info.spatial}")
-            return self.op("linear", (t,), m.out_features, path=path, module=m)
-        if isinstance(m, (nn.Identity, nn.Dropout)):
-            return t
-        if isinstance(m, (nn.ReLU, nn.ReLU6)):
-            return self.op("act", (t,), ch, act="relu6" if isinstance(m, nn.ReLU6) else "relu")
-        if isinstance(m, (nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
-            return self.op("pool", (t,), ch)
-        if isinstance(m, nn.Flatten):
-            if m.start_dim != 1 or id(m) not in self.flatten_spatial:
-                raise SurgeryError(f"{path}: only Flatten(start_dim=1) on a traced input is supported")
-            return self.op("flatten", (t,), ch, spatial=self.flatten_spatial[id(m)])
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            raise SurgeryError(f"{path}: BatchNorm not folded (call fuse_batchnorm first)")
-        if isinstance(m, (nn.GroupNorm, nn.LayerNorm)):
+            if len(_shape(x) or ()) != 2 or m.in_features != info.channels * info.spatial:
+                raise SurgeryError(f"{path}: a linear layer must read a [batch, features] tensor")
+            self.op(node, "linear", (t,), path=path, module=m)
+        elif isinstance(m, _ALIAS_MODULES):
+            self.alias(node, x)
+        elif isinstance(m, _ACT_MODULES):
+            self.op(node, "act", (self.tensor(node, x),), fn=m)
+        elif isinstance(m, _POOL_MODULES):
+            padded = isinstance(m, nn.AvgPool2d) and m.padding not in (0, (0, 0)) and m.count_include_pad
+            self.op(node, "pool", (self.tensor(node, x),), exact_constants=not padded)
+        elif isinstance(m, nn.Flatten):
+            self.flatten(node, x, m.start_dim, m.end_dim)
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            raise SurgeryError(
+                f"{path}: {type(m).__name__} does not directly follow a convolution, so it cannot be folded"
+            )
+        elif isinstance(m, (nn.GroupNorm, nn.LayerNorm)):
             raise SurgeryError(
                 f"{path}: {type(m).__name__} couples channels and cannot be folded; "
-                "surgery supports models built with norm='batch' or norm='none'"
+                "surgery supports models with BatchNorm after convolutions or without normalisation"
             )
-        raise SurgeryError(f"{path}: unsupported module {type(m).__name__}")
+        else:
+            raise SurgeryError(f"{path}: unsupported module {type(m).__name__} (its data flow is not known)")
+
+    def flatten(self, node: fx.Node, x: object, start: int = 1, end: int = -1) -> None:
+        shape_in, shape_out = _shape(x), _shape(node)
+        if shape_in is None or shape_out is None:
+            raise SurgeryError(f"{node.name}: flatten of a non-tensor")
+        if shape_in == shape_out:
+            self.alias(node, x)
+            return
+        if start != 1 or end != -1 or len(shape_out) != 2 or len(shape_in) < 3:
+            raise SurgeryError(f"{node.name}: only flattening all dimensions after the batch is supported")
+        spatial = 1
+        for s in shape_in[2:]:
+            spatial *= s
+        t = self.tensor(node, x)
+        self.op(node, "flatten", (t,), channels=self.g.tensors[t].channels, spatial=spatial)
+
+    def binary(self, node: fx.Node, kind: OpKind) -> None:
+        a, b = node.args[0], node.args[1]
+        if len(node.args) > 2 or node.kwargs:
+            raise SurgeryError(f"{node.name}: {_describe(node)} with extra arguments is not supported")
+        for v in (a, b):
+            if isinstance(v, fx.Node) and _shape(v) is not None:
+                self.tensor(node, v)  # refuses a parameter read in forward, or an untracked tensor
+        tensors = [v for v in (a, b) if isinstance(v, fx.Node) and v in self.env]
+        numbers = [v for v in (a, b) if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if len(tensors) == 1 and len(numbers) == 1:
+            c = float(numbers[0])
+            fn = (lambda v: v + c) if kind == "add" else (lambda v: v * c)
+            self.op(node, "act", (self.env[tensors[0]],), fn=fn)
+            return
+        if len(tensors) != 2:
+            raise SurgeryError(f"{node.name}: cannot follow the data flow of {_describe(node)}")
+        ta, tb = self.env[tensors[0]], self.env[tensors[1]]
+        sa, sb, so = _shape(tensors[0]), _shape(tensors[1]), _shape(node)
+        if not (sa and sb and so) or len(sa) < 2 or sa[1] != sb[1] or len(sa) != len(sb):
+            raise SurgeryError(f"{node.name}: {_describe(node)} broadcasts over channels")
+        self.op(node, kind, (ta, tb))
+
+    def function(self, node: fx.Node) -> None:
+        t = node.target
+        name = t if node.op == "call_method" else None
+        x = node.args[0] if node.args else None
+        if _shape(node) is None:  # shape arithmetic, assertions, tuples (a tensor taken out of one is refused)
+            return
+        if t in _IGNORED:
+            if _shape(node) is not None:
+                raise SurgeryError(f"{node.name}: {_describe(node)} produces a tensor whose channels are not known")
+            return
+        if t in _ACT_FUNCTIONS or name in _ACT_METHODS:
+            fn = _ACT_FUNCTIONS[t] if t in _ACT_FUNCTIONS else _ACT_METHODS[str(name)]
+            self.op(node, "act", (self.tensor(node, x),), fn=fn)
+        elif t in _ADD:
+            self.binary(node, "add")
+        elif t in _MUL:
+            self.binary(node, "mul")
+        elif t in _SCALAR_ARITH and len(node.args) == 2 and isinstance(node.args[1], (int, float)):
+            c, f = float(node.args[1]), _SCALAR_ARITH[t]  # type: ignore[arg-type]
+            self.op(node, "act", (self.tensor(node, x),), fn=lambda v: f(v, c))
+        elif t in _ALIAS_FUNCTIONS or name in _ALIAS_METHODS:
+            self.alias(node, x)
+        elif t in _POOL_FUNCTIONS:
+            padding = node.kwargs.get("padding", node.args[3] if len(node.args) > 3 else 0)
+            padded = t is F.avg_pool2d and padding not in (0, (0, 0))
+            self.op(node, "pool", (self.tensor(node, x),), exact_constants=not padded)
+        elif name == "mean" or t is torch.mean:
+            dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+            if sorted(int(d) for d in (dims if isinstance(dims, (list, tuple)) else [dims])) not in ([2, 3], [-2, -1]):
+                raise SurgeryError(f"{node.name}: only a mean over the spatial dimensions is supported")
+            self.op(node, "pool", (self.tensor(node, x),))
+        elif t is torch.flatten or name == "flatten":
+            start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+            end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
+            self.flatten(node, x, 1 if start in (1, -3) or _shape(x) == _shape(node) else int(start), int(end))
+        elif name in ("view", "reshape") or t is torch.reshape:
+            self.flatten(node, x)
+            sizes = node.args[1:] if name else node.args[1]
+            sizes = sizes[0] if len(sizes) == 1 and isinstance(sizes[0], (list, tuple)) else sizes
+            if node in self.env and any(isinstance(v, int) and v not in (-1, 1) for v in sizes):
+                self.g.fixed.append(self.env[node])  # a size written in forward: its channels must stay
+        elif t is torch.cat or name == "cat":
+            parts = node.args[0]
+            dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+            if not isinstance(parts, (list, tuple)) or dim not in (1, -3):
+                raise SurgeryError(f"{node.name}: only concatenation along channels is supported")
+            self.op(node, "cat", tuple(self.tensor(node, p) for p in parts))
+        else:
+            raise SurgeryError(f"{node.name}: unsupported operation {_describe(node)} (its data flow is not known)")
 
 
 @torch.no_grad()
@@ -171,25 +350,32 @@ def trace(model: nn.Module, in_shape: tuple[int, ...]) -> Graph:
     Raises
     ------
     SurgeryError
-        For a module the graph does not know (the message names its path).
+        If the model cannot be traced, or for an operation whose data flow the graph does not know (the message
+        names it and where it is).
     """
-    spatial: dict[int, int] = {}
-
-    def hook(mod: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-        x = inputs[0]
-        spatial[id(mod)] = int(x[0].numel() // x.shape[1]) if x.dim() > 2 else 1
-
-    handles = [m.register_forward_pre_hook(hook) for m in model.modules() if isinstance(m, nn.Flatten)]
-    was_training = model.training
-    model.eval()
     try:
-        model(torch.zeros(1, *in_shape))
+        gm = trace_module(model)
+    except TraceError as exc:
+        raise SurgeryError(f"cannot prove the data flow: {exc}") from exc
+    was_training = model.training
+    gm.eval()
+    try:
+        ShapeProp(gm).propagate(torch.zeros(1, *in_shape))
     finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
-    tracer = _Tracer(spatial)
-    g = tracer.g
-    g.input = g.new(int(in_shape[0]))
-    g.output = tracer.walk(model, "", g.input)
-    return g
+        gm.train(was_training)
+    b = _Builder(gm)
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            if b.g.tensors:
+                raise SurgeryError(f"{node.name}: the model takes more than one input")
+            b.g.input = b.g.new(int(in_shape[0]))
+            b.env[node] = b.g.input
+        elif node.op == "get_attr":
+            continue  # refused where a tracked operation reads it
+        elif node.op == "call_module":
+            b.module(node)
+        elif node.op in ("call_function", "call_method"):
+            b.function(node)
+        elif node.op == "output":
+            b.g.output = b.tensor(node, node.args[0])
+    return b.g

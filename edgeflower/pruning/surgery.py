@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from edgeflower.pruning.errors import SurgeryError
 from edgeflower.pruning.fusion import FoldedConv2d, fuse_batchnorm, set_module
 from edgeflower.pruning.graph import Graph, Op, is_depthwise, trace
 
@@ -90,13 +91,25 @@ def _constants(g: Graph) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         i, o = op.inputs[0], op.output
         if op.kind in ("pool", "flatten"):
             is_c[o], val[o] = is_c[i].clone(), val[i].clone()
+            if not op.exact_constants:  # padding mixes zeros into a constant channel: only zero stays constant
+                is_c[o] &= val[i] == 0
         elif op.kind == "act":
+            assert op.fn is not None
             is_c[o] = is_c[i].clone()
-            val[o] = val[i].clamp(0, 6) if op.act == "relu6" else val[i].clamp(min=0)
+            with torch.no_grad():
+                val[o] = op.fn(val[i].view(1, -1, 1, 1)).view(-1).double()
         elif op.kind == "add":
             a, b = op.inputs
             is_c[o] = is_c[a] & is_c[b]
-            val[o] = torch.where(is_c[o], val[a] + val[b], torch.zeros_like(val[a]))
+            val[o] = val[a] + val[b]
+        elif op.kind == "mul":
+            a, b = op.inputs
+            zero_a, zero_b = is_c[a] & (val[a] == 0), is_c[b] & (val[b] == 0)
+            is_c[o] = (is_c[a] & is_c[b]) | zero_a | zero_b
+            val[o] = val[a] * val[b]
+        elif op.kind == "cat":
+            is_c[o] = torch.cat([is_c[t] for t in op.inputs])
+            val[o] = torch.cat([val[t] for t in op.inputs])
         else:
             w, b = _weight(op), _bias(op)
             v = torch.where(is_c[i], val[i], torch.zeros_like(val[i]))
@@ -117,44 +130,43 @@ def _constants(g: Graph) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
                     nz = w.abs().sum((2, 3)) != 0
                     is_c[o] = (~nz | scalar_ok[None]).all(1) & ~ck_live
                     val[o] = b + (w.sum((2, 3)) * v[None]).sum(1)
-            val[o] = torch.where(is_c[o], val[o], torch.zeros_like(val[o]))
+        val[o] = torch.where(is_c[o], val[o], torch.zeros_like(val[o]))
     return is_c, val
 
 
-def _decide(g: Graph, is_c: list[torch.Tensor]) -> tuple[list[torch.Tensor], dict[int, int]]:
-    """Removed-channel mask per tensor (identical within a coupled group)."""
-    groups = g.groups()
-    group_of = {t: gi for gi, members in enumerate(groups) for t in members}
-    pinned = {group_of[g.input], group_of[g.output]}
+def _decide(g: Graph, is_c: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Removed-channel mask per tensor (identical for coupled channels) and the channel group ids."""
+    gid = g.channel_groups()
+    n_groups = int(max((int(t.max()) for t in gid if t.numel()), default=-1)) + 1
+    pinned = torch.zeros(n_groups, dtype=torch.bool)
+    pinned[gid[g.input]] = True
+    pinned[gid[g.output]] = True
+    for t in g.fixed:
+        pinned[gid[t]] = True
     readers = {
         t: [op for op in g.consumers(t) if op.kind in ("conv", "linear") and not is_depthwise(op.module)]
         for t in range(len(g.tensors))
     }
-    reads = {id(op): _reads(op, g.tensors[op.inputs[0]].channels) for ts in readers.values() for op in ts}
-    forced = [torch.zeros(g.tensors[m[0]].channels, dtype=torch.bool) for m in groups]
+    reads = {id(op): _reads(op, g.tensors[op.inputs[0]].channels) for ops in readers.values() for op in ops}
+    forced = torch.zeros(n_groups, dtype=torch.bool)
     while True:
-        removed = [torch.zeros_like(f) for f in forced]
+        removed = torch.zeros(n_groups, dtype=torch.bool)
         changed = True
         while changed:
-            changed = False
-            for gi, members in enumerate(groups):
-                if gi in pinned:
-                    continue
-                allow = ~forced[gi]
-                for t in members:
-                    for op in readers[t]:
-                        kept_out = ~removed[group_of[op.output]]
-                        unread = ~reads[id(op)][kept_out].any(0)
-                        allow = allow & (is_c[t] | unread)
-                if not torch.equal(allow, removed[gi]):
-                    removed[gi] = allow
-                    changed = True
-        empty = [gi for gi, r in enumerate(removed) if bool(r.all())]
+            allow = ~forced & ~pinned
+            for t, ops in readers.items():
+                for op in ops:
+                    kept_out = ~removed[gid[op.output]]
+                    unread = ~reads[id(op)][kept_out].any(0)
+                    allow[gid[t][~(is_c[t] | unread)]] = False
+            changed = not torch.equal(allow, removed)
+            removed = allow
+        empty = [t for t in range(len(g.tensors)) if g.tensors[t].channels and bool(removed[gid[t]].all())]
         if not empty:
             break
-        for gi in empty:  # keep one channel so no layer ends with zero width (exact: kept channels compute as before)
-            forced[gi][0] = True
-    return [removed[group_of[t]] for t in range(len(g.tensors))], group_of
+        for t in empty:  # keep one channel so no layer ends with zero width (exact: kept channels compute as before)
+            forced[gid[t][0]] = True
+    return [removed[gid[t]] for t in range(len(g.tensors))], gid
 
 
 @torch.no_grad()
@@ -229,7 +241,7 @@ def surgery(model: nn.Module, in_shape: tuple[int, ...] | None = None) -> Surger
     fused = fuse_batchnorm(model)
     g = trace(fused, shape)
     is_c, val = _constants(g)
-    removed, group_of = _decide(g, is_c)
+    removed, gid = _decide(g, is_c)
     result = SurgeryResult(model=fused)
     for op in g.ops:
         if op.kind not in ("conv", "linear"):
@@ -240,13 +252,33 @@ def surgery(model: nn.Module, in_shape: tuple[int, ...] | None = None) -> Surger
         result.channels_before[op.path] = g.tensors[op.output].channels
         result.channels_after[op.path] = int((~removed[op.output]).sum())
         set_module(fused, op.path, new)
-    seen: set[int] = set()
-    for t, gi in group_of.items():
-        if gi in seen:
-            continue
-        seen.add(gi)
-        result.removed += int(removed[t].sum())
-        result.folded_constants += int((removed[t] & is_c[t] & (val[t] != 0)).sum())
+    seen = torch.zeros(max((int(t.max()) + 1 for t in gid if t.numel()), default=0), dtype=torch.bool)
+    for t in range(len(g.tensors)):
+        new = ~seen[gid[t]]
+        seen[gid[t]] = True
+        result.removed += int((removed[t] & new).sum())
+        result.folded_constants += int((removed[t] & new & is_c[t] & (val[t] != 0)).sum())
     fused.eval()
+    _verify(model, fused, shape)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _verify(before: nn.Module, after: nn.Module, shape: tuple[int, ...]) -> None:
+    """Never silently wrong: compare both models (eval mode) on random inputs; raise if they disagree."""
+    was_training = before.training
+    before.eval()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, *shape, generator=gen)
+    try:
+        ref, out = before(x), after(x)
+    except RuntimeError as exc:
+        raise SurgeryError(f"the surgered model fails on the input the model accepts ({exc}); refusing it") from exc
+    finally:
+        before.train(was_training)
+    diff = float((ref.double() - out.double()).abs().max())
+    tol = 1e-3 * (1.0 + float(ref.abs().max()))
+    if not diff <= tol:
+        raise SurgeryError(
+            f"surgery changed the model's output by {diff:.3g} (tolerance {tol:.3g}); refusing the result"
+        )

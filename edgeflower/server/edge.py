@@ -16,11 +16,12 @@ never touches another session: authentication happens before a stream is bound t
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from logging import ERROR, INFO, WARNING
 from types import TracebackType
@@ -32,17 +33,25 @@ from flwr.common.logger import log
 from edgeflower.server.migration import export_session, import_session, seal, unseal
 from edgeflower.server.registry import SessionRegistry
 from edgeflower.server.session import TrainingSession
-from edgeflower.transport.auth import TokenVerifier, as_secret
+from edgeflower.transport.auth import ROLE_DEVICE, ROLE_MIGRATION, TokenVerifier, as_secret
 from edgeflower.transport.codec import DEFAULT_MAX_MESSAGE_BYTES, VERSION, Limits, decode_frame
 from edgeflower.transport.emulation import EmulatedLink, LinkProfile
 from edgeflower.transport.errors import (
     EdgeAuthError,
     EdgeError,
+    EdgeOverloadedError,
     InvalidMessageError,
     SessionNotFoundError,
     SessionStateError,
 )
-from edgeflower.transport.grpc_server import RunningServer, start_server
+from edgeflower.transport.grpc_server import (
+    RunningServer,
+    ServerOptions,
+    ServerStoppingError,
+    StreamHandler,
+    Unary,
+    start_server,
+)
 from edgeflower.transport.messages import (
     END_KIND,
     CloseReply,
@@ -72,11 +81,20 @@ from edgeflower.transport.service import (
     SERVICE,
     SESSION_KEY,
     TOKEN_KEY,
-    identity,
 )
 from edgeflower.transport.tls import TLSConfig
 
 __all__ = ["EdgeServer", "EdgeServerConfig"]
+
+
+@dataclass
+class _NonceUse:
+    """An ``Open`` token that was used: until when to remember it, the request's digest and what it opened."""
+
+    expires_at: float
+    digest: bytes
+    session_id: str | None = None
+    reply: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -90,8 +108,27 @@ class EdgeServerConfig:
     max_sessions : int
         Most sessions open at once.
     max_workers : int or None
-        gRPC worker threads (each open training stream holds one); default ``2 * max_sessions + 8``. Also the
-        limit of concurrent RPCs: beyond it calls fail with ``RESOURCE_EXHAUSTED`` instead of queueing.
+        Worker threads of the data lane (requests being worked on: opens, steps, closes, migrations); default 16.
+        An idle training stream holds none. A data call that finds them all busy for ``admission_wait_s`` is
+        refused with ``RESOURCE_EXHAUSTED``; training steps wait for a worker instead.
+    max_sessions_per_node : int
+        Most sessions one device node (of one run) holds at once.
+    max_model_params : int or None
+        Largest model (parameters and buffers) a session may build, checked on the meta device before anything is
+        allocated; default: what fits in one message (``max_message_bytes // 4``). An in-process pool sets it to
+        what the run's model needs.
+    max_open_bytes : int or None
+        Largest ``Open``/``Import`` message; default ``4 * max_model_params`` plus 1 MiB of header (at most
+        ``max_message_bytes``).
+    first_message_s : float
+        A call must deliver its request within this long (a half-open call is answered ``DEADLINE_EXCEEDED``).
+    admission_wait_s : float
+        How long a data call waits for a free worker before ``RESOURCE_EXHAUSTED``.
+    stream_idle_s : float or None
+        A training stream without a message for this long is ended (its session dropped); default
+        ``idle_timeout_s``. A stream whose session was reaped ends within about a second.
+    insecure : bool
+        Allow plaintext on a non-loopback address (logs a WARNING); without it such an address needs ``tls``.
     idle_timeout_s : float
         A session without activity for this long is dropped.
     reap_interval_s : float or None
@@ -110,6 +147,13 @@ class EdgeServerConfig:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_sessions: int = 64
     max_workers: int | None = None
+    max_sessions_per_node: int = 2
+    max_model_params: int | None = None
+    max_open_bytes: int | None = None
+    first_message_s: float = 5.0
+    admission_wait_s: float = 2.0
+    stream_idle_s: float | None = None
+    insecure: bool = False
     idle_timeout_s: float = 300.0
     reap_interval_s: float | None = None
     stop_grace_s: float = 1.0
@@ -119,8 +163,24 @@ class EdgeServerConfig:
 
     @property
     def workers(self) -> int:
-        """The effective number of worker threads."""
-        return self.max_workers or 2 * self.max_sessions + 8
+        """The effective number of data-lane worker threads."""
+        return self.max_workers or 16
+
+    @property
+    def model_params(self) -> int:
+        """The effective model size limit (parameters and buffers)."""
+        return self.max_model_params or self.max_message_bytes // 4
+
+    @property
+    def open_bytes(self) -> int:
+        """The effective size limit of ``Open`` and ``Import`` messages."""
+        limit = self.max_open_bytes or 4 * self.model_params + (1 << 20)
+        return min(limit, self.max_message_bytes)
+
+    @property
+    def stream_idle(self) -> float:
+        """The effective idle deadline of a training stream."""
+        return self.stream_idle_s or self.idle_timeout_s
 
     @property
     def reap_interval(self) -> float:
@@ -171,7 +231,12 @@ class EdgeServer:
         self._secret = as_secret(secret)
         self._imported: dict[str, str] = {}  # migration token -> session id (one import per token)
         self._import_lock = threading.Lock()
-        self.registry = SessionRegistry(self.config.max_sessions, self.config.idle_timeout_s)
+        self._nonces: dict[str, _NonceUse] = {}  # Open tokens used (single-use), until they expire
+        self._rounds: dict[tuple[int, int], int] = {}  # (run, node) -> latest round that opened a session
+        self._open_lock = threading.Lock()
+        self.registry = SessionRegistry(
+            self.config.max_sessions, self.config.idle_timeout_s, self.config.max_sessions_per_node
+        )
         self._server: RunningServer | None = None
         self._stopped = threading.Event()
         self._address: str | None = None
@@ -200,8 +265,23 @@ class EdgeServer:
         if self._server is not None:
             return self.address
         cfg = self.config
+        options = ServerOptions(
+            data_workers=cfg.workers,
+            control_workers=2,
+            first_message_s=cfg.first_message_s,
+            admission_wait_s=cfg.admission_wait_s,
+        )
         running = start_server(
-            [self._handlers()], self.host, self.port, cfg.workers, cfg.max_message_bytes, self.tls, "edge server"
+            SERVICE,
+            self._handlers(),
+            self.host,
+            self.port,
+            cfg.max_message_bytes,
+            self.tls,
+            "edge server",
+            options,
+            cfg.insecure,
+            "session tokens (in Open, Close and the stream metadata), model weights, activations, gradients and labels",
         )
         self._server, self.port, self._address = running, running.port, running.address
         self._stopped.clear()
@@ -244,38 +324,18 @@ class EdgeServer:
         self.stop()
 
     # -- gRPC plumbing ------------------------------------------------------------------------------------------------
-    def _handlers(self) -> grpc.GenericRpcHandler:
-        kw = {"request_deserializer": identity, "response_serializer": identity}
-        handlers = {
-            METHOD_OPEN: grpc.unary_unary_rpc_method_handler(self._guard(self._open), **kw),
-            METHOD_CLOSE: grpc.unary_unary_rpc_method_handler(self._guard(self._close), **kw),
-            METHOD_HEALTH: grpc.unary_unary_rpc_method_handler(self._guard(self._health), **kw),
-            METHOD_TRAIN: grpc.stream_stream_rpc_method_handler(self._train, **kw),
-            METHOD_MIGRATE: grpc.unary_unary_rpc_method_handler(self._guard(self._migrate), **kw),
-            METHOD_IMPORT: grpc.unary_unary_rpc_method_handler(self._guard(self._import), **kw),
-            METHOD_RESUME: grpc.unary_unary_rpc_method_handler(self._guard(self._resume), **kw),
+    def _handlers(self) -> dict[str, Unary | StreamHandler]:
+        big = self.config.open_bytes
+        handlers: dict[str, Unary | StreamHandler] = {
+            METHOD_OPEN: Unary(self._open, max_request_bytes=big),
+            METHOD_CLOSE: Unary(self._close, max_request_bytes=64 * 1024),
+            METHOD_HEALTH: Unary(self._health, control=True, max_request_bytes=64 * 1024),
+            METHOD_TRAIN: self._train,
+            METHOD_MIGRATE: Unary(self._migrate, max_request_bytes=64 * 1024),
+            METHOD_IMPORT: Unary(self._import, max_request_bytes=big),
+            METHOD_RESUME: Unary(self._resume, max_request_bytes=64 * 1024),
         }
-        return grpc.method_handlers_generic_handler(
-            SERVICE, {path.rsplit("/", 1)[1]: handler for path, handler in handlers.items()}
-        )
-
-    def _abort(self, context: grpc.ServicerContext, exc: BaseException, where: str) -> None:
-        """Abort the RPC with the status of ``exc`` (raises)."""
-        if isinstance(exc, EdgeError):
-            log(WARNING, "edge server: %s rejected: %s %s", where, exc.code.name, exc.detail)
-            context.abort(exc.code, exc.detail)
-        log(ERROR, "edge server: %s failed: %r", where, exc)
-        context.abort(grpc.StatusCode.INTERNAL, f"edge server error in {where}: {type(exc).__name__}: {exc}")
-
-    def _guard(self, fn: Callable[[bytes, grpc.ServicerContext], bytes]) -> Callable[..., bytes]:
-        def handler(request: bytes, context: grpc.ServicerContext) -> bytes:
-            try:
-                return fn(request, context)
-            except Exception as exc:
-                self._abort(context, exc, fn.__name__.lstrip("_"))
-                raise  # pragma: no cover - abort raises
-
-        return handler
+        return {path.rsplit("/", 1)[1]: handler for path, handler in handlers.items()}
 
     # -- RPCs ---------------------------------------------------------------------------------------------------------
     def _health(self, request: bytes, context: grpc.ServicerContext) -> bytes:
@@ -284,10 +344,39 @@ class EdgeServer:
         return HealthInfo(status, self.edge_id or "", self.num_sessions, VERSION).to_bytes()
 
     def _open(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        """Open a session with a single-use ``device`` token (a retry of the very same request gets the same,
+        still untouched session back: exactly once)."""
         req = OpenRequest.from_frame(decode_frame(request, self.limits))
-        claims = self._verifier.verify(req.token)
-        session = TrainingSession(secrets.token_hex(16), claims, req.token, req)
-        self.registry.add(session)
+        claims = self._verifier.verify(req.token, roles=(ROLE_DEVICE, ROLE_MIGRATION))  # migration: restart mode
+        digest = hashlib.sha256(request).digest()
+        with self._open_lock:
+            used = self._nonces.get(claims.nonce)
+            if used is not None:
+                return self._reopen(used, digest)
+            if req.token in self._imported:
+                raise EdgeAuthError("this token was already used to import a migrated session")
+            latest = self._rounds.get((claims.run_id, claims.node_id), claims.server_round)
+            if claims.server_round < latest:
+                raise SessionStateError(
+                    f"token is for round {claims.server_round}, node {claims.node_id} already trains in round {latest}"
+                )
+            self.registry.check_room(claims.run_id, claims.node_id)  # refuse before building anything
+            use = self._nonces[claims.nonce] = _NonceUse(claims.expires_at, digest)  # reserved
+        try:
+            session = TrainingSession(
+                secrets.token_hex(16), claims, req.token, req, max_params=self.config.model_params
+            )
+            self.registry.add(session)
+        except BaseException:
+            with self._open_lock:  # nothing was opened: the token may be used again (e.g. after RESOURCE_EXHAUSTED)
+                self._nonces.pop(claims.nonce, None)
+            raise
+        reply = OpenReply(session.session_id, self.edge_id or "", session.input_shape, session.expects_grad)
+        with self._open_lock:
+            use.session_id, use.reply = session.session_id, reply.to_bytes()
+            key = (claims.run_id, claims.node_id)
+            self._rounds[key] = max(self._rounds.get(key, claims.server_round), claims.server_round)
+            self._forget_expired_nonces()
         log(
             INFO,
             "edge server: session %s opened for run %d node %d round %d (%s, k=%d)",
@@ -298,8 +387,28 @@ class EdgeServer:
             req.spec.name,
             req.split_point,
         )
-        reply = OpenReply(session.session_id, self.edge_id or "", session.input_shape, session.expects_grad)
-        return reply.to_bytes()
+        return use.reply
+
+    def _reopen(self, used: _NonceUse, digest: bytes) -> bytes:
+        """A second ``Open`` with a used token: the same reply only for an identical retry of an untouched session."""
+        if used.reply is None:
+            raise EdgeOverloadedError("this token's Open is still in progress")
+        session = None
+        if used.digest == digest and used.session_id is not None:
+            try:
+                session = self.registry.get(used.session_id)
+            except SessionNotFoundError:
+                session = None
+        if session is None or session.attached or session.metrics.micro_batches or session.closed:
+            raise EdgeAuthError("this token was already used to open a session (an Open token is single-use)")
+        log(INFO, "edge server: repeated Open of session %s answered again (client retry)", used.session_id[:8])
+        return used.reply
+
+    def _forget_expired_nonces(self) -> None:
+        now = time.time()
+        if len(self._nonces) > 1024 or len(self._nonces) % 64 == 0:
+            for nonce in [n for n, u in self._nonces.items() if u.expires_at < now - 60]:
+                del self._nonces[nonce]
 
     def _close(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         req = CloseRequest.from_frame(decode_frame(request, self.limits))
@@ -357,10 +466,12 @@ class EdgeServer:
     def _import(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         """Destination side: accept a sealed session state under a migration token issued for this server."""
         req = ImportRequest.from_frame(decode_frame(request, self.limits))
-        claims = self._verifier.verify(req.migration_token)
+        claims = self._verifier.verify(req.migration_token, roles=ROLE_MIGRATION)
         with self._import_lock:
             if req.migration_token in self._imported:
                 raise EdgeAuthError("this migration token was already used (replayed migration)")
+            if claims.nonce in self._nonces:
+                raise EdgeAuthError("this migration token was already used to open a session")
             unseal(req.state, req.migration_token, req.mac, self._secret)
             session = import_session(
                 secrets.token_hex(16),
@@ -370,6 +481,7 @@ class EdgeServer:
                 self.limits,
                 req.expect_model,
                 req.expect_split_point,
+                self.config.model_params,
             )
             self.registry.add(session)
             self._imported[req.migration_token] = session.session_id
@@ -387,7 +499,7 @@ class EdgeServer:
     def _resume(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         """Tell the device which session its migration token owns here."""
         req = ResumeRequest.from_frame(decode_frame(request, self.limits))
-        self._verifier.verify(req.migration_token, check_expiry=False)
+        self._verifier.verify(req.migration_token, check_expiry=False, roles=ROLE_MIGRATION)
         sid = self._imported.get(req.migration_token)
         if sid is None:
             raise SessionNotFoundError("no session was migrated here with this token")
@@ -412,38 +524,84 @@ class EdgeServer:
             session.touch()
         return session
 
-    def _train(self, request_iterator: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+    def _step(self, session: TrainingSession, raw: bytes) -> bytes | None:
+        """One step message of a training stream (in a data worker); ``None`` for the ``end`` frame."""
+        t0 = time.perf_counter()
+        frame = decode_frame(raw, self.limits)
+        if frame.kind == END_KIND:
+            return None
+        req = StepRequest.from_frame(frame)
+        with session.lock:
+            result = session.step(req)
+        result.server_s = time.perf_counter() - t0
+        return result.to_bytes(self.limits)
+
+    async def _train(self, request_iterator: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
         """One session's training stream: a ``step_result`` per ``step``, in order, until the ``end`` frame.
 
-        The session is dropped when the stream terminates without ``end`` (see ``on_done``).
+        An idle stream holds no thread. The session is dropped when the stream terminates without ``end``
+        (disconnect, cancellation, a rejected message, ``stream_idle_s`` without a message, server stop); a stream
+        whose session was reaped or closed ends within about a second.
         """
+        server = self._server
+        assert server is not None
         try:
             session = self._attach(context)
-        except Exception as exc:
-            self._abort(context, exc, "train")
+        except EdgeError as exc:
+            log(WARNING, "edge server: train rejected: %s %s", exc.code.name, exc.detail)
+            await context.abort(exc.code, exc.detail)
             return
-        state: dict[str, Any] = {"clean": False}
-        sid = session.session_id
-
-        def on_done() -> None:
-            session.attached = False
-            if not state["clean"]:
-                self.registry.drop(sid, "training stream broken (disconnect, cancellation or rejected message)")
-
-        context.add_callback(on_done)
+        sid, clean = session.session_id, False
+        idle = self.config.stream_idle
+        code: grpc.StatusCode | None = None
+        detail = ""
+        reader = server.reader(request_iterator)
         try:
-            for raw in request_iterator:
-                t0 = time.perf_counter()
-                frame = decode_frame(raw, self.limits)
-                if frame.kind == END_KIND:
-                    state["clean"] = True
+            while True:
+                try:
+                    raw = await reader.next(min(1.0, idle))
+                except ServerStoppingError:
+                    code, detail = grpc.StatusCode.UNAVAILABLE, "the edge server is stopping"
+                    break
+                except TimeoutError:
+                    if session.closed:
+                        code, detail = grpc.StatusCode.NOT_FOUND, f"session {sid} was closed or expired"
+                        break
+                    if time.monotonic() - session.last_active > idle:
+                        code = grpc.StatusCode.NOT_FOUND
+                        detail = f"session {sid} was closed or expired (its training stream was idle for {idle:g} s)"
+                        break
+                    continue
+                if raw is None:
+                    break  # half-closed without the end frame
+                try:
+                    reply = await server.run_data(self._step, session, raw)
+                except EdgeError as exc:
+                    log(WARNING, "edge server: train (session %s) rejected: %s %s", sid[:8], exc.code.name, exc.detail)
+                    code, detail = exc.code, exc.detail
+                    break
+                except Exception as exc:
+                    log(ERROR, "edge server: train (session %s) failed: %r", sid[:8], exc)
+                    code, detail = grpc.StatusCode.INTERNAL, f"edge server error in train: {type(exc).__name__}: {exc}"
+                    break
+                if reply is None:
+                    clean = True
                     return
-                req = StepRequest.from_frame(frame)
-                with session.lock:
-                    result = session.step(req)
-                result.server_s = time.perf_counter() - t0
-                yield result.to_bytes(self.limits)
-        except grpc.RpcError:
-            return  # the client went away; on_done drops the session
-        except Exception as exc:
-            self._abort(context, exc, f"train (session {sid[:8]})")
+                yield reply
+        finally:
+            reader.cancel()
+            session.attached = False
+            if not clean:
+                self._drop_later(sid, detail or "training stream broken (disconnect, cancellation or rejected message)")
+        if code is not None:
+            await context.abort(code, detail)
+
+    def _drop_later(self, session_id: str, reason: str) -> None:
+        """Drop a session from a worker thread (dropping waits for a step in progress: never on the loop)."""
+        server = self._server
+        try:
+            if server is None:
+                raise RuntimeError("stopped")
+            server.data.pool.submit(self.registry.drop, session_id, reason)
+        except RuntimeError:
+            self.registry.drop(session_id, reason)

@@ -183,6 +183,7 @@ def import_session(
     limits: Limits,
     expect_spec: ModelSpec | None = None,
     expect_split_point: int | None = None,
+    max_params: int | None = None,
 ) -> TrainingSession:
     """Rebuild a :class:`TrainingSession` from an exported state (already unsealed).
 
@@ -198,6 +199,8 @@ def import_session(
         Decoding limits.
     expect_spec, expect_split_point : optional
         The model and split point the device expects; a state that differs is refused.
+    max_params : int, optional
+        Largest model the destination builds (checked before anything is allocated).
 
     Raises
     ------
@@ -217,7 +220,7 @@ def import_session(
     if expect_split_point is not None and st.split_point != expect_split_point:
         raise InvalidMessageError(f"migrated session has split point {st.split_point}, expected {expect_split_point}")
     request = OpenRequest(token, st.spec, st.split_point, st.optimizer, st.tail_state, dp=st.dp)
-    session = TrainingSession(session_id, claims, token, request)
+    session = TrainingSession(session_id, claims, token, request, max_params)
     if session.private is not None and st.dp_rng is not None:
         try:
             session.private.generator.set_state(st.dp_rng)

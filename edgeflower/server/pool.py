@@ -4,16 +4,33 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
-from logging import INFO
+from logging import INFO, WARNING
 from pathlib import Path
 from types import TracebackType
 
 from flwr.common.logger import log
 
-from edgeflower.server.edge import EdgeServer
-from edgeflower.transport.auth import TokenIssuer, load_secret
+from edgeflower.server.edge import EdgeServer, EdgeServerConfig
+from edgeflower.transport.auth import DEFAULT_TTL_S, ROLE_DEVICE, ROLE_MIGRATION, TokenIssuer, load_secret
 
 __all__ = ["EdgePool"]
+
+
+def _edge_id_of(address: str, root_cert: bytes | None = None) -> str | None:
+    """The edge id an external edge server reports (``None`` when it has none or cannot be reached); over TLS when
+    ``root_cert`` (the PEM the nodes trust) is given."""
+    from edgeflower.transport.client import EdgeClient
+    from edgeflower.transport.errors import EdgeError
+
+    try:
+        with EdgeClient(address, root_cert, retries=0) as client:
+            edge_id = client.health(timeout_s=5.0).edge_id or None
+    except EdgeError as exc:
+        log(WARNING, "edgeflower: edge server %s did not report its id (%s): tokens not bound to it", address, exc)
+        return None
+    if edge_id is None:
+        log(WARNING, "edgeflower: edge server %s has no --edge-id: its tokens are not bound to one server", address)
+    return edge_id
 
 
 class EdgePool:
@@ -50,13 +67,13 @@ class EdgePool:
         self.assignment: dict[int, int] = {}
 
     @classmethod
-    def in_process(cls, n: int, host: str = "127.0.0.1") -> EdgePool:
-        """Start ``n`` edge servers in this process with a fresh random secret."""
+    def in_process(cls, n: int, host: str = "127.0.0.1", config: EdgeServerConfig | None = None) -> EdgePool:
+        """Start ``n`` edge servers in this process with a fresh random secret (``config``: their limits)."""
         secret = secrets.token_bytes(32)
         servers = []
         try:
             for i in range(n):
-                server = EdgeServer(host, 0, secret=secret, edge_id=f"edge-{i}")
+                server = EdgeServer(host, 0, secret=secret, edge_id=f"edge-{i}", config=config)
                 server.start()
                 servers.append(server)
         except BaseException:
@@ -67,9 +84,28 @@ class EdgePool:
         return cls([s.address for s in servers], TokenIssuer(secret), [s.edge_id for s in servers], servers)
 
     @classmethod
-    def external(cls, addresses: Sequence[str], secret_file: str | Path) -> EdgePool:
-        """Use running ``edgeflower edge-server`` processes that share the secret in ``secret_file``."""
-        return cls(list(addresses), TokenIssuer(load_secret(secret_file)))
+    def external(
+        cls, addresses: Sequence[str], secret_file: str | Path, root_cert: str | Path | None = None
+    ) -> EdgePool:
+        """Use running ``edgeflower edge-server`` processes that share the secret in ``secret_file``.
+
+        Each server is asked for its edge id (``Health``, over TLS trusting ``root_cert`` when given) so that tokens
+        are bound to it; a server without an id (or not reachable now) gets tokens any server sharing the secret
+        accepts, with a WARNING.
+        """
+        pem = None
+        if root_cert:
+            try:
+                pem = Path(root_cert).read_bytes()
+            except OSError as exc:  # the certificate is read on the nodes; the ServerApp's host may not have it
+                log(
+                    WARNING,
+                    "edgeflower: cannot read edge-root-cert %s here (%s): asking for edge ids in clear",
+                    root_cert,
+                    exc,
+                )
+        ids = [_edge_id_of(a, pem) for a in addresses]
+        return cls(list(addresses), TokenIssuer(load_secret(secret_file)), ids)
 
     def edge_of(self, node_id: int) -> int:
         """The edge server index of ``node_id`` (round-robin in order of first appearance, then sticky)."""
@@ -83,11 +119,18 @@ class EdgePool:
             raise ValueError(f"edge index {edge} out of range 0..{len(self.addresses) - 1}")
         self.assignment[node_id] = edge
 
-    def plan(self, run_id: int, node_id: int, server_round: int, ttl_s: float = 3600.0) -> dict[str, str]:
-        """``edge-address`` and ``edge-token`` entries of a node's training plan for one round."""
+    def plan(self, run_id: int, node_id: int, server_round: int, ttl_s: float = DEFAULT_TTL_S) -> dict[str, str]:
+        """``edge-address`` and ``edge-token`` entries of a node's training plan for one round: a single-use
+        ``device`` token for this run, node and round, bound to the node's edge server, valid ``ttl_s``."""
         edge = self.edge_of(node_id)
-        token = self.issuer.issue(run_id, node_id, server_round, self.edge_ids[edge], ttl_s)
+        token = self.issuer.issue(run_id, node_id, server_round, self.edge_ids[edge], ttl_s, ROLE_DEVICE)
         return {"edge-address": self.addresses[edge], "edge-token": token}
+
+    def migration_token(
+        self, run_id: int, node_id: int, server_round: int, edge: int, ttl_s: float = DEFAULT_TTL_S
+    ) -> str:
+        """A ``migration`` token that lets edge server ``edge`` import (and the node resume) the node's session."""
+        return self.issuer.issue(run_id, node_id, server_round, self.edge_ids[edge], ttl_s, ROLE_MIGRATION)
 
     def stop(self) -> None:
         """Stop the in-process edge servers (external ones are left running)."""

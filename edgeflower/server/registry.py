@@ -10,6 +10,7 @@ from flwr.common.logger import log
 
 from edgeflower.server.session import TrainingSession
 from edgeflower.transport.errors import EdgeOverloadedError, SessionNotFoundError
+from edgeflower.transport.grpc_server import trim_memory
 
 __all__ = ["SessionRegistry"]
 
@@ -23,10 +24,13 @@ class SessionRegistry:
         Most sessions open at once; more are refused with :class:`EdgeOverloadedError`.
     idle_timeout_s : float
         Sessions without activity for this long are dropped by :meth:`reap_idle` (and by the reaper thread).
+    max_per_node : int or None
+        Most sessions one device node (one run's node id) holds at once (``None``: no per-node limit).
     """
 
-    def __init__(self, max_sessions: int = 64, idle_timeout_s: float = 300.0) -> None:
+    def __init__(self, max_sessions: int = 64, idle_timeout_s: float = 300.0, max_per_node: int | None = None) -> None:
         self.max_sessions = max_sessions
+        self.max_per_node = max_per_node
         self.idle_timeout_s = idle_timeout_s
         self._sessions: dict[str, TrainingSession] = {}
         self._lock = threading.Lock()
@@ -48,12 +52,28 @@ class SessionRegistry:
         Raises
         ------
         EdgeOverloadedError
-            If :attr:`max_sessions` sessions are already open.
+            If :attr:`max_sessions` sessions are already open, or the session's node already holds
+            :attr:`max_per_node`.
         """
         with self._lock:
-            if len(self._sessions) >= self.max_sessions:
-                raise EdgeOverloadedError(f"edge server already holds {self.max_sessions} sessions")
+            self._check_room(session.claims.run_id, session.claims.node_id)
             self._sessions[session.session_id] = session
+
+    def _check_room(self, run_id: int, node_id: int) -> None:
+        if len(self._sessions) >= self.max_sessions:
+            raise EdgeOverloadedError(f"edge server already holds {self.max_sessions} sessions")
+        if self.max_per_node is not None:
+            held = sum(1 for s in self._sessions.values() if (s.claims.run_id, s.claims.node_id) == (run_id, node_id))
+            if held >= self.max_per_node:
+                raise EdgeOverloadedError(
+                    f"node {node_id} of run {run_id} already holds {held} sessions on this edge server "
+                    f"(at most {self.max_per_node})"
+                )
+
+    def check_room(self, run_id: int, node_id: int) -> None:
+        """Raise :class:`EdgeOverloadedError` now if :meth:`add` would refuse a session of this node."""
+        with self._lock:
+            self._check_room(run_id, node_id)
 
     def get(self, session_id: str) -> TrainingSession:
         """The session with this id.
@@ -79,6 +99,7 @@ class SessionRegistry:
             return False
         with session.lock:
             session.release()
+        trim_memory()  # the tail and optimizer go back to the OS, not to a growing heap
         log(INFO, "edge server: session %s dropped (%s)", session_id[:8], reason)
         return True
 

@@ -16,19 +16,30 @@ The caller (the edge server) serialises access with :attr:`TrainingSession.lock`
 from __future__ import annotations
 
 import hmac
+import math
 import threading
 import time
+from collections.abc import Mapping
 
 import torch
 
-from edgeflower.clients.local import make_optimizer, micro_batch_loss
+from edgeflower.clients.local import micro_batch_loss
+from edgeflower.clients.proximal import sgd as proximal_sgd
+from edgeflower.models.splittable import ModelSpec
 from edgeflower.models.zoo import build_model
 from edgeflower.privacy.server import PrivateTail
 from edgeflower.transport.auth import TokenClaims
 from edgeflower.transport.errors import EdgeAuthError, InvalidMessageError, SessionNotFoundError, SessionStateError
 from edgeflower.transport.messages import OpenRequest, SessionMetrics, StepRequest, StepResult
 
-__all__ = ["ACTIVATION_DTYPES", "LABEL_DTYPES", "TrainingSession"]
+__all__ = [
+    "ACTIVATION_DTYPES",
+    "LABEL_DTYPES",
+    "TrainingSession",
+    "check_finite",
+    "check_model_size",
+    "state_size",
+]
 
 ACTIVATION_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 """Dtypes accepted for activations (the gradient goes back in the same dtype)."""
@@ -37,10 +48,61 @@ LABEL_DTYPES = (torch.int64, torch.int32, torch.uint8)
 """Dtypes accepted for labels."""
 
 
-def _build_tail(request: OpenRequest) -> tuple[torch.nn.Module, tuple[int, ...]]:
-    """Rebuild the model, cut it and load the tail's weights; return ``(tail, input_shape)``."""
+def state_size(spec: ModelSpec) -> int:
+    """Elements in the state dict of ``spec``'s model, counted on the meta device (nothing is allocated).
+
+    Raises
+    ------
+    InvalidMessageError
+        If the model cannot be built.
+    """
     try:
-        model = build_model(request.spec)
+        with torch.device("meta"):
+            model = build_model(spec, from_peer=True)
+        return sum(t.numel() for t in model.state_dict().values())
+    except (ValueError, TypeError, RuntimeError, KeyError) as exc:
+        raise InvalidMessageError(f"cannot build model {spec.name!r}: {exc}") from exc
+
+
+def check_model_size(spec: ModelSpec, max_params: int | None) -> int:
+    """Refuse a model whose state (parameters and buffers) or one input sample is over ``max_params`` elements,
+    before anything is allocated; return the state's size.
+
+    Raises
+    ------
+    InvalidMessageError
+        If the model is too large or cannot be built.
+    """
+    if max_params is None:
+        return 0
+    sample = math.prod(spec.in_shape)
+    if sample > max_params:
+        raise InvalidMessageError(f"input shape {list(spec.in_shape)} has more than {max_params} elements")
+    n = state_size(spec)
+    if n > max_params:
+        raise InvalidMessageError(
+            f"model {spec.name!r} has {n} parameters and buffers, more than this server's limit of {max_params}"
+        )
+    return n
+
+
+def check_finite(tensors: Mapping[str, torch.Tensor], what: str) -> None:
+    """Raise :class:`InvalidMessageError` if a floating-point tensor holds NaN or Inf."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise InvalidMessageError(f"{what} {name!r} contains NaN or Inf")
+
+
+def _build_tail(request: OpenRequest, max_params: int | None = None) -> tuple[torch.nn.Module, tuple[int, ...]]:
+    """Rebuild the model, cut it and load the tail's weights; return ``(tail, input_shape)``.
+
+    With ``max_params`` the model's size is checked on the meta device first, so an oversized spec allocates
+    nothing.
+    """
+    check_model_size(request.spec, max_params)
+    check_finite(request.tail_state, "tail tensor")
+    try:
+        model = build_model(request.spec, from_peer=True)  # a reference only if this process trusts it
     except (ValueError, TypeError) as exc:
         raise InvalidMessageError(f"cannot build model {request.spec.name!r}: {exc}") from exc
     k = request.split_point
@@ -86,6 +148,8 @@ class TrainingSession:
         That token; every later request must present it.
     request : OpenRequest
         What the device asked for.
+    max_params : int, optional
+        Largest model (parameters and buffers) this server builds; checked before anything is allocated.
 
     Raises
     ------
@@ -93,17 +157,21 @@ class TrainingSession:
         If the model, split point or tail state is invalid.
     """
 
-    def __init__(self, session_id: str, claims: TokenClaims, token: str, request: OpenRequest) -> None:
+    def __init__(
+        self, session_id: str, claims: TokenClaims, token: str, request: OpenRequest, max_params: int | None = None
+    ) -> None:
         self.session_id = session_id
         self.claims = claims
         self._token = token.encode()
         self.spec = request.spec
         self.split_point = request.split_point
         self.micro_batches_hint = request.micro_batches
-        self.tail, self.input_shape = _build_tail(request)
+        self.tail, self.input_shape = _build_tail(request, max_params)
         self.num_classes = request.spec.num_classes
         opt = request.optimizer
-        self.optimizer = make_optimizer(self.tail.parameters(), opt.lr, opt.momentum, opt.weight_decay)
+        self.optimizer = proximal_sgd(  # FedProx: the tail's part of the proximal term (mu = 0: plain SGD)
+            self.tail.parameters(), opt.lr, opt.momentum, opt.weight_decay, opt.proximal_mu
+        )
         self.private: PrivateTail | None = None
         if request.dp is not None:
             try:
@@ -172,6 +240,8 @@ class TrainingSession:
             raise InvalidMessageError(
                 f"labels must be a 1-d integer tensor of length {act.shape[0]}, got {labels.dtype}{list(labels.shape)}"
             )
+        if not bool(torch.isfinite(act).all()):
+            raise InvalidMessageError("activations contain NaN or Inf")
         labels = labels.long()
         if int(labels.min()) < 0 or int(labels.max()) >= self.num_classes:
             raise InvalidMessageError(

@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from logging import INFO, WARNING
 from types import TracebackType
 from typing import Any
@@ -42,9 +43,9 @@ from edgeflower.serving.plan import (
 )
 from edgeflower.serving.protocol import CONTROLLER_SERVICE, check_request_id, expect
 from edgeflower.serving.protocol import field as meta_field
-from edgeflower.serving.rpc import GrpcServer
+from edgeflower.serving.rpc import GrpcServer, ServerOptions, Unary
 from edgeflower.serving.selection import Candidate, Objectives, Selection, select
-from edgeflower.transport.auth import TokenIssuer, TokenVerifier
+from edgeflower.transport.auth import ROLE_CLIENT, ROLE_CONTROLLER, RenewingToken, TokenIssuer, TokenVerifier
 from edgeflower.transport.codec import DEFAULT_MAX_MESSAGE_BYTES, Limits, decode_frame, encode_frame
 from edgeflower.transport.emulation import LinkProfile
 from edgeflower.transport.errors import (
@@ -84,6 +85,15 @@ class ControllerConfig:
         Relayed forwards per node the latency model learns from (the most recent ones).
     latency_trim : float
         Share of those forwards dropped at each end before averaging the node's speed and overhead.
+    token_ttl_s : float
+        Lifetime of the controller's node tokens (renewed when half of it is left).
+    readmit_every : int
+        A dead node is pinged every this many heartbeats; one that answers is re-admitted and the controller
+        re-plans its route.
+    insecure : bool
+        Allow the predict service plaintext on a non-loopback address (with a WARNING).
+    first_message_s : float
+        A call must deliver its request within this long (half-open calls are answered ``DEADLINE_EXCEEDED``).
     """
 
     heartbeat_s: float = 0.2
@@ -96,6 +106,10 @@ class ControllerConfig:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     latency_window: int = 64
     latency_trim: float = 0.25
+    token_ttl_s: float = 300.0
+    readmit_every: int = 5
+    insecure: bool = False
+    first_message_s: float = 5.0
 
 
 @dataclass
@@ -169,10 +183,11 @@ class Controller:
         self._issuer = TokenIssuer(secret)
         self._verifier = TokenVerifier(secret)
         cfg = self.config
+        self.readmissions: list[dict[str, Any]] = []
         self.clients = [
             NodeClient(
                 a,
-                self._issuer.issue(0, i, 0, ttl_s=10 * 365 * 86400),
+                RenewingToken(partial(self._node_token, i), cfg.token_ttl_s),
                 self.links.get(i),
                 cfg.forward_timeout_s,
                 node_root_cert,
@@ -209,14 +224,21 @@ class Controller:
         self._route_s: dict[str, deque[float]] = {}
         self._server = GrpcServer(
             CONTROLLER_SERVICE,
-            {"Predict": self._predict_rpc, "Status": self._status_rpc},
+            {"Predict": Unary(self._predict_rpc), "Status": Unary(self._status_rpc, control=True)},
             "controller",
             host,
             port,
             cfg.workers,
             cfg.max_message_bytes,
             tls,
+            ServerOptions(first_message_s=cfg.first_message_s),
+            cfg.insecure,
+            "client tokens, inputs and predictions",
         )
+
+    def _node_token(self, node: int, ttl_s: float) -> str:
+        """A short-lived controller token for node ``node``."""
+        return self._issuer.issue(0, node, 0, ttl_s=ttl_s, role=ROLE_CONTROLLER)
 
     # -- lifecycle --------------------------------------------------------------------------------------------------
     @property
@@ -415,7 +437,9 @@ class Controller:
 
     def _heartbeats(self) -> None:
         cfg = self.config
+        beat = 0
         while not self._stop.wait(cfg.heartbeat_s):
+            beat += 1
             for node in self.alive():
                 try:
                     self.clients[node].ping(cfg.heartbeat_timeout_s)
@@ -424,6 +448,47 @@ class Controller:
                     self._misses[node] = self._misses.get(node, 0) + 1
                     if self._misses[node] >= cfg.misses:
                         self.fail_over(node, "heartbeat")
+            if beat % max(cfg.readmit_every, 1) == 0:
+                for node in sorted(self.dead):
+                    try:
+                        self.clients[node].ping(cfg.heartbeat_timeout_s)
+                    except EdgeError:
+                        continue
+                    self.readmit(node)
+
+    def readmit(self, node: int) -> Route | None:
+        """Take ``node``, declared dead, back (it answers heartbeats again) and re-plan: with every node alive the
+        bundle's own partition, else a repartition over the live ones, deployed under a new version.
+
+        Returns the new route, or ``None`` if ``node`` was not dead or the re-plan could not be deployed (the node
+        then stays dead and the current route serves on).
+        """
+        with self._failover_lock:
+            if node not in self.dead:
+                return None
+            alive = sorted([*self.alive(), node])
+            if len(alive) == len(self.clients):
+                planned = initial_route(self.bundle.cuts)
+                route = Route(new_version(), planned.stages, "initial", planned.cuts)
+            else:
+                rep = repartition_route(self.bundle.block_s, alive)
+                route = Route(new_version(), rep.stages, rep.technique, rep.cuts)
+            t0 = time.perf_counter()
+            try:
+                for stage in route.stages:
+                    self._deploy(stage.node, route.version, stage.start, stage.stop)
+            except EdgeError as exc:
+                log(WARNING, "controller: node %d answers again but re-planning failed: %s", node, exc)
+                return None
+            self.dead.discard(node)
+            self._misses[node] = 0
+            with self._route_changed:
+                self.route = route
+                self._route_changed.notify_all()
+            seconds = time.perf_counter() - t0
+            self.readmissions.append({"node": node, "route": route.describe(), "seconds": seconds, "at": time.time()})
+            log(INFO, "controller: node %d answers heartbeats again: re-admitted, re-planned in %.3f s", node, seconds)
+            return route
 
     # -- routing ------------------------------------------------------------------------------------------------------
     def _forward(self, route: Route, stage: Stage, request_id: str, h: torch.Tensor) -> torch.Tensor:
@@ -513,7 +578,7 @@ class Controller:
     # -- RPCs -------------------------------------------------------------------------------------------------------
     def _predict_rpc(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         frame = expect(decode_frame(request, self.limits), "predict", ("x",))
-        self._verifier.verify(meta_field(frame, "token", str))
+        self._verifier.verify(meta_field(frame, "token", str), roles=ROLE_CLIENT)
         request_id = check_request_id(meta_field(frame, "request_id", str))
         x = frame.tensors["x"]
         shape = tuple(self.bundle.spec.in_shape)
@@ -522,6 +587,8 @@ class Controller:
                 f"x must be float32 of shape [1..{self.config.max_batch}, {', '.join(map(str, shape))}], "
                 f"got {x.dtype} {list(x.shape)}"
             )
+        if not bool(torch.isfinite(x).all()):
+            raise InvalidMessageError("x contains NaN or Inf")
         return self.handle(request_id, x)
 
     def status(self) -> dict[str, Any]:
@@ -536,9 +603,10 @@ class Controller:
             "pending": self.journal.pending,
             "executed": self.executed,
             "events": [asdict(e) for e in self.events],
+            "readmissions": list(self.readmissions),
         }
 
     def _status_rpc(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         frame = expect(decode_frame(request, self.limits), "status")
-        self._verifier.verify(meta_field(frame, "token", str))
+        self._verifier.verify(meta_field(frame, "token", str), roles=ROLE_CLIENT)
         return encode_frame("status_info", self.status())

@@ -7,11 +7,14 @@ Run it in-process::
 
 or as a process with ``edgeflower infer-node`` (prints ``inference node listening on HOST:PORT``). The controller
 deploys a segment with a ``deploy`` frame (model spec or pruned-variant architecture as JSON, block range, weights
-as codec tensors: nothing is unpickled), then sends ``forward`` frames. Every request's token is verified.
+as codec tensors: nothing is unpickled), then sends ``forward`` frames. Every request's token is verified and must
+be a controller's (role ``controller``); a deployment's model size is checked before anything is built; non-finite
+weights and inputs are refused.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -26,14 +29,14 @@ from edgeflower.models.splittable import ModelSpec, Segment
 from edgeflower.models.zoo import build_model
 from edgeflower.serving.exits import ExitHead
 from edgeflower.serving.protocol import NODE_SERVICE, check_request_id, expect, field
-from edgeflower.serving.rpc import GrpcServer
-from edgeflower.transport.auth import TokenVerifier
+from edgeflower.serving.rpc import GrpcServer, ServerOptions, Unary
+from edgeflower.transport.auth import ROLE_CONTROLLER, TokenVerifier
 from edgeflower.transport.codec import DEFAULT_MAX_MESSAGE_BYTES, Limits, decode_frame, encode_frame
 from edgeflower.transport.emulation import DeviceProfile
 from edgeflower.transport.errors import InvalidMessageError, SessionStateError
 from edgeflower.transport.tls import TLSConfig
 
-__all__ = ["Deployment", "InferenceNode", "build_segment"]
+__all__ = ["Deployment", "InferenceNode", "build_segment", "check_deploy_size"]
 
 
 @dataclass
@@ -47,6 +50,37 @@ class Deployment:
     exit_head: ExitHead | None
 
 
+def _build_full(spec: ModelSpec, arch: dict | None) -> torch.nn.Module:
+    if arch is not None:
+        from edgeflower.pruning.arch import build_from_arch
+
+        return build_from_arch(arch, from_peer=True)
+    return build_model(spec, from_peer=True)  # a model reference only if this process trusts it
+
+
+def check_deploy_size(spec: ModelSpec, arch: dict | None, max_params: int | None) -> int:
+    """Count the described model's state on the meta device (nothing allocated); refuse it over ``max_params``.
+
+    Raises
+    ------
+    InvalidMessageError
+        If the model is over the limit or cannot be described.
+    """
+    if max_params is None:
+        return 0
+    try:
+        with torch.device("meta"):
+            full = _build_full(spec, arch)
+        n = sum(t.numel() for t in full.state_dict().values())
+    except (ValueError, RuntimeError, KeyError, TypeError, RecursionError) as exc:
+        raise InvalidMessageError(f"cannot build model {spec.name!r}: {exc}") from exc
+    if n > max_params:
+        raise InvalidMessageError(
+            f"model {spec.name!r} has {n} parameters and buffers, more than this node's limit of {max_params}"
+        )
+    return n
+
+
 def build_segment(spec: ModelSpec, arch: dict | None, start: int, stop: int, state: dict[str, torch.Tensor]) -> Segment:
     """Blocks ``[start, stop)`` of the described model with ``state`` loaded strictly (eval mode).
 
@@ -56,12 +90,7 @@ def build_segment(spec: ModelSpec, arch: dict | None, start: int, stop: int, sta
         If the range is invalid or the weights do not fit.
     """
     try:
-        if arch is not None:
-            from edgeflower.pruning.arch import build_from_arch
-
-            full = build_from_arch(arch)
-        else:
-            full = build_model(spec)
+        full = _build_full(spec, arch)
         segment = full.segment(start, stop)
         segment.load_state_dict(state, strict=True)
     except (ValueError, RuntimeError, KeyError, TypeError) as exc:
@@ -85,9 +114,21 @@ class InferenceNode:
     max_message_bytes : int
         Largest message.
     workers : int
-        gRPC worker threads.
+        Worker threads of the data lane (deploys, forwards); heartbeats have their own.
     slowdown : float
         Emulated compute slow-down (a slower machine, or CPU load); :attr:`device` can be changed at run time.
+    max_model_params : int, optional
+        Largest model (parameters and buffers) a ``Deploy`` may describe, checked on the meta device before
+        anything is built; default: what fits in one message (``max_message_bytes // 4``).
+    max_deploy_bytes : int, optional
+        Largest ``Deploy`` message; default ``4 * max_model_params`` plus 1 MiB (at most ``max_message_bytes``).
+    insecure : bool
+        Allow plaintext on a non-loopback address (with a WARNING); without it such an address needs ``tls``.
+    options : ServerOptions, optional
+        Deadlines (first message) and lanes.
+
+    Only the controller's tokens (role ``controller``) are accepted, on every method: a serving client's token
+    can neither deploy nor forward.
     """
 
     def __init__(
@@ -101,6 +142,10 @@ class InferenceNode:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         workers: int = 8,
         slowdown: float = 1.0,
+        max_model_params: int | None = None,
+        max_deploy_bytes: int | None = None,
+        insecure: bool = False,
+        options: ServerOptions | None = None,
     ) -> None:
         self.node_id = node_id
         self.device = DeviceProfile(slowdown)
@@ -109,15 +154,24 @@ class InferenceNode:
         self._lock = threading.Lock()
         self.deployment: Deployment | None = None
         self.forwards = 0
+        self.max_model_params = max_model_params or max_message_bytes // 4
+        deploy_bytes = min(max_deploy_bytes or 4 * self.max_model_params + (1 << 20), max_message_bytes)
         self._server = GrpcServer(
             NODE_SERVICE,
-            {"Deploy": self._deploy, "Forward": self._forward, "Ping": self._ping},
+            {
+                "Deploy": Unary(self._deploy, max_request_bytes=deploy_bytes),
+                "Forward": Unary(self._forward),
+                "Ping": Unary(self._ping, control=True),
+            },
             f"inference node {node_id or ''}".strip(),
             host,
             port,
             workers,
             max_message_bytes,
             tls,
+            options,
+            insecure,
+            "controller tokens, model weights, inputs and activations",
         )
 
     @property
@@ -150,17 +204,26 @@ class InferenceNode:
     def _deploy(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         t0 = time.perf_counter()
         frame = expect(decode_frame(request, self.limits), "deploy")
-        self._verifier.verify(field(frame, "token", str))
+        self._verifier.verify(field(frame, "token", str), roles=ROLE_CONTROLLER)
         version = field(frame, "version", str)
         start, stop = field(frame, "start", int), field(frame, "stop", int)
-        spec = ModelSpec.from_dict(field(frame, "model", dict))
+        try:
+            spec = ModelSpec.from_dict(field(frame, "model", dict))
+        except (ValueError, TypeError) as exc:
+            raise InvalidMessageError(f"invalid model spec: {exc}") from exc
         arch = field(frame, "arch", (dict, type(None)), None)
         exit_shape = field(frame, "exit_in_shape", (list, type(None)), None)
+        check_deploy_size(spec, arch, self.max_model_params)
+        for name, tensor in frame.tensors.items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise InvalidMessageError(f"deployed tensor {name!r} contains NaN or Inf")
         state = {k: v for k, v in frame.tensors.items() if not k.startswith("exit.")}
         segment = build_segment(spec, arch, start, stop, state)
         head = None
         if exit_shape is not None:
-            if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in exit_shape):
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in exit_shape) or (
+                len(exit_shape) > 8 or math.prod(exit_shape) > self.max_model_params
+            ):
                 raise InvalidMessageError(f"invalid exit_in_shape {exit_shape!r:.80}")
             try:
                 head = ExitHead(exit_shape, spec.num_classes)
@@ -176,7 +239,7 @@ class InferenceNode:
 
     def _forward(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         frame = expect(decode_frame(request, self.limits), "forward", ("x",))
-        self._verifier.verify(field(frame, "token", str))
+        self._verifier.verify(field(frame, "token", str), roles=ROLE_CONTROLLER)
         version = field(frame, "version", str)
         check_request_id(field(frame, "request_id", str))
         use_exit = field(frame, "exit", bool, False)
@@ -189,6 +252,8 @@ class InferenceNode:
         x = frame.tensors["x"]
         if not x.is_floating_point() or x.dim() < 2:
             raise InvalidMessageError(f"x must be a floating-point batch, got {x.dtype} {list(x.shape)}")
+        if not bool(torch.isfinite(x).all()):
+            raise InvalidMessageError("x contains NaN or Inf")
         t0 = time.perf_counter()
         try:
             with torch.inference_mode():
@@ -203,7 +268,7 @@ class InferenceNode:
 
     def _ping(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         frame = expect(decode_frame(request, self.limits), "ping")
-        self._verifier.verify(field(frame, "token", str))
+        self._verifier.verify(field(frame, "token", str), roles=ROLE_CONTROLLER)
         dep = self.deployment
         meta = {"node_id": self.node_id or "", "version": dep.version if dep else None, "deployed": dep is not None}
         return encode_frame("pong", meta)

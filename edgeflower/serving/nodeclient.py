@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -31,8 +31,9 @@ class NodeClient:
     ----------
     address : str
         ``host:port`` of the node.
-    token : str
-        Token presented on every call.
+    token : str or callable
+        Token presented on every call (role ``controller``), or a function returning the current one (e.g. a
+        :class:`~edgeflower.transport.auth.RenewingToken`, so that short-lived tokens are renewed).
     link : LinkProfile, optional
         Emulated link between the controller and the node (applied to every forward and deploy).
     timeout_s : float
@@ -44,18 +45,24 @@ class NodeClient:
     def __init__(
         self,
         address: str,
-        token: str,
+        token: str | Callable[[], str],
         link: LinkProfile | None = None,
         timeout_s: float = 10.0,
         root_cert: bytes | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
-        self.address, self.token, self.timeout_s = address, token, timeout_s
+        self.address, self.timeout_s = address, timeout_s
+        self._token: Callable[[], str] = token if callable(token) else (lambda: token)
         self.link = EmulatedLink(link)
         self.limits = Limits(max_message_bytes=max_message_bytes)
         self._channel = open_channel(address, max_message_bytes, root_cert)
         self.last_up_s = 0.0
         self.last_compute_s = 0.0
+
+    @property
+    def token(self) -> str:
+        """The token the next call presents."""
+        return self._token()
 
     def close(self) -> None:
         """Close the channel."""

@@ -1,42 +1,27 @@
-"""gRPC plumbing shared by inference nodes and the controller: generic handlers over raw codec frames.
+"""gRPC plumbing shared by inference nodes and the controller: unary methods over raw codec frames.
 
-Both servers follow :class:`edgeflower.server.edge.EdgeServer`: one thread pool, identity (de)serialisers, every
-failure aborts the RPC with the :class:`~edgeflower.transport.errors.EdgeError` status code of the exception, and
-:func:`call` turns a failed call back into the same exception class on the client side.
+Both servers follow :class:`edgeflower.server.edge.EdgeServer` (see :mod:`edgeflower.transport.grpc_server`): an
+asyncio gRPC server whose half-open calls hold no thread and time out, a data lane and a separate control lane
+(heartbeats, status) of worker threads, per-method request size limits, every failure aborting the RPC with the
+:class:`~edgeflower.transport.errors.EdgeError` status code of the exception; :func:`call` turns a failed call back
+into the same exception class on the client side.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from logging import ERROR, WARNING
 
 import grpc
-from flwr.common.logger import log
 
 from edgeflower.transport.codec import Frame, Limits, decode_frame
-from edgeflower.transport.errors import EdgeError, from_rpc_error
-from edgeflower.transport.grpc_server import RunningServer, open_channel, start_server
+from edgeflower.transport.errors import from_rpc_error
+from edgeflower.transport.grpc_server import RunningServer, ServerOptions, Unary, open_channel, start_server
 from edgeflower.transport.service import identity
 from edgeflower.transport.tls import TLSConfig
 
-__all__ = ["GrpcServer", "Handler", "call", "open_channel"]
+__all__ = ["GrpcServer", "Handler", "ServerOptions", "Unary", "call", "open_channel"]
 
 Handler = Callable[[bytes, grpc.ServicerContext], bytes]
-
-
-def _guard(name: str, fn: Handler, who: str) -> Handler:
-    def handler(request: bytes, context: grpc.ServicerContext) -> bytes:
-        try:
-            return fn(request, context)
-        except EdgeError as exc:
-            log(WARNING, "%s: %s rejected: %s %s", who, name, exc.code.name, exc.detail)
-            context.abort(exc.code, exc.detail)
-        except Exception as exc:
-            log(ERROR, "%s: %s failed: %r", who, name, exc)
-            context.abort(grpc.StatusCode.INTERNAL, f"{who} error in {name}: {type(exc).__name__}: {exc}")
-        raise AssertionError("unreachable")  # pragma: no cover - abort raises
-
-    return handler
 
 
 class GrpcServer:
@@ -46,47 +31,74 @@ class GrpcServer:
     ----------
     service : str
         Fully qualified service name.
-    methods : mapping of str to Handler
-        Method name -> ``handler(request_bytes, context) -> reply_bytes``.
+    methods : mapping of str to Unary or Handler
+        Method name -> :class:`Unary` (lane, size limit) or a bare ``handler(request_bytes, context) -> bytes``
+        (data lane, gRPC's size limit).
     who : str
         Name used in logs and error details.
     host, port : str, int
         Address to bind (port 0 picks a free one).
     workers : int
-        Worker threads (also the limit of concurrent RPCs).
+        Worker threads of the data lane.
     max_message_bytes : int
         gRPC's message limit.
     tls : TLSConfig, optional
         Serve over TLS.
+    options : ServerOptions, optional
+        Deadlines and lanes (``workers`` overrides its ``data_workers``).
+    insecure : bool
+        Allow plaintext on a non-loopback address (with a WARNING).
+    in_clear : str
+        What travels in clear without TLS (for that warning and the refusal).
     """
 
     def __init__(
         self,
         service: str,
-        methods: Mapping[str, Handler],
+        methods: Mapping[str, Unary | Handler],
         who: str,
         host: str,
         port: int,
         workers: int,
         max_message_bytes: int,
         tls: TLSConfig | None = None,
+        options: ServerOptions | None = None,
+        insecure: bool = False,
+        in_clear: str = "tokens and tensors",
     ) -> None:
-        self.service, self.methods, self.who = service, dict(methods), who
+        self.service, self.who = service, who
+        self.methods = {name: m if isinstance(m, Unary) else Unary(m) for name, m in methods.items()}
         self.host, self.port, self.workers, self.tls = host, port, workers, tls
         self.max_message_bytes = max_message_bytes
+        base = options or ServerOptions()
+        self.options = ServerOptions(
+            workers, base.control_workers, base.first_message_s, base.admission_wait_s, base.max_concurrent_rpcs
+        )
+        self.insecure, self.in_clear = insecure, in_clear
         self._server: RunningServer | None = None
         self.address = ""
 
     def start(self) -> str:
-        """Bind and serve; return ``host:port``. Raises ``OSError`` when the address cannot be bound."""
-        kw = {"request_deserializer": identity, "response_serializer": identity}
-        handlers = {
-            name: grpc.unary_unary_rpc_method_handler(_guard(name, fn, self.who), **kw)  # type: ignore[arg-type]
-            for name, fn in self.methods.items()
-        }
-        generic = grpc.method_handlers_generic_handler(self.service, handlers)
+        """Bind and serve; return ``host:port``.
+
+        Raises
+        ------
+        OSError
+            When the address cannot be bound.
+        ValueError
+            For plaintext on a non-loopback address without ``insecure``.
+        """
         running = start_server(
-            [generic], self.host, self.port, self.workers, self.max_message_bytes, self.tls, self.who
+            self.service,
+            self.methods,
+            self.host,
+            self.port,
+            self.max_message_bytes,
+            self.tls,
+            self.who,
+            self.options,
+            self.insecure,
+            self.in_clear,
         )
         self._server, self.port, self.address = running, running.port, running.address
         return self.address
@@ -95,6 +107,11 @@ class GrpcServer:
     def running(self) -> bool:
         """Whether the server is serving."""
         return self._server is not None
+
+    @property
+    def refused(self) -> dict[str, int]:
+        """Calls refused so far: ``first_message`` (half-open), ``busy`` (no free worker), ``too_large``."""
+        return dict(self._server.refused) if self._server is not None else {}
 
     def stop(self, grace_s: float = 1.0) -> None:
         """Stop serving and join the worker threads. Idempotent."""

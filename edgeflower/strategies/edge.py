@@ -11,13 +11,19 @@ wrapper, ...). It delegates sampling and aggregation to the inner strategy and o
   is then reproducible to the bit whatever order its nodes finish in.
 
 Because replies always carry the full model, whatever the inner strategy aggregates is a complete model.
+
+Failures are loud: every round ends with a summary on the ServerApp's log (nodes that fell back to local
+training, by edge server and cause, as a WARNING; nodes that failed, with their first messages, as an ERROR), and
+:class:`RunFailedError` ends the run (Flower marks it failed) when a round gets no result or when more than
+``max_failed_fraction`` of its nodes fail.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
-from logging import INFO
+from dataclasses import dataclass, field
+from logging import ERROR, INFO, WARNING
 from typing import Any, Protocol
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -27,7 +33,92 @@ from flwr.serverapp.strategy import Strategy
 
 from edgeflower.strategies.wrapper import StrategyWrapper
 
-__all__ = ["NODE_RECORD", "EdgeStrategy", "PlanFn", "RoundRecorder", "in_node_order"]
+__all__ = [
+    "NODE_RECORD",
+    "EdgeStrategy",
+    "PlanFn",
+    "RoundOutcome",
+    "RoundRecorder",
+    "RunFailedError",
+    "failure_reason",
+    "in_node_order",
+]
+
+FAILURES_SHOWN = 3
+"""How many failed nodes' messages a round's summary (and the run's error) quotes."""
+
+
+class RunFailedError(RuntimeError):
+    """A round got no result, or more than ``max-failed-fraction`` of its nodes failed: the run fails."""
+
+
+def failure_reason(msg: Message) -> str:
+    """The readable reason of a failed reply: the ClientApp's exception message without Flower's wrapping."""
+    reason = str(msg.error.reason or f"error code {msg.error.code}")
+    marker = "occurred. Message: "  # Flower's ClientAppException in simulation
+    if marker in reason:
+        reason = reason.rsplit(marker, 1)[1]
+    reason = reason.strip()
+    if reason.endswith("'>"):
+        reason = reason[:-2]
+    return reason.strip() or f"error code {msg.error.code}"
+
+
+@dataclass
+class RoundOutcome:
+    """What became of one training round's nodes.
+
+    Attributes
+    ----------
+    server_round : int
+        The round.
+    expected : int
+        Nodes sent a training message.
+    failures : list of (int, str)
+        ``(node id, message)`` of each node whose reply failed (or never came).
+    fell_back : list of (int, str, str)
+        ``(node id, edge address, cause)`` of each node that fell back to local training.
+    """
+
+    server_round: int
+    expected: int
+    failures: list[tuple[int, str]] = field(default_factory=list)
+    fell_back: list[tuple[int, str, str]] = field(default_factory=list)
+
+    @property
+    def succeeded(self) -> int:
+        """Nodes whose reply can be aggregated."""
+        return self.expected - len(self.failures)
+
+    def fallback_summary(self) -> str:
+        """``fell-back 2 of 4 nodes: edge 127.0.0.1:50001 unreachable`` (empty when none fell back)."""
+        if not self.fell_back:
+            return ""
+        groups: dict[tuple[str, str], int] = {}
+        for _, edge, cause in self.fell_back:
+            groups[(edge, cause)] = groups.get((edge, cause), 0) + 1
+        parts = [f"edge {edge} {cause}" + (f" ({n} nodes)" if n > 1 else "") for (edge, cause), n in groups.items()]
+        return f"fell-back {len(self.fell_back)} of {self.expected} nodes: {'; '.join(parts)}"
+
+    def failure_summary(self) -> str:
+        """``2 of 4 nodes failed: node 17: <message>; ...`` (the first :data:`FAILURES_SHOWN` messages)."""
+        if not self.failures:
+            return ""
+        shown = "; ".join(f"node {node}: {reason}" for node, reason in self.failures[:FAILURES_SHOWN])
+        more = f" (and {len(self.failures) - FAILURES_SHOWN} more)" if len(self.failures) > FAILURES_SHOWN else ""
+        return f"{len(self.failures)} of {self.expected} nodes failed: {shown}{more}"
+
+    def check(self, max_failed_fraction: float) -> None:
+        """Raise :class:`RunFailedError` when no node succeeded or more than ``max_failed_fraction`` failed."""
+        if self.succeeded <= 0:
+            what = self.failure_summary() or "no node was sampled"
+            raise RunFailedError(f"round {self.server_round} got no result: {what}")
+        if len(self.failures) > max_failed_fraction * self.expected:
+            raise RunFailedError(
+                f"round {self.server_round}: {self.failure_summary()} "
+                f"(more than max-failed-fraction = {max_failed_fraction:g} of the nodes)"
+            )
+
 
 NODE_RECORD = "node"
 """Config record of a reply that identifies its node across runs (``partition-id``); used to order replies."""
@@ -58,6 +149,9 @@ class EdgeStrategy(StrategyWrapper):
         Called after every aggregated training round (e.g. a run log and a planner that learns from replies).
     configrecord_key : str
         Key of the config record in training messages (Flower's default ``"config"``).
+    max_failed_fraction : float
+        The run fails (:class:`RunFailedError`) when more than this share of a round's nodes fail; it always fails
+        when a round gets no result.
     """
 
     def __init__(
@@ -66,8 +160,13 @@ class EdgeStrategy(StrategyWrapper):
         plan_fn: PlanFn | None = None,
         recorder: RoundRecorder | Sequence[RoundRecorder] | None = None,
         configrecord_key: str = "config",
+        max_failed_fraction: float = 0.5,
     ) -> None:
         super().__init__(inner)
+        if not 0 <= max_failed_fraction < 1:
+            raise ValueError(f"max_failed_fraction must be in [0, 1), got {max_failed_fraction}")
+        self.max_failed_fraction = max_failed_fraction
+        self._sent: dict[int, int] = {}
         self.plan_fn = plan_fn
         if recorder is None:
             self.recorders: list[RoundRecorder] = []
@@ -90,6 +189,7 @@ class EdgeStrategy(StrategyWrapper):
         """Let the inner strategy sample nodes, then give each message its node's plan."""
         self._round_start[server_round] = time.perf_counter()
         messages = list(self.inner.configure_train(server_round, arrays, config, grid))
+        self._sent[server_round] = len(messages)
         self.last_plans = {}
         if self.plan_fn is None:
             return messages
@@ -126,12 +226,36 @@ class EdgeStrategy(StrategyWrapper):
             for key, record in msg.content.config_records.items():
                 if key != self.configrecord_key:
                     node.update(dict(record.items()))
+        outcome = self.round_outcome(server_round, replies, per_node)
+        for recorder in self.recorders:
+            if hasattr(recorder, "on_round_outcome"):
+                recorder.on_round_outcome(outcome)
+        outcome.check(self.max_failed_fraction)
         _complete_metric_keys(replies)
         arrays, metrics = self.inner.aggregate_train(server_round, replies)
         log(INFO, "round %d: %d replies in %.2f s", server_round, len(per_node), seconds)
         for recorder in self.recorders:
             recorder.on_train_round(server_round, seconds, per_node, dict(metrics.items()) if metrics else {})
         return arrays, metrics
+
+    def round_outcome(
+        self, server_round: int, replies: list[Message], per_node: dict[int, dict[str, Any]]
+    ) -> RoundOutcome:
+        """Count the round's failed nodes and fallbacks and log the round's summary (WARNING / ERROR)."""
+        expected = max(self._sent.pop(server_round, len(replies)), len(replies))
+        failures = [(msg.metadata.src_node_id, failure_reason(msg)) for msg in replies if msg.has_error()]
+        failures += [(-1, "no reply before the round's timeout")] * (expected - len(replies))
+        fell_back = [
+            (node, str(m.get("edge-address", "?")), str(m.get("fallback-cause") or "failed"))
+            for node, m in per_node.items()
+            if m.get("fell-back")
+        ]
+        outcome = RoundOutcome(server_round, expected, failures, fell_back)
+        if fell_back:
+            log(WARNING, "round %d: %s", server_round, outcome.fallback_summary())
+        if failures:
+            log(ERROR, "round %d: %s", server_round, outcome.failure_summary())
+        return outcome
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Aggregate with the inner strategy, in node order."""

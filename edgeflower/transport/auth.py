@@ -1,15 +1,35 @@
-"""Session tokens: the ServerApp issues them, edge servers verify them.
+"""Role-scoped, short-lived tokens: an issuer (ServerApp, controller) signs them, the services verify them.
 
 A token is ``<payload>.<signature>``, both base64url without padding:
 
 * payload: canonical JSON (sorted keys, no spaces) of
-  ``{"v": 1, "run": int, "node": int, "round": int, "edge": str | null, "exp": float (unix time), "nonce": str}``;
-* signature: ``HMAC-SHA256(secret, b"edgeflower-session-v1." + payload_b64)``.
+  ``{"v": 2, "role": str, "run": int, "node": int, "round": int, "edge": str | null, "iat": float,
+  "exp": float (unix time), "nonce": str}``;
+* signature: ``HMAC-SHA256(secret, b"edgeflower-token-v2." + payload_b64)``.
 
-The secret is shared by the ServerApp and the edge servers (at least 16 bytes). Verification recomputes the MAC over
-the received payload bytes and compares in constant time (:func:`hmac.compare_digest`) before parsing anything, then
-checks the expiry and, when the token names an edge server, that it is this one. An edge server binds each session
-to the token that opened it, so only the holder of that token (one node, one run, one round) can drive or close it.
+Roles (:data:`ROLES`) say who holds the token and so which RPCs it may call:
+
+==============  ==========================================  ========================================================
+role            held by                                     accepted by
+==============  ==========================================  ========================================================
+``device``      a device node, for one round                edge server ``Open`` (then ``Train``/``Close`` of the
+                                                            session it opened)
+``migration``   a device, for one destination edge server   edge server ``Import`` (from the source edge server,
+                                                            a migration peer) and ``Resume``
+``controller``  the serving controller                      inference node ``Deploy``/``Forward``/``Ping``
+``node``        an inference node                           (reserved: a node's identity towards the controller)
+``client``      a serving client                            controller ``Predict``/``Status``
+==============  ==========================================  ========================================================
+
+Tokens are bound to a run, a node and a round, and optionally to one service (``edge``: the edge server's or the
+inference node's id). They live minutes (:data:`DEFAULT_TTL_S`); whoever holds the secret re-issues them. A verifier
+refuses a token whose lifetime (``exp - iat``) exceeds its ``max_lifetime_s`` whatever the issuer signed, so a
+leaked secret-holder's mistake (the controller's 10-year node tokens of old) cannot make a long-lived bearer token.
+The ``nonce`` makes every token unique; edge servers use it to accept an ``Open`` token once.
+
+The secret is shared by the issuer and the verifiers (at least 16 bytes). Verification recomputes the MAC over the
+received payload bytes and compares in constant time (:func:`hmac.compare_digest`) before parsing anything, then
+checks the version, the role, the expiry, the lifetime and, when the token names a service, that it is this one.
 """
 
 from __future__ import annotations
@@ -22,17 +42,48 @@ import json
 import os
 import secrets
 import time
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgeflower.transport.errors import EdgeAuthError
 
-__all__ = ["MIN_SECRET_BYTES", "TokenClaims", "TokenIssuer", "TokenVerifier", "load_secret"]
+__all__ = [
+    "DEFAULT_TTL_S",
+    "MAX_LIFETIME_S",
+    "MIN_SECRET_BYTES",
+    "ROLES",
+    "ROLE_CLIENT",
+    "ROLE_CONTROLLER",
+    "ROLE_DEVICE",
+    "ROLE_MIGRATION",
+    "ROLE_NODE",
+    "RenewingToken",
+    "TokenClaims",
+    "TokenIssuer",
+    "TokenVerifier",
+    "load_secret",
+]
 
 MIN_SECRET_BYTES = 16
 """Shortest accepted shared secret."""
 
-_CONTEXT = b"edgeflower-session-v1."
+ROLE_DEVICE = "device"
+ROLE_MIGRATION = "migration"
+ROLE_CONTROLLER = "controller"
+ROLE_NODE = "node"
+ROLE_CLIENT = "client"
+ROLES = frozenset({ROLE_DEVICE, ROLE_MIGRATION, ROLE_CONTROLLER, ROLE_NODE, ROLE_CLIENT})
+"""Every role a token can name."""
+
+DEFAULT_TTL_S = 600.0
+"""Default token lifetime (10 minutes)."""
+
+MAX_LIFETIME_S = 3600.0
+"""Default longest lifetime a verifier accepts (``exp - iat``)."""
+
+_VERSION = 2
+_CONTEXT = b"edgeflower-token-v2."
 _MAX_TOKEN_CHARS = 4096
 
 
@@ -72,15 +123,21 @@ class TokenClaims:
     Attributes
     ----------
     run_id : int
-        Flower run.
+        Flower run (0 for serving).
     node_id : int
-        The device node the session belongs to.
+        The device node (or serving client, or inference node index) the token belongs to.
     server_round : int
-        The round the session belongs to.
+        The round the token belongs to.
     edge_id : str or None
-        The edge server the token is for (``None``: any edge server sharing the secret).
+        The service (edge server or inference node id) the token is for (``None``: any sharing the secret).
     expires_at : float
-        Unix time after which the token can no longer open a session.
+        Unix time after which the token is refused.
+    role : str
+        One of :data:`ROLES`.
+    nonce : str
+        Random, unique per token.
+    issued_at : float
+        Unix time the token was issued.
     """
 
     run_id: int
@@ -88,6 +145,9 @@ class TokenClaims:
     server_round: int
     edge_id: str | None
     expires_at: float
+    role: str = ROLE_DEVICE
+    nonce: str = ""
+    issued_at: float = 0.0
 
     @property
     def owner(self) -> tuple[int, int, int]:
@@ -96,7 +156,7 @@ class TokenClaims:
 
 
 class TokenIssuer:
-    """Issues session tokens (used by the ServerApp).
+    """Issues tokens (the ServerApp for devices and migrations, the controller for its nodes).
 
     Parameters
     ----------
@@ -113,80 +173,151 @@ class TokenIssuer:
         node_id: int,
         server_round: int,
         edge_id: str | None = None,
-        ttl_s: float = 3600.0,
+        ttl_s: float = DEFAULT_TTL_S,
+        role: str = ROLE_DEVICE,
     ) -> str:
-        """Return a token for one node's session in one round.
+        """Return a token.
 
         Parameters
         ----------
         run_id, node_id, server_round : int
-            The session's owner.
+            What the token is bound to.
         edge_id : str, optional
-            Restrict the token to the edge server with this id.
+            Restrict the token to the service (edge server, inference node) with this id.
         ttl_s : float
-            Seconds during which the token can open a session.
+            Seconds the token is valid (minutes: re-issue rather than issue long-lived tokens).
+        role : str
+            One of :data:`ROLES` (default ``device``).
+
+        Raises
+        ------
+        ValueError
+            For an unknown role.
         """
+        if role not in ROLES:
+            raise ValueError(f"unknown token role {role!r}, expected one of {sorted(ROLES)}")
+        now = time.time()
         payload = {
-            "v": 1,
+            "v": _VERSION,
+            "role": role,
             "run": int(run_id),
             "node": int(node_id),
             "round": int(server_round),
             "edge": edge_id,
-            "exp": time.time() + float(ttl_s),
-            "nonce": secrets.token_hex(8),
+            "iat": now,
+            "exp": now + float(ttl_s),
+            "nonce": secrets.token_hex(12),
         }
         body = _b64encode(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode())
         mac = hmac.new(self._key, _CONTEXT + body.encode("ascii"), hashlib.sha256).digest()
         return f"{body}.{_b64encode(mac)}"
 
 
+class RenewingToken:
+    """A token that re-issues itself before it expires (call the object to get a currently valid token).
+
+    Parameters
+    ----------
+    issue : callable
+        ``issue(ttl_s) -> token``.
+    ttl_s : float
+        Lifetime of each token; a new one is issued once less than half of it is left.
+    clock : callable
+        Unix time (injectable for tests).
+    """
+
+    def __init__(
+        self, issue: Callable[[float], str], ttl_s: float = 300.0, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._issue, self.ttl_s, self._clock = issue, float(ttl_s), clock
+        self._token = ""
+        self._renew_at = -float("inf")
+        self.issued = 0
+
+    def __call__(self) -> str:
+        now = self._clock()
+        if now >= self._renew_at:
+            self._token = self._issue(self.ttl_s)
+            self._renew_at = now + self.ttl_s / 2
+            self.issued += 1
+        return self._token
+
+
 class TokenVerifier:
-    """Verifies session tokens (used by edge servers).
+    """Verifies tokens (edge servers, inference nodes, the controller).
 
     Parameters
     ----------
     secret : bytes or str
         The secret shared with the :class:`TokenIssuer`.
     edge_id : str, optional
-        This edge server's id; tokens naming another edge server (or any edge server, when this one has no id)
-        are rejected. Tokens naming no edge server are accepted by every edge server sharing the secret.
+        This service's id; tokens naming another id (or any id, when this one has none) are refused. Tokens naming
+        no id are accepted by every service sharing the secret.
+    max_lifetime_s : float
+        Tokens whose lifetime (``exp - iat``) is longer are refused.
     """
 
-    def __init__(self, secret: bytes | str, edge_id: str | None = None) -> None:
+    def __init__(self, secret: bytes | str, edge_id: str | None = None, max_lifetime_s: float = MAX_LIFETIME_S) -> None:
         self._key = as_secret(secret)
         self.edge_id = edge_id
+        self.max_lifetime_s = float(max_lifetime_s)
 
-    def verify(self, token: str, check_expiry: bool = True) -> TokenClaims:
+    def verify(self, token: str, check_expiry: bool = True, roles: Collection[str] | str | None = None) -> TokenClaims:
         """Return the token's claims.
+
+        Parameters
+        ----------
+        token : str
+            The token.
+        check_expiry : bool
+            Refuse expired tokens.
+        roles : str or collection of str, optional
+            The roles allowed here (``None``: any role; every RPC names the roles it needs).
 
         Raises
         ------
         EdgeAuthError
-            If the token is malformed, forged, expired (when ``check_expiry``) or for another edge server.
+            If the token is malformed, forged, expired (when ``check_expiry``), too long-lived, of a role not
+            allowed here, or for another service.
         """
         if not isinstance(token, str) or not token or len(token) > _MAX_TOKEN_CHARS or token.count(".") != 1:
-            raise EdgeAuthError("malformed session token")
+            raise EdgeAuthError("malformed token")
         body, sig = token.split(".")
         try:
             given = _b64decode(sig)
         except (binascii.Error, ValueError) as exc:
-            raise EdgeAuthError("malformed session token signature") from exc
+            raise EdgeAuthError("malformed token signature") from exc
         expected = hmac.new(self._key, _CONTEXT + body.encode("ascii", "replace"), hashlib.sha256).digest()
         if not hmac.compare_digest(given, expected):
-            raise EdgeAuthError("invalid session token signature")
+            raise EdgeAuthError("invalid token signature")
         try:
             data = json.loads(_b64decode(body))
+            if data["v"] != _VERSION:
+                raise ValueError(f"token version {data['v']!r}")
             claims = TokenClaims(
                 run_id=int(data["run"]),
                 node_id=int(data["node"]),
                 server_round=int(data["round"]),
                 edge_id=None if data["edge"] is None else str(data["edge"]),
                 expires_at=float(data["exp"]),
+                role=str(data["role"]),
+                nonce=str(data["nonce"]),
+                issued_at=float(data["iat"]),
             )
-        except (binascii.Error, ValueError, KeyError, TypeError) as exc:
-            raise EdgeAuthError("malformed session token payload") from exc
+        except (binascii.Error, ValueError, KeyError, TypeError, RecursionError) as exc:
+            raise EdgeAuthError("malformed token payload") from exc
+        if claims.role not in ROLES:
+            raise EdgeAuthError(f"unknown token role {claims.role!r:.40}")
+        allowed = {roles} if isinstance(roles, str) else roles
+        if allowed is not None and claims.role not in allowed:
+            raise EdgeAuthError(f"a {claims.role} token is not accepted here (needs: {', '.join(sorted(allowed))})")
         if check_expiry and claims.expires_at < time.time():
-            raise EdgeAuthError(f"session token expired {time.time() - claims.expires_at:.1f} s ago")
+            raise EdgeAuthError(f"token expired {time.time() - claims.expires_at:.1f} s ago")
+        if claims.expires_at - claims.issued_at > self.max_lifetime_s:
+            raise EdgeAuthError(
+                f"token lifetime {claims.expires_at - claims.issued_at:.0f} s exceeds the {self.max_lifetime_s:.0f} s "
+                "this service accepts"
+            )
         if claims.edge_id is not None and claims.edge_id != self.edge_id:
-            raise EdgeAuthError(f"session token is for edge server {claims.edge_id!r}, this is {self.edge_id!r}")
+            raise EdgeAuthError(f"token is for edge server or node {claims.edge_id!r:.80}, this is {self.edge_id!r}")
         return claims

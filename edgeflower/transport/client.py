@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import collections
 import queue
+import secrets
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Any
@@ -34,8 +36,10 @@ from edgeflower.models.splittable import ModelSpec
 from edgeflower.transport.codec import DEFAULT_MAX_MESSAGE_BYTES, Limits, decode_frame, encode_frame
 from edgeflower.transport.errors import (
     EdgeError,
+    EdgeOverloadedError,
     EdgeServerError,
     EdgeTimeoutError,
+    EdgeUnavailableError,
     InvalidMessageError,
     SessionStateError,
     from_rpc_error,
@@ -87,6 +91,13 @@ class EdgeClient:
         Largest message sent or received.
     timeout_s : float
         Default timeout of every call and of waiting for one step result.
+    retries : int
+        How often ``open_session`` (and :meth:`call_retrying`) retries a transient refusal (``RESOURCE_EXHAUSTED``
+        of a busy server, ``UNAVAILABLE``), with exponential back-off from ``retry_backoff_s``. Retrying an
+        ``Open`` is exactly-once: the server answers a repeated identical ``Open`` with the session the first one
+        opened (an ``Open`` token opens one session).
+    retry_backoff_s : float
+        The first back-off.
     """
 
     def __init__(
@@ -97,8 +108,11 @@ class EdgeClient:
         server_name: str | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         timeout_s: float = 120.0,
+        retries: int = 4,
+        retry_backoff_s: float = 0.1,
     ) -> None:
         self.address = address
+        self.retries, self.retry_backoff_s = retries, retry_backoff_s
         self.limits = Limits(max_message_bytes=max_message_bytes)
         self.timeout_s = timeout_s
         self._channel = open_channel(address, max_message_bytes, tls_root_cert, server_name)
@@ -137,6 +151,21 @@ class EdgeClient:
         except grpc.RpcError as exc:
             raise from_rpc_error(exc, self.address) from None
         return decode_frame(reply, self.limits)
+
+    def call_retrying(self, method: str, frame: bytes, timeout_s: float | None = None) -> Any:
+        """:meth:`call`, retrying transient refusals (``RESOURCE_EXHAUSTED`` of a busy server, ``UNAVAILABLE``; not a
+        timeout) up to :attr:`retries` times with jittered exponential back-off; use it only for idempotent requests.
+        """
+        backoff = self.retry_backoff_s
+        for attempt in range(self.retries + 1):
+            try:
+                return self.call(method, frame, timeout_s)
+            except (EdgeOverloadedError, EdgeUnavailableError) as exc:
+                if attempt == self.retries or isinstance(exc, EdgeTimeoutError):  # a hung server: no retry storm
+                    raise
+                time.sleep(backoff * (0.5 + secrets.randbelow(1000) / 1000))
+                backoff *= 2
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def health(self, timeout_s: float = 5.0) -> HealthInfo:
         """Ask the edge server for its health.
@@ -189,12 +218,12 @@ class EdgeClient:
         InvalidMessageError
             Bad spec, split point, optimizer settings or tail state.
         EdgeOverloadedError
-            The server has too many sessions.
+            The server has too many sessions (after the retries).
         EdgeUnavailableError
-            The server cannot be reached.
+            The server cannot be reached (after the retries).
         """
         request = OpenRequest(token, spec, split_point, optimizer, dict(tail_state), micro_batches)
-        frame = self.call(METHOD_OPEN, request.to_bytes(self.limits), timeout_s)
+        frame = self.call_retrying(METHOD_OPEN, request.to_bytes(self.limits), timeout_s)
         return SessionHandle(self, OpenReply.from_frame(frame), token, split_point)
 
     def migrate(
@@ -447,6 +476,8 @@ class SessionHandle:
         elif self.expects_grad and (result.grad is None or result.grad.shape != shape or result.grad.dtype != dtype):
             got = None if result.grad is None else (list(result.grad.shape), result.grad.dtype)
             problem = f"gradient {got} does not match the activations {list(shape)} {dtype}"
+        elif result.grad is not None and not bool(torch.isfinite(result.grad).all()):
+            problem = "the gradient contains NaN or Inf"
         if problem:
             raise self._fail(InvalidMessageError(problem, address=self._client.address))
 

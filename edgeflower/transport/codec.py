@@ -90,6 +90,8 @@ class Limits:
         Highest tensor rank.
     max_dim_size : int
         Largest single dimension.
+    max_depth : int
+        Deepest nesting of the JSON header (objects and lists).
     """
 
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
@@ -97,6 +99,7 @@ class Limits:
     max_tensors: int = 4096
     max_dims: int = 8
     max_dim_size: int = 2**31 - 1
+    max_depth: int = 32
 
 
 @dataclass
@@ -180,6 +183,20 @@ def encode_frame(
     return frame
 
 
+def _check_depth(value: Any, max_depth: int) -> None:
+    """Raise :class:`InvalidMessageError` if JSON ``value`` nests deeper than ``max_depth`` (iteratively)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > max_depth:
+                raise InvalidMessageError(f"header nests deeper than {max_depth} levels")
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+
+
+_MAX_ELEMENTS = 2**48  # strides and storage sizes of any shape under this bound fit in int64
+
+
 def _check_shape(name: str, shape: Any, limits: Limits) -> tuple[int, ...]:
     if not isinstance(shape, list) or len(shape) > limits.max_dims:
         raise InvalidMessageError(
@@ -187,7 +204,9 @@ def _check_shape(name: str, shape: Any, limits: Limits) -> tuple[int, ...]:
         )
     for dim in shape:
         if isinstance(dim, bool) or not isinstance(dim, int) or not 0 <= dim <= limits.max_dim_size:
-            raise InvalidMessageError(f"tensor {name!r}: invalid dimension {dim!r} in shape {shape!r}")
+            raise InvalidMessageError(f"tensor {name!r}: invalid dimension {dim!r:.40} in shape {shape!r:.200}")
+    if math.prod(max(dim, 1) for dim in shape) > _MAX_ELEMENTS:  # zero-size tensors too: strides would overflow
+        raise InvalidMessageError(f"tensor {name!r}: shape {shape!r:.200} is too large (stride overflow)")
     return tuple(shape)
 
 
@@ -232,8 +251,9 @@ def decode_frame(data: bytes | bytearray | memoryview, limits: Limits | None = N
         raise InvalidMessageError(f"header length {header_len} exceeds the limit or the frame ({total} bytes)")
     try:
         header = json.loads(bytes(view[_PREFIX.size : _PREFIX.size + header_len]).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise InvalidMessageError(f"header is not valid UTF-8 JSON: {exc}") from exc
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise InvalidMessageError(f"header is not valid UTF-8 JSON: {exc!s:.200}") from exc
+    _check_depth(header, limits.max_depth)
     if not isinstance(header, dict) or set(header) != {"kind", "meta", "tensors"}:
         raise InvalidMessageError("header must be an object with exactly the keys kind, meta, tensors")
     kind, meta, specs = header["kind"], header["meta"], header["tensors"]

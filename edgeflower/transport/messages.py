@@ -106,31 +106,39 @@ class OptimizerSettings:
         Momentum in ``[0, 1)``.
     weight_decay : float
         L2 penalty (>= 0).
+    proximal_mu : float
+        FedProx's proximal coefficient (>= 0): each side adds ``mu * (w - w_round_start)`` to its gradients.
     """
 
     lr: float
     momentum: float = 0.0
     weight_decay: float = 0.0
+    proximal_mu: float = 0.0
 
     def __post_init__(self) -> None:
         values = {"lr": self.lr, "momentum": self.momentum, "weight_decay": self.weight_decay}
+        values["proximal_mu"] = self.proximal_mu
         if not all(
             isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values.values()
         ):
             raise InvalidMessageError(f"optimizer settings must be finite numbers, got {values}")
-        if not (self.lr > 0 and 0 <= self.momentum < 1 and self.weight_decay >= 0):
+        if not (self.lr > 0 and 0 <= self.momentum < 1 and self.weight_decay >= 0 and self.proximal_mu >= 0):
             raise InvalidMessageError(f"optimizer needs lr > 0, 0 <= momentum < 1, weight_decay >= 0, got {values}")
 
     def to_dict(self) -> dict[str, float]:
         """JSON form."""
-        return {"lr": float(self.lr), "momentum": float(self.momentum), "weight_decay": float(self.weight_decay)}
+        out = {"lr": float(self.lr), "momentum": float(self.momentum), "weight_decay": float(self.weight_decay)}
+        if self.proximal_mu:
+            out["proximal_mu"] = float(self.proximal_mu)
+        return out
 
     @classmethod
     def from_dict(cls, data: Any) -> OptimizerSettings:
         """Parse and validate the JSON form."""
         if not isinstance(data, dict):
             raise InvalidMessageError("field 'optimizer' must be an object")
-        return cls(_float(data, "lr"), _float(data, "momentum"), _float(data, "weight_decay"))
+        mu = _float(data, "proximal_mu") if "proximal_mu" in data else 0.0
+        return cls(_float(data, "lr"), _float(data, "momentum"), _float(data, "weight_decay"), mu)
 
 
 @dataclass(frozen=True)

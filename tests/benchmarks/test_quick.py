@@ -25,7 +25,14 @@ REQUIRED_FIGURES = {
         "aps_vs_exhaustive_ratio",
         "prediction_error",
     },
-    "dp": {"dp_overhead_ratio_fl", "dp_overhead_ratio_split", "epsilon_abs_error_vs_opacus", "accuracy_at_eps"},
+    "dp": {
+        "dp_overhead_ratio_fl",
+        "dp_overhead_ratio_split",
+        "dp_vs_opacus_ratio",
+        "epsilon_abs_error_vs_independent_device",
+        "epsilon_abs_error_vs_independent_full",
+        "accuracy_at_eps",
+    },
     "migration": {
         "time_saved_vs_restart_50",
         "time_saved_vs_restart_90",
@@ -59,6 +66,15 @@ REQUIRED_FIGURES = {
         "downtime_s_skip",
     },
     "adaptive": {"repartition_gain_ratio"},
+    "models": {
+        "models_covered",
+        "models_split_exact",
+        "models_surgery_silently_wrong",
+        "split_merge_max_abs_diff",
+        "split_training_max_abs_diff",
+        "surgery_max_abs_diff",
+    },
+    "testbed": {"emulation_vs_kernel_round_time_ratio", "faults_injected", "faults_survived", "requests_lost"},
     "security": {
         "attacks_tried",
         "attacks_rejected",

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from edgeflower.flwrctl import main as flwrctl_main
-from edgeflower.flwrctl import run_simulation
+from edgeflower.flwrctl import run_failures, run_simulation
 from edgeflower.process import ListeningProcess
 from edgeflower.runlog import run_folder
 from edgeflower.transport import EdgeClient
@@ -113,6 +113,7 @@ def test_edge_server_killed_mid_round_falls_back_counted_and_logged(tmp_path):
     secret_file.write_bytes(SECRET)
     with _Edge(secret_file) as alive, _Edge(secret_file) as doomed:
         outcome = _run_with_edges(tmp_path, [alive, doomed], secret_file)
+    print("\n".join(line for line in outcome.logs.splitlines() if "fell-back" in line or "finishing the round" in line))
     assert outcome.status == "finished:completed", (outcome.details, outcome.logs[-3000:])
     assert f"fell-back 1 of 2 nodes: edge {doomed.address} unreachable" in outcome.logs
     run = run_folder(tmp_path / "runs", outcome.run_id)
@@ -130,6 +131,7 @@ def test_unknown_model_on_the_edge_server_and_a_killed_edge_with_fallback_never_
     secret_file.write_bytes(SECRET)
     with _Edge(secret_file, without_model="vgg5") as stranger, _Edge(secret_file) as doomed:
         outcome = _run_with_edges(tmp_path, [stranger, doomed], secret_file, fallback="never")
+    print("\n".join(run_failures(outcome)))  # what the user sees (pytest -s)
     assert outcome.status == "finished:failed", (outcome.details, outcome.logs[-3000:])
     # the unknown model: the edge server's own message reaches the ServerApp's log
     assert "cannot build model 'vgg5': unknown model 'vgg5'" in outcome.logs, outcome.logs[-3000:]
@@ -155,6 +157,8 @@ def test_corrupt_data_file_fails_the_run_and_flwrctl_exits_non_zero(tmp_path, ca
     home = tmp_path / "flwr-home"
     rc = flwrctl_main(["run-sim", str(ROOT), "--home", str(home), "--run-config", run_config, "--timeout", "400"])
     out = capsys.readouterr()
+    with capsys.disabled():
+        print(out.err[-2000:])  # what the user sees (pytest -s)
     assert rc != 0, out.out[-3000:]
     assert "status=finished:failed" in out.out
     assert "train-images-idx3-ubyte.gz" in out.err and "round 1 got no result" in out.err, out.err[-3000:]

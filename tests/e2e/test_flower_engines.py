@@ -33,9 +33,8 @@ def test_flwr_run_simulation_completes_and_learns_well_above_chance(quick_fl_run
 
 
 def test_bad_run_config_fails_the_run_with_the_key_named(tmp_path):
-    outcome = run_simulation(
-        ROOT, tmp_path / "flwr-home", num_supernodes=2, run_config={"split-point": 99, "run-dir": str(tmp_path)}, timeout=300
-    )
+    config = {"split-point": 99, "run-dir": str(tmp_path)}
+    outcome = run_simulation(ROOT, tmp_path / "flwr-home", num_supernodes=2, run_config=config, timeout=300)
     assert outcome.status == "finished:failed"
     assert "split-point" in outcome.details + outcome.logs
 

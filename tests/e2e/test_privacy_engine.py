@@ -1,5 +1,6 @@
 """A DP run through Flower's Simulation Engine on real Fashion-MNIST: split training with ``dp = full`` (device and
-edge server private), Flower's server-side central DP wrapper composed with our strategy, cumulative epsilon."""
+edge server private, one joint mechanism per step), Flower's server-side central DP wrapper with Flower's own
+accountant composed with our strategy, cumulative epsilon."""
 
 from __future__ import annotations
 
@@ -50,9 +51,13 @@ def test_dp_split_run_through_flower_learns_and_reports_cumulative_epsilon(tmp_p
         assert 0 < per_round[0] < per_round[1] == final["epsilon"]
         rate = nodes["2"][node]["dp-sample-rate"]
         independent = RDPAccountant()
-        for _ in range(2 * 15 * 2):  # 2 rounds x 15 steps x (head + tail)
+        for _ in range(2 * 15):  # 2 rounds x 15 steps, ONE mechanism per step for head and tail together
             independent.step(noise_multiplier=1.0, sample_rate=rate)
         assert final["epsilon"] == pytest.approx(independent.get_epsilon(1e-5), abs=1e-6)
-        assert nodes["2"][node]["dp-edge-epsilon"] > 0
+        assert nodes["2"][node]["dp-edge-steps"] == 15 and nodes["2"][node]["dp-scope"] == "model"
+        assert final["scope"] == "model"
     assert "final budget: max epsilon" in outcome.logs
     assert "central DP noise" in outcome.logs  # Flower's DifferentialPrivacyServerSideFixedClipping ran
+    central = privacy["central-dp"]  # Flower's RdpAccountant: cumulative client-level epsilon per round
+    assert set(central["rounds"]) == {"1", "2"} and 0 < central["rounds"]["1"] < central["rounds"]["2"]
+    assert rows[-1]["train-central-dp-epsilon"] == central["epsilon"] == central["rounds"]["2"]

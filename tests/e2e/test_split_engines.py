@@ -51,7 +51,9 @@ def test_split_mode_with_two_edge_servers_matches_fl_accuracy(tmp_path, quick_fl
     moved_model = torch.load(runs["moved"] / "model.pt", weights_only=True)
     assert max((split_model[k].double() - moved_model[k].double()).abs().max().item() for k in split_model) <= 1e-6
     assert accuracy["fl"] > 0.6
-    # split training is the same computation as local training: the accuracies agree
+    # split training is the same computation as local training (equal weights up to float rounding, see the
+    # equivalence tests), evaluated on the same 2000 test samples: a paired comparison in which only samples near a
+    # decision boundary can change, so 2 points (40 samples) is a margin no sampling error explains
     assert abs(accuracy["split"] - accuracy["fl"]) < 0.02, accuracy
 
 

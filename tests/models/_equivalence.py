@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 
 import torch
@@ -29,27 +28,33 @@ def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max(((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].numel()), default=0.0)
 
 
+def unsplit_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A splittable model's state dict under the original module's keys (``blocks.<i>.`` dropped)."""
+    return {k.split(".", 2)[2]: v for k, v in state.items()}
+
+
 def split_merge_diff(model: SplittableModel, x: torch.Tensor, k: int) -> float:
-    """Cut at ``k``, merge the parts' state dicts into a copy and compare state and eval outputs with the model."""
+    """Cut at ``k`` (copies), compare ``tail(head(x))`` and the merged state with the model, merge back strictly."""
     model.eval()
     head, tail = model.split(k)
-    clone = copy.deepcopy(model)
-    clone.merge(head, tail)
+    merged = merge_state_dicts(head, tail)
     with torch.no_grad():
-        ref = model(x)
-        diff = (tail(head(x)) - ref).abs().max().item()
-        diff = max(diff, (clone(x) - ref).abs().max().item())
-    return max(diff, max_diff(merge_state_dicts(head, tail), model.state_dict()))
+        diff = (tail(head(x)) - model(x)).abs().max().item()
+    diff = max(diff, max_diff(merged, model.state_dict()))
+    model.merge(head, tail)  # strict: any missing or unexpected key raises
+    return diff
 
 
-def split_training_diff(model: SplittableModel, batches: Sequence[Batch], k: int, lr: float = 0.05) -> float:
-    """Train a copy whole and a copy split at ``k`` (head and tail with their own SGD); the largest state gap."""
-    whole, split = copy.deepcopy(model), copy.deepcopy(model)
+def split_training_diff(whole: nn.Module, split: SplittableModel, batches: Sequence[Batch], k: int) -> float:
+    """Train ``whole`` (an unsplit copy of the module) and ``split`` cut at ``k`` (head and tail with their own
+    SGD, only the activation and its gradient crossing); the largest gap between the trained states."""
+    lr = 0.05
     for m in (whole, split):
         dropout_off(m.train())
     opt = torch.optim.SGD(whole.parameters(), lr=lr, momentum=0.9)
     head, tail = split.split(k, share=True)
-    opts = [torch.optim.SGD(part.parameters(), lr=lr, momentum=0.9) for part in (head, tail) if any(part.parameters())]
+    parts = [p for p in (head, tail) if list(p.parameters())]
+    opts = [torch.optim.SGD(p.parameters(), lr=lr, momentum=0.9) for p in parts]
     for x, y in batches:
         opt.zero_grad()
         F.cross_entropy(whole(x), y).backward()
@@ -63,4 +68,4 @@ def split_training_diff(model: SplittableModel, batches: Sequence[Batch], k: int
             act.backward(sent.grad)
         for o in opts:
             o.step()
-    return max_diff(whole.state_dict(), split.state_dict())
+    return max_diff(whole.state_dict(), unsplit_keys(split.state_dict()))

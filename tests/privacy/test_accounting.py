@@ -55,7 +55,7 @@ def test_reported_epsilon_accumulates_across_rounds_and_equals_an_independent_op
     torch.manual_seed(0)
     model = build_model("vgg5", norm="group", width=0.25)
     reported = []
-    for rnd in range(3):
+    for _ in range(3):
         dp = _round(settings, state, len(y))
         opt, hooks, _ = dp.device().wrap(model, make_optimizer(model.parameters(), 0.05))
         train_local(model, dp.batches(x, y), opt)  # masks from the OS CSPRNG
@@ -277,6 +277,7 @@ def _central_round(strategy: EdgeStrategy, rnd: int, updates: dict[int, tuple[to
 def test_central_dp_reports_flowers_client_level_epsilon_per_round_and_stops_cleanly_at_the_target(
     task_identity, tmp_path, caplog
 ):
+    from flwr.serverapp.exception import PrivacyBudgetExhausted
     from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
     from edgeflower.privacy.strategy import CentralDPAccounting, central_accountant
@@ -299,15 +300,14 @@ def test_central_dp_reports_flowers_client_level_epsilon_per_round_and_stops_cle
     wrapped = central_dp(_fedavg(), "client-fixed", sigma, 8.0, 2, central_accountant(DELTA, 2, target))
     assert isinstance(wrapped, CentralDPAccounting)
     strategy = EdgeStrategy(wrapped, plan_fn=lambda r, n: {"lr": 0.5})
-    sent = []
-    for rnd in range(1, 5):
-        count, (arrays, metrics) = _central_round(strategy, rnd, updates)
-        sent.append(count)
-        if rnd <= 2:
-            assert metrics["central-dp-epsilon"] == pytest.approx(independent(rnd), abs=1e-9)
-        else:
-            assert arrays is None and metrics is None  # no release: the global model is kept
-    assert sent == [2, 2, 0, 0] and wrapped.stopped_at == 3
+    for rnd in (1, 2):
+        _, (arrays, metrics) = _central_round(strategy, rnd, updates)
+        assert metrics["central-dp-epsilon"] == pytest.approx(independent(rnd), abs=1e-9)
+    # round 3 would exceed the budget: Flower refuses before any node is sent the model; the ServerApp catches it
+    # and ends the run with the global model it had (stopped_result)
+    with pytest.raises(PrivacyBudgetExhausted):
+        _central_round(strategy, 3, updates)
+    assert wrapped.stopped_at == 3 and wrapped.stopped_result().arrays is wrapped.arrays
     assert wrapped.epsilon() <= target and "central DP: training stops before round 3" in caplog.text
     summary = PrivacySummary(DELTA, 0.0, "off", central=wrapped).finish(tmp_path)
     written = json.loads((tmp_path / "privacy.json").read_text())["central-dp"]

@@ -141,7 +141,7 @@ def test_clipping_folds_the_batch_size_in_without_copying_the_per_sample_gradien
     before = {id(p): (p.grad_sample, p.grad_sample.clone()) for p in model.parameters()}
     scaled = [p.grad_sample * len(y) for p in model.parameters()]  # what each sample's own loss gradient is
     opt.pre_step()
-    for p, gs in zip(model.parameters(), scaled, strict=True):
+    for p in model.parameters():
         held, copy = before[id(p)]
         assert p.grad_sample is held and torch.equal(held, copy)  # neither replaced nor scaled in place
     norms = torch.stack([g.reshape(len(y), -1).norm(dim=1) for g in scaled], dim=1).norm(dim=1)
@@ -165,3 +165,9 @@ def test_device_dp_in_split_mode_says_its_epsilon_covers_the_head_only():
     # the head alone: full bound and full multiplier (nothing is shared with an unprotected tail)
     assert (dp.device().noise_multiplier, dp.device().max_grad_norm) == (1.0, 1.0)
     assert math.isclose(NodeRoundDP(full, RecordDict(), 100, 10, 1, 0, 1, split=True).device().max_grad_norm, 0.5**0.5)
+    # the reply's dp record reaches the run's privacy summary as a string, next to the numeric metrics
+    from edgeflower.privacy.summary import PrivacySummary
+
+    summary = PrivacySummary(DELTA, 0.0, "device")
+    summary.on_train_round(1, 0.1, {7: {"dp-epsilon": 0.5, "dp-steps": 10, **dp.scope_record()}}, {})
+    assert summary.finish()["nodes"]["7"]["scope"] == "head" and summary.finish()["scope"] == ["head"]

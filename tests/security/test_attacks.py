@@ -69,7 +69,7 @@ def _open(client: EdgeClient, token: str, model=None, k: int = 2):
 
 def test_forged_expired_foreign_wrong_role_and_malformed_requests_are_refused_by_the_edge_server(edge):
     outcomes = edge_token_attacks(edge.address, SECRET, "edge-s", OTHER)
-    assert len(outcomes) >= 14
+    assert len(outcomes) >= 13
     assert [o for o in outcomes if not o.rejected] == []
     assert edge.num_sessions == 0
 
@@ -103,8 +103,8 @@ def test_an_oversized_model_or_open_message_is_refused_before_anything_is_built(
     built_for_real = []
     real = session_module.build_model
 
-    def spy(spec):
-        model = real(spec)
+    def spy(spec, *args, **kwargs):
+        model = real(spec, *args, **kwargs)
         if next(model.parameters()).device.type != "meta":
             built_for_real.append(spec)
         return model

@@ -60,7 +60,10 @@ def _run(model, batches, source: str, edge_id: str, order: MoveOrder | None, m: 
 
 def _order(dest, at_batch: int, mode: str = "migrate", node: int = 5) -> MoveOrder:
     return MoveOrder(
-        at_batch, dest.address, ISSUER.issue(run_id=3, node_id=node, server_round=1, edge_id=dest.edge_id, role="migration"), mode
+        at_batch,
+        dest.address,
+        ISSUER.issue(run_id=3, node_id=node, server_round=1, edge_id=dest.edge_id, role="migration"),
+        mode,
     )
 
 
@@ -103,7 +106,11 @@ def test_migration_between_tls_edge_servers_trusts_only_the_configured_peer_root
         with EdgeClient(c.address, cert) as client:
             session = client.open_session(token, initial.spec, 3, initial.split(3)[1].state_dict(), OPT)
             with pytest.raises(EdgeError):
-                client.migrate(session, a.address, ISSUER.issue(run_id=3, node_id=6, server_round=1, edge_id="tls-a", role="migration"))
+                client.migrate(
+                    session,
+                    a.address,
+                    ISSUER.issue(run_id=3, node_id=6, server_round=1, edge_id="tls-a", role="migration"),
+                )
             assert c.num_sessions == 1  # nothing lost on the source
 
 
@@ -214,7 +221,9 @@ def test_destination_refuses_a_state_for_another_model_or_split_point(edges, bat
         session = _open_and_detach(client, model, ISSUER.issue(3, 10, 1, "edge-a"), x, y)
         other_model = build_model("vgg5", norm="group").spec
         with pytest.raises(InvalidMessageError, match="model"):
-            client.migrate(session, b.address, ISSUER.issue(3, 10, 1, "edge-b", role="migration"), expect_model=other_model)
+            client.migrate(
+                session, b.address, ISSUER.issue(3, 10, 1, "edge-b", role="migration"), expect_model=other_model
+            )
         request = MigrateRequest(
             session.session_id, session._token, b.address, ISSUER.issue(3, 10, 1, "edge-b", role="migration"), None, 2
         )
@@ -245,7 +254,7 @@ def test_operator_trigger_moves_a_running_node_at_the_next_batch_boundary(tmp_pa
         for i, batch in enumerate(batches):
             if i == fired_at:  # the operator fires just before batch 3 is drawn; the node moves before training it
                 cmd = [sys.executable, "-m", "edgeflower.cli", "move", "--trigger", str(trigger_file), "--to", "1"]
-                subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, timeout=60)
+                subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, timeout=300)
             yield batch
 
     with EdgeClient(a.address) as client:

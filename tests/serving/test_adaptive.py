@@ -59,7 +59,9 @@ def test_replanning_after_a_bandwidth_drop_keeps_answers_exact_and_moves_the_cut
     model, cm = vgg
     fast = Conditions(bandwidth_mbps=1000, device_slowdown=DEVICE)
     with InferenceNode(secret=SECRET) as node:
-        client = NodeClient(node.address, TokenIssuer(SECRET).issue(0, 0, 0, role="controller"), LinkProfile(1000, 1000))
+        client = NodeClient(
+            node.address, TokenIssuer(SECRET).issue(0, 0, 0, role="controller"), LinkProfile(1000, 1000)
+        )
         try:
             serving = AdaptiveSplitServing(model, client, cm, fast, DeviceProfile(DEVICE), observe=("bandwidth",))
             x = fmnist_test.x[:BATCH]
@@ -81,7 +83,9 @@ def test_edge_load_observed_from_compute_time_moves_the_cut_to_the_device(vgg, f
     model, cm = vgg
     cond = Conditions(bandwidth_mbps=1000, device_slowdown=4.0)
     with InferenceNode(secret=SECRET) as node:
-        client = NodeClient(node.address, TokenIssuer(SECRET).issue(0, 0, 0, role="controller"), LinkProfile(1000, 1000))
+        client = NodeClient(
+            node.address, TokenIssuer(SECRET).issue(0, 0, 0, role="controller"), LinkProfile(1000, 1000)
+        )
         try:
             serving = AdaptiveSplitServing(model, client, cm, cond, DeviceProfile(4.0), observe=("load",))
             x = fmnist_test.x[:BATCH]
