@@ -173,8 +173,16 @@ class EdgeServerConfig:
 
     @property
     def open_bytes(self) -> int:
-        """The effective size limit of ``Open`` and ``Import`` messages."""
+        """The effective size limit of ``Open`` messages (the tail's float32 weights and a header)."""
         limit = self.max_open_bytes or 4 * self.model_params + (1 << 20)
+        return min(limit, self.max_message_bytes)
+
+    @property
+    def import_bytes(self) -> int:
+        """The effective size limit of ``Import`` messages: a migrated session carries the tail's weights, its
+        optimizer's momentum, the round-start weights of a proximal term and its progress, so four times an
+        ``Open``'s weights plus a header."""
+        limit = 4 * (self.max_open_bytes or 4 * self.model_params) + (1 << 20)
         return min(limit, self.max_message_bytes)
 
     @property
@@ -332,7 +340,7 @@ class EdgeServer:
             METHOD_HEALTH: Unary(self._health, control=True, max_request_bytes=64 * 1024),
             METHOD_TRAIN: self._train,
             METHOD_MIGRATE: Unary(self._migrate, max_request_bytes=64 * 1024),
-            METHOD_IMPORT: Unary(self._import, max_request_bytes=big),
+            METHOD_IMPORT: Unary(self._import, max_request_bytes=self.config.import_bytes),
             METHOD_RESUME: Unary(self._resume, max_request_bytes=64 * 1024),
         }
         return {path.rsplit("/", 1)[1]: handler for path, handler in handlers.items()}
