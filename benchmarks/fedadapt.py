@@ -61,6 +61,7 @@ class Bench:
         self.edge = edge
         self.issuer = TokenIssuer(SECRET)
         self.client = EdgeClient(edge.address)
+        self.run_id = 0  # each planner's run is a run of its own: an edge server refuses a node's earlier rounds
 
     def lr(self, rnd: int) -> float:
         return 0.01 if rnd <= self.rounds // 2 else 0.001
@@ -76,7 +77,7 @@ class Bench:
             res = train_local(model, data, make_optimizer(model.parameters(), opt.lr, 0.9), spec.device.slowdown)
             return {"train-time-s": res.seconds, "device-s": res.seconds, "num-examples": res.num_examples, **seen}
         emu = EmulatedLink(link)
-        token = self.issuer.issue(run_id=1, node_id=node, server_round=rnd)
+        token = self.issuer.issue(run_id=self.run_id, node_id=node, server_round=rnd)
         trainer = SplitTrainer(model, k, opt, spec.device, emu)
         result = trainer.train(data, lambda kk, tail, o: self.client.open_session(token, model.spec, kk, tail, o))
         metrics = {k2: float(v) for k2, v in result.metrics().items()}
@@ -85,6 +86,7 @@ class Bench:
 
     def run(self, name: str, planner: Planner) -> dict[str, Any]:
         """Train all rounds with ``planner``; per round: split points, node times, predictions, accuracy."""
+        self.run_id += 1
         model = copy.deepcopy(self.init)
         nodes = list(range(len(self.testbed.nodes)))
         rows = []
