@@ -34,6 +34,9 @@ class ListeningProcess:
         Working directory of the child.
     startup_timeout_s : float
         How long to wait for the ``ready`` line before the child is killed and :class:`RuntimeError` raised.
+    launcher : sequence of str, optional
+        What runs the arguments (default ``python -m edgeflower.cli``; tests use a script that alters the CLI's
+        environment first).
 
     Attributes
     ----------
@@ -44,11 +47,16 @@ class ListeningProcess:
     """
 
     def __init__(
-        self, args: Sequence[str], ready: str, cwd: str | Path | None = None, startup_timeout_s: float = 60.0
+        self,
+        args: Sequence[str],
+        ready: str,
+        cwd: str | Path | None = None,
+        startup_timeout_s: float = 60.0,
+        launcher: Sequence[str] | None = None,
     ) -> None:
         self.args = list(args)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edgeflower.cli", *self.args],
+            [*(launcher or (sys.executable, "-m", "edgeflower.cli")), *self.args],
             cwd=cwd,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
             stdout=subprocess.PIPE,

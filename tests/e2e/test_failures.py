@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import queue
-import subprocess
 import sys
 import threading
 import time
@@ -53,27 +50,8 @@ class _Edge(ListeningProcess):
 
     def __init__(self, secret_file: Path, without_model: str = "") -> None:
         args = ["edge-server", "--port", "0", "--secret-file", str(secret_file)]
-        if not without_model:
-            super().__init__(args, "edge server listening on ", REPO, startup_timeout_s=300)
-            return
-        self.args = args
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", _EDGE_WITHOUT_MODEL, without_model, *args],
-            cwd=REPO,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.output: list[str] = []
-        lines: queue.Queue[str] = queue.Queue()
-        self._reader = threading.Thread(target=self._pump, args=(lines,), daemon=True)
-        self._reader.start()
-        self.address = ""
-        while not self.address:
-            line = lines.get(timeout=300)  # importing torch takes long on a busy machine
-            if line.startswith("edge server listening on "):
-                self.address = line.rsplit(" ", 1)[1].strip()
+        launcher = [sys.executable, "-c", _EDGE_WITHOUT_MODEL, without_model] if without_model else None
+        super().__init__(args, "edge server listening on ", REPO, startup_timeout_s=300, launcher=launcher)
 
 
 def _kill_when_busy(edge: _Edge, stop: threading.Event) -> threading.Thread:
