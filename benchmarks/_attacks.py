@@ -152,7 +152,7 @@ def edge_token_attacks(address: str, secret: bytes, edge_id: str | None, other_s
             _small_open(issuer.issue(9, 1, 1, edge_id, ttl_s=10 * 365 * 86400)),
         ),
     ]
-    for role in ("client", "controller", "node"):
+    for role in ("client", "controller"):
         token = issuer.issue(9, 1, 1, edge_id, role=role)
         out.append(attempt(f"edge-open-with-{role}-token", pd, address, METHOD_OPEN, _small_open(token)))
     from edgeflower.transport.migration import ImportRequest

@@ -46,7 +46,7 @@ FULL = {
     "changes": [(1000, 2), (1000, 5), (1000, 10), (100, 2), (2, 1000), (5, 100)],
     "requests": 16,
 }
-QUICK = {**FULL, "bandwidths": [20, 1000], "loads": [0.0, 0.5], "repeats": 2, "changes": [(1000, 2)], "requests": 6}
+QUICK = {**FULL, "bandwidths": [100, 1000], "loads": [0.0, 0.5], "repeats": 1, "changes": [(1000, 2)], "requests": 3}
 
 
 def _conditions(cfg: dict[str, Any]) -> list[Conditions]:

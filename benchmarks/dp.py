@@ -293,9 +293,9 @@ def main() -> None:
     )
     torch.manual_seed(0)
     if args.quick:
-        samples, width, repeats = 200, 0.25, 1
-        targets, rounds, per_node, eval_samples = [1.0, 4.0, 8.0], 1, 200, 200
-        eps_rounds, eps_samples, eps_batch, cmp_samples, cmp_repeats = 1, 100, 20, 100, 2
+        samples, width, repeats = 100, 0.25, 1
+        targets, rounds, per_node, eval_samples = [4.0], 1, 200, 100
+        eps_rounds, eps_samples, eps_batch, cmp_samples, cmp_repeats = 1, 60, 20, 100, 1
     elif getattr(args, "small", False):
         samples, width, repeats = 300, 1.0, 1
         targets, rounds, per_node, eval_samples = [1.0, 3.0, 8.0], 2, 500, 1000

@@ -68,14 +68,15 @@ FULL = {
 }
 QUICK = {
     **FULL,
-    "train_batches": 20,
-    "exit_samples": 1000,
-    "val_samples": 500,
-    "test_samples": 500,
+    "train_batches": 5,
+    "exit_samples": 300,
+    "val_samples": 200,
+    "test_samples": 250,
     "processes": False,
     "failed_nodes": [1],
-    "answers_before_kill": 10,
-    "answers_after_kill": 20,
+    "load_threads": 2,
+    "answers_before_kill": 5,
+    "answers_after_kill": 10,
 }
 
 

@@ -69,7 +69,7 @@ def _emulation_errors(messages: int) -> list[float]:
 
 def main() -> None:
     args = parse_args("overhead")
-    samples, repeats, rounds = (1000, 2, 2) if args.quick else (15000, 3, 4)
+    samples, repeats, rounds = (200, 1, 2) if args.quick else (15000, 3, 4)
     data = load_dataset("fashion-mnist").subset(range(samples))
     torch.manual_seed(0)
     init = build_model("vgg5").state_dict()
@@ -82,16 +82,26 @@ def main() -> None:
     epoch_rows = [{"loop": "plain PyTorch", "best_s": min(plain)}, {"loop": "edgeflower client", "best_s": min(edge)}]
     print_table(epoch_rows, title=f"one epoch of VGG5 on {samples} Fashion-MNIST samples, batch 100")
 
-    emulation = sorted(_emulation_errors(10 if args.quick else 50))
+    emulation = sorted(_emulation_errors(5 if args.quick else 50))
     print(f"emulated link: median error {emulation[len(emulation) // 2]:.1%}, worst {emulation[-1]:.1%}")
 
+    # --quick: 2 rounds (the second is the steady one) of a few batches of a narrow model
+    max_batches, eval_samples = (3, 200) if args.quick else (20, 1000)
+    narrow = {"model-width": 0.25} if args.quick else {}
     with tempfile.TemporaryDirectory() as tmp:
         outcome = run_simulation(
             ROOT,
             Path(tmp) / "flwr-home",
             num_supernodes=2,
-            run_config={"num-rounds": rounds, "max-batches": 20, "eval-samples": 1000, "run-dir": tmp},
+            run_config={
+                "num-rounds": rounds,
+                "max-batches": max_batches,
+                "eval-samples": eval_samples,
+                "run-dir": tmp,
+                **narrow,
+            },
             timeout=600,
+            poll_interval=1.0 if args.quick else 3.0,
         )
         if not outcome.ok:
             raise SystemExit(f"simulation failed: {outcome.status} {outcome.details}")
@@ -111,7 +121,7 @@ def main() -> None:
                 "overhead_s": row["round-time-s"] - compute,
             }
         )
-    print_table(round_rows, title="Flower simulation rounds (2 SuperNodes, 20 batches each)")
+    print_table(round_rows, title=f"Flower simulation rounds (2 SuperNodes, {max_batches} batches each)")
     steady = [r["overhead_s"] for r in round_rows[1:]] or [r["overhead_s"] for r in round_rows]
     figures = {
         "fl_vs_plain_ratio": min(edge) / min(plain),

@@ -50,11 +50,11 @@ def main() -> None:
     args = parse_args("pipeline")
     n_batches = 2 if args.quick else 6
     torch.set_num_threads(1)  # one core for the device, one for the edge server (see the module docstring)
-    bandwidths = [10.0, 50.0, 100.0]
-    slowdowns = [1.0, 4.0]
+    bandwidths = [50.0] if args.quick else [10.0, 50.0, 100.0]
+    slowdowns = [4.0] if args.quick else [1.0, 4.0]
     torch.manual_seed(0)
     model = build_model("vgg5", norm="group")
-    profile = profile_model(model, batch_size=BATCH, repeats=5)
+    profile = profile_model(model, batch_size=BATCH, repeats=2 if args.quick else 5)
     data = load_dataset("fashion-mnist").subset(range(BATCH * n_batches))
     batches = list(BatchLoader(data, BATCH, seed=0).batches(0))
     rows = []
@@ -91,7 +91,7 @@ def main() -> None:
         print_table(rows, title=f"per-batch seconds, VGG5 (GroupNorm), batch {BATCH}, {n_batches} batches")
 
         grid_link, grid_slowdown = LinkProfile(50.0, 50.0, LATENCY_MS), 4.0
-        ks = [0, 2, 4] if args.quick else list(range(model.num_blocks))  # every split point that offloads
+        ks = [0, 3] if args.quick else list(range(model.num_blocks))  # every split point that offloads
         ms = [1, 5] if args.quick else [1, 2, 5, 10, 25]
         grid = []
         for k in tqdm(ks, desc="exhaustive (k, m) grid"):

@@ -59,16 +59,16 @@ FULL = {
 QUICK = {
     **FULL,
     "models": [("vgg16", {"width": 0.125}), ("resnet18", {"width": 8})],
-    "train_samples": 2000,
-    "test_samples": 300,
+    "train_samples": 640,
+    "test_samples": 100,
     "batch_size": 64,
-    "dense_epochs": 0.5,
-    "rewind_batches": 4,
-    "compressions": [2, 16, 256],
+    "dense_epochs": 0.3,
+    "rewind_batches": 2,
+    "compressions": [2, 256],
     "retrain_epochs": 0.1,
-    "latency_repeats": 5,
-    "scratch_timing_batches": 2,
-    "switches": 50,
+    "latency_repeats": 3,
+    "scratch_timing_batches": 1,
+    "switches": 10,
 }
 
 

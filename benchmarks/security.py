@@ -171,7 +171,7 @@ def node_attacks(address: str, ctl: Controller, x: torch.Tensor, floods: int) ->
         finally:
             client.close()
 
-    for role in ("client", "device", "node", "migration"):
+    for role in ("client", "device", "migration"):
         token = ISSUER.issue(0, 0, 0, role=role)
         node_call(f"node-deploy-with-{role}-token", PD, token, lambda c: c.deploy("evil", ctl.bundle.spec, 0, 3, zeros))
         node_call(f"node-forward-with-{role}-token", PD, token, lambda c: c.forward(version, "bypass", x))
@@ -198,7 +198,7 @@ def node_attacks(address: str, ctl: Controller, x: torch.Tensor, floods: int) ->
 
 def controller_attacks(address: str, x: torch.Tensor) -> list[atk.Outcome]:
     out: list[atk.Outcome] = []
-    for role in ("device", "controller", "node", "migration"):
+    for role in ("device", "controller", "migration"):
         with ServingClient(address, ISSUER.issue(0, 1, 0, role=role), deadline_s=2) as c:
             try:
                 c.predict(x)
@@ -342,7 +342,7 @@ def plot(path: Path, figures: dict, stats: dict) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(NAME, argv)
     quick = args.quick
-    floods, half_open, hold_s = (4, 40, 8.0) if quick else (20, 200, 15.0)  # holds outlast the 5 s deadline
+    floods, half_open, hold_s = (2, 20, 6.5) if quick else (20, 200, 15.0)  # holds outlast the 5 s deadline
     tmp = Path(tempfile.mkdtemp(prefix="edgeflower-security-"))
     secret_file = tmp / "secret"
     secret_file.write_bytes(SECRET)

@@ -43,15 +43,15 @@ def _rtt(server, model, batch, k: int, repeats: int) -> tuple[float, float]:  # 
 
 def main() -> None:
     args = parse_args("split")
-    n_batches, repeats = (3, 5) if args.quick else (30, 40)
-    bandwidths = [100.0, 1000.0] if args.quick else [10.0, 100.0]
+    n_batches, repeats = (1, 3) if args.quick else (30, 40)
+    bandwidths = [1000.0] if args.quick else [10.0, 100.0]
     torch.manual_seed(0)
     model = build_model("vgg5")
     data = load_dataset("fashion-mnist").subset(range(64 * n_batches))
     batches = list(BatchLoader(data, 64, seed=0).batches(0))
     with edge_server() as server:
         local, split = [], []
-        for _ in tqdm(range(2 if args.quick else 3), desc="split vs local"):
+        for _ in tqdm(range(1 if args.quick else 3), desc="split vs local"):
             local.append(run_local(model, batches).per_batch_s)
             split.append(run_split(server, model, batches, 3).per_batch_s)
         rtt_s, _ = _rtt(server, model, batches[0], 3, repeats)

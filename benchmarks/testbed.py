@@ -68,7 +68,7 @@ def _run_probe(cmd: list[str], namespace: str | None = None, timeout: float = 18
     return lines
 
 
-def fidelity(tb: Testbed, batches: int, repeats: int) -> list[dict]:
+def fidelity(tb: Testbed, batches: int, repeats: int, bandwidths: tuple[float, ...] = BANDWIDTHS) -> list[dict]:
     """Emulated vs kernel-shaped round time for each mode and bandwidth.
 
     One probe process in the device's namespace alternates, pass by pass, a pass with no emulation over the shaped
@@ -78,7 +78,7 @@ def fidelity(tb: Testbed, batches: int, repeats: int) -> list[dict]:
     dev = tb.topology.host("dev-0").namespace
     loop = tb.start_loopback_edge("dev-0")
     rows = []
-    for mbps in BANDWIDTHS:
+    for mbps in bandwidths:
         tb.shape(0, LinkProfile(mbps, mbps))
         args = (tb.edge_addresses[0], tb.files["secret"], tb.files["cert"], ",".join(MODES), mbps, batches)
         cmd = [*_probe_cmd(*args, repeats + 1), "--compare-address", loop]
@@ -99,7 +99,7 @@ def fidelity(tb: Testbed, batches: int, repeats: int) -> list[dict]:
             )  # fmt: skip
             rows[-1]["link_only_ratio"] = link_only_ratio(rows[-1])
             print(json.dumps(rows[-1]), flush=True)
-    tb.shape(0, LinkProfile(BANDWIDTHS[0], BANDWIDTHS[0]))
+    tb.shape(0, LinkProfile(bandwidths[0], bandwidths[0]))
     return rows
 
 
@@ -114,8 +114,17 @@ def link_only_ratio(row: dict[str, Any]) -> float | None:
     return emu / kern
 
 
-def _probe_with_fault(tb: Testbed, fault: str, batches: int, reference: dict[str, float]) -> dict[str, Any]:
-    """One probe pass on the testbed with ``fault`` injected once a third of its uplink bytes went out."""
+def _probe_with_fault(
+    tb: Testbed,
+    fault: str,
+    batches: int,
+    reference: dict[str, float],
+    base_mbps: float = BANDWIDTHS[0],
+    down_s: float = 3.0,
+    drop_mbps: float = 2.0,
+) -> dict[str, Any]:
+    """One probe pass on the testbed with ``fault`` injected once a third of its uplink bytes went out: the link
+    unplugged for ``down_s`` or its bandwidth dropped from ``base_mbps`` to ``drop_mbps``."""
     host = tb.topology.host("dev-0")
     cmd = _probe_cmd(tb.edge_addresses[0], tb.files["secret"], tb.files["cert"], "split", 0.0, batches)
     base = host_bytes(host.namespace)[1]
@@ -128,15 +137,15 @@ def _probe_with_fault(tb: Testbed, fault: str, batches: int, reference: dict[str
         if host_bytes(host.namespace)[1] - base >= reference["uplink_bytes"] / 3:
             if fault == "device-link-down":
                 tb.set_link("dev-0", False)
-                time.sleep(3.0)
+                time.sleep(down_s)
                 tb.set_link("dev-0", True)
             else:
-                tb.shape(0, LinkProfile(2.0, 2.0))
+                tb.shape(0, LinkProfile(drop_mbps, drop_mbps))
             injected = True
             break
         time.sleep(0.05)
     worker.join(600)
-    tb.shape(0, LinkProfile(BANDWIDTHS[0], BANDWIDTHS[0]))
+    tb.shape(0, LinkProfile(base_mbps, base_mbps))
     res = box.get("result", {})
     diff = abs(res.get("model_l1", float("nan")) - reference["model_l1"]) / reference["model_l1"]
     survived = bool(res) and res["batches"] == reference["batches"] and diff < MODEL_TOL
@@ -221,18 +230,24 @@ def main() -> int:
     except PrivilegeError as exc:
         print(f"benchmarks.testbed: {exc}", file=sys.stderr)
         return 2
-    batches, repeats = (2, 1) if args.quick else (6, 2)
-    fault_batches = 4 if args.quick else 6
+    batches, repeats = (1, 1) if args.quick else (6, 2)
+    # --quick: one fast bandwidth point, 1-2 batch passes and shorter faults (same sections, seconds not minutes)
+    bandwidths = (50.0,) if args.quick else BANDWIDTHS
+    fault_batches = 2 if args.quick else 6
+    down_s, drop_mbps = (1.0, 10.0) if args.quick else (3.0, 2.0)
     with tempfile.TemporaryDirectory(prefix="ef-testbed-bench-") as tmp:
         work = Path(tmp)
-        link = {"link-profiles": f"{BANDWIDTHS[0]:g}/{BANDWIDTHS[0]:g}/0"}
+        link = {"link-profiles": f"{bandwidths[0]:g}/{bandwidths[0]:g}/0"}
         with Testbed(work / "probe-bed", 1, 1, link, flower=False) as tb:
-            rows = fidelity(tb, batches, repeats)
+            rows = fidelity(tb, batches, repeats, bandwidths)
             ref = _run_probe(
                 _probe_cmd(tb.edge_addresses[0], tb.files["secret"], tb.files["cert"], "split", 0.0, fault_batches),
                 tb.topology.host("dev-0").namespace,
             )[-1]
-            faults = [_probe_with_fault(tb, f, fault_batches, ref) for f in ("device-link-down", "bandwidth-drop")]
+            faults = [
+                _probe_with_fault(tb, f, fault_batches, ref, bandwidths[0], down_s, drop_mbps)
+                for f in ("device-link-down", "bandwidth-drop")
+            ]
         if not args.quick:
             try:
                 faults += flower_faults(work / "flower-bed")

@@ -17,7 +17,7 @@ from edgeflower.data.datasets import DATASET_SHAPES, DATASETS
 from edgeflower.models.reference import is_reference, trust_reference
 from edgeflower.models.splittable import SplittableModel
 from edgeflower.models.zoo import NORMS, available_models, build_model
-from edgeflower.privacy.models import dp_norm, log_conversion
+from edgeflower.privacy.models import dp_norm
 from edgeflower.privacy.settings import CENTRAL_DP, DPSettings, central_dp_config_error, dp_config_error
 from edgeflower.transport.emulation import LinkSchedule, parse_profiles
 
@@ -442,15 +442,15 @@ class AppConfig:
         """The configured zoo model, freshly initialised from the current torch RNG.
 
         In a DP run (``dp`` not ``off``) a BatchNorm model is built with GroupNorm instead (``dp-batchnorm =
-        convert``, logged once); every party builds models here (or from the resulting spec), so they all agree.
+        convert``; the ServerApp logs it once per run, not every process that builds the model); every party builds
+        models here (or from the resulting spec), so they all agree.
         """
         options = {"width": self.model_width} if self.model_width != 1.0 else {}
         if self.model == "resnet18" and options:
             options = {"width": max(1, round(64 * self.model_width))}
         norm = self.norm
         if self.dp != "off" and self.norm == "batch":
-            norm = dp_norm(self.norm, self.dp_batchnorm)
-            log_conversion(self.model)
+            norm = dp_norm(self.norm, self.dp_batchnorm)  # the ServerApp says so, once per run (log_conversion)
         if is_reference(self.model):  # the run's own model: this process may build it for its peers
             try:
                 trust_reference(self.model)

@@ -11,8 +11,8 @@ Two entry points are provided:
   simulation SuperLink (the ``:local:`` / ``:local-in-memory:`` magic address). ``flwr``
   starts that SuperLink detached (``start_new_session=True``) on the port given by
   ``FLWR_LOCAL_SUPERLINK_HTTP_API_PORT``; this module picks a free port, waits for the run
-  to finish via ``flwr ls --run-id <id> --format json``, fetches the logs with
-  ``flwr log <id> <connection> --stream`` and finally terminates that SuperLink (found
+  to finish by following ``flwr log <id> <connection> --stream`` (the stream ends with the run), reads the
+  status with ``flwr ls --run-id <id> --format json``, fetches the logs and finally terminates that SuperLink (found
   via ``/proc`` by its ``--log-file`` path, which lives inside our ``FLWR_HOME``) and all
   of its descendants.
 * :class:`Deployment` starts a real ``flower-superlink --insecure`` plus N
@@ -58,12 +58,15 @@ __all__ = [
     "Deployment",
     "FlwrCtlError",
     "RunOutcome",
+    "drop_flower_noise",
     "fetch_logs",
     "find_local_superlinks",
     "flower_env",
+    "follow_run",
     "format_config_overrides",
     "free_port",
     "get_run_status",
+    "invalid_run_config",
     "kill_process_tree",
     "main",
     "run_failures",
@@ -83,6 +86,26 @@ STATUS_COMPLETED = "finished:completed"
 DEFAULT_SIM_CONNECTION = "local-sim"
 DEFAULT_DEPLOYMENT_CONNECTION = "local-deployment"
 _BIN_DIR = Path(sys.executable).parent
+
+FLOWER_NOISE = (
+    "Since flwr 1.32, default simulated SuperNodes changed from 10 to 2.",
+    "To change federation size, use the following command:",
+    "flwr federation simulation-config ",
+)
+"""Lines Flower's ``flwr-simulation`` process logs on every run, dropped from the streamed and fetched logs.
+
+flwr 1.42 logs them unconditionally (``flwr/simulation/app.py``, ``run_simulation_process``), also when the size
+is set: :func:`run_simulation` passes ``--federation-config num-supernodes=N``, and Flower's next line (``Federation
+... (N simulated SuperNodes)``) shows N was honoured, so the "changed from 10 to 2" warning and the resize hint do
+not apply. No connection option avoids them, and they are logged in Flower's process before any of our code runs,
+so they are dropped where we read the log stream."""
+
+
+def drop_flower_noise(text: str) -> str:
+    """``text`` without the lines of :data:`FLOWER_NOISE` (every other line kept as it is)."""
+    return "".join(line for line in text.splitlines(keepends=True) if not any(n in line for n in FLOWER_NOISE))
+
+
 _LOCAL_SUPERLINK_PROCESS_NAMES = (
     "flower-superlink",
     "flower-superexec",
@@ -628,6 +651,81 @@ def wait_for_run(
     return "timeout", f"last status: {status} {details}".strip()
 
 
+def follow_run(
+    run_id: int,
+    connection: str,
+    env: dict[str, str],
+    *,
+    timeout: float,
+    echo: bool = False,
+    poll_interval: float = 3.0,
+) -> tuple[str, str, str]:
+    """Wait for a run by following its log stream: ``(status, details, streamed logs)``.
+
+    One ``flwr log <id> <connection> --stream`` process stays open for the whole run (the SuperLink ends the
+    stream when the run finishes), then a single ``flwr ls`` reads the final status. Polling ``flwr ls`` every few
+    seconds instead costs about one CPU-second of imports per poll, a third of a core for as long as the run lasts.
+    If the stream ends before the run does (a dropped connection), the rest of the wait polls (:func:`wait_for_run`).
+
+    Parameters
+    ----------
+    run_id : int
+        The run ID.
+    connection : str
+        Connection name.
+    env : dict[str, str]
+        Environment from :func:`flower_env`.
+    timeout : float
+        Maximum seconds to wait; on expiry the run is stopped and the status is ``"timeout"``.
+    echo : bool
+        Print the run's log lines as they arrive (the user watches the run).
+    poll_interval : float
+        Seconds between ``flwr ls`` polls should the stream end early.
+
+    Returns
+    -------
+    tuple[str, str, str]
+        Final status, its details, and the log text streamed while waiting.
+    """
+    import threading
+
+    deadline = time.monotonic() + timeout
+    cmd = [_exe("flwr"), "log", str(run_id), connection, "--stream"]
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True
+    )
+    chunks: list[str] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if any(n in line for n in FLOWER_NOISE):
+                continue
+            chunks.append(line)
+            if echo:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+
+    reader = threading.Thread(target=read, name=f"flwr-log-{run_id}", daemon=True)
+    reader.start()
+    try:
+        proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        kill_process_tree(proc.pid)
+    reader.join(timeout=10)
+    status, details = "unknown", ""
+    try:
+        status, details = get_run_status(run_id, connection, env)
+    except FlwrCtlError as err:
+        log(WARNING, "flwrctl: status query failed: %s", err)
+    if not status.startswith("finished"):
+        remaining = deadline - time.monotonic()
+        status, details = wait_for_run(
+            run_id, connection, env, timeout=max(1.0, remaining), poll_interval=poll_interval
+        )
+    return status, details, "".join(chunks)
+
+
 def fetch_logs(run_id: int, connection: str, env: dict[str, str], *, timeout: float = 60.0) -> str:
     """Fetch the ServerApp logs of a (finished) run with ``flwr log --stream``.
 
@@ -655,7 +753,7 @@ def fetch_logs(run_id: int, connection: str, env: dict[str, str], *, timeout: fl
     except FlwrCtlError as err:
         log(WARNING, "flwrctl: could not fetch logs: %s", err)
         return ""
-    return proc.stdout + proc.stderr
+    return drop_flower_noise(proc.stdout + proc.stderr)
 
 
 LATE_LOGS_S = 3.0
@@ -688,20 +786,13 @@ def _execute(
         return RunOutcome("not-started", None, cli_output=str(err))
     log(INFO, "flwrctl: started run %s on connection %s", run_id, connection)
     remaining = max(1.0, timeout - (time.monotonic() - t0))
-    follower = None
-    if stream:  # show the run's log live (progress per round) while we poll its status
-        follower = subprocess.Popen([_exe("flwr"), "log", str(run_id), connection, "--stream"], env=env)
-    try:
-        status, details = wait_for_run(run_id, connection, env, timeout=remaining, poll_interval=poll_interval)
-    finally:
-        if follower is not None:
-            try:
-                follower.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                kill_process_tree(follower.pid)
+    status, details, streamed = follow_run(
+        run_id, connection, env, timeout=remaining, echo=stream, poll_interval=poll_interval
+    )
     elapsed = time.monotonic() - t0
-    # a streamed run's log was shown live; a failed one's is fetched all the same (it says why it failed)
-    logs = "" if stream and status == STATUS_COMPLETED else fetch_logs(run_id, connection, env)
+    # the stream ends when the SuperLink sees the run finished, so lines written in its last moments may be missing
+    # from it: the whole log is fetched once more (one call); a streamed run's log was already shown live
+    logs = "" if stream and status == STATUS_COMPLETED else (fetch_logs(run_id, connection, env) or streamed)
     if status != STATUS_COMPLETED and "Traceback" not in logs:
         time.sleep(LATE_LOGS_S)  # a failing runtime uploads its traceback after it reported the final status
         logs = fetch_logs(run_id, connection, env) or logs
@@ -730,6 +821,29 @@ def unknown_run_config_keys(app_dir: Path, run_config: dict[str, Any] | None) ->
         return ""
     where = Path(app_dir) / "pyproject.toml"
     return f"unknown run-config key {', '.join(problems)}: not in [tool.flwr.app.config] of {where}"
+
+
+def invalid_run_config(app_dir: Path, run_config: dict[str, Any] | None) -> str:
+    """edgeflower's validation of the whole run config of its own app, before Flower starts ('' when valid).
+
+    The ServerApp validates the same config (:meth:`edgeflower.config.AppConfig.from_run_config`) and fails the run
+    with the same message, but only after Flower has started a SuperLink, the Simulation Runtime and Ray (tens of
+    seconds); checked here, a wrong value is named at once. Apps other than edgeflower's are left to Flower.
+    """
+    try:
+        with open(Path(app_dir) / "pyproject.toml", "rb") as fh:
+            app = tomllib.load(fh)["tool"]["flwr"]["app"]
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        return ""
+    if not str(app.get("components", {}).get("serverapp", "")).startswith("edgeflower.app."):
+        return ""
+    from edgeflower.config import AppConfig, ConfigError
+
+    try:
+        AppConfig.from_run_config({**app.get("config", {}), **(run_config or {})})
+    except ConfigError as err:
+        return f"invalid run config: {err}"
+    return ""
 
 
 RUN_FAILURE_MARKERS = ("edgeflower: the run failed:", "nodes failed:")
@@ -808,10 +922,10 @@ def run_simulation(
         Final status, run ID, logs and elapsed time.
     """
     home = Path(home).expanduser().resolve()
-    unknown = unknown_run_config_keys(Path(app_dir), run_config)
-    if unknown:
-        log(ERROR, "flwrctl: %s", unknown)
-        return RunOutcome("not-started", None, details=unknown)
+    refused = unknown_run_config_keys(Path(app_dir), run_config) or invalid_run_config(Path(app_dir), run_config)
+    if refused:
+        log(ERROR, "flwrctl: %s", refused)
+        return RunOutcome("not-started", None, details=refused)
     stop_local_superlink(home)  # stale SuperLink from an interrupted earlier call
     port = port or free_port()
     env = flower_env(home, local_superlink_port=port)
@@ -1256,6 +1370,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "run-sim":
             p.add_argument("--num-cpus", type=int, default=1, help="CPUs per simulated ClientApp")
             p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per simulated ClientApp")
+            p.add_argument(
+                "--ray-cpus", type=int, default=None, help="CPUs Ray may use (fewer: fewer ClientApps side by side)"
+            )
     return parser
 
 
@@ -1292,6 +1409,7 @@ def _run_command(args: argparse.Namespace, run_config: dict[str, Any]) -> RunOut
             args.timeout,
             num_cpus=args.num_cpus,
             num_gpus=args.num_gpus,
+            ray_num_cpus=args.ray_cpus,
             stream=args.stream,
         )
     else:

@@ -41,13 +41,13 @@ def fmnist_test():
 
 @pytest.fixture(scope="session")
 def quick_fl_run(tmp_path_factory):
-    """One classic-FL ``flwr run`` (Simulation Engine, 4 SuperNodes, :data:`QUICK`), shared by the tests that check
+    """One classic-FL ``flwr run`` (Simulation Engine, 2 SuperNodes, :data:`QUICK`), shared by the tests that check
     it and compare with it: ``(outcome, run folder root)``."""
     from edgeflower.flwrctl import run_simulation
 
     out = tmp_path_factory.mktemp("quick-fl")
     config = {**QUICK, "mode": "fl", "run-dir": str(out)}
-    return run_simulation(ROOT, out / "flwr-home", num_supernodes=4, run_config=config, timeout=400), out
+    return run_simulation(ROOT, out / "flwr-home", num_supernodes=2, run_config=config, timeout=400), out
 
 
 @pytest.fixture

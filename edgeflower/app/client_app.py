@@ -39,9 +39,21 @@ from edgeflower.transport.messages import OptimizerSettings
 
 app = ClientApp(mods=[central_dp_mod])  # Flower's client-side clipping when central-dp = "client-fixed"
 
-PER_NODE_KEYS = ("uplink-mbps", "downlink-mbps", "split-point", "microbatches", "moved-to-edge")
-"""Reply values that describe a node (its link, its plan, where it moved): sent in its config record, never
-averaged (the mean of a 75 and a 5 Mbit/s link, or of edge indices, means nothing)."""
+PER_NODE_KEYS = (
+    "uplink-mbps",
+    "downlink-mbps",
+    "split-point",
+    "microbatches",
+    "moved-to-edge",
+    "migration-s",
+    "migration-bytes",
+    "migration-resumed",
+    "restart-s",
+    "restart-batches",
+)
+"""Reply values that describe a node (its link, its plan, where it moved and what the move cost): sent in its
+config record, never averaged (the mean of a 75 and a 5 Mbit/s link, or of edge indices, means nothing; one node's
+migration time averaged with the zeros of the nodes that did not move is no node's)."""
 
 
 def _all_epochs(loader: BatchLoader, epochs: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -29,6 +29,7 @@ from edgeflower.config import AppConfig
 from edgeflower.models.profiler import profile_model
 from edgeflower.planning import make_planner
 from edgeflower.planning.flower import PlanningRecorder
+from edgeflower.privacy.models import converts_batchnorm, log_conversion
 from edgeflower.privacy.node import scope_warning
 from edgeflower.privacy.strategy import CentralDPAccounting, SkipExhausted, central_accountant, central_dp
 from edgeflower.privacy.summary import PrivacySummary
@@ -104,6 +105,8 @@ def main(grid: Grid, context: Context) -> None:
     torch.manual_seed(cfg.seed)
     test = load_test_set(cfg)
     model = cfg.build_model()
+    if converts_batchnorm(cfg.dp, cfg.norm):  # every process builds the model; the run says so once, here
+        log_conversion(cfg.model)
     runlog = RunLog(run_root(cfg), f"{time.strftime('%Y%m%d-%H%M%S')}-run{context.run_id}", cfg.to_dict())
     log(INFO, "edgeflower: %s on %s, mode=%s, run directory %s", cfg.model, cfg.dataset, cfg.mode, runlog.path)
 

@@ -52,7 +52,9 @@ class MoveOrder:
     connect : callable, optional
         ``address -> EdgeClient`` (TLS settings ...); plain :class:`EdgeClient` by default.
     report : dict
-        Filled in: ``migration-s`` (device-visible move time), ``migration-bytes``, ``migration-resumed``.
+        Filled in by a migration: ``migration-s`` (device-visible move time), ``migration-bytes``,
+        ``migration-resumed``; by a restart: ``restart-s`` (the discarded attempt's seconds) and
+        ``restart-batches`` (the batches it had trained).
     """
 
     at_batch: int
@@ -178,6 +180,15 @@ def train_moving(
         trainer.move_order = trainer.move_trigger = None
     wasted = time.perf_counter() - t0
     trainer.model.load_state_dict(snapshot)  # discard the round's progress, as the baseline does
+    restart.report["restart-s"] = wasted  # its own key: a restart is not a migration (``migration-s``)
+    restart.report["restart-batches"] = float(restart.at_batch)
+    log(
+        INFO,
+        "migration: restart baseline: %d batches (%.3f s) discarded; the round restarts from batch 0 on %s",
+        restart.at_batch,
+        wasted,
+        restart.destination,
+    )
     dest = restart.client()
     token = restart.token
     replay = seen + list(source)
@@ -187,7 +198,6 @@ def train_moving(
     finally:
         dest.close()
     result.seconds += wasted
-    restart.report["migration-s"] = wasted
     return result
 
 

@@ -24,17 +24,19 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from edgeflower.clients.split import SplitTrainer, _nbytes
 from edgeflower.models.splittable import SplittableModel
-from edgeflower.privacy.dpsgd import DeviceDP
 from edgeflower.timeline import Timeline
 from edgeflower.transport.emulation import DeviceProfile, EmulatedLink, wait_until
 from edgeflower.transport.errors import EdgeError, SessionStateError
 from edgeflower.transport.messages import OptimizerSettings, StepResult
+
+if TYPE_CHECKING:  # imports Opacus (seconds): only runs with DP load it
+    from edgeflower.privacy.dpsgd import DeviceDP
 
 __all__ = ["PipelineTrainer"]
 

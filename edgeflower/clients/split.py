@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from logging import WARNING
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from flwr.common.logger import log
@@ -44,7 +44,6 @@ from edgeflower.clients.local import make_optimizer, micro_batch_loss
 from edgeflower.clients.mobility import MoveOrder, MoveTrigger, RestartRound, migrate_session
 from edgeflower.clients.proximal import sgd as proximal_sgd
 from edgeflower.models.splittable import SplittableModel
-from edgeflower.privacy.dpsgd import BatchDPOptimizer, DeviceDP
 from edgeflower.progress import BatchProgress
 from edgeflower.timeline import Timeline
 from edgeflower.transport.emulation import DeviceProfile, EmulatedLink
@@ -56,6 +55,9 @@ from edgeflower.transport.errors import (
     MessageTooLargeError,
 )
 from edgeflower.transport.messages import OptimizerSettings
+
+if TYPE_CHECKING:  # imports Opacus (seconds): only runs with DP load it
+    from edgeflower.privacy.dpsgd import BatchDPOptimizer, DeviceDP
 
 __all__ = [
     "FALLBACK_MODES",

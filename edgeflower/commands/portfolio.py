@@ -26,7 +26,13 @@ def _fmt(v: object) -> str:
 
 
 def print_portfolio(portfolio) -> str:  # type: ignore[no-untyped-def]
-    """Print the portfolio's table (one row per variant, plus the dense model when recorded) and return it."""
+    """Print the portfolio's table (one row per variant, plus the dense model when recorded) and return it.
+
+    ``of dense`` is a variant's parameter count over the dense model's; variants surgery could not make smaller
+    are named in a note below the table (see :data:`~edgeflower.pruning.portfolio.MIN_STRUCTURAL_SAVING`).
+    """
+    from edgeflower.pruning.portfolio import MIN_STRUCTURAL_SAVING
+
     rows = []
     dense = portfolio.meta.get("dense")
     if dense:
@@ -40,6 +46,7 @@ def print_portfolio(portfolio) -> str:  # type: ignore[no-untyped-def]
                 dense.get("accuracy"),
                 lat.get("1"),
                 lat.get("32"),
+                "100%",
                 "",
             ]
         )
@@ -53,10 +60,11 @@ def print_portfolio(portfolio) -> str:  # type: ignore[no-untyped-def]
                 v.accuracy,
                 v.latency_ms.get(1),
                 v.latency_ms.get(32),
+                "-" if v.structural_saving is None else f"{100 * (1 - v.structural_saving):.1f}%",
                 v.extra.get("sparse_accuracy", ""),
             ]
         )
-    head = ["variant", "compression", "params", "bytes", "accuracy", "ms@1", "ms@32", "sparse acc"]
+    head = ["variant", "compression", "params", "bytes", "accuracy", "ms@1", "ms@32", "of dense", "sparse acc"]
     cells = [[_fmt(c) if c is not None else "-" for c in r] for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(head)]
     spec = portfolio.spec
@@ -66,6 +74,16 @@ def print_portfolio(portfolio) -> str:  # type: ignore[no-untyped-def]
     lines.append("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)))
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    same = portfolio.not_smaller()
+    if same:
+        smaller = [v.name for v in portfolio.variants if v.structurally_smaller]
+        lines.append(
+            f"note: {', '.join(v.name for v in same)} {'is' if len(same) == 1 else 'are'} not structurally smaller "
+            f"than the dense model (surgery removed under {MIN_STRUCTURAL_SAVING:.0%} of its parameters): magnitude "
+            "pruning zeroed scattered weights, not whole channels, so they have the dense model's size and speed; "
+            "their compression is sparsity (see 'sparse acc'), useful only with a sparse runtime. "
+            + (f"Smaller models: {', '.join(smaller)}." if smaller else "No level removed whole channels.")
+        )
     text = "\n".join(lines)
     print(text, flush=True)
     return text

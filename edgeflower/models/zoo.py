@@ -16,9 +16,6 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
-from torchvision.models.mobilenetv2 import InvertedResidual
-from torchvision.models.resnet import BasicBlock
-from torchvision.ops.misc import Conv2dNormActivation
 
 from edgeflower.models.fx import splittable
 from edgeflower.models.reference import (
@@ -125,6 +122,8 @@ def _resnet18(spec: ModelSpec) -> SplittableModel:
             nn.ReLU(inplace=True),
             nn.MaxPool2d(3, 2, 1),
         )
+    from torchvision.models.resnet import BasicBlock  # here: importing torchvision costs seconds
+
     blocks: list[nn.Module] = [stem]
     names = ["stem"]
     inplanes = base
@@ -149,6 +148,9 @@ def _make_divisible(v: float, divisor: int = 8) -> int:
 
 
 def _mobilenetv2(spec: ModelSpec) -> SplittableModel:
+    from torchvision.models.mobilenetv2 import InvertedResidual  # here: importing torchvision costs seconds
+    from torchvision.ops.misc import Conv2dNormActivation
+
     norm = norm_layer(spec.norm)
     width = float(spec.options.get("width", 1.0))  # type: ignore[arg-type]
     small = spec.in_shape[1] <= 64

@@ -15,23 +15,28 @@ One concept per module:
 * :mod:`~edgeflower.privacy.summary` -- the run's privacy summary (epsilon spent per node and round).
 """
 
-import logging as _logging
+from importlib import import_module as _import_module
+from typing import Any as _Any
 
-_root_handlers = list(_logging.getLogger().handlers)
-import opacus  # noqa: E402, F401  - first import of Opacus, here, so its side effect below can be undone
+_EXPORTS = {
+    "PrivacyHistory": "accounting",
+    "BatchDPOptimizer": "dpsgd",
+    "DeviceDP": "dpsgd",
+    "make_private": "dpsgd",
+    "prepare_model": "models",
+    "NodeRoundDP": "node",
+    "PoissonBatches": "sampling",
+    "DP_MODES": "settings",
+    "DPSettings": "settings",
+}
+"""Public names and their modules, imported on first use (PEP 562): a run without DP never imports Opacus."""
 
-# Opacus' utils call ``logging.basicConfig`` at import, which gives the root logger a stderr handler: every line of
-# Flower's logger (which propagates) then appeared twice. Logging belongs to the application, so we take it out.
-for _handler in _logging.getLogger().handlers:
-    if _handler not in _root_handlers:
-        _logging.getLogger().removeHandler(_handler)
 
-from edgeflower.privacy.accounting import PrivacyHistory  # noqa: E402
-from edgeflower.privacy.dpsgd import BatchDPOptimizer, DeviceDP, make_private  # noqa: E402
-from edgeflower.privacy.models import prepare_model  # noqa: E402
-from edgeflower.privacy.node import NodeRoundDP  # noqa: E402
-from edgeflower.privacy.sampling import PoissonBatches  # noqa: E402
-from edgeflower.privacy.settings import DP_MODES, DPSettings  # noqa: E402
+def __getattr__(name: str) -> _Any:
+    if name in _EXPORTS:
+        return getattr(_import_module(f"edgeflower.privacy.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'edgeflower.privacy' has no attribute {name!r}")
+
 
 __all__ = [
     "DP_MODES",

@@ -23,13 +23,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from opacus.accountants import RDPAccountant
-from opacus.grad_sample import GradSampleHooks
-from opacus.optimizers import DPOptimizer
-from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 from torch import nn
 
+from edgeflower.privacy._opacus import load_opacus
 from edgeflower.privacy.models import prepare_model
+
+load_opacus()  # before the first Opacus import below: its logging side effect is undone there
+from opacus.accountants import RDPAccountant  # noqa: E402
+from opacus.grad_sample import GradSampleHooks  # noqa: E402
+from opacus.optimizers import DPOptimizer  # noqa: E402
+from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed  # noqa: E402
 
 __all__ = ["BatchDPOptimizer", "DeviceDP", "make_private"]
 

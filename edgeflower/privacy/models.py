@@ -5,10 +5,9 @@ from __future__ import annotations
 from logging import INFO
 
 from flwr.common.logger import log
-from opacus.validators import ModuleValidator
 from torch import nn
 
-__all__ = ["dp_norm", "prepare_model"]
+__all__ = ["converts_batchnorm", "dp_norm", "log_conversion", "prepare_model"]
 
 
 def dp_norm(norm: str, batchnorm: str) -> str:
@@ -32,19 +31,23 @@ def dp_norm(norm: str, batchnorm: str) -> str:
     return "group"
 
 
-_LOGGED: set[str] = set()
+def converts_batchnorm(dp: str, norm: str) -> bool:
+    """Whether a run with ``dp`` and ``norm`` builds GroupNorm where the model asks for BatchNorm."""
+    return dp != "off" and norm == "batch"
 
 
 def log_conversion(model_name: str) -> None:
-    """Say (once per process and model) that a DP run converts BatchNorm to GroupNorm."""
-    if model_name not in _LOGGED:
-        _LOGGED.add(model_name)
-        log(
-            INFO,
-            "dp: %s uses BatchNorm, which Opacus cannot train with per-sample gradients; converted to GroupNorm "
-            '(dp-batchnorm = "convert"; set norm = "group" to silence this or dp-batchnorm = "refuse" to fail)',
-            model_name,
-        )
+    """Say that this DP run converts BatchNorm to GroupNorm.
+
+    Called once per run, by the ServerApp: every process that builds the model (the CLI validating the config, the
+    ServerApp, each ClientApp actor) converts it, but the run converts it once.
+    """
+    log(
+        INFO,
+        "dp: %s uses BatchNorm, which Opacus cannot train with per-sample gradients; converted to GroupNorm "
+        '(dp-batchnorm = "convert"; set norm = "group" to silence this or dp-batchnorm = "refuse" to fail)',
+        model_name,
+    )
 
 
 def prepare_model(module: nn.Module) -> nn.Module:
@@ -61,6 +64,11 @@ def prepare_model(module: nn.Module) -> nn.Module:
     for sub in module.modules():
         if getattr(sub, "inplace", False):
             sub.inplace = False  # type: ignore[assignment]
+    from edgeflower.privacy._opacus import load_opacus
+
+    load_opacus()
+    from opacus.validators import ModuleValidator
+
     errors = ModuleValidator.validate(module, strict=False)
     if errors:
         raise ValueError(f"model is not compatible with DP-SGD: {'; '.join(str(e) for e in errors[:3])}")

@@ -25,16 +25,19 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
+from typing import TYPE_CHECKING
 
 import torch
 from flwr.app import ConfigRecord, RecordDict
 from flwr.common.logger import log
 
 from edgeflower.privacy.accounting import PrivacyHistory
-from edgeflower.privacy.dpsgd import DeviceDP
 from edgeflower.privacy.sampling import PoissonBatches
 from edgeflower.privacy.settings import ACCOUNTANTS, DPSettings, side_share, steps_per_round
 from edgeflower.transport.messages import DPParams
+
+if TYPE_CHECKING:  # imports Opacus (seconds): only runs with DP load it
+    from edgeflower.privacy.dpsgd import DeviceDP
 
 __all__ = ["NodeRoundDP", "scope_warning"]
 
@@ -137,6 +140,8 @@ class NodeRoundDP:
 
     def device(self) -> DeviceDP:
         """DP-SGD settings of the device-side part (its share of the clipping bound in ``full`` split rounds)."""
+        from edgeflower.privacy.dpsgd import DeviceDP  # imports Opacus: only DP rounds pay for it
+
         return DeviceDP(self.side_noise, self.side_clip, self.batch_size, self.sample_rate, self._generator(0))
 
     def tail_params(self) -> DPParams | None:
@@ -165,13 +170,14 @@ class NodeRoundDP:
             log(WARNING, "dp: the %s accountant could not compute epsilon for comparison: %s", kind, exc)
             return -1.0
 
-    def _metrics(self, stopped: bool, edge_steps: int = 0) -> dict[str, float]:
+    def _metrics(self, stopped: bool, edge_steps: int = 0, round_steps: int = 0) -> dict[str, float]:
         eps = {kind: self._epsilon_or_unknown(kind) for kind in ACCOUNTANTS}
         return {
             "dp-epsilon": eps[self.settings.accountant],
             **{f"dp-epsilon-{kind}": value for kind, value in eps.items()},
             "dp-mechanisms-per-step": 1,  # one subsampled Gaussian per step for what is clipped together
             "dp-edge-steps": edge_steps,
+            "dp-round-steps": round_steps,  # this round's steps; dp-steps counts all rounds (what epsilon is of)
             "dp-steps": self.history.steps,
             "dp-noise-multiplier": self.noise_multiplier,
             "dp-sample-rate": self.sample_rate,
@@ -191,12 +197,14 @@ class NodeRoundDP:
         self.history.add(self.noise_multiplier, self.sample_rate, drawn)
         self.history.save(self.state)
         edge_steps = int(session.get("dp-steps", 0)) if self.tail_private and session and not session_failed else 0
-        metrics = self._metrics(False, edge_steps)
+        metrics = self._metrics(False, edge_steps, drawn)
         other = next(k for k in ACCOUNTANTS if k != self.settings.accountant)
         log(
             INFO,
-            "dp: round spent %d steps at noise %.4f, q %.5f (%s); epsilon so far %.4f (%s; %s: %.4f), scope %s",
+            "dp: round spent %d steps (%d in all rounds, as privacy.json counts) at noise %.4f, q %.5f (%s); "
+            "epsilon so far %.4f (%s; %s: %.4f), scope %s",
             drawn,
+            self.history.steps,
             self.noise_multiplier,
             self.sample_rate,
             "head and tail clipped jointly" if self.tail_private else "one part",

@@ -10,13 +10,15 @@ diagnostics only, never added to the node's budget).
 from __future__ import annotations
 
 import secrets
+from typing import TYPE_CHECKING
 
 import torch
-from opacus.accountants import RDPAccountant
 from torch import nn
 
-from edgeflower.privacy.dpsgd import DeviceDP
 from edgeflower.transport.messages import DPParams, SessionMetrics
+
+if TYPE_CHECKING:  # imports Opacus (seconds): only runs with DP load it
+    pass
 
 __all__ = ["PrivateTail"]
 
@@ -43,6 +45,8 @@ class PrivateTail:
         self.params = params
         seed = params.seed if params.seed >= 0 else secrets.randbits(63)
         self.generator = torch.Generator().manual_seed(seed)  # its state migrates with the session
+        from edgeflower.privacy.dpsgd import DeviceDP  # imports Opacus: only sessions with DP pay for it
+
         dp = DeviceDP(
             params.noise_multiplier,
             params.max_grad_norm,
@@ -72,6 +76,8 @@ class PrivateTail:
         self._reported = self.steps
         metrics.dp_noise_multiplier = self.params.noise_multiplier
         metrics.dp_sample_rate = self.params.sample_rate
+        from opacus.accountants import RDPAccountant  # Opacus is loaded: this session's DeviceDP imported it
+
         acc = RDPAccountant()
         if metrics.dp_steps:
             acc.history = [(self.params.noise_multiplier, self.params.sample_rate, metrics.dp_steps)]

@@ -6,8 +6,6 @@ import functools
 import math
 from dataclasses import dataclass
 
-from opacus.accountants.utils import get_noise_multiplier
-
 __all__ = [
     "ACCOUNTANTS",
     "BATCHNORM_POLICIES",
@@ -173,6 +171,11 @@ class DPSettings:
 @functools.lru_cache(maxsize=64)
 def _calibrated(target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str) -> float:
     """Opacus' noise calibration (cached: a node asks again every round with the same arguments)."""
+    from edgeflower.privacy._opacus import load_opacus
+
+    load_opacus()
+    from opacus.accountants.utils import get_noise_multiplier
+
     return float(
         get_noise_multiplier(
             target_epsilon=target_epsilon,

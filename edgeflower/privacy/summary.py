@@ -77,7 +77,7 @@ class PrivacySummary:
                     "epsilon-rdp": m.get("dp-epsilon-rdp", m["dp-epsilon"]),
                     "epsilon-prv": m.get("dp-epsilon-prv", -1.0),
                     "scope": m.get("dp-scope", "model"),
-                    "steps": m.get("dp-steps", 0.0),
+                    "steps": m.get("dp-steps", 0.0),  # all rounds (each round's: dp-round-steps in "rounds")
                     "noise-multiplier": m.get("dp-noise-multiplier", 0.0),
                     "stopped": max(out.get(node, {}).get("stopped", 0.0), m.get("dp-stopped", 0.0)),
                 }
@@ -121,7 +121,7 @@ class PrivacySummary:
             f" (target {self.target_epsilon:g})" if self.target_epsilon else "",
         )
         for node, v in sorted(final.items()):
-            log(INFO, "    node %s: epsilon %.4f after %d steps%s", node, v["epsilon"], v["steps"],
+            log(INFO, "    node %s: epsilon %.4f after %d steps in all rounds%s", node, v["epsilon"], v["steps"],
                 " (stopped: budget exhausted)" if v["stopped"] else "")  # fmt: skip
         if run_dir is not None:
             (Path(run_dir) / "privacy.json").write_text(json.dumps(summary, indent=2))

@@ -32,7 +32,14 @@ from edgeflower.pruning.imp import SparseLevel
 from edgeflower.pruning.measure import count_params, cpu_latency_ms, state_bytes
 from edgeflower.pruning.surgery import surgery
 
-__all__ = ["MANIFEST", "Portfolio", "Variant", "build_portfolio", "measure_variant"]
+__all__ = ["MANIFEST", "MIN_STRUCTURAL_SAVING", "Portfolio", "Variant", "build_portfolio", "measure_variant"]
+
+MIN_STRUCTURAL_SAVING = 0.01
+"""Share of the dense model's parameters surgery must remove for a variant to count as structurally smaller.
+
+Magnitude pruning zeroes single weights; surgery can only remove a channel once *all* its weights are zero. At
+low compression the zeros are scattered, nothing (or a few hundred parameters) is removed, and the variant is the
+dense model in size and speed: the portfolio says so instead of passing it off as a smaller model."""
 
 MANIFEST = "portfolio.json"
 FORMAT = "edgeflower.portfolio"
@@ -78,6 +85,25 @@ class Variant:
     sha256: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
     model: nn.Module | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def dense_params(self) -> int | None:
+        """Parameters of the dense model it was cut from (its sparse model's count), when recorded."""
+        value = self.extra.get("sparse_params")
+        return int(value) if value else None
+
+    @property
+    def structural_saving(self) -> float | None:
+        """Share of the dense model's parameters surgery removed (``None`` when the dense count is unknown)."""
+        dense = self.dense_params
+        return None if dense is None else 1.0 - self.params / dense
+
+    @property
+    def structurally_smaller(self) -> bool:
+        """Whether surgery removed at least :data:`MIN_STRUCTURAL_SAVING` of the dense parameters (``True`` when
+        the dense count is unknown: nothing to compare with)."""
+        saving = self.structural_saving
+        return saving is None or saving >= MIN_STRUCTURAL_SAVING
 
     def to_json(self) -> dict[str, Any]:
         """Manifest entry."""
@@ -177,6 +203,11 @@ class Portfolio:
             return all(y >= x for x, y in zip(ka, kb, strict=True)) and kb != ka
 
         return [a for a in self.variants if not any(dominated(a, b) for b in self.variants if b is not a)]
+
+    def not_smaller(self) -> list[Variant]:
+        """Variants surgery could not make structurally smaller than the dense model (see
+        :data:`MIN_STRUCTURAL_SAVING`): the dense model in size and speed, useful only for their sparse accuracy."""
+        return [v for v in self.variants if not v.structurally_smaller]
 
     def rows(self) -> list[dict[str, Any]]:
         """One table row per variant."""

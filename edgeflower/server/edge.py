@@ -12,6 +12,20 @@ Each session is bound to the token that opened it. Sessions end on ``Close``, wh
 without the client's ``end`` frame (client disconnect, cancellation, a rejected message), after ``idle_timeout_s``
 without activity, and when the server stops; their tails and optimizers are then released. A rejected request
 never touches another session: authentication happens before a stream is bound to a session.
+
+Who may call what is :data:`edgeflower.transport.auth.RPC_ROLES`. Tokens bound to another edge server's id are
+refused (:class:`~edgeflower.transport.auth.TokenVerifier`).
+
+Rounds. An edge server does not learn rounds from the ServerApp's strategy; it knows, per run, the newest round
+``R`` it has seen: the largest ``round`` of any token it accepted for that run (in ``Open`` and ``Import``) and of any
+:meth:`EdgeServer.advance_round` (the in-process pool announces every round it plans). Token rounds are signed, so
+only the ServerApp (the secret's holder) can raise ``R``. Guaranteed: once ``R`` is known, an ``Open`` or ``Import``
+with a token of that run for a round below ``R`` is refused with ``FAILED_PRECONDITION``, whichever node it is for
+and however long the token still lives. Not guaranteed: an edge server that has seen nothing of round ``R`` yet (an
+external one before the first device of round ``R`` reaches it) still accepts unexpired tokens of round ``R - 1``;
+tokens expire after minutes, and their sessions' results belong to a round the ServerApp has already aggregated.
+Sessions already open when ``R`` rises are not closed (a session is bound to its token's round; its device's result
+is the ServerApp's to accept or discard).
 """
 
 from __future__ import annotations
@@ -23,7 +37,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from logging import ERROR, INFO, WARNING
+from logging import DEBUG, ERROR, INFO, WARNING
 from types import TracebackType
 from typing import Any
 
@@ -33,7 +47,7 @@ from flwr.common.logger import log
 from edgeflower.server.migration import export_session, import_session, seal, unseal
 from edgeflower.server.registry import SessionRegistry
 from edgeflower.server.session import TrainingSession
-from edgeflower.transport.auth import ROLE_DEVICE, ROLE_MIGRATION, TokenVerifier, as_secret
+from edgeflower.transport.auth import RPC_ROLES, TokenVerifier, as_secret
 from edgeflower.transport.codec import DEFAULT_MAX_MESSAGE_BYTES, VERSION, Limits, decode_frame
 from edgeflower.transport.emulation import EmulatedLink, LinkProfile
 from edgeflower.transport.errors import (
@@ -240,7 +254,7 @@ class EdgeServer:
         self._imported: dict[str, str] = {}  # migration token -> session id (one import per token)
         self._import_lock = threading.Lock()
         self._nonces: dict[str, _NonceUse] = {}  # Open tokens used (single-use), until they expire
-        self._rounds: dict[tuple[int, int], int] = {}  # (run, node) -> latest round that opened a session
+        self._rounds: dict[int, int] = {}  # run -> newest round seen (tokens accepted, advance_round)
         self._open_lock = threading.Lock()
         self.registry = SessionRegistry(
             self.config.max_sessions, self.config.idle_timeout_s, self.config.max_sessions_per_node
@@ -294,8 +308,8 @@ class EdgeServer:
         self._server, self.port, self._address = running, running.port, running.address
         self._stopped.clear()
         self.registry.start_reaper(cfg.reap_interval)
-        log(
-            INFO,
+        log(  # DEBUG: the gRPC server has logged "edge server serving on ADDRESS (TLS|plaintext)" (one line per event)
+            DEBUG,
             "edge server %s listening on %s (%s, max %d sessions)",
             self.edge_id or "",
             self._address,
@@ -355,7 +369,7 @@ class EdgeServer:
         """Open a session with a single-use ``device`` token (a retry of the very same request gets the same,
         still untouched session back: exactly once)."""
         req = OpenRequest.from_frame(decode_frame(request, self.limits))
-        claims = self._verifier.verify(req.token, roles=(ROLE_DEVICE, ROLE_MIGRATION))  # migration: restart mode
+        claims = self._verifier.verify(req.token, roles=RPC_ROLES["edge/Open"])  # migration: restart mode
         digest = hashlib.sha256(request).digest()
         with self._open_lock:
             used = self._nonces.get(claims.nonce)
@@ -363,11 +377,7 @@ class EdgeServer:
                 return self._reopen(used, digest)
             if req.token in self._imported:
                 raise EdgeAuthError("this token was already used to import a migrated session")
-            latest = self._rounds.get((claims.run_id, claims.node_id), claims.server_round)
-            if claims.server_round < latest:
-                raise SessionStateError(
-                    f"token is for round {claims.server_round}, node {claims.node_id} already trains in round {latest}"
-                )
+            self._check_round(claims.run_id, claims.server_round)
             self.registry.check_room(claims.run_id, claims.node_id)  # refuse before building anything
             use = self._nonces[claims.nonce] = _NonceUse(claims.expires_at, digest)  # reserved
         try:
@@ -382,8 +392,7 @@ class EdgeServer:
         reply = OpenReply(session.session_id, self.edge_id or "", session.input_shape, session.expects_grad)
         with self._open_lock:
             use.session_id, use.reply = session.session_id, reply.to_bytes()
-            key = (claims.run_id, claims.node_id)
-            self._rounds[key] = max(self._rounds.get(key, claims.server_round), claims.server_round)
+            self._seen_round(claims.run_id, claims.server_round)
             self._forget_expired_nonces()
         log(
             INFO,
@@ -396,6 +405,27 @@ class EdgeServer:
             req.split_point,
         )
         return use.reply
+
+    def advance_round(self, run_id: int, server_round: int) -> None:
+        """Tell this server that ``run_id`` is now in ``server_round``: tokens of older rounds of that run are refused
+        from now on (the in-process pool calls it for every round it plans; rounds never go back)."""
+        with self._open_lock:
+            self._seen_round(int(run_id), int(server_round))
+
+    def newest_round(self, run_id: int) -> int | None:
+        """The newest round this server has seen for ``run_id`` (``None``: none yet)."""
+        with self._open_lock:
+            return self._rounds.get(run_id)
+
+    def _check_round(self, run_id: int, server_round: int) -> None:
+        newest = self._rounds.get(run_id)
+        if newest is not None and server_round < newest:
+            raise SessionStateError(
+                f"token is for round {server_round} of run {run_id}, this edge server has seen round {newest}"
+            )
+
+    def _seen_round(self, run_id: int, server_round: int) -> None:
+        self._rounds[run_id] = max(self._rounds.get(run_id, server_round), server_round)
 
     def _reopen(self, used: _NonceUse, digest: bytes) -> bytes:
         """A second ``Open`` with a used token: the same reply only for an identical retry of an untouched session."""
@@ -474,7 +504,9 @@ class EdgeServer:
     def _import(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         """Destination side: accept a sealed session state under a migration token issued for this server."""
         req = ImportRequest.from_frame(decode_frame(request, self.limits))
-        claims = self._verifier.verify(req.migration_token, roles=ROLE_MIGRATION)
+        claims = self._verifier.verify(req.migration_token, roles=RPC_ROLES["edge/Import"])
+        with self._open_lock:
+            self._check_round(claims.run_id, claims.server_round)
         with self._import_lock:
             if req.migration_token in self._imported:
                 raise EdgeAuthError("this migration token was already used (replayed migration)")
@@ -493,6 +525,8 @@ class EdgeServer:
             )
             self.registry.add(session)
             self._imported[req.migration_token] = session.session_id
+        with self._open_lock:
+            self._seen_round(claims.run_id, claims.server_round)
         log(
             INFO,
             "edge server: imported a migrated session as %s for run %d node %d round %d (after batch %d)",
@@ -507,7 +541,7 @@ class EdgeServer:
     def _resume(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         """Tell the device which session its migration token owns here."""
         req = ResumeRequest.from_frame(decode_frame(request, self.limits))
-        self._verifier.verify(req.migration_token, check_expiry=False, roles=ROLE_MIGRATION)
+        self._verifier.verify(req.migration_token, check_expiry=False, roles=RPC_ROLES["edge/Resume"])
         sid = self._imported.get(req.migration_token)
         if sid is None:
             raise SessionNotFoundError("no session was migrated here with this token")

@@ -121,7 +121,12 @@ class EdgePool:
 
     def plan(self, run_id: int, node_id: int, server_round: int, ttl_s: float = DEFAULT_TTL_S) -> dict[str, str]:
         """``edge-address`` and ``edge-token`` entries of a node's training plan for one round: a single-use
-        ``device`` token for this run, node and round, bound to the node's edge server, valid ``ttl_s``."""
+        ``device`` token for this run, node and round, bound to the node's edge server, valid ``ttl_s``.
+
+        In-process edge servers are told the round (:meth:`EdgeServer.advance_round`): from now on they refuse tokens
+        of this run's older rounds."""
+        for server in self._servers:
+            server.advance_round(run_id, server_round)
         edge = self.edge_of(node_id)
         token = self.issuer.issue(run_id, node_id, server_round, self.edge_ids[edge], ttl_s, ROLE_DEVICE)
         return {"edge-address": self.addresses[edge], "edge-token": token}

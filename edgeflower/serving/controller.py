@@ -45,7 +45,7 @@ from edgeflower.serving.protocol import CONTROLLER_SERVICE, check_request_id, ex
 from edgeflower.serving.protocol import field as meta_field
 from edgeflower.serving.rpc import GrpcServer, ServerOptions, Unary
 from edgeflower.serving.selection import Candidate, Objectives, Selection, select
-from edgeflower.transport.auth import ROLE_CLIENT, ROLE_CONTROLLER, RenewingToken, TokenIssuer, TokenVerifier
+from edgeflower.transport.auth import ROLE_CONTROLLER, RPC_ROLES, RenewingToken, TokenIssuer, TokenVerifier
 from edgeflower.transport.codec import DEFAULT_MAX_MESSAGE_BYTES, Limits, decode_frame, encode_frame
 from edgeflower.transport.emulation import LinkProfile
 from edgeflower.transport.errors import (
@@ -156,6 +156,9 @@ class Controller:
         Serve the predict service over TLS.
     node_root_cert : bytes, optional
         PEM root certificate of nodes that serve TLS.
+    node_ids : sequence of str, optional
+        Id of every node (its ``--node-id``); node ``i``'s tokens are bound to ``node_ids[i]`` and refused by every
+        other node. Default: the addresses in ``nodes`` (what a node without ``--node-id`` takes as its id).
     """
 
     def __init__(
@@ -171,9 +174,13 @@ class Controller:
         config: ControllerConfig | None = None,
         tls: TLSConfig | None = None,
         node_root_cert: bytes | None = None,
+        node_ids: Sequence[str] | None = None,
     ) -> None:
         if len(nodes) != len(bundle.cuts) - 1:
             raise ValueError(f"the bundle's partition has {len(bundle.cuts) - 1} parts, {len(nodes)} nodes given")
+        self.node_ids = [str(a) for a in (nodes if node_ids is None else node_ids)]
+        if len(self.node_ids) != len(nodes) or len(set(self.node_ids)) != len(nodes) or "" in self.node_ids:
+            raise ValueError(f"node_ids must name each of the {len(nodes)} nodes once, got {self.node_ids!r}")
         self.bundle = bundle
         self.config = config or ControllerConfig()
         self.objectives = objectives or Objectives()
@@ -237,8 +244,8 @@ class Controller:
         )
 
     def _node_token(self, node: int, ttl_s: float) -> str:
-        """A short-lived controller token for node ``node``."""
-        return self._issuer.issue(0, node, 0, ttl_s=ttl_s, role=ROLE_CONTROLLER)
+        """A short-lived controller token for node ``node``, bound to its id (refused by every other node)."""
+        return self._issuer.issue(0, node, 0, self.node_ids[node], ttl_s=ttl_s, role=ROLE_CONTROLLER)
 
     # -- lifecycle --------------------------------------------------------------------------------------------------
     @property
@@ -267,6 +274,9 @@ class Controller:
         self.latency.hop_s = statistics.median(rtts)  # for nodes the controller has not relayed through yet
         if calibrate:  # a first calibration; every relayed request refines it
             x = torch.zeros(self.bundle.batch_size, *self.bundle.spec.in_shape)
+            # the first forward through a fresh deployment pays one-off costs (kernels, allocator): measured, it
+            # made a route look several times slower than it serves, and a failover decided on that estimate
+            self._run_route(self.route, "warm-up", x, observe=False)
             for i in range(calibrate):
                 self._run_route(self.route, f"calibrate-{i}", x)
         log(
@@ -284,9 +294,8 @@ class Controller:
         self._stop.clear()
         self._heartbeat = threading.Thread(target=self._heartbeats, name="edgeflower-heartbeat", daemon=True)
         self._heartbeat.start()
-        if serve:
-            address = self._server.start()
-            log(INFO, "controller listening on %s", address)
+        if serve:  # the server logs "controller serving on ADDRESS (...)"; `edgeflower serve` prints its ready line
+            self._server.start()
         return self
 
     def stop(self) -> None:
@@ -491,22 +500,26 @@ class Controller:
             return route
 
     # -- routing ------------------------------------------------------------------------------------------------------
-    def _forward(self, route: Route, stage: Stage, request_id: str, h: torch.Tensor) -> torch.Tensor:
-        """One stage of a request; its timing calibrates the latency model."""
+    def _forward(
+        self, route: Route, stage: Stage, request_id: str, h: torch.Tensor, observe: bool = True
+    ) -> torch.Tensor:
+        """One stage of a request; its timing calibrates the latency model (unless ``observe`` is false)."""
         t0 = time.perf_counter()
         y, compute_s = self.clients[stage.node].forward_timed(route.version, request_id, h, stage.exit)
-        self.latency.observe(stage.node, stage, h.shape[0], time.perf_counter() - t0, compute_s)
+        if observe:
+            self.latency.observe(stage.node, stage, h.shape[0], time.perf_counter() - t0, compute_s)
         return y
 
-    def _run_route(self, route: Route, request_id: str, x: torch.Tensor) -> torch.Tensor:
+    def _run_route(self, route: Route, request_id: str, x: torch.Tensor, observe: bool = True) -> torch.Tensor:
         h = x
         for stage in route.stages:
-            h = self._forward(route, stage, request_id, h)
+            h = self._forward(route, stage, request_id, h, observe)
         return h
 
     def run(self, request_id: str, x: torch.Tensor) -> tuple[torch.Tensor, Route]:
         """Run ``x`` through the current route, re-running it on the new route whenever the route breaks."""
         deadline = time.monotonic() + self.config.request_deadline_s
+        self.latency.record_request(int(x.shape[0]))  # estimates are made at the batch clients send
         while True:
             route = self.route
             node = -1
@@ -578,7 +591,7 @@ class Controller:
     # -- RPCs -------------------------------------------------------------------------------------------------------
     def _predict_rpc(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         frame = expect(decode_frame(request, self.limits), "predict", ("x",))
-        self._verifier.verify(meta_field(frame, "token", str), roles=ROLE_CLIENT)
+        self._verifier.verify(meta_field(frame, "token", str), roles=RPC_ROLES["controller/Predict"])
         request_id = check_request_id(meta_field(frame, "request_id", str))
         x = frame.tensors["x"]
         shape = tuple(self.bundle.spec.in_shape)
@@ -599,6 +612,7 @@ class Controller:
             "route": self.route.describe(),
             "latency_ms": statistics.median(served) * 1e3 if served else None,
             "estimated_latency_ms": self.latency.estimate(self.route) * 1e3,
+            "estimated_batch": self.latency.served_batch(),  # the batch size the estimates are made at
             "alive": self.alive(),
             "pending": self.journal.pending,
             "executed": self.executed,
@@ -608,5 +622,5 @@ class Controller:
 
     def _status_rpc(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         frame = expect(decode_frame(request, self.limits), "status")
-        self._verifier.verify(meta_field(frame, "token", str), roles=ROLE_CLIENT)
+        self._verifier.verify(meta_field(frame, "token", str), roles=RPC_ROLES["controller/Status"])
         return encode_frame("status_info", self.status())

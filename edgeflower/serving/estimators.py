@@ -6,8 +6,9 @@ downtime (bytes to deploy and the calibrated load rate).
 * **Latency** of a route is ``sum over stages of (hop + speed * compute + transfer in + transfer out + 2 * link
   latency)``: compute from per-block forward times measured at the serving batch size in eval mode with one thread
   (:func:`block_times`), transfers from activation bytes and the stage's :class:`LinkProfile`; ``speed`` (the
-  node's compute time over the profile's) and ``hop`` (RPC, codec, queueing) are learnt per node from the
-  requests the controller relays, continuously (:class:`LatencyModel`).
+  node's compute time over the profile's) and ``hop`` (RPC, codec, queueing) are learnt per node and per batch
+  size (powers of two) from the requests the controller relays, continuously, and a route is estimated at the batch
+  size its clients send (:class:`LatencyModel`).
 * **Downtime** of a route switch is ``switch_s`` when nothing is deployed (early exit, skip) and, for a
   repartition, ``sum over nodes of (fixed_s + bytes * per_byte_s + link transfer)`` with ``fixed_s`` and
   ``per_byte_s`` fitted on the initial deployment (:class:`DowntimeModel`).
@@ -15,6 +16,7 @@ downtime (bytes to deploy and the calibrated load rate).
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections import deque
@@ -128,6 +130,11 @@ class LatencyModel:
     under load are skewed: a sum of per-stage medians falls short of a route's typical latency). A node
     never observed uses ``speed = 1`` and :attr:`hop_s` (the heartbeat round trip).
 
+    Compute and overhead do not scale linearly with the batch (a batch of 4 costs far more than an eighth of a
+    batch of 32), so both are learnt per batch-size class (the nearest power of two) and a route is estimated, by
+    default, at the batch its clients actually send (:meth:`served_batch`, from :meth:`record_request`): an
+    estimate at the profiled batch next to a latency measured on small requests compares two different things.
+
     Attributes
     ----------
     block_s : list of float
@@ -162,14 +169,42 @@ class LatencyModel:
     links: dict[int, LinkProfile] = field(default_factory=dict)
     window: int = 64
     trim: float = 0.25
-    _speed: dict[int, deque[float]] = field(default_factory=dict, init=False, repr=False)
-    _hop: dict[int, deque[float]] = field(default_factory=dict, init=False, repr=False)
+    _speed: dict[tuple[int, int], deque[float]] = field(default_factory=dict, init=False, repr=False)
+    _hop: dict[tuple[int, int], deque[float]] = field(default_factory=dict, init=False, repr=False)
+    _requests: deque[int] = field(default_factory=deque, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.window < 1:
             raise ValueError(f"window must be >= 1, got {self.window}")
         if not 0.0 <= self.trim < 0.5:
             raise ValueError(f"trim must be in [0, 0.5), got {self.trim}")
+        self._requests = deque(maxlen=self.window)
+
+    @staticmethod
+    def batch_class(batch: int) -> int:
+        """The class a batch size is calibrated in: the exponent of the nearest power of two."""
+        return max(0, round(math.log2(max(int(batch), 1))))
+
+    def _key(self, node: int, batch: int | None) -> tuple[int, int]:
+        return node, self.batch_class(batch or self.batch_size)
+
+    def record_request(self, batch: int) -> None:
+        """Note the batch size of a request a client sent (the estimates' default batch follows them)."""
+        if batch > 0:
+            self._requests.append(int(batch))
+
+    def calibrated(self, batch: int | None = None) -> bool:
+        """Whether some node's speed was learnt at ``batch``'s class (default: the profiled batch)."""
+        cls = self.batch_class(batch or self.batch_size)
+        return any(c == cls and values for (_, c), values in list(self._speed.items()))
+
+    def served_batch(self) -> int:
+        """The batch estimates are made at: the median of the last requests' batch sizes once forwards of that
+        size were observed, else the profiled :attr:`batch_size` (calibrated by the controller's probes)."""
+        if not self._requests:
+            return self.batch_size
+        batch = int(statistics.median_low(list(self._requests)))
+        return batch if self.calibrated(batch) else self.batch_size
 
     def compute_s(self, start: int, stop: int, use_exit: bool, batch: int) -> float:
         """Profiled (uncalibrated) compute seconds of blocks ``[start, stop)`` (and an exit head) on ``batch``."""
@@ -186,33 +221,33 @@ class LatencyModel:
     def observe(self, node: int, stage: Stage, batch: int, wall_s: float, compute_s: float) -> None:
         """Learn from one relayed forward: ``wall_s`` seen by the controller, ``compute_s`` reported by the node.
 
-        Forwards of a batch more than twice as large or small as the profiled one are ignored: compute does not
-        scale linearly that far, and they would skew the node's speed for serving-size batches.
+        Kept with the forwards of the same batch-size class only (:meth:`batch_class`): compute does not scale
+        linearly across sizes, so a batch of 256 (an accuracy sweep) or of 1 never skews the estimate at 32.
         """
-        if not self.batch_size / 2 <= batch <= self.batch_size * 2:
-            return
+        key = self._key(node, batch)
         predicted = self.compute_s(stage.start, stage.stop, stage.exit, batch)
         wire = self.wire_s(node, stage.start, stage.stop, stage.exit, batch)
         if predicted > 0 and compute_s > 0:
-            self._speed.setdefault(node, deque(maxlen=self.window)).append(compute_s / predicted)
-        self._hop.setdefault(node, deque(maxlen=self.window)).append(max(wall_s - compute_s - wire, 0.0))
+            self._speed.setdefault(key, deque(maxlen=self.window)).append(compute_s / predicted)
+        self._hop.setdefault(key, deque(maxlen=self.window)).append(max(wall_s - compute_s - wire, 0.0))
 
-    def speed(self, node: int) -> float:
-        """``node``'s compute time relative to the profile (1.0 until observed)."""
-        return _trimmed_mean(self._speed.get(node), self.trim, 1.0)
+    def speed(self, node: int, batch: int | None = None) -> float:
+        """``node``'s compute time relative to the profile at ``batch``'s class (default: the profiled batch;
+        1.0 until observed)."""
+        return _trimmed_mean(self._speed.get(self._key(node, batch)), self.trim, 1.0)
 
-    def node_hop_s(self, node: int) -> float:
-        """``node``'s per-stage overhead (:attr:`hop_s` until observed)."""
-        return _trimmed_mean(self._hop.get(node), self.trim, self.hop_s)
+    def node_hop_s(self, node: int, batch: int | None = None) -> float:
+        """``node``'s per-stage overhead at ``batch``'s class (:attr:`hop_s` until observed)."""
+        return _trimmed_mean(self._hop.get(self._key(node, batch)), self.trim, self.hop_s)
 
     def stage_s(self, node: int, start: int, stop: int, use_exit: bool, batch: int) -> float:
         """Seconds of one stage for a batch of ``batch``."""
-        compute = self.compute_s(start, stop, use_exit, batch) * self.speed(node)
-        return self.node_hop_s(node) + compute + self.wire_s(node, start, stop, use_exit, batch)
+        compute = self.compute_s(start, stop, use_exit, batch) * self.speed(node, batch)
+        return self.node_hop_s(node, batch) + compute + self.wire_s(node, start, stop, use_exit, batch)
 
     def estimate(self, route: Route, batch: int | None = None) -> float:
-        """Estimated seconds of one request through ``route``."""
-        b = batch or self.batch_size
+        """Estimated seconds of one request of ``batch`` samples through ``route`` (default: :meth:`served_batch`)."""
+        b = batch or self.served_batch()
         return sum(self.stage_s(s.node, s.start, s.stop, s.exit, b) for s in route.stages)
 
 

@@ -8,8 +8,11 @@ Run it in-process::
 or as a process with ``edgeflower infer-node`` (prints ``inference node listening on HOST:PORT``). The controller
 deploys a segment with a ``deploy`` frame (model spec or pruned-variant architecture as JSON, block range, weights
 as codec tensors: nothing is unpickled), then sends ``forward`` frames. Every request's token is verified and must
-be a controller's (role ``controller``); a deployment's model size is checked before anything is built; non-finite
-weights and inputs are refused.
+be a controller's (role ``controller``, :data:`~edgeflower.transport.auth.RPC_ROLES`) and bound to this node's id:
+``node_id`` when given (``--node-id``), else the address the node is bound to (``host:port``), which is the address
+the controller dials on one machine. A node bound to a wildcard address (``--host 0.0.0.0``) must be given the id
+the controller binds its tokens to (the address the controller dials, or its ``node_ids``), or it refuses them all.
+A deployment's model size is checked before anything is built; non-finite weights and inputs are refused.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass
-from logging import INFO
+from logging import INFO, WARNING
 from types import TracebackType
 
 import grpc
@@ -30,7 +33,7 @@ from edgeflower.models.zoo import build_model
 from edgeflower.serving.exits import ExitHead
 from edgeflower.serving.protocol import NODE_SERVICE, check_request_id, expect, field
 from edgeflower.serving.rpc import GrpcServer, ServerOptions, Unary
-from edgeflower.transport.auth import ROLE_CONTROLLER, TokenVerifier
+from edgeflower.transport.auth import RPC_ROLES, TokenVerifier
 from edgeflower.transport.codec import DEFAULT_MAX_MESSAGE_BYTES, Limits, decode_frame, encode_frame
 from edgeflower.transport.emulation import DeviceProfile
 from edgeflower.transport.errors import InvalidMessageError, SessionStateError
@@ -108,7 +111,8 @@ class InferenceNode:
     secret : bytes or str
         Token secret shared with the controller.
     node_id : str, optional
-        This node's id; tokens naming another node are refused.
+        This node's id; tokens naming another node are refused. Default: the bound address ``host:port`` (set by
+        :meth:`start`).
     tls : TLSConfig, optional
         Serve over TLS.
     max_message_bytes : int
@@ -184,8 +188,23 @@ class InferenceNode:
     def start(self) -> str:
         """Bind and serve; return the address."""
         address = self._server.start()
-        log(INFO, "inference node %s listening on %s", self.node_id or "", address)
+        self._verifier.edge_id = self.node_id or address  # controller tokens are bound to it
+        if self.node_id is None and self._server.host in ("0.0.0.0", "::", "[::]", ""):
+            log(
+                WARNING,
+                "inference node on %s has no --node-id: it accepts only controller tokens bound to %r; give it the "
+                "address the controller dials as --node-id",
+                address,
+                address,
+            )
+        # no line of our own: the server logs "inference node serving on ADDRESS (TLS|plaintext)" and
+        # `edgeflower infer-node` prints its ready line (one more said the same thing a third time)
         return address
+
+    @property
+    def identity(self) -> str | None:
+        """The id controller tokens must be bound to (``node_id``, else the bound address; ``None`` before start)."""
+        return self._verifier.edge_id
 
     def stop(self) -> None:
         """Stop serving. Idempotent."""
@@ -204,7 +223,7 @@ class InferenceNode:
     def _deploy(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         t0 = time.perf_counter()
         frame = expect(decode_frame(request, self.limits), "deploy")
-        self._verifier.verify(field(frame, "token", str), roles=ROLE_CONTROLLER)
+        self._verifier.verify(field(frame, "token", str), roles=RPC_ROLES["node/Deploy"])
         version = field(frame, "version", str)
         start, stop = field(frame, "start", int), field(frame, "stop", int)
         try:
@@ -239,7 +258,7 @@ class InferenceNode:
 
     def _forward(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         frame = expect(decode_frame(request, self.limits), "forward", ("x",))
-        self._verifier.verify(field(frame, "token", str), roles=ROLE_CONTROLLER)
+        self._verifier.verify(field(frame, "token", str), roles=RPC_ROLES["node/Forward"])
         version = field(frame, "version", str)
         check_request_id(field(frame, "request_id", str))
         use_exit = field(frame, "exit", bool, False)
@@ -268,7 +287,7 @@ class InferenceNode:
 
     def _ping(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         frame = expect(decode_frame(request, self.limits), "ping")
-        self._verifier.verify(field(frame, "token", str), roles=ROLE_CONTROLLER)
+        self._verifier.verify(field(frame, "token", str), roles=RPC_ROLES["node/Ping"])
         dep = self.deployment
-        meta = {"node_id": self.node_id or "", "version": dep.version if dep else None, "deployed": dep is not None}
+        meta = {"node_id": self.identity or "", "version": dep.version if dep else None, "deployed": dep is not None}
         return encode_frame("pong", meta)

@@ -31,10 +31,10 @@ from edgeflower.flwrctl import (
     RunOutcome,
     fetch_logs,
     flower_env,
+    follow_run,
     format_config_overrides,
     kill_process_tree,
     start_run,
-    wait_for_run,
     write_connections,
 )
 from edgeflower.testbed.certs import write_credentials
@@ -400,7 +400,7 @@ class Testbed:
             remaining = max(1.0, timeout - (time.monotonic() - t0))
             status, details = in_netns(
                 link_ns,
-                lambda: wait_for_run(run_id, CONNECTION, self.env, timeout=remaining, poll_interval=poll_interval),
+                lambda: follow_run(run_id, CONNECTION, self.env, timeout=remaining, poll_interval=poll_interval)[:2],
                 timeout_s=remaining + 120,
             )
         finally:

@@ -7,22 +7,46 @@ A token is ``<payload>.<signature>``, both base64url without padding:
   "exp": float (unix time), "nonce": str}``;
 * signature: ``HMAC-SHA256(secret, b"edgeflower-token-v2." + payload_b64)``.
 
-Roles (:data:`ROLES`) say who holds the token and so which RPCs it may call:
+Roles (:data:`ROLES`) say who holds the token. Every RPC accepts exactly what :data:`RPC_ROLES` names (the services
+verify with ``roles=RPC_ROLES[...]``, and ``tests/security/test_attacks.py`` walks the table against real servers):
 
-==============  ==========================================  ========================================================
-role            held by                                     accepted by
-==============  ==========================================  ========================================================
-``device``      a device node, for one round                edge server ``Open`` (then ``Train``/``Close`` of the
-                                                            session it opened)
-``migration``   a device, for one destination edge server   edge server ``Import`` (from the source edge server,
-                                                            a migration peer) and ``Resume``
-``controller``  the serving controller                      inference node ``Deploy``/``Forward``/``Ping``
-``node``        an inference node                           (reserved: a node's identity towards the controller)
-``client``      a serving client                            controller ``Predict``/``Status``
-==============  ==========================================  ========================================================
+=========================  ===========================================  ===============================================
+RPC                        accepts                                      called by
+=========================  ===========================================  ===============================================
+edge ``Health``            no token (control lane: status, id, count)   anyone (the pool asks an edge server's id)
+edge ``Open``              ``device``; ``migration`` (restart mode:     a device, once per round (single-use token)
+                           a fresh session at the destination)
+edge ``Train``/``Close``   :data:`SESSION_OWNER`: the very token that   the device that opened the session
+                           opened (or imported) the session
+edge ``Migrate``           :data:`SESSION_OWNER`                        the device, at its source edge server
+edge ``Import``            ``migration``, sealed with the secret        the source edge server (a migration peer)
+edge ``Resume``            ``migration``                                the device, at the destination
+node ``Deploy``/           ``controller``                               the serving controller
+``Forward``/``Ping``
+controller ``Predict``/    ``client``                                   a serving client
+``Status``
+=========================  ===========================================  ===============================================
 
-Tokens are bound to a run, a node and a round, and optionally to one service (``edge``: the edge server's or the
-inference node's id). They live minutes (:data:`DEFAULT_TTL_S`); whoever holds the secret re-issues them. A verifier
+There is no role for an inference node: a node originates no call (the controller deploys to it, forwards through
+it and pings it; a node never registers or reports), so no service has anything to accept from a node. A ``node``
+role existed for that and is gone; a token naming it is refused everywhere as an unknown role.
+
+Binding. Tokens are bound to a run, a node and a round, and to one service (``edge``: the edge server's or the
+inference node's id). A verifier with an id refuses a token naming another id; a verifier without one refuses every
+token naming an id. Every issuer binds what it hands out: the ServerApp's :class:`~edgeflower.server.pool.EdgePool`
+binds device and migration tokens to the edge server's id (an external edge server without ``--edge-id`` gets
+unbound tokens, with a WARNING), the controller binds each node's token to that node's id (by default the address it
+dials, which is what an inference node without ``--node-id`` takes as its id). Tokens naming no id are still accepted
+by services with an id: only a holder of the secret can make one, and such a holder can make any token.
+Roles and binding separate only parties that do not hold the secret: a serving client that mints its own token
+with the shared secret (``edgeflower predict --secret-file``) could mint any role; hand clients tokens instead.
+
+Rounds. An edge server remembers, per run, the newest round of any token it accepted (``Open``, ``Import``) and
+the newest round the ServerApp announced to it (:meth:`~edgeflower.server.edge.EdgeServer.advance_round`, called for
+in-process servers when the pool plans a round); it refuses an ``Open`` or ``Import`` whose token names an older
+round (``FAILED_PRECONDITION``). See :mod:`edgeflower.server.edge` for exactly what that guarantees.
+
+Lifetimes. Tokens live minutes (:data:`DEFAULT_TTL_S`); whoever holds the secret re-issues them. A verifier
 refuses a token whose lifetime (``exp - iat``) exceeds its ``max_lifetime_s`` whatever the issuer signed, so a
 leaked secret-holder's mistake (the controller's 10-year node tokens of old) cannot make a long-lived bearer token.
 The ``nonce`` makes every token unique; edge servers use it to accept an ``Open`` token once.
@@ -57,7 +81,8 @@ __all__ = [
     "ROLE_CONTROLLER",
     "ROLE_DEVICE",
     "ROLE_MIGRATION",
-    "ROLE_NODE",
+    "RPC_ROLES",
+    "SESSION_OWNER",
     "RenewingToken",
     "TokenClaims",
     "TokenIssuer",
@@ -71,10 +96,29 @@ MIN_SECRET_BYTES = 16
 ROLE_DEVICE = "device"
 ROLE_MIGRATION = "migration"
 ROLE_CONTROLLER = "controller"
-ROLE_NODE = "node"
 ROLE_CLIENT = "client"
-ROLES = frozenset({ROLE_DEVICE, ROLE_MIGRATION, ROLE_CONTROLLER, ROLE_NODE, ROLE_CLIENT})
+ROLES = frozenset({ROLE_DEVICE, ROLE_MIGRATION, ROLE_CONTROLLER, ROLE_CLIENT})
 """Every role a token can name."""
+
+SESSION_OWNER = "session-owner"
+"""Not a role: an RPC marked with it accepts only the very token that opened (or imported) the session."""
+
+RPC_ROLES: dict[str, frozenset[str]] = {
+    "edge/Health": frozenset(),
+    "edge/Open": frozenset({ROLE_DEVICE, ROLE_MIGRATION}),
+    "edge/Train": frozenset({SESSION_OWNER}),
+    "edge/Close": frozenset({SESSION_OWNER}),
+    "edge/Migrate": frozenset({SESSION_OWNER}),
+    "edge/Import": frozenset({ROLE_MIGRATION}),
+    "edge/Resume": frozenset({ROLE_MIGRATION}),
+    "node/Deploy": frozenset({ROLE_CONTROLLER}),
+    "node/Forward": frozenset({ROLE_CONTROLLER}),
+    "node/Ping": frozenset({ROLE_CONTROLLER}),
+    "controller/Predict": frozenset({ROLE_CLIENT}),
+    "controller/Status": frozenset({ROLE_CLIENT}),
+}
+"""What every RPC of the edge server, the inference node and the serving controller accepts (``service/Method``):
+roles, :data:`SESSION_OWNER`, or nothing (no token: health)."""
 
 DEFAULT_TTL_S = 600.0
 """Default token lifetime (10 minutes)."""
@@ -104,7 +148,12 @@ def as_secret(secret: bytes | str) -> bytes:
 
 
 def load_secret(path: str | os.PathLike[str]) -> bytes:
-    """Read a shared secret from a file (surrounding whitespace is stripped).
+    """Read a shared secret from a file: a text secret without its surrounding whitespace, a binary one exactly.
+
+    A text file (printable ASCII, e.g. ``openssl rand -hex 32 > f``) loses the newline an editor or ``echo`` adds;
+    binary bytes (``head -c 32 /dev/urandom > f``) are the secret as they are: stripping them would drop random
+    bytes that happen to be whitespace, and a party holding the raw bytes in memory would then sign with another
+    key.
 
     Raises
     ------
@@ -113,7 +162,9 @@ def load_secret(path: str | os.PathLike[str]) -> bytes:
     ValueError
         If the secret is shorter than :data:`MIN_SECRET_BYTES`.
     """
-    return as_secret(Path(path).read_bytes().strip())
+    data = Path(path).read_bytes()
+    text = data.strip()
+    return as_secret(text if all(0x20 <= b < 0x7F for b in text) else data)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""End-to-end: the app through `flwr run .` (Simulation Engine) and on a real Deployment Engine."""
+"""End-to-end: the app through `flwr run .` (Simulation Engine); the Deployment Engine runs are in
+test_split_engines.py."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from edgeflower.flwrctl import Deployment, RunOutcome, run_simulation
+from edgeflower.flwrctl import RunOutcome, run_simulation
+from edgeflower.flwrctl import main as flwrctl_main
 from edgeflower.runlog import run_folder
-from tests.conftest import QUICK, ROOT
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -28,24 +30,18 @@ def test_flwr_run_simulation_completes_and_learns_well_above_chance(quick_fl_run
     assert [r["round"] for r in rows] == [0, 1, 2]
     assert rows[0]["test-accuracy"] < 0.2
     assert rows[-1]["test-accuracy"] > 0.6  # chance is 0.1
-    assert rows[-1]["nodes"] == 4 and rows[-1]["round-time-s"] > 0
+    assert rows[-1]["nodes"] == 2 and rows[-1]["round-time-s"] > 0
     assert "round 2/2: test accuracy" in outcome.logs
 
 
-def test_bad_run_config_fails_the_run_with_the_key_named(tmp_path):
-    config = {"split-point": 99, "run-dir": str(tmp_path)}
-    outcome = run_simulation(ROOT, tmp_path / "flwr-home", num_supernodes=2, run_config=config, timeout=300)
-    assert outcome.status == "finished:failed"
-    assert "split-point" in outcome.details + outcome.logs
-
-
-def test_deployment_engine_runs_the_app_on_superlink_and_two_supernodes(tmp_path):
-    # with Flower's client-side central DP composed in (the ClientApp's mod clips, the wrapper adds noise); the
-    # clipping norm and noise are too loose to change what is learnt
-    central = {"central-dp": "client-fixed", "central-dp-clipping-norm": 1e4, "central-dp-noise-multiplier": 1e-9}
-    with Deployment(tmp_path / "flwr-home", num_supernodes=2) as deployment:
-        outcome = deployment.run(ROOT, {**QUICK, **central, "run-dir": str(tmp_path)}, timeout=400)
-    assert outcome.status == "finished:completed", (outcome.details, outcome.logs[-3000:])
-    assert "DifferentialPrivacyClientSideFixedClipping" in outcome.logs or "clipping" in outcome.logs.lower()
-    rows = _run_rows(tmp_path, outcome)
-    assert rows[-1]["nodes"] == 2 and rows[-1]["test-accuracy"] > 0.5
+def test_bad_run_config_is_refused_before_flower_starts_with_the_key_named(tmp_path, capsys):
+    """A wrong value is named at once, by flwrctl (``make run``) and ``run_simulation``, before a SuperLink, the
+    Simulation Runtime and Ray start; the ServerApp would fail the run with the same message (its validation is
+    unit-tested in tests/test_config.py; a ServerApp failure failing the run is tests/e2e/test_failures.py)."""
+    home = tmp_path / "flwr-home"
+    outcome = run_simulation(ROOT, home, num_supernodes=2, run_config={"split-point": 99}, timeout=300)
+    assert outcome.status == "not-started" and outcome.run_id is None
+    assert "'split-point': 99 is out of range for vgg5" in outcome.details
+    assert not (home / "local-superlink" / "superlink.log").exists()  # no SuperLink was started
+    rc = flwrctl_main(["run-sim", str(ROOT), "--home", str(home), "--run-config", "split-point=99"])
+    assert rc == 1 and "'split-point': 99 is out of range" in capsys.readouterr().out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -48,20 +49,24 @@ def _independent_epsilon(steps: list[tuple[float, float, int]]) -> float:
     return acc.get_epsilon(DELTA)
 
 
-def test_reported_epsilon_accumulates_across_rounds_and_equals_an_independent_opacus_accountant(fmnist_train):
+def test_reported_epsilon_accumulates_across_rounds_and_equals_an_independent_opacus_accountant(fmnist_train, caplog):
+    caplog.set_level(logging.INFO, logger="flwr")
     x, y = fmnist_train.x[:100], fmnist_train.y[:100]
     settings = DPSettings("device", noise_multiplier=1.1, max_grad_norm=1.0, delta=DELTA)
     state = RecordDict()  # the node's context.state, carried across rounds
     torch.manual_seed(0)
     model = build_model("vgg5", norm="group", width=0.25)
     reported = []
-    for _ in range(3):
+    for r in range(3):
         dp = _round(settings, state, len(y))
         opt, hooks, _ = dp.device().wrap(model, make_optimizer(model.parameters(), 0.05))
         train_local(model, dp.batches(x, y), opt)  # masks from the OS CSPRNG
         hooks.remove_hooks()
         metrics = dp.finish()
         reported.append(metrics["dp-epsilon"])
+        # one count everywhere: the round's steps and all rounds' steps, in the metrics and in the log line
+        assert (metrics["dp-round-steps"], metrics["dp-steps"]) == (5, 5 * (r + 1))
+        assert f"round spent 5 steps ({5 * (r + 1)} in all rounds" in caplog.text
         assert dp.sampler is not None and dp.sampler.drawn == dp.steps == 5  # round(100 / 20) Poisson draws
         assert isinstance(state[STATE_KEY], ConfigRecord)  # stored as a ConfigRecord, not pickled
     independent = [_independent_epsilon([(1.1, 0.2, 5 * (r + 1))]) for r in range(3)]
@@ -314,3 +319,19 @@ def test_central_dp_reports_flowers_client_level_epsilon_per_round_and_stops_cle
     assert written == summary["central-dp"]
     assert written["rounds"] == {"1": pytest.approx(independent(1)), "2": pytest.approx(independent(2))}
     assert written["stopped-at-round"] == 3 and written["sampling-method"] == "no-amplification"
+
+
+def test_opacus_optimal_order_warning_is_silenced_at_its_source_and_epsilon_is_still_opacus_rdp():
+    import warnings
+
+    from edgeflower.privacy import accounting
+
+    history = PrivacyHistory()
+    history.add(5.0, 0.01, 3)  # few steps at high noise: the best RDP order is Opacus' largest default one
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # everything shows ...
+        accounting._silence_rdp_order_warning()  # ... but what the module installs at import (pytest resets it)
+        epsilon = history.epsilon(DELTA)
+        warnings.warn("an unrelated warning still shows", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["an unrelated warning still shows"]
+    assert epsilon == pytest.approx(_independent_epsilon([(5.0, 0.01, 3)]), abs=1e-9)

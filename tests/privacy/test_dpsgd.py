@@ -177,14 +177,16 @@ def test_dp_params_travel_in_the_open_request_and_bad_values_are_rejected():
         DPParams(1.0, 1.0, 10, 0.0, 1e-5)
 
 
-def test_batchnorm_is_converted_once_for_every_party_or_refused(edge, caplog):
-    from edgeflower.privacy import models as dp_models
+def test_batchnorm_is_converted_for_every_party_or_refused_and_said_once_by_the_server_app(edge, caplog):
+    from edgeflower.privacy.models import converts_batchnorm, log_conversion
 
     caplog.set_level(logging.INFO, logger="flwr")
-    dp_models._LOGGED.clear()
     cfg = AppConfig.from_run_config({"dp": "device", "dp-delta": 1e-5, "norm": "batch", "mode": "split"})
     model = cfg.build_model()
-    cfg.build_model()
+    cfg.build_model()  # every process that builds the model (CLI, ServerApp, each ClientApp actor) says nothing
+    assert "converted to GroupNorm" not in caplog.text
+    assert converts_batchnorm(cfg.dp, cfg.norm) and not converts_batchnorm("off", "batch")
+    log_conversion(cfg.model)  # what the ServerApp does, once per run
     assert "uses BatchNorm" in caplog.text and caplog.text.count("converted to GroupNorm") == 1  # said clearly, once
     assert model.spec.norm == "group"
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())

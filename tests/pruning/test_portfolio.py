@@ -255,3 +255,27 @@ def test_cli_prunes_the_checkpoint_of_an_fl_run(tmp_path: Path, capsys: pytest.C
     assert main(["prune", "--checkpoint", str(wrong), "--model", "vgg5", *common, "--out", str(tmp_path / "x")]) == 1
     assert "does not fit vgg5" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()  # nothing half-written
+
+
+def test_levels_that_surgery_cannot_shrink_are_named_as_dense_sized_in_the_output(capsys):
+    """Magnitude pruning at x2..x32 zeroed scattered weights: 458,570 of 458,890 parameters remained, the variant
+    was the dense model in size and speed, and the table offered it as a compressed model without a word."""
+    from edgeflower.commands.portfolio import print_portfolio
+
+    spec = build_model("vgg5", (1, 28, 28), 10, "group", width=0.25).spec
+
+    def variant(name: str, params: int, dense: int | None = 458_890) -> Variant:
+        extra = {"sparse_accuracy": 0.9} if dense is None else {"sparse_accuracy": 0.9, "sparse_params": dense}
+        return Variant(name, float(name[1:]), params, 4 * params, {1: 0.3, 32: 2.0}, 0.9, {}, extra=extra)
+
+    pf = Portfolio(spec, [variant("x2", 458_570), variant("x32", 458_570), variant("x256", 120_000)])
+    assert [v.name for v in pf.not_smaller()] == ["x2", "x32"]
+    assert pf["x256"].structural_saving == pytest.approx(1 - 120_000 / 458_890)
+    text = print_portfolio(pf)
+    assert "x2, x32 are not structurally smaller than the dense model" in text and "Smaller models: x256." in text
+    assert "99.9%" in text and "26.2%" in text  # each variant's size next to the dense model's
+    only_dense_sized = Portfolio(spec, [variant("x2", 458_570)])
+    assert "No level removed whole channels" in print_portfolio(only_dense_sized)
+    unknown = Portfolio(spec, [variant("x4", 1000, dense=None)])  # an old manifest: nothing to compare with
+    assert unknown.not_smaller() == [] and "note:" not in print_portfolio(unknown)
+    capsys.readouterr()

@@ -7,6 +7,7 @@ Bounded: a few dozen calls, small models (VGG5 at width 0.25), deadlines of 1 s 
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 import grpc
 import pytest
@@ -29,14 +30,17 @@ from benchmarks._attacks import (
 from edgeflower.models.zoo import build_model
 from edgeflower.server import EdgeServer, EdgeServerConfig
 from edgeflower.server import session as session_module
+from edgeflower.server.pool import EdgePool
 from edgeflower.serving import Controller, InferenceNode, NodeClient, ServingClient, build_bundle
 from edgeflower.serving.controller import ControllerConfig
 from edgeflower.transport import EdgeClient, OptimizerSettings
-from edgeflower.transport.auth import TokenIssuer
+from edgeflower.transport.auth import ROLES, RPC_ROLES, SESSION_OWNER, TokenIssuer
 from edgeflower.transport.codec import Frame, encode_frame
 from edgeflower.transport.errors import EdgeAuthError, EdgeOverloadedError, InvalidMessageError, SessionStateError
 from edgeflower.transport.grpc_server import ServerOptions
-from edgeflower.transport.service import METHOD_HEALTH, METHOD_OPEN
+from edgeflower.transport.messages import CloseRequest
+from edgeflower.transport.migration import ImportRequest, MigrateRequest, ResumeRequest
+from edgeflower.transport.service import METHOD_CLOSE, METHOD_HEALTH, METHOD_OPEN, SERVICE
 from tests._edge_helpers import wait_until
 
 SECRET = b"security-attack-test-secret-0123456789"
@@ -69,7 +73,7 @@ def _open(client: EdgeClient, token: str, model=None, k: int = 2):
 
 def test_forged_expired_foreign_wrong_role_and_malformed_requests_are_refused_by_the_edge_server(edge):
     outcomes = edge_token_attacks(edge.address, SECRET, "edge-s", OTHER)
-    assert len(outcomes) >= 13
+    assert len(outcomes) >= 12
     assert [o for o in outcomes if not o.rejected] == []
     assert edge.num_sessions == 0
 
@@ -177,7 +181,7 @@ def test_only_the_controller_deploys_to_or_forwards_through_nodes(chain):
     client = ISSUER.issue(0, 1, 0, role="client")
     before = ServingClient(ctl.address, client).predict(x).logits
     version = ctl.route.version
-    for role in ("client", "device", "node", "migration"):
+    for role in ("client", "device", "migration"):
         stolen = NodeClient(nodes[0].address, ISSUER.issue(0, 0, 0, role=role))
         try:
             with pytest.raises(EdgeAuthError, match="not accepted"):
@@ -281,3 +285,220 @@ def test_clients_retry_busy_refusals_with_backoff_and_the_same_request(monkeypat
     with EdgeClient("127.0.0.1:1", retry_backoff_s=0.01) as client:
         assert client.call_retrying(METHOD_OPEN, b"frame") == "reply"
     assert calls == [b"frame", b"frame"]
+
+
+# -- the role table, token binding and rounds ---------------------------------------------------------------------
+STATUS = "/edgeflower.Serving/Status"
+REFUSED = (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
+
+
+def _signed(payload: dict) -> str:
+    """A token signed with the real secret whatever it says (e.g. the retired ``node`` role no issuer mints)."""
+    import base64
+    import hashlib
+    import hmac
+    import json
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    body = b64(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode())
+    return f"{body}.{b64(hmac.new(SECRET, b'edgeflower-token-v2.' + body.encode(), hashlib.sha256).digest())}"
+
+
+def _tokens(run: int, node: int, server_round: int, bound: str | None) -> dict[str, str]:
+    """A token of every role (and of the retired ``node`` role) for the same run, node, round and service."""
+    import time
+
+    tokens = {role: ISSUER.issue(run, node, server_round, bound, role=role) for role in sorted(ROLES)}
+    now = time.time()
+    tokens["node"] = _signed(
+        {"v": 2, "role": "node", "run": run, "node": node, "round": server_round, "edge": bound, "iat": now,
+         "exp": now + 60, "nonce": "retired-role"}
+    )  # fmt: skip
+    return tokens
+
+
+def test_the_role_table_names_every_rpc_of_the_edge_server_inference_node_and_controller(edge, chain):
+    ctl, nodes, _ = chain
+    served = {
+        "edge": set(edge._handlers()),
+        "node": set(nodes[0]._server.methods),
+        "controller": set(ctl._server.methods),
+    }
+    table: dict[str, set[str]] = {}
+    for key in RPC_ROLES:
+        service, method = key.split("/")
+        table.setdefault(service, set()).add(method)
+    assert table == served
+    assert "node" not in ROLES  # an inference node originates no call: no service accepts anything from one
+    for key, accepted in RPC_ROLES.items():
+        assert len(accepted) <= 2 and accepted <= ROLES | {SESSION_OWNER}, key
+        assert key == "edge/Open" or len(accepted) <= 1, key  # Open: device, or migration (restart mode)
+
+
+def test_every_rpc_refuses_every_role_but_the_one_it_accepts(edge, chain):
+    ctl, nodes, x = chain
+    version, node_id = ctl.route.version, nodes[0].identity
+    zeros = torch.zeros_like(x)
+
+    def node_frame(kind: str, token: str) -> bytes:
+        meta = {"token": token, "version": version, "request_id": "r", "start": 0, "stop": 3}
+        return encode_frame(kind, meta, {"x": zeros} if kind == "forward" else {})
+
+    def edge_frame(method: str, token: str, owner_sid: str = "") -> bytes:
+        return {
+            "Open": lambda: open_frame(token, width=0.25),
+            "Import": lambda: ImportRequest(token, "00" * 32, b"x").to_bytes(),
+            "Resume": lambda: ResumeRequest(token).to_bytes(),
+            "Close": lambda: CloseRequest(owner_sid, token).to_bytes(),
+            "Migrate": lambda: MigrateRequest(owner_sid, token, edge.address, token).to_bytes(),
+        }[method]()
+
+    calls = {
+        "node/Deploy": (nodes[0].address, DEPLOY, node_id, lambda t: node_frame("deploy", t)),
+        "node/Forward": (nodes[0].address, FORWARD, node_id, lambda t: node_frame("forward", t)),
+        "node/Ping": (nodes[0].address, PING, node_id, lambda t: node_frame("ping", t)),
+        "controller/Predict": (
+            ctl.address,
+            PREDICT,
+            None,
+            lambda t: encode_frame("predict", {"token": t, "request_id": "role-walk"}, {"x": x}),
+        ),
+        "controller/Status": (ctl.address, STATUS, None, lambda t: encode_frame("status", {"token": t})),
+    }
+    for method in ("Open", "Import", "Resume"):
+        calls[f"edge/{method}"] = (edge.address, f"/{SERVICE}/{method}", "edge-s", partial(edge_frame, method))
+    tried = 0
+    for key, (address, path, bound, frame) in calls.items():
+        accepted = RPC_ROLES[key]
+        for role, token in _tokens(51, tried + 1, 1, bound).items():
+            outcome = attempt(f"{key}-with-{role}", PD, address, path, frame(token))
+            if role in accepted:  # passes authentication (and may fail later, e.g. on the import's seal)
+                assert "not accepted here" not in outcome.detail, (key, role, outcome)
+            else:
+                assert outcome.got in REFUSED, (key, role, outcome)
+                assert "not accepted here" in outcome.detail or "unknown token role" in outcome.detail
+                tried += 1
+    for s in edge.registry.ids():  # sessions the accepted roles opened
+        edge.registry.drop(s, "test done")
+    # the session-owner RPCs: only the very token that opened the session, not even another token of its node
+    opened = attempt(
+        "open", grpc.StatusCode.OK, edge.address, METHOD_OPEN, open_frame(ISSUER.issue(52, 1, 1, "edge-s"), width=0.25)
+    )
+    assert opened.rejected
+    sid = edge.registry.ids()[0]
+    for role, token in _tokens(52, 1, 1, "edge-s").items():
+        for method in ("Close", "Migrate"):
+            outcome = attempt(
+                f"{method}-with-{role}", PD, edge.address, f"/{SERVICE}/{method}", edge_frame(method, token, sid)
+            )
+            assert outcome.got in REFUSED and "does not own" in outcome.detail, (method, role, outcome)
+        assert foreign_stream(edge.address, sid, token).rejected, role
+        tried += 3
+    assert tried >= 11 * 4
+    assert edge.num_sessions == 1 and nodes[0].deployment.version == version
+    for s in edge.registry.ids():
+        edge.registry.drop(s, "test done")
+
+
+def test_a_controller_token_for_one_node_is_refused_by_every_other_node(chain):
+    ctl, nodes, x = chain
+    assert [n.identity for n in nodes] == ctl.node_ids  # by default a node's id is the address the controller dials
+    for i, mine in enumerate(nodes):
+        token = ctl._node_token(i, 60.0)
+        _ping(mine.address, token)
+        stolen = NodeClient(nodes[1 - i].address, token)
+        try:
+            for call in (stolen.ping, lambda: stolen.forward(ctl.route.version, "stolen", x)):  # noqa: B023
+                with pytest.raises(EdgeAuthError, match="token is for") as info:
+                    call()
+                assert info.value.code in REFUSED
+        finally:
+            stolen.close()
+    with pytest.raises(ValueError, match="once"):
+        Controller(ctl.bundle, [n.address for n in nodes], SECRET, node_ids=["same", "same"])
+    named = InferenceNode(secret=SECRET, node_id="node-a")
+    with named:
+        assert named.identity == "node-a"
+        _ping(named.address, ISSUER.issue(0, 0, 0, "node-a", role="controller"))
+        for bound in ("node-b", named.address):
+            with pytest.raises(EdgeAuthError, match="token is for"):
+                _ping(named.address, ISSUER.issue(0, 0, 0, bound, role="controller"))
+
+
+def _ping(address: str, token: str) -> None:
+    client = NodeClient(address, token)
+    try:
+        client.ping()
+    finally:
+        client.close()
+
+
+def test_edge_tokens_are_bound_to_their_edge_server_run_node_and_round(edge):
+    foreign = open_frame(ISSUER.issue(53, 1, 1, "edge-other"), width=0.25)
+    outcome = attempt("foreign-edge", PD, edge.address, METHOD_OPEN, foreign)
+    assert outcome.rejected and "edge-other" in outcome.detail
+    migration = ImportRequest(ISSUER.issue(53, 1, 1, "edge-other", role="migration"), "00" * 32, b"x").to_bytes()
+    outcome = attempt("foreign-import", PD, edge.address, f"/{SERVICE}/Import", migration)  # the migration peer path
+    assert outcome.rejected and "edge-other" in outcome.detail
+    with EdgeServer(secret=SECRET, edge_id="edge-t") as other:
+        token = ISSUER.issue(53, 1, 1, "edge-t")  # issued for edge-t: refused by edge-s, accepted by edge-t
+        assert attempt("for-t-at-s", PD, edge.address, METHOD_OPEN, open_frame(token, width=0.25)).rejected
+        assert attempt(
+            "for-t-at-t", grpc.StatusCode.OK, other.address, METHOD_OPEN, open_frame(token, width=0.25)
+        ).rejected
+    owner = ISSUER.issue(54, 1, 2, "edge-s")
+    assert attempt("open", grpc.StatusCode.OK, edge.address, METHOD_OPEN, open_frame(owner, width=0.25)).rejected
+    sid = edge.registry.ids()[0]
+    for intruder in ((55, 1, 2), (54, 2, 2), (54, 1, 3)):  # another run, another node, another round
+        token = ISSUER.issue(*intruder, "edge-s")
+        outcome = attempt("close", PD, edge.address, METHOD_CLOSE, CloseRequest(sid, token).to_bytes())
+        assert outcome.rejected and "does not own" in outcome.detail, intruder
+    assert attempt(
+        "close", grpc.StatusCode.OK, edge.address, METHOD_CLOSE, CloseRequest(sid, owner).to_bytes()
+    ).rejected
+
+
+def test_an_edge_server_refuses_tokens_of_rounds_older_than_the_newest_it_has_seen_for_the_run(edge):
+    fp = grpc.StatusCode.FAILED_PRECONDITION
+
+    def open_(run: int, node: int, server_round: int, code: grpc.StatusCode, role: str = "device"):
+        token = ISSUER.issue(run, node, server_round, "edge-s", role=role)
+        outcome = attempt("open", code, edge.address, METHOD_OPEN, open_frame(token, width=0.25))
+        assert outcome.rejected, outcome
+        return outcome
+
+    assert edge.newest_round(61) is None
+    open_(61, 1, 3, grpc.StatusCode.OK)
+    assert edge.newest_round(61) == 3
+    # node 2 never trained here: its still-valid token of round 2 is refused all the same (round 3 has begun)
+    assert "seen round 3" in open_(61, 2, 2, fp).detail
+    open_(61, 2, 2, fp, role="migration")  # restart mode too
+    import_old = ImportRequest(ISSUER.issue(61, 2, 2, "edge-s", role="migration"), "00" * 32, b"x").to_bytes()
+    assert attempt("import", fp, edge.address, f"/{SERVICE}/Import", import_old).rejected
+    open_(61, 2, 3, grpc.StatusCode.OK)
+    open_(62, 1, 1, grpc.StatusCode.OK)  # rounds are per run
+    edge.advance_round(62, 5)  # announced by the ServerApp (the in-process pool, for every round it plans)
+    open_(62, 3, 4, fp)
+    edge.advance_round(62, 2)  # rounds never go back
+    assert edge.newest_round(62) == 5
+    for s in edge.registry.ids():
+        edge.registry.drop(s, "test done")
+
+
+def test_the_in_process_pool_announces_every_round_it_plans_to_its_edge_servers():
+    pool = EdgePool.in_process(1)
+    try:
+        pool.plan(71, 1, 4)
+        old = pool.issuer.issue(71, 2, 3, pool.edge_ids[0])  # a valid token of the previous round
+        outcome = attempt(
+            "old-round",
+            grpc.StatusCode.FAILED_PRECONDITION,
+            pool.addresses[0],
+            METHOD_OPEN,
+            open_frame(old, width=0.25),
+        )
+        assert outcome.rejected and "seen round 4" in outcome.detail
+    finally:
+        pool.stop()

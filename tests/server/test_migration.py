@@ -124,7 +124,8 @@ def test_restart_baseline_discards_progress_but_ends_with_the_same_weights(edges
     result = _run(restarted, batches, a.address, "edge-a", order)
     assert not result.fell_back and result.num_examples == 192
     assert _max_diff(unmoved, restarted) <= 1e-6
-    assert order.report["migration-s"] > 0  # the wasted first attempt
+    assert order.report["restart-s"] > 0 and order.report["restart-batches"] == 4  # the wasted first attempt
+    assert "migration-s" not in order.report  # a restart is not a migration
     assert a.num_sessions == 0 and b.num_sessions == 0
 
 
@@ -336,7 +337,7 @@ def test_restart_baseline_with_full_dp_reopens_the_destination_with_the_tails_dp
         result = train_moving(
             trainer, batches, lambda k, tail, opt: private(client, token, k, tail, opt), order, reopen=private
         )
-    assert not result.fell_back and order.report["migration-s"] > 0
+    assert not result.fell_back and order.report["restart-s"] > 0
     assert result.server_metrics["dp-steps"] == len(batches)  # the whole round again, privately, on the destination
     assert result.server_metrics["dp-epsilon"] > 0
     assert a.num_sessions == 0 and b.num_sessions == 0

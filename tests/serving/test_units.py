@@ -121,6 +121,27 @@ def test_latency_model_ignores_a_contention_burst_and_forgets_old_conditions_and
         _latency_model(trim=0.5)
 
 
+def test_latency_model_estimates_at_the_batch_clients_send_calibrated_by_their_own_requests():
+    """A route measured at 162 ms on 4-sample requests was estimated at 591 ms (the profiled 32-sample batch, scaled
+    linearly): estimates are made at the served batch, calibrated on forwards of that size only."""
+    model = _latency_model()
+    route = Route("v", (Stage(0, 0, 2), Stage(1, 2, 4)))
+    at_32 = model.estimate(route)
+    assert model.served_batch() == 32 and not model.calibrated(4)  # before any request: the profiled batch
+    model.record_request(4)
+    assert model.served_batch() == 32  # requests of 4 seen, but none of their forwards yet: not calibrated at 4
+    # the nodes' measured forwards of 4-sample requests: far more than 4/32 of the profile (fixed costs per call)
+    measured = {0: (0.050, 0.030), 1: (0.040, 0.025)}  # node -> (stage wall seconds, reported compute seconds)
+    for _ in range(6):
+        model.record_request(4)
+        for stage in route.stages:
+            model.observe(stage.node, stage, 4, *measured[stage.node])
+    assert model.served_batch() == 4 and model.calibrated(4)
+    assert model.estimate(route) == pytest.approx(0.050 + 0.040)  # what the requests took, stage by stage
+    assert model.estimate(route, 32) == pytest.approx(at_32)  # the 32-sample class learnt nothing from them
+    assert model.batch_class(3) == model.batch_class(4) == model.batch_class(5) == 2 and model.batch_class(1) == 0
+
+
 def test_journal_replays_answers_and_reports_pending_after_a_torn_write(tmp_path):
     path = tmp_path / "j.jsonl"
     journal = Journal(path)

@@ -71,3 +71,11 @@ def test_short_secrets_are_refused(tmp_path) -> None:
     path.write_bytes(b"short\n")
     with pytest.raises(ValueError, match="at least 16 bytes"):
         load_secret(path)
+
+
+def test_binary_secret_files_are_read_exactly_and_text_ones_without_their_newline(tmp_path) -> None:
+    binary = b"\n\t" + bytes(range(32, 62)) + b"\x00 \n"  # random bytes may begin or end with whitespace
+    (tmp_path / "bin").write_bytes(binary)
+    assert load_secret(tmp_path / "bin") == binary
+    (tmp_path / "txt").write_text("0123456789abcdef0123456789abcdef\n")
+    assert load_secret(tmp_path / "txt") == b"0123456789abcdef0123456789abcdef"
