@@ -21,6 +21,7 @@ from typing import Any
 __all__ = ["COMMANDS", "HelpFormatter", "build_parser", "main"]
 
 COMMANDS: dict[str, tuple[str, str]] = {
+    "client-token": ("client_token", "issue a serving-client token (clients get the token, never the shared secret)"),
     "edge-server": ("edge_server", "run an edge server that trains devices' server-side layers"),
     "infer-node": ("infer_node", "run an inference node of a serving chain"),
     "move": ("move", "move a running node to another edge server mid-round"),

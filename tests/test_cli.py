@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 import edgeflower.commands
@@ -109,3 +110,41 @@ def test_predict_sends_a_client_token_and_prints_each_class(tmp_path, monkeypatc
     np.save(batch, np.zeros((3, 28), dtype=np.float32))
     assert main(argv) == 1  # a batch of the wrong rank: a clear error, no traceback
     assert "expected an array [batch, C, H, W]" in capsys.readouterr().err
+
+
+def test_client_token_is_a_client_role_token_that_predict_uses_without_the_secret(tmp_path, monkeypatch, capsys):
+    from edgeflower.transport.auth import ROLE_CLIENT, ROLE_CONTROLLER, TokenVerifier
+    from edgeflower.transport.errors import EdgeAuthError
+
+    secret = tmp_path / "serve.secret"
+    secret.write_bytes(b"k" * 32)
+    token_file = tmp_path / "client.token"
+    assert main(["client-token", "--secret-file", str(secret), "--client-id", "7", "--out", str(token_file)]) == 0
+    assert (token_file.stat().st_mode & 0o777) == 0o600
+    token = token_file.read_text().strip()
+    claims = TokenVerifier(b"k" * 32).verify(token, roles=ROLE_CLIENT)
+    assert claims.node_id == 7
+    with pytest.raises(EdgeAuthError):
+        TokenVerifier(b"k" * 32).verify(token, roles=ROLE_CONTROLLER)  # it cannot deploy or forward
+    assert main(["client-token", "--secret-file", str(secret), "--ttl", "1e9"]) == 1  # tokens expire: at most a day
+    capsys.readouterr()
+    seen = {}
+
+    class FakeClient:
+        def __init__(self, addresses, token, deadline_s, root_cert):
+            seen["token"] = token
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+        def status(self):
+            return {"route": [0]}
+
+    monkeypatch.setattr(importlib.import_module("edgeflower.serving"), "ServingClient", FakeClient)
+    assert main(["predict", "--controller", "h:1", "--token-file", str(token_file), "--status"]) == 0
+    assert seen["token"] == token
+    both = ["predict", "--controller", "h:1", "--token-file", str(token_file), "--secret-file", str(secret)]
+    assert main(both) == 1 and "exactly one of --token-file" in capsys.readouterr().err

@@ -1,7 +1,8 @@
 """``edgeflower predict``: a small client of the serving controller (``edgeflower serve``).
 
 Sends a batch (test images of a dataset, or a ``.npy`` array of your own) to the controller's predict service with a
-client token made from the shared secret, and prints one line per sample (predicted class, and the true label for
+client token (``--token-file``, from ``edgeflower client-token``; or one made from ``--secret-file``), and prints
+one line per sample (predicted class, and the true label for
 dataset images), the technique of the route that answered and the round trip; ``--status`` prints the controller's
 status (route, live nodes, pending requests, failover events) instead.
 """
@@ -41,7 +42,12 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.samples < 1:
         raise ValueError(f"--samples must be >= 1, got {args.samples}")
-    token = TokenIssuer(load_secret(args.secret_file)).issue(0, args.client_id, 0, ttl_s=600, role=ROLE_CLIENT)
+    if bool(args.secret_file) == bool(args.token_file):
+        raise ValueError("give exactly one of --token-file (a client token) and --secret-file (the shared secret)")
+    if args.token_file:
+        token = Path(args.token_file).read_text().strip()
+    else:
+        token = TokenIssuer(load_secret(args.secret_file)).issue(0, args.client_id, 0, ttl_s=600, role=ROLE_CLIENT)
     root_cert = Path(args.root_cert).read_bytes() if args.root_cert else None
     with ServingClient(args.controller.split(","), token, deadline_s=args.deadline, root_cert=root_cert) as client:
         if args.status:
@@ -79,7 +85,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         ),
     )
     p.add_argument("--controller", required=True, help="controller address HOST:PORT (comma-separated: fallbacks)")
-    p.add_argument("--secret-file", required=True, help="the token secret shared with the controller")
+    p.add_argument("--token-file", default="", help="a client token (`edgeflower client-token`): clients use this")
+    p.add_argument("--secret-file", default="", help="the shared secret (its holder may act in any role)")
     p.add_argument("--samples", type=int, default=4, help="test images to send")
     p.add_argument("--offset", type=int, default=0, help="index of the first test image")
     p.add_argument("--dataset", default="fashion-mnist", help="dataset of the test images")
