@@ -74,7 +74,10 @@ def test_replanning_after_a_bandwidth_drop_keeps_answers_exact_and_moves_the_cut
             for _ in range(8):
                 assert torch.allclose(serving.infer(x), want, atol=1e-4)
             assert serving.cut > fixed and serving.planner.replans >= 1
-            assert serving.planner.conditions.bandwidth_mbps < 2  # observed (a busy machine only lowers it)
+            # observed: every observation over the 1 Mbit/s link is <= 1 Mbit/s (a busy machine only lowers it), so
+            # after the observations that moved the cut (at least one) the log-space average (alpha 0.5) from
+            # 1000 is at most sqrt(1000); how many it took depends on the observed values, not asserted
+            assert serving.planner.conditions.bandwidth_mbps <= 1000**0.5 + 1e-9
         finally:
             client.close()
 
