@@ -28,8 +28,6 @@ import time
 
 import torch
 from flwr.app import RecordDict
-from opacus import PrivacyEngine
-from opacus.accountants import PRVAccountant, RDPAccountant
 from torch import nn
 from tqdm import tqdm
 
@@ -38,6 +36,7 @@ from edgeflower.clients.local import evaluate, make_optimizer, train_local
 from edgeflower.clients.pipeline import PipelineTrainer
 from edgeflower.data import BatchLoader, load_dataset, partition
 from edgeflower.models import build_model
+from edgeflower.privacy import load_opacus
 from edgeflower.privacy.dpsgd import DeviceDP
 from edgeflower.privacy.node import NodeRoundDP
 from edgeflower.privacy.remote import open_private_session
@@ -45,6 +44,10 @@ from edgeflower.privacy.settings import DPSettings
 from edgeflower.server.edge import EdgeServer
 from edgeflower.transport import EdgeClient, OptimizerSettings, TokenIssuer
 from edgeflower.transport.messages import DPParams
+
+load_opacus()  # Opacus' own import adds a root log handler (every log line twice); this one takes it out
+from opacus import PrivacyEngine  # noqa: E402
+from opacus.accountants import PRVAccountant, RDPAccountant  # noqa: E402
 
 SECRET = b"benchmark-dp-secret-0123456789abcdef"
 DELTA = 1e-5

@@ -28,6 +28,7 @@ _EXPORTS = {
     "PoissonBatches": "sampling",
     "DP_MODES": "settings",
     "DPSettings": "settings",
+    "load_opacus": "_opacus",
 }
 """Public names and their modules, imported on first use (PEP 562): a run without DP never imports Opacus."""
 
@@ -46,6 +47,7 @@ __all__ = [
     "NodeRoundDP",
     "PoissonBatches",
     "PrivacyHistory",
+    "load_opacus",
     "make_private",
     "prepare_model",
 ]

@@ -199,10 +199,11 @@ class NodeRoundDP:
         edge_steps = int(session.get("dp-steps", 0)) if self.tail_private and session and not session_failed else 0
         metrics = self._metrics(False, edge_steps, drawn)
         other = next(k for k in ACCOUNTANTS if k != self.settings.accountant)
+        compared = metrics[f"dp-epsilon-{other}"]
         log(
             INFO,
             "dp: round spent %d steps (%d in all rounds, as privacy.json counts) at noise %.4f, q %.5f (%s); "
-            "epsilon so far %.4f (%s; %s: %.4f), scope %s",
+            "epsilon so far %.4f (%s; %s: %s), scope %s",
             drawn,
             self.history.steps,
             self.noise_multiplier,
@@ -211,7 +212,7 @@ class NodeRoundDP:
             metrics["dp-epsilon"],
             self.settings.accountant,
             other,
-            metrics[f"dp-epsilon-{other}"],
+            f"{compared:.4f}" if compared >= 0 else "not computed",
             self.scope,
         )
         return metrics
