@@ -370,12 +370,13 @@ def main(argv: list[str] | None = None) -> None:
     batches = [(xb.clone(), yb.clone()) for xb, yb in BatchLoader(test, 32, seed=3, max_batches=4 if quick else 8)]
     for t in starters:
         t.join()
-    edge_proc, node_proc = procs["edge"], procs["node"]
     local_node = InferenceNode(secret=SECRET, max_model_params=need)
-    local_node.start()
-    config = ControllerConfig(heartbeat_s=0.2, heartbeat_timeout_s=1.0, misses=3, readmit_every=2)
-    ctl = Controller(bundle, [node_proc.address, local_node.address], SECRET, config=config).start()
-    try:
+    ctl: Controller | None = None
+    try:  # from here on, whatever fails, the processes started above are stopped (finally)
+        edge_proc, node_proc = procs["edge"], procs["node"]
+        local_node.start()
+        config = ControllerConfig(heartbeat_s=0.2, heartbeat_timeout_s=1.0, misses=3, readmit_every=2)
+        ctl = Controller(bundle, [node_proc.address, local_node.address], SECRET, config=config).start()
         with ServingClient(ctl.address, ISSUER.issue(0, 1, 0, role="client")) as sc:
             before = sc.predict(x, "reference-before").logits
         with EdgeClient(edge_proc.address) as client:  # warm the edge server up (lazy imports, allocator)
@@ -403,7 +404,8 @@ def main(argv: list[str] | None = None) -> None:
             replay = sc.predict(x, "reference-after").logits
         readmit = readmission(node_proc, ctl, x)
     finally:
-        ctl.stop()
+        if ctl is not None:
+            ctl.stop()
         local_node.stop()
         for p in procs.values():
             try:
