@@ -9,20 +9,24 @@ import secrets
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["write_credentials"]
+__all__ = ["self_signed", "write_credentials"]
 
 
-def _self_signed(addresses: Sequence[str]) -> tuple[bytes, bytes]:
-    """A one-day self-signed certificate (its own CA) valid for ``addresses`` (IPs), and its key (PEM)."""
+def self_signed(
+    addresses: Sequence[str], common_name: str = "edgeflower testbed edge servers", dns_names: Sequence[str] = ()
+) -> tuple[bytes, bytes]:
+    """A one-day self-signed certificate (its own CA) valid for ``addresses`` (IPs) and ``dns_names``, and its key
+    (PEM)."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edgeflower testbed edge servers")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = datetime.datetime.now(datetime.UTC)
-    sans = [x509.IPAddress(ipaddress.ip_address(a)) for a in addresses]
+    sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns_names]
+    sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in addresses]
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -50,7 +54,7 @@ def write_credentials(directory: Path, edge_addresses: Sequence[str]) -> dict[st
         ``secret``, ``cert`` and ``key`` paths.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    cert, key = _self_signed(edge_addresses)
+    cert, key = self_signed(edge_addresses)
     paths = {"secret": directory / "secret", "cert": directory / "edge-cert.pem", "key": directory / "edge-key.pem"}
     for what, data in (("secret", secrets.token_hex(32).encode()), ("cert", cert), ("key", key)):
         fd = os.open(paths[what], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
