@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import torch
 
-from edgeflower.clients.local import make_optimizer, train_local
 from edgeflower.clients.pipeline import PipelineTrainer
 from edgeflower.models.splittable import SplittableModel
 from edgeflower.server.edge import EdgeServer
+from edgeflower.training import make_optimizer, train_local
 from edgeflower.transport import EdgeClient, OptimizerSettings, TokenIssuer
 from edgeflower.transport.emulation import DeviceProfile, EmulatedLink, LinkProfile
 

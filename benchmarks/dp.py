@@ -32,7 +32,6 @@ from torch import nn
 from tqdm import tqdm
 
 from benchmarks.common import parse_args, png_path, print_table, write_result
-from edgeflower.clients.local import evaluate, make_optimizer, train_local
 from edgeflower.clients.pipeline import PipelineTrainer
 from edgeflower.data import BatchLoader, load_dataset, partition
 from edgeflower.models import build_model
@@ -42,6 +41,7 @@ from edgeflower.privacy.node import NodeRoundDP
 from edgeflower.privacy.remote import open_private_session
 from edgeflower.privacy.settings import DPSettings
 from edgeflower.server.edge import EdgeServer
+from edgeflower.training import evaluate, make_optimizer, train_local
 from edgeflower.transport import EdgeClient, OptimizerSettings, TokenIssuer
 from edgeflower.transport.messages import DPParams
 
@@ -83,7 +83,7 @@ def _epoch(mode: str, dp: str, width: float, batches: list, edge: EdgeServer | N
         def opener(k, tail, opt):  # type: ignore[no-untyped-def]
             if tail_dp is None:
                 return client.open_session(token, model.spec, k, tail, opt)
-            return open_private_session(client, token, model.spec, k, tail, opt, tail_dp, m)
+            return open_private_session(client, token, model.spec, k, tail, opt, tail_dp)
 
         result = trainer.train(batches, opener)
     assert not result.fell_back
@@ -127,7 +127,7 @@ def _node_round(mode: str, node: NodeRoundDP, model: nn.Module, data, edge: Edge
             def opener(k, tail, opt):  # type: ignore[no-untyped-def]
                 if tail_dp is None:
                     return client.open_session(token, model.spec, k, tail, opt)
-                return open_private_session(client, token, model.spec, k, tail, opt, tail_dp, m)
+                return open_private_session(client, token, model.spec, k, tail, opt, tail_dp)
 
             result = trainer.train(node.batches(data.x, data.y), opener)
         assert not result.fell_back

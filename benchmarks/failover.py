@@ -32,7 +32,6 @@ import torch
 from tqdm.auto import tqdm
 
 from benchmarks.common import parse_args, png_path, print_table, write_result
-from edgeflower.clients.local import make_optimizer
 from edgeflower.data import BatchLoader, ImageData, load_dataset
 from edgeflower.models.zoo import build_model
 from edgeflower.serving import (
@@ -49,6 +48,7 @@ from edgeflower.serving import (
 )
 from edgeflower.serving.launch import NodeProcess
 from edgeflower.serving.plan import Route
+from edgeflower.training import make_optimizer
 from edgeflower.transport.auth import RenewingToken, TokenIssuer
 
 NAME = "failover"

@@ -28,17 +28,25 @@ import numpy as np
 import torch
 
 from benchmarks.common import parse_args, png_path, print_table, write_result
-from edgeflower.clients.local import evaluate, make_optimizer, train_local
 from edgeflower.clients.split import SplitTrainer
 from edgeflower.commands.train_agent import train_policy
 from edgeflower.data import BatchLoader, load_dataset, partition
 from edgeflower.data.datasets import DATASET_SHAPES, DataError, ImageData
 from edgeflower.models import build_model
 from edgeflower.models.splittable import SplittableModel
-from edgeflower.planning import CostModel, ExactPlanner, FixedPlanner, Planner, fedadapt_testbed, make_planner
+from edgeflower.planning import (
+    CostModel,
+    ExactPlanner,
+    FixedPlanner,
+    Planner,
+    fedadapt_testbed,
+    make_planner,
+    split_points,
+)
 from edgeflower.planning.costmodel import median_profile
 from edgeflower.planning.scenario import Testbed
 from edgeflower.server.edge import EdgeServer
+from edgeflower.training import evaluate, make_optimizer, train_local
 from edgeflower.transport import EdgeClient, OptimizerSettings, TokenIssuer
 from edgeflower.transport.emulation import EmulatedLink
 
@@ -91,7 +99,7 @@ class Bench:
         nodes = list(range(len(self.testbed.nodes)))
         rows = []
         for rnd in range(1, self.rounds + 1):
-            plan = planner.plan(rnd, nodes)
+            plan = split_points(planner.plan(rnd, nodes))
             predicted = {}
             if isinstance(planner, ExactPlanner | FixedPlanner) or hasattr(planner, "predicted_round_s"):
                 for n in nodes:

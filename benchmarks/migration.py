@@ -21,12 +21,12 @@ import torch
 from tqdm import tqdm
 
 from benchmarks.common import parse_args, png_path, print_table, write_result
-from edgeflower.clients.local import evaluate
 from edgeflower.clients.mobility import MoveOrder, train_moving
 from edgeflower.clients.pipeline import PipelineTrainer
 from edgeflower.data import BatchLoader, load_dataset
 from edgeflower.models import build_model
 from edgeflower.server.edge import EdgeServer, EdgeServerConfig
+from edgeflower.training import evaluate
 from edgeflower.transport import EdgeClient, OptimizerSettings, TokenIssuer
 from edgeflower.transport.emulation import DeviceProfile, EmulatedLink, LinkProfile
 

@@ -24,11 +24,11 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
 
 from benchmarks.common import parse_args, png_path, print_table, write_result
-from edgeflower.clients.local import make_optimizer, train_local
 from edgeflower.data import BatchLoader, load_dataset
 from edgeflower.flwrctl import run_simulation
 from edgeflower.models import build_model
 from edgeflower.runlog import run_folder
+from edgeflower.training import make_optimizer, train_local
 from edgeflower.transport.emulation import EmulatedLink, LinkProfile
 
 ROOT = Path(__file__).resolve().parents[1]

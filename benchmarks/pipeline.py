@@ -34,7 +34,7 @@ from benchmarks._harness import edge_server, run_local, run_split
 from benchmarks.common import parse_args, png_path, print_table, write_result
 from edgeflower.data import BatchLoader, load_dataset
 from edgeflower.models import build_model, profile_model
-from edgeflower.strategies.pipar import predict_iteration, select_plan
+from edgeflower.planning.pipar import predict_iteration, select_plan
 from edgeflower.timeline import PHASES
 from edgeflower.transport.emulation import LinkProfile
 

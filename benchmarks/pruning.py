@@ -12,6 +12,9 @@ Schedules (stated in the JSON under ``details.schedule``) are short on purpose: 
 
 from __future__ import annotations
 
+import argparse
+import json
+import math
 import shutil
 import statistics
 import tempfile
@@ -24,7 +27,6 @@ import torch
 from tqdm.auto import tqdm
 
 from benchmarks.common import parse_args, png_path, print_table, write_result
-from edgeflower.clients.local import make_optimizer, train_local
 from edgeflower.data import ImageData, load_dataset
 from edgeflower.models.zoo import build_model
 from edgeflower.pruning import (
@@ -36,9 +38,10 @@ from edgeflower.pruning import (
     cpu_latency_ms,
     fuse_batchnorm,
     make_portfolio,
-    plot_pareto,
     state_bytes,
 )
+from edgeflower.pruning.plot import ParetoSeries, plot_pareto_series
+from edgeflower.training import make_optimizer, train_local
 
 NAME = "pruning"
 
@@ -239,24 +242,29 @@ def _figures(r: dict[str, Any]) -> dict[str, float]:
 
 
 def _plot_speedups(results: list[dict[str, Any]], path: Path) -> None:
+    """Size reduction and latency speed-ups against compression; one colour per model, solid = vs the sparse model,
+    dashed = vs the BN-fused dense model."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    for r in results:
-        c = [x["compression"] for x in r["levels"]]
-        axes[0].plot(c, [x["size_reduction"] for x in r["levels"]], "o-", label=r["model"])
-        axes[1].plot(c, [x["speedup_b1"] for x in r["levels"]], "o-", label=f"{r['model']} vs sparse")
-        axes[1].plot(c, [x["speedup_vs_fused_b1"] for x in r["levels"]], "x--", label=f"{r['model']} vs BN-fused dense")
-        axes[2].plot(c, [x["speedup_b32"] for x in r["levels"]], "o-", label=f"{r['model']} vs sparse")
-        axes[2].plot(
-            c, [x["speedup_vs_fused_b32"] for x in r["levels"]], "x--", label=f"{r['model']} vs BN-fused dense"
-        )
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    ticks: set[float] = set()
+    for i, r in enumerate(results):
+        name, color, lv = model_label(r["model"], r["options"]), colors[i % len(colors)], r["levels"]
+        c = [x["compression"] for x in lv]
+        ticks.update(2.0 ** round(math.log2(v)) for v in c)  # the nominal levels (measured: 255.97)
+        axes[0].plot(c, [x["size_reduction"] for x in lv], "o-", color=color, label=name)
+        for ax, b in ((axes[1], "b1"), (axes[2], "b32")):
+            ax.plot(c, [x[f"speedup_{b}"] for x in lv], "o-", color=color, label=f"{name} vs sparse")
+            ax.plot(c, [x[f"speedup_vs_fused_{b}"] for x in lv], "x--", color=color, label=f"{name} vs BN-fused dense")
     titles = ["parameters: sparse / surgered", "CPU latency speed-up, batch 1", "CPU latency speed-up, batch 32"]
     for ax, title in zip(axes, titles, strict=True):
         ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted(ticks), [f"{v:g}" for v in sorted(ticks)])
+        ax.minorticks_off()
         ax.set_xlabel("compression of conv weights (x)")
         ax.set_title(title)
         ax.axhline(1.0, color="grey", lw=0.8)
@@ -267,9 +275,74 @@ def _plot_speedups(results: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+_MODEL_NAMES = {"vgg16": "VGG-16", "vgg11": "VGG-11", "vgg5": "VGG-5", "resnet18": "ResNet-18", "resnet34": "ResNet-34"}
+
+
+def model_label(model: str, options: dict[str, Any]) -> str:
+    """A readable series name: ``("vgg16", {"width": 0.25})`` -> ``"VGG-16 (width 0.25)"``."""
+    opts = ", ".join(f"{k} {v}" for k, v in options.items())
+    name = _MODEL_NAMES.get(model, model)
+    return f"{name} ({opts})" if opts else name
+
+
+def pareto_series(model: dict[str, Any]) -> ParetoSeries:
+    """The Pareto plot's points of one model's ``details["models"]`` entry (what the JSON keeps): per variant the
+    surgered model's latency at batch 1 (``ms_b1``), its weight bytes (the sparse model's, which are the dense
+    model's, over ``bytes_reduction``) and accuracy; the dense baseline from ``baseline``."""
+    base, levels = model["baseline"], model["levels"]
+    dense_mb = base["dense_bytes"] / 1e6
+    return ParetoSeries(
+        label=model_label(model["model"], model["options"]),
+        names=[lv["variant"] for lv in levels],
+        latency_ms=[lv["ms_b1"] for lv in levels],
+        megabytes=[dense_mb / lv["bytes_reduction"] for lv in levels],
+        accuracy_pct=[100 * lv["acc_surgered"] for lv in levels],
+        dense=(_batch1(base["dense_ms"]), dense_mb, 100 * base["dense_accuracy"]),
+    )
+
+
+def _batch1(ms: dict[Any, float]) -> float:
+    return float(ms[1] if 1 in ms else ms["1"])
+
+
+def plot_figures(models: list[dict[str, Any]], args: Any) -> list[Path]:
+    """Draw ``pruning.png`` (Pareto) and ``pruning_speedup.png`` from per-model results (live or from the JSON)."""
+    pareto = plot_pareto_series(
+        [pareto_series(m) for m in models],
+        png_path(NAME, args),
+        title="Fashion-MNIST portfolios: accuracy vs CPU latency (batch 1) and size",
+    )
+    speedup = png_path(NAME, args, "_speedup")
+    _plot_speedups(models, speedup)
+    return [pareto, speedup]
+
+
+def replot(json_path: str | Path, out: str | Path | None = None) -> list[Path]:
+    """Redraw the PNGs from a written ``pruning.json`` without measuring anything (next to it unless ``out``)."""
+    src = Path(json_path)
+    data = json.loads(src.read_text())
+    if data.get("benchmark") != NAME or "models" not in data.get("details", {}):
+        raise ValueError(f"{src} is not a {NAME} benchmark result (no details.models)")
+    args = argparse.Namespace(out=Path(out) if out is not None else src.parent, quick=bool(data.get("quick")))
+    return plot_figures(data["details"]["models"], args)
+
+
+def _options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--replot",
+        type=Path,
+        metavar="JSON",
+        help="only redraw the PNGs from a pruning.json into --out (no measurement)",
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Run the benchmark."""
-    args = parse_args(NAME, argv)
+    """Run the benchmark (or, with ``--replot JSON``, only redraw its pictures)."""
+    args = parse_args(NAME, argv, extra=_options)
+    if args.replot is not None:
+        for png in replot(args.replot, args.out):
+            print(png)
+        return
     s = QUICK if args.quick else FULL
     t0 = time.perf_counter()
     train = load_dataset("fashion-mnist", train=True).subset(range(s["train_samples"]))
@@ -278,12 +351,7 @@ def main(argv: list[str] | None = None) -> None:
     figures = _figures(results[0])
     for r in results[1:]:
         figures.update({f"{r['model']}_{k}": v for k, v in _figures(r).items()})
-    plot_pareto(
-        [(f"{r['model']} {r['options']}", r["portfolio"]) for r in results],
-        png_path(NAME, args),
-        title="Fashion-MNIST portfolios: accuracy vs CPU latency (batch 1) and size",
-    )
-    _plot_speedups(results, png_path(NAME, args, "_speedup"))
+    plot_figures(results, args)
     details = {
         "schedule": {k: v for k, v in s.items()},
         "definitions": {

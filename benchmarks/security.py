@@ -40,13 +40,13 @@ from torch.nn import functional as F  # noqa: N812
 from benchmarks import _attacks as atk
 from benchmarks._flood import flood_outcome
 from benchmarks.common import parse_args, png_path, print_table, write_result
-from edgeflower.clients.local import make_optimizer
 from edgeflower.data import BatchLoader, load_dataset
 from edgeflower.models.zoo import build_model
 from edgeflower.process import ListeningProcess
 from edgeflower.server import EdgeServer
 from edgeflower.serving import Controller, InferenceNode, NodeClient, ServingClient, build_bundle
 from edgeflower.serving.controller import ControllerConfig
+from edgeflower.training import make_optimizer
 from edgeflower.transport import EdgeClient, OptimizerSettings
 from edgeflower.transport.auth import TokenIssuer
 from edgeflower.transport.codec import encode_frame

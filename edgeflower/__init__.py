@@ -41,7 +41,7 @@ _EXPORTS = {
     "PruningStrategy": "edgeflower.pruning",
     "SplitTrainer": "edgeflower.clients",
     "PipelineTrainer": "edgeflower.clients",
-    "ProximalSGD": "edgeflower.clients",
+    "ProximalSGD": "edgeflower.training",
     "EdgeServer": "edgeflower.server",
     "EdgeServerConfig": "edgeflower.server",
     "EdgePool": "edgeflower.server",

@@ -20,8 +20,9 @@ from edgeflower.models.zoo import NORMS, available_models, build_model
 from edgeflower.privacy.models import dp_norm
 from edgeflower.privacy.settings import CENTRAL_DP, DPSettings, central_dp_config_error, dp_config_error
 from edgeflower.transport.emulation import LinkSchedule, parse_profiles
+from edgeflower.transport.limits import MESSAGE_HEADROOM, MIN_MESSAGE_BYTES, message_limit_bytes
 
-__all__ = ["AppConfig", "ConfigError", "message_limit_bytes"]
+__all__ = ["MESSAGE_HEADROOM", "MIN_MESSAGE_BYTES", "AppConfig", "ConfigError", "message_limit_bytes"]
 
 
 class ConfigError(ValueError):
@@ -38,40 +39,48 @@ AUTO = {"split_point": -1, "microbatches": 0, "dp_noise_multiplier": 0.0}
 PARTITIONERS = ("iid", "dirichlet")
 FALLBACKS = ("transient", "never")
 """``fallback``: see :data:`edgeflower.clients.split.FALLBACK_MODES`."""
-MIN_MESSAGE_BYTES = 64 * 2**20
-"""The smallest size limit of an offload-channel message sized from the model (the transport's default, 64 MiB)."""
-MESSAGE_HEADROOM = 1.25
-"""Headroom on the largest message a plan can send (frame headers, optimizer state in a migration's frame)."""
+_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "num_rounds": (lambda v: v >= 1, "must be >= 1"),
+    "local_epochs": (lambda v: v >= 1, "must be >= 1"),
+    "batch_size": (lambda v: v >= 1, "must be >= 1"),
+    "lr": (lambda v: v > 0, "must be > 0"),
+    "momentum": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "weight_decay": (lambda v: v >= 0, "must be >= 0"),
+    "lr_decay_round": (lambda v: v >= 0, "must be >= 0"),
+    "fraction_train": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    "min_nodes": (lambda v: v >= 1, "must be >= 1"),
+    "max_batches": (lambda v: v >= 0, "must be >= 0"),
+    "eval_samples": (lambda v: v >= 0, "must be >= 0"),
+    "dirichlet_alpha": (lambda v: v > 0, "must be > 0"),
+    "model_width": (lambda v: v > 0, "must be > 0"),
+    "edge_servers": (lambda v: v >= 1, "must be >= 1"),
+    "fallback_replay_mb": (lambda v: v >= 0, "must be >= 0"),
+    "microbatches": (lambda v: v >= 0, "must be >= 1 (or 'auto')"),
+    "max_message_mb": (lambda v: v >= 0, "must be >= 0 (0 = sized from the model)"),
+    "max_failed_fraction": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+}
+"""Numeric fields with their valid range: ``field -> (accepts(value), what the error says)``."""
 
 
-def message_limit_bytes(model: SplittableModel, batch_size: int, override_mb: float = 0.0) -> int:
-    """The size limit of offload-channel messages for ``model``: what its plans can send, plus headroom.
-
-    The largest messages are the tail's weights (sent when a session opens, returned when it closes; a migration
-    carries them with the optimizer's momentum, twice the weights) and one batch's activations (or their
-    gradient) at the widest split point. The limit is ``MESSAGE_HEADROOM`` times the larger of the two plus 1 MiB,
-    and never below :data:`MIN_MESSAGE_BYTES`. ``override_mb`` > 0 (run-config ``max-message-mb``, MiB) replaces it.
-    """
-    if override_mb > 0:
-        return int(override_mb * 2**20)
-    import torch
-
-    state = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-    widest = 0
-    was_training = model.training
-    model.eval()
+def _parse(name: str, default: Any, raw: Any) -> Any:
+    """Field ``name``'s value from run-config value ``raw``, typed like ``default`` (``"auto"`` where allowed)."""
+    if name in AUTO and isinstance(raw, str) and raw.strip().lower() == "auto":
+        raw = AUTO[name]
+    typ = type(default)
     try:
-        with torch.no_grad():
-            x = torch.zeros(1, *model.spec.in_shape)
-            widest = x.numel()
-            for block in model.blocks[:-1]:  # the output of the last block never crosses the link
-                x = block(x)
-                widest = max(widest, x.numel())
-    finally:
-        model.train(was_training)
-    activations = batch_size * (widest * 4 + 8)  # float32 activations and int64 labels
-    needed = max(2 * state, activations)
-    return max(MIN_MESSAGE_BYTES, int(needed * MESSAGE_HEADROOM) + 2**20)
+        if typ is bool:
+            value: Any = raw if isinstance(raw, bool) else str(raw).lower() in ("1", "true", "yes")
+        elif typ in (int, float):
+            if isinstance(raw, bool) or (typ is int and isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError
+            value = typ(raw)
+        else:
+            value = str(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(AppConfig.key(name), f"expected {typ.__name__}, got {raw!r}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(AppConfig.key(name), f"must be a finite number, got {raw!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -154,7 +163,7 @@ class AppConfig:
         Device groups of the FedAdapt agent.
     mobility : str
         Scheduled moves ``"NODE@ROUND:FRACTION->EDGE, ..."`` (node position in id order; see
-        :mod:`edgeflower.app.mobility`).
+        :func:`edgeflower.clients.mobility.parse_mobility`).
     mobility_mode : str
         ``migrate`` (FedFly: the server-side state moves) or ``restart`` (the baseline: the round restarts).
     dp : str
@@ -269,39 +278,37 @@ class AppConfig:
             hint = f"; did you mean '{near[0]}'?" if near else "; see the run-config table in README.md"
             others = f" (also unknown: {', '.join(unknown[1:])})" if len(unknown) > 1 else ""
             raise ConfigError(key, f"unknown key{hint}{others}")
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            key = cls.key(f.name)
-            if key not in run_config:
-                continue
-            raw = run_config[key]
-            typ = type(f.default)
-            if f.name in AUTO and isinstance(raw, str) and raw.strip().lower() == "auto":
-                raw = AUTO[f.name]
-            try:
-                if typ is bool:
-                    value: Any = raw if isinstance(raw, bool) else str(raw).lower() in ("1", "true", "yes")
-                elif typ is int:
-                    if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
-                        raise ValueError
-                    value = int(raw)
-                elif typ is float:
-                    if isinstance(raw, bool):
-                        raise ValueError
-                    value = float(raw)
-                else:
-                    value = str(raw)
-            except (TypeError, ValueError):
-                raise ConfigError(key, f"expected {typ.__name__}, got {raw!r}") from None
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ConfigError(key, f"must be a finite number, got {raw!r}")
-            values[f.name] = value
+        values = {
+            f.name: _parse(f.name, f.default, run_config[cls.key(f.name)])
+            for f in fields(cls)
+            if cls.key(f.name) in run_config
+        }
         cfg = cls(**values)
         cfg.validate()
         return cfg
 
     def validate(self) -> None:
-        """Check every value; raise :class:`ConfigError` naming the first bad key."""
+        """Check every value; raise :class:`ConfigError` naming the first bad key.
+
+        The topics are checked in this order (the first error wins): choices, numeric ranges, DP-SGD, central
+        DP, fallback, split point, device and link profiles, planner, mobility, link schedules, edge servers.
+        """
+        for check in (
+            self._check_choices,
+            self._check_ranges,
+            self._check_dp,
+            self._check_central_dp,
+            self._check_fallback,
+            self._check_split_point,
+            self._check_profiles,
+            self._check_planner,
+            self._check_mobility,
+            self._check_link_schedules,
+            self._check_edge_servers,
+        ):
+            check()
+
+    def _check_choices(self) -> None:
         choice: dict[str, tuple[str, ...]] = {
             "mode": MODES,
             "model": (self.model, *available_models()) if is_reference(self.model) else tuple(available_models()),
@@ -314,29 +321,13 @@ class AppConfig:
                 raise ConfigError(
                     self.key(name), f"unknown value {getattr(self, name)!r}; expected one of {', '.join(options)}"
                 )
-        checks: dict[str, tuple[Callable[[Any], bool], str]] = {
-            "num_rounds": (lambda v: v >= 1, "must be >= 1"),
-            "local_epochs": (lambda v: v >= 1, "must be >= 1"),
-            "batch_size": (lambda v: v >= 1, "must be >= 1"),
-            "lr": (lambda v: v > 0, "must be > 0"),
-            "momentum": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
-            "weight_decay": (lambda v: v >= 0, "must be >= 0"),
-            "lr_decay_round": (lambda v: v >= 0, "must be >= 0"),
-            "fraction_train": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
-            "min_nodes": (lambda v: v >= 1, "must be >= 1"),
-            "max_batches": (lambda v: v >= 0, "must be >= 0"),
-            "eval_samples": (lambda v: v >= 0, "must be >= 0"),
-            "dirichlet_alpha": (lambda v: v > 0, "must be > 0"),
-            "model_width": (lambda v: v > 0, "must be > 0"),
-            "edge_servers": (lambda v: v >= 1, "must be >= 1"),
-            "fallback_replay_mb": (lambda v: v >= 0, "must be >= 0"),
-            "microbatches": (lambda v: v >= 0, "must be >= 1 (or 'auto')"),
-            "max_message_mb": (lambda v: v >= 0, "must be >= 0 (0 = sized from the model)"),
-            "max_failed_fraction": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
-        }
-        for name, (ok, message) in checks.items():
+
+    def _check_ranges(self) -> None:
+        for name, (ok, message) in _RANGES.items():
             if not ok(getattr(self, name)):
                 raise ConfigError(self.key(name), f"{message}, got {getattr(self, name)!r}")
+
+    def _check_dp(self) -> None:
         dp_error = dp_config_error(
             self.dp,
             self.dp_noise_multiplier,
@@ -349,6 +340,8 @@ class AppConfig:
         )
         if dp_error is not None:
             raise ConfigError(*dp_error)
+
+    def _check_central_dp(self) -> None:
         if self.central_dp not in CENTRAL_DP:
             raise ConfigError(
                 "central-dp", f"unknown value {self.central_dp!r}; expected one of {', '.join(CENTRAL_DP)}"
@@ -362,8 +355,12 @@ class AppConfig:
         )
         if central_error is not None:
             raise ConfigError(*central_error)
+
+    def _check_fallback(self) -> None:
         if self.fallback not in FALLBACKS:
             raise ConfigError("fallback", f"unknown value {self.fallback!r}; expected one of {', '.join(FALLBACKS)}")
+
+    def _check_split_point(self) -> None:
         blocks = self.build_model().num_blocks
         if not -1 <= self.split_point <= blocks:
             raise ConfigError(
@@ -376,28 +373,41 @@ class AppConfig:
                 f"{blocks} keeps all {blocks} blocks of {self.model} on the device: nothing is offloaded in mode "
                 f"{self.mode!r}; use mode = 'fl' for that, or a split point 0..{blocks - 1}",
             )
+
+    def _check_profiles(self) -> None:
         for key, kind in (("device_profiles", "device"), ("link_profiles", "link")):
             try:
                 parse_profiles(getattr(self, key), kind)
             except ValueError as exc:
                 raise ConfigError(self.key(key), str(exc)) from None
-        if self.planner not in ("fixed", "exact", "fedadapt"):
-            raise ConfigError("planner", f"unknown value {self.planner!r}; expected one of fixed, exact, fedadapt")
+
+    def _check_planner(self) -> None:
+        from edgeflower.planning import PLANNERS
+
+        if self.planner not in PLANNERS:
+            raise ConfigError("planner", f"unknown value {self.planner!r}; expected one of {', '.join(PLANNERS)}")
         if self.planner != "fixed" and self.mode != "split":
             raise ConfigError("planner", f"{self.planner!r} chooses split points in mode 'split' only")
         if self.planner == "fedadapt" and not Path(self.policy_path).is_file():
             raise ConfigError("policy-path", f"{self.policy_path!r} is not a policy file (see edgeflower train-agent)")
         if self.planner_groups < 1:
             raise ConfigError("planner-groups", f"must be >= 1, got {self.planner_groups}")
-        if self.mobility_mode not in ("migrate", "restart"):
-            raise ConfigError("mobility-mode", f"unknown value {self.mobility_mode!r}; expected migrate or restart")
-        try:
-            from edgeflower.app.mobility import parse_mobility
-            from edgeflower.planning.scenario import parse_link_schedules
 
+    def _check_mobility(self) -> None:
+        from edgeflower.clients.mobility import MOVE_MODES, parse_mobility
+
+        if self.mobility_mode not in MOVE_MODES:
+            raise ConfigError(
+                "mobility-mode", f"unknown value {self.mobility_mode!r}; expected {' or '.join(MOVE_MODES)}"
+            )
+        try:
             parse_mobility(self.mobility)
         except ValueError as exc:
             raise ConfigError("mobility", str(exc)) from None
+
+    def _check_link_schedules(self) -> None:
+        from edgeflower.planning.scenario import parse_link_schedules
+
         try:
             parse_link_schedules(self.link_schedules)
         except ValueError as exc:
@@ -407,6 +417,8 @@ class AppConfig:
                 LinkSchedule.load(self.link_trace)
             except ValueError as exc:
                 raise ConfigError("link-trace", str(exc)) from None
+
+    def _check_edge_servers(self) -> None:
         if self.edge_addresses:
             for addr in self.edge_address_list:
                 host, _, port = addr.rpartition(":")

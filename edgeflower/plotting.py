@@ -1,7 +1,12 @@
-"""Pictures of runs: accuracy, loss and round time per round."""
+"""Pictures of runs: accuracy, loss and round time per round, per-node round times, Gantt charts of rounds.
+
+:func:`plot_run_dir` draws them all for a run folder (:class:`edgeflower.runlog.RunLog` calls it when a run
+finishes; ``edgeflower plot RUN_DIR`` on the command line).
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -11,7 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-__all__ = ["plot_gantt", "plot_round_times", "plot_run"]
+__all__ = ["gantt_figure", "plot_gantt", "plot_round_times", "plot_run", "plot_run_dir"]
 
 
 def _series(rows: Sequence[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
@@ -77,7 +82,16 @@ def _field(iv: Any, name: str) -> Any:
 
 
 def plot_gantt(timelines: dict[str, Any], path: str | Path, title: str = "", round_s: float | None = None) -> Path:
-    """Gantt chart of one round on the round's own clock: per node, a row per phase it used.
+    """Write :func:`gantt_figure` to the PNG ``path`` (see there for the parameters)."""
+    fig = gantt_figure(timelines, title, round_s)
+    out = Path(path)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def gantt_figure(timelines: dict[str, Any], title: str = "", round_s: float | None = None) -> Any:
+    """Gantt chart of one round on the round's own clock: per node, a row per phase it used (not saved).
 
     Parameters
     ----------
@@ -85,9 +99,8 @@ def plot_gantt(timelines: dict[str, Any], path: str | Path, title: str = "", rou
         Node key -> intervals (:class:`edgeflower.timeline.Interval` or dicts with ``phase``, ``start``, ``end``), or
         -> ``{"label", "offset-s", "local", "intervals"}`` (:func:`edgeflower.runlog.round_timelines`): the node's
         rows are labelled ``label``, its bars shifted by ``offset-s`` (a grey line shows the wait before it started)
-        and a node that trained locally is drawn hatched.
-    path : str or Path
-        Output PNG.
+        and a node that trained locally is drawn hatched. A node that started late has a dotted line from 0 to its
+        start, labelled ``starts at X s`` (long waits) or ``(+X s)`` after its name (short ones).
     title : str
         Figure title.
     round_s : float, optional
@@ -109,20 +122,27 @@ def plot_gantt(timelines: dict[str, Any], path: str | Path, title: str = "", rou
             ]
             if spans or (phase == "device" and not local):
                 rows.append((name, phase, offset, local or any(_what(iv) == "local" for iv in intervals), spans))
-    fig_h = max(2.8, 0.3 * len(rows) + 1.6)
+    fig_h = max(3.0, 0.3 * len(rows) + 1.9)
     fig, ax = plt.subplots(figsize=(12, fig_h))
+    x_end = max([round_s or 0.0] + [a + w for *_, spans in rows for a, w in spans] + [1e-9])
     labels, seen = [], set()
     for row, (name, phase, offset, local, spans) in enumerate(rows):
+        late = ""
         if name not in seen:  # the node's first row shows how long it waited to start
             seen.add(name)
             if offset > 0:
                 ax.plot([0, offset], [row, row], color=_WAIT_COLOR, lw=2, ls=":")
+            if offset >= 0.12 * x_end:
+                ax.text(offset / 2, row, f"starts at {offset:.1f} s", ha="center", va="center", fontsize=7,
+                        color="#555", bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none"})  # fmt: skip
+            elif offset >= 0.05:
+                late = f" (+{offset:.1f} s)"
             if row:
                 ax.axhline(row - 0.5, color="#ddd", lw=0.8)
         hatch = "//" if local and phase == "device" else None
         edge = {"edgecolor": "white", "linewidth": 0.5} if hatch else {"linewidth": 0}
         ax.broken_barh(spans, (row - 0.4, 0.8), facecolor=_PHASE_COLORS[phase], hatch=hatch, **edge)
-        labels.append(f"{name} {phase}" + (" (local)" if local and phase == "device" else ""))
+        labels.append(f"{name}{late} {phase}" + (" (local)" if local and phase == "device" else ""))
     if round_s:
         ax.axvline(round_s, color="k", ls="--", lw=1)
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
@@ -136,13 +156,9 @@ def plot_gantt(timelines: dict[str, Any], path: str | Path, title: str = "", rou
     handles.append(plt.Line2D([], [], color=_WAIT_COLOR, lw=2, ls=":", label="waiting to start"))
     if round_s:
         handles.append(plt.Line2D([], [], color="k", ls="--", lw=1, label="round ends"))
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.12 if fig_h < 5 else -0.06),
-              ncol=len(handles), fontsize=8, frameon=False)  # fmt: skip
-    fig.tight_layout()
-    out = Path(path)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.4 / fig_h, 1, 1))  # the legend's strip below the axis label
+    return fig
 
 
 def _what(iv: Any) -> str:
@@ -188,3 +204,55 @@ def plot_round_times(
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def plot_run_dir(run_dir: str | Path, rounds: list[int] | None = None) -> list[Path]:
+    """Draw ``run.png``, ``round-times.png`` and ``gantt-round-<n>.png`` for a run directory.
+
+    Parameters
+    ----------
+    run_dir : str or Path
+        A run folder written by :class:`edgeflower.runlog.RunLog`.
+    rounds : list of int, optional
+        Rounds to draw Gantt charts for (default: the first and the last round with a timeline).
+
+    Returns
+    -------
+    list of Path
+        The PNG files written.
+    """
+    path = Path(run_dir)
+    metrics = path / "metrics.json"
+    if not metrics.is_file():
+        raise FileNotFoundError(f"{path} is not a run directory (no metrics.json)")
+    rows = json.loads(metrics.read_text())
+    written = [plot_run(rows, path / "run.png")]
+    nodes_file = path / "nodes.json"
+    if nodes_file.is_file():
+        nodes = json.loads(nodes_file.read_text())
+        per_node = {
+            int(r): {n: float(m["train-time-s"]) for n, m in v.items() if "train-time-s" in m} for r, v in nodes.items()
+        }
+        labels = {
+            n: f"partition {int(m['partition-id'])}"
+            for v in nodes.values()
+            for n, m in v.items()
+            if "partition-id" in m
+        }
+        if any(per_node.values()):
+            written.append(plot_round_times(per_node, path / "round-times.png", labels))
+    tl_dir = path / "timelines"
+    available = sorted(int(p.stem.split("-")[1]) for p in tl_dir.glob("round-*.json")) if tl_dir.is_dir() else []
+    wanted = rounds if rounds is not None else sorted({available[0], available[-1]}) if available else []
+    for rnd in wanted:
+        file = tl_dir / f"round-{rnd}.json"
+        if not file.is_file():
+            raise FileNotFoundError(f"no timeline for round {rnd} in {tl_dir}")
+        data = json.loads(file.read_text())
+        if "nodes" in data:  # on the round's clock (edgeflower.runlog.round_timelines)
+            timelines, round_s = data["nodes"], data.get("round-s")
+        else:  # older runs: each node on its own clock
+            timelines, round_s = {f"node {n}": ivs for n, ivs in data.items()}, None
+        title = f"round {rnd}: every node's phases on the round's clock"
+        written.append(plot_gantt(timelines, path / f"gantt-round-{rnd}.png", title=title, round_s=round_s))
+    return written

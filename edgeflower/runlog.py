@@ -61,7 +61,7 @@ class RunLog:
     Writes ``config.json``, ``metrics.json`` (a list of per-round rows), ``metrics.csv``, ``nodes.json`` (per-node
     reply metrics per round), ``timelines/round-<n>.json`` (per-node phase intervals, in split modes) and, on
     :meth:`finish`, ``run.png`` (accuracy, loss and round time per round) plus the plots of
-    :func:`edgeflower.commands.plot.plot_run_dir`.
+    :func:`edgeflower.plotting.plot_run_dir`.
 
     Parameters
     ----------
@@ -138,7 +138,7 @@ class RunLog:
 
     def finish(self) -> Path:
         """Draw ``run.png`` and return the run directory."""
-        from edgeflower.commands.plot import plot_run_dir
+        from edgeflower.plotting import plot_run_dir  # matplotlib: only a finished run pays for it
 
         plot_run_dir(self.path)
         return self.path

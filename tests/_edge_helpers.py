@@ -10,11 +10,11 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F  # noqa: N812
 
-from edgeflower.clients.local import make_optimizer
 from edgeflower.data import BatchLoader, load_dataset
 from edgeflower.models.splittable import SplittableModel
 from edgeflower.models.zoo import build_model
 from edgeflower.process import ListeningProcess
+from edgeflower.training import make_optimizer
 from edgeflower.transport import EdgeClient, OptimizerSettings, SessionMetrics, TokenIssuer
 
 SECRET = b"edgeflower-test-secret-0123456789abcdef"
@@ -71,7 +71,7 @@ def train_split(
     head, tail = model.split(k)
     head.train()
     head_opt = make_optimizer(head.parameters(), optim.lr, optim.momentum, optim.weight_decay) if k else None
-    session = client.open_session(token(node), model.spec, k, tail.state_dict(), optim, micro_batches=micro)
+    session = client.open_session(token(node), model.spec, k, tail.state_dict(), optim)
     for b, (x, y) in enumerate(batches):
         if head_opt is not None:
             head_opt.zero_grad(set_to_none=True)

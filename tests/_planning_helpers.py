@@ -6,6 +6,7 @@ from dataclasses import replace
 
 from edgeflower.models import build_model, profile_model
 from edgeflower.models.profiler import ModelProfile
+from edgeflower.planning import split_points
 
 FLOPS_PER_S = 50e9
 
@@ -44,7 +45,7 @@ def simulate_rounds(
     times, plans = [], []
     for rnd in range(1, rounds + 1):
         states = devices_at(rnd)
-        plan = planner.plan(rnd, sorted(states))
+        plan = split_points(planner.plan(rnd, sorted(states)))
         replies, true_round = {}, 0.0
         for n, st in states.items():
             k = plan[n]

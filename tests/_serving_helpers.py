@@ -6,12 +6,12 @@ from pathlib import Path
 
 import torch
 
-from edgeflower.clients.local import make_optimizer, train_local
 from edgeflower.data import BatchLoader
 from edgeflower.data.datasets import ImageData
 from edgeflower.models.splittable import SplittableModel
 from edgeflower.models.zoo import build_model
 from edgeflower.process import ListeningProcess
+from edgeflower.training import make_optimizer, train_local
 from edgeflower.transport.auth import TokenIssuer
 
 SECRET = b"edgeflower-serving-test-secret-0123456789"

@@ -12,6 +12,12 @@ ROOT = Path(__file__).resolve().parents[1]
 QUICK = {"num-rounds": 2, "max-batches": 15, "eval-samples": 2000, "lr": 0.05}
 """Run config of the short end-to-end runs: 2 rounds of 15 batches, evaluation on 2000 test samples."""
 
+SIMULATION = {"num_supernodes": 2, "ray_num_cpus": 1}
+"""How the end-to-end tests run Flower's Simulation Engine: 2 SuperNodes, served by ONE ClientApp actor (Ray given one
+CPU). ``make test`` keeps both cores busy with two pytest workers, so a second actor would add no parallelism, only
+a second process importing torch, Flower and the app (about 15 CPU-seconds a run); the nodes then train one after
+the other, which no test depends on."""
+
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
@@ -47,7 +53,7 @@ def quick_fl_run(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("quick-fl")
     config = {**QUICK, "mode": "fl", "run-dir": str(out)}
-    return run_simulation(ROOT, out / "flwr-home", num_supernodes=2, run_config=config, timeout=400), out
+    return run_simulation(ROOT, out / "flwr-home", run_config=config, timeout=400, **SIMULATION), out
 
 
 @pytest.fixture
@@ -63,7 +69,9 @@ def flwr_home(tmp_path):
 # Each test module is one group, so its module-scoped fixtures (a trained model, a bundle) are built once, on one
 # worker; the tests that share the session's classic-FL run form one group for the same reason. End-to-end tests
 # and benchmark quick runs stand alone and are spread one by one. The groups that take
-# longest (end-to-end runs through Flower, the benchmarks' quick runs) are handed out first.
+# longest (end-to-end runs through Flower, the shared classic-FL run's group first, then the benchmarks' quick runs)
+# are handed out first: `make test` passes `--no-loadscope-reorder`, since by default pytest-xdist hands out the
+# groups with the most tests first, which left every single-test Flower run to the end of the suite.
 FIRST = ("e2e", "benchmarks", "serving", "server", "privacy", "pruning")
 
 
@@ -76,10 +84,10 @@ def _group(item: pytest.Item) -> str:
     return path
 
 
-def _order(item: pytest.Item) -> int:
+def _order(item: pytest.Item) -> tuple[int, int]:
     parts = item.nodeid.split("/")
     top = parts[1] if len(parts) > 2 else ""
-    return FIRST.index(top) if top in FIRST else len(FIRST)
+    return (FIRST.index(top) if top in FIRST else len(FIRST), 0 if _group(item) == "quick-fl-run" else 1)
 
 
 def pytest_configure(config: pytest.Config) -> None:

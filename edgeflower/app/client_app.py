@@ -1,4 +1,5 @@
-"""The edgeflower ClientApp: trains its node's partition as the round's plan says (``fl``, ``split``, ``pipeline``)."""
+"""The edgeflower ClientApp: trains its node's partition as the round's :class:`~edgeflower.app.plan.NodePlan` says
+(``fl``, ``split``, ``pipeline``)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from edgeflower.app.mobility import move_order_from_plan, trigger_from_plan
+from edgeflower.app.plan import Mobility, NodePlan
 from edgeflower.app.task import load_partition, load_test_set, node_loader
-from edgeflower.clients.local import evaluate, train_local
 from edgeflower.clients.mobility import MoveOrder, train_moving
 from edgeflower.clients.pipeline import PipelineTrainer
-from edgeflower.clients.proximal import sgd as proximal_sgd
 from edgeflower.config import AppConfig, ConfigError
 from edgeflower.data import BatchLoader
 from edgeflower.planning.scenario import parse_link_schedules
@@ -26,6 +26,8 @@ from edgeflower.privacy.node import NodeRoundDP
 from edgeflower.privacy.remote import open_private_session
 from edgeflower.progress import BatchProgress
 from edgeflower.strategies.edge import NODE_RECORD
+from edgeflower.training import evaluate, train_local
+from edgeflower.training import sgd as proximal_sgd
 from edgeflower.transport.client import EdgeClient
 from edgeflower.transport.emulation import (
     DeviceProfile,
@@ -60,15 +62,15 @@ def _all_epochs(loader: BatchLoader, epochs: int) -> Iterator[tuple[torch.Tensor
     return itertools.chain.from_iterable(loader.batches(e) for e in range(epochs))
 
 
-def move_metrics(move: MoveOrder | None, plan: Mapping[str, Any]) -> dict[str, float]:
+def move_metrics(move: MoveOrder | None, mobility: Mobility | None) -> dict[str, float]:
     """What a move cost and where the node ended the round (``moved-to-edge = -1``: it did not move).
 
     A device that tried to move is near its destination even when the migration failed and it finished the round
     locally, so the destination is reported either way and the ServerApp starts its next round there.
     """
-    if move is None:
+    if move is None or mobility is None:
         return {"moved-to-edge": -1}
-    edge = str(plan["edge-addresses"]).split(",").index(move.destination)
+    edge = mobility.edge_addresses.index(move.destination)
     return {"moved-to-edge": edge, **{k: float(v) for k, v in move.report.items()}}
 
 
@@ -112,12 +114,13 @@ def train(msg: Message, context: Context) -> Message:
     pid = int(context.node_config["partition-id"])
     config = msg.content["config"]
     server_round = int(config.get("server-round", 1))
-    lr = float(config.get("lr", cfg.lr))
     model = cfg.build_model()
+    plan = NodePlan.from_config(config, num_blocks=model.num_blocks)  # PlanError (naming the key) on a bad plan
+    lr = cfg.lr if plan.lr is None else float(plan.lr)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     loader = node_loader(cfg, data, server_round, pid)
     device = node_device(cfg, pid)
-    k = int(config.get("split-point", model.num_blocks))
+    k = plan.split_point
     content = RecordDict({NODE_RECORD: ConfigRecord({"partition-id": pid})})  # the server aggregates in this order
     dp = None
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]] = _all_epochs(loader, cfg.local_epochs)
@@ -135,9 +138,9 @@ def train(msg: Message, context: Context) -> Message:
             return Message(content=content, reply_to=msg)
         batches = dp.batches(data.x, data.y)  # Poisson masks from the OS's CSPRNG, never from the run config
         content["dp"] = dp.scope_record()  # dp-scope: what the node's epsilon covers (head or model)
-    if k < model.num_blocks:
+    if plan.offloads(model.num_blocks):
         link = EmulatedLink(node_link(cfg, pid, server_round))
-        m = int(config.get("microbatches", 1))
+        m = plan.micro_batches
         mu = float(config.get("proximal-mu", 0.0))  # Flower's FedProx: each side adds its part of the term
         settings = OptimizerSettings(lr, cfg.momentum, cfg.weight_decay, mu)
         trainer = PipelineTrainer(
@@ -153,18 +156,18 @@ def train(msg: Message, context: Context) -> Message:
         )
         expected = len(batches) if hasattr(batches, "__len__") else len(loader) * cfg.local_epochs
         trainer.progress = BatchProgress(f"round {server_round}, partition {pid} (split k={k}, m={m})", expected)
-        token = str(config["edge-token"])
+        token = str(plan.edge_token)
         tail_dp = dp.tail_params() if dp else None
         connect = edge_connector(cfg, context.node_config)
-        order = move_order_from_plan(config, len(loader) * cfg.local_epochs, connect)
-        trigger = trigger_from_plan(config, context.node_config, connect)
+        order = move_order_from_plan(plan.mobility, len(loader) * cfg.local_epochs, connect)
+        trigger = trigger_from_plan(plan.mobility, context.node_config, connect)
 
         def open_on(c: EdgeClient, tok: str, kk: int, tail: Any, opt: OptimizerSettings) -> Any:
             if tail_dp is not None:  # dp = full: the edge server trains the tail privately too
-                return open_private_session(c, tok, model.spec, kk, tail, opt, tail_dp, m)
+                return open_private_session(c, tok, model.spec, kk, tail, opt, tail_dp)
             return c.open_session(tok, model.spec, kk, tail, opt)
 
-        with connect(str(config["edge-address"])) as client:
+        with connect(str(plan.edge_address)) as client:
             result = train_moving(
                 trainer,
                 batches,
@@ -174,7 +177,7 @@ def train(msg: Message, context: Context) -> Message:
                 reopen=open_on,  # a restarted round reopens on the destination the same way
             )
         metrics = result.metrics()
-        metrics.update(move_metrics(trainer.last_move, config))
+        metrics.update(move_metrics(trainer.last_move, plan.mobility))
         metrics.update({"uplink-mbps": link.profile.uplink_mbps, "downlink-mbps": link.profile.downlink_mbps})
         if dp is not None:
             metrics.update(dp.finish(result.server_metrics, session_failed=result.fell_back))
@@ -216,8 +219,8 @@ def train(msg: Message, context: Context) -> Message:
         }
         if dp is not None:
             metrics.update(dp.finish())
-    if "predicted-iter-s" in config:  # PiPar's prediction, next to what was measured
-        metrics["predicted-iter-s"] = float(config["predicted-iter-s"])
+    if plan.predicted_iter_s is not None:  # PiPar's prediction, next to what was measured
+        metrics["predicted-iter-s"] = plan.predicted_iter_s
         metrics.setdefault("measured-iter-s", metrics["train-time-s"] / max(1, int(metrics.get("batches", 1))))
     metrics.update({"lr": lr, "split-point": k})
     # what describes this node rather than measures its training does not average across nodes: it travels in the

@@ -1,4 +1,5 @@
-"""Mobility in the app: the run config's schedule, the plan entries the ServerApp sends, and what the node does.
+"""Mobility in the app: the run config's schedule, the :class:`~edgeflower.app.plan.Mobility` part of each node's
+plan, and what the node does with it.
 
 ``mobility = "0@2:0.5->1, 3@4:0.9->0"`` means: the node at position 0 (nodes sorted by id) moves in round 2 after
 50 % of its batches to edge server 1; the node at position 3 moves in round 4 after 90 % to edge server 0.
@@ -10,47 +11,18 @@ each node ended the round on and starts its next round there.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from edgeflower.clients.mobility import MoveOrder, MoveTrigger
+from edgeflower.app.plan import Mobility, PlannedMove
+from edgeflower.clients.mobility import Move, MoveOrder, MoveTrigger, parse_mobility
 from edgeflower.server.pool import EdgePool
 from edgeflower.transport.client import EdgeClient
 
-__all__ = ["MobilityTracker", "Move", "move_order_from_plan", "parse_mobility", "plan_entries", "trigger_from_plan"]
-
-_ENTRY = re.compile(r"^\s*(\d+)\s*@\s*(\d+)\s*:\s*([0-9.]+)\s*->\s*(\d+)\s*$")
+__all__ = ["MobilityTracker", "Move", "mobility_plan", "move_order_from_plan", "parse_mobility", "trigger_from_plan"]
 
 
-@dataclass(frozen=True)
-class Move:
-    """One scheduled move: node position, round, fraction of the round done, destination edge index."""
-
-    node: int
-    server_round: int
-    fraction: float
-    edge: int
-
-
-def parse_mobility(spec: str) -> list[Move]:
-    """Parse a ``mobility`` run-config value (see the module docstring); ``ValueError`` on bad entries."""
-    moves = []
-    for item in (s for s in spec.split(",") if s.strip()):
-        match = _ENTRY.match(item)
-        if not match:
-            raise ValueError(
-                f"bad mobility entry {item.strip()!r}: expected NODE@ROUND:FRACTION->EDGE, e.g. 0@2:0.5->1"
-            )
-        node, rnd, frac, edge = int(match[1]), int(match[2]), float(match[3]), int(match[4])
-        if not 0.0 <= frac < 1.0 or rnd < 1:
-            raise ValueError(f"bad mobility entry {item.strip()!r}: round must be >= 1 and fraction in [0, 1)")
-        moves.append(Move(node, rnd, frac, edge))
-    return moves
-
-
-def plan_entries(
+def mobility_plan(
     moves: Sequence[Move],
     mode: str,
     pool: EdgePool,
@@ -58,53 +30,45 @@ def plan_entries(
     node_id: int,
     server_round: int,
     node_ids: Sequence[int],
-) -> dict[str, Any]:
+) -> Mobility:
     """The mobility part of a node's plan: the round's edge servers with a migration token for each, the node's
-    current edge index, and a scheduled move if there is one for this node and round."""
+    current edge index, and a scheduled move if there is one for this node and round (``node_ids``: every node,
+    whose sorted order gives the positions the schedule names)."""
     for other in sorted(node_ids):  # first assignment in id order: node position i starts on edge i mod n
         pool.edge_of(other)
-    tokens = [pool.migration_token(run_id, node_id, server_round, e) for e in range(len(pool.addresses))]
-    entries: dict[str, Any] = {
-        "edge-index": pool.edge_of(node_id),
-        "edge-addresses": ",".join(pool.addresses),
-        "move-tokens": ",".join(tokens),
-    }
+    tokens = tuple(pool.migration_token(run_id, node_id, server_round, e) for e in range(len(pool.addresses)))
     position = sorted(node_ids).index(node_id) if node_id in node_ids else -1
+    planned = None
     for move in moves:
         if move.node == position and move.server_round == server_round and move.edge != pool.edge_of(node_id):
             if move.edge >= len(pool.addresses):
                 raise ValueError(f"mobility moves node {move.node} to edge {move.edge}, but there are only "
                                  f"{len(pool.addresses)} edge servers")  # fmt: skip
-            entries.update({"move-edge": move.edge, "move-fraction": move.fraction, "move-mode": mode})
-    return entries
+            planned = PlannedMove(move.edge, move.fraction, mode)
+    return Mobility(pool.edge_of(node_id), tuple(pool.addresses), tokens, planned)
 
 
 def move_order_from_plan(
-    plan: Mapping[str, Any], total_batches: int, connect: Callable[[str], EdgeClient] | None = None
+    mobility: Mobility | None, total_batches: int, connect: Callable[[str], EdgeClient] | None = None
 ) -> MoveOrder | None:
     """The node's scheduled move for this round, if its plan has one (``connect``: see :class:`MoveOrder`)."""
-    if "move-edge" not in plan:
+    if mobility is None or mobility.move is None:
         return None
-    edge = int(plan["move-edge"])
-    addresses = str(plan["edge-addresses"]).split(",")
-    tokens = str(plan["move-tokens"]).split(",")
-    at = min(total_batches - 1, int(float(plan["move-fraction"]) * total_batches))
-    return MoveOrder(max(at, 0), addresses[edge], tokens[edge], str(plan.get("move-mode", "migrate")), connect)
+    move = mobility.move
+    at = min(total_batches - 1, int(move.fraction * total_batches))
+    destination, token = mobility.edge_addresses[move.edge], mobility.move_tokens[move.edge]
+    return MoveOrder(max(at, 0), destination, token, move.mode, connect)
 
 
 def trigger_from_plan(
-    plan: Mapping[str, Any], node_config: Mapping[str, Any], connect: Callable[[str], EdgeClient] | None = None
+    mobility: Mobility | None, node_config: Mapping[str, Any], connect: Callable[[str], EdgeClient] | None = None
 ) -> MoveTrigger | None:
     """A :class:`MoveTrigger` when the node config names a ``move-trigger`` file and the plan lists edge servers."""
     path = node_config.get("move-trigger")
-    if not path or "edge-addresses" not in plan:
+    if not path or mobility is None:
         return None
     return MoveTrigger(
-        str(path),
-        str(plan["edge-addresses"]).split(","),
-        str(plan["move-tokens"]).split(","),
-        int(plan.get("edge-index", 0)),
-        connect,
+        str(path), list(mobility.edge_addresses), list(mobility.move_tokens), mobility.edge_index, connect
     )
 
 

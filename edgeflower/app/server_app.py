@@ -1,8 +1,9 @@
 """The edgeflower ServerApp: FedAvg (wrapped by :class:`EdgeStrategy`) with centralised evaluation.
 
-In ``split`` and ``pipeline`` modes it starts (or addresses) the edge servers and sends each node its plan: split
-point, micro-batch count (selected per node by :class:`PiParPlanner` in ``pipeline`` mode), edge address and
-session token.
+In ``split`` and ``pipeline`` modes it starts (or addresses) the edge servers. Once per round it asks the run's
+:class:`~edgeflower.planning.base.Planner` (fixed, exact, FedAdapt, or PiPar in ``pipeline`` mode) for the round's
+nodes and sends each node its :class:`~edgeflower.app.plan.NodePlan`: split point, micro-batch count, edge address
+and session token, and where it may move.
 """
 
 from __future__ import annotations
@@ -22,13 +23,13 @@ from flwr.serverapp.exception import PrivacyBudgetExhausted
 from flwr.serverapp.strategy import FedAvg
 
 from edgeflower.app.forecast import predict_round_s
-from edgeflower.app.mobility import MobilityTracker, parse_mobility, plan_entries
+from edgeflower.app.mobility import MobilityTracker, parse_mobility
+from edgeflower.app.rounds import RoundPlans
 from edgeflower.app.task import load_test_set
-from edgeflower.clients.local import evaluate
 from edgeflower.config import AppConfig
-from edgeflower.models.profiler import profile_model
-from edgeflower.planning import make_planner
-from edgeflower.planning.flower import PlanningRecorder
+from edgeflower.models.profiler import ModelProfile, profile_model
+from edgeflower.models.splittable import SplittableModel
+from edgeflower.planning import Planner, PlanningRecorder, make_planner
 from edgeflower.privacy.models import converts_batchnorm, log_conversion
 from edgeflower.privacy.node import scope_warning
 from edgeflower.privacy.strategy import CentralDPAccounting, SkipExhausted, central_accountant, central_dp
@@ -38,7 +39,7 @@ from edgeflower.runlog import RunLog
 from edgeflower.server.edge import EdgeServerConfig
 from edgeflower.server.pool import EdgePool
 from edgeflower.strategies.edge import EdgeStrategy, RunFailedError
-from edgeflower.strategies.pipar import PiParPlanner
+from edgeflower.training import evaluate
 
 app = ServerApp()
 
@@ -60,6 +61,35 @@ def start_edges(cfg: AppConfig, max_message_bytes: int | None = None, max_model_
     sizes = {"max_message_bytes": max_message_bytes, "max_model_params": max_model_params}
     limits = EdgeServerConfig(**{k: v for k, v in sizes.items() if v}) if any(sizes.values()) else None
     return EdgePool.in_process(cfg.edge_servers, config=limits)
+
+
+def planner_kind(cfg: AppConfig) -> str:
+    """The planner of a run: PiPar's in ``pipeline`` mode, else the run config's ``planner``."""
+    return "pipar" if cfg.mode == "pipeline" else cfg.planner
+
+
+def make_run_planner(cfg: AppConfig, model: SplittableModel) -> Planner:
+    """The run's planner, built on a measured profile of ``model`` (one timing pass for ``fixed``, whose cost model
+    only turns the nodes' reports into the forecasts the ServerApp logs; more for the planners that choose)."""
+    kind = planner_kind(cfg)
+    profile: ModelProfile
+    if kind == "fixed":
+        profile = profile_model(model, batch_size=cfg.batch_size, repeats=1)
+    elif kind == "pipar":
+        profile = profile_model(model, batch_size=cfg.batch_size)
+    else:
+        profile = profile_model(model, batch_size=cfg.batch_size, repeats=5)
+    split_point = cfg.effective_split_point(model.num_blocks)
+    return make_planner(
+        kind,
+        model,
+        profile,
+        policy_path=cfg.policy_path,
+        num_groups=cfg.planner_groups,
+        fixed_split=None if split_point < 0 else split_point,
+        batch_size=cfg.batch_size,
+        micro_batches=cfg.microbatches,
+    )
 
 
 SIMULATION_BACKEND_WAIT_S = 300.0
@@ -139,52 +169,11 @@ def main(grid: Grid, context: Context) -> None:
         log(WARNING, "edgeflower: %s", warning)
     blocks = model.num_blocks
     split_point = cfg.effective_split_point(blocks)
-    planner = None
-    if cfg.mode == "pipeline":
-        profile = profile_model(model, batch_size=cfg.batch_size)
-        planner = PiParPlanner(profile, cfg.batch_size, cfg.split_point, cfg.microbatches)
-    split_planner = None
-    if cfg.planner != "fixed":  # FedAdapt: per-node split points from observations (exact optimum or the agent)
-        split_planner = make_planner(
-            cfg.planner,
-            model,
-            profile_model(model, batch_size=cfg.batch_size, repeats=5),
-            policy_path=cfg.policy_path,
-            num_groups=cfg.planner_groups,
-            batch_size=cfg.batch_size,
-        )
-    offloads = cfg.mode != "fl" and (split_point != blocks or split_planner is not None)
+    planner = make_run_planner(cfg, model)
+    offloads = cfg.mode != "fl" and (split_point != blocks or planner_kind(cfg) != "fixed")
     needs = sum(t.numel() for t in model.state_dict().values())  # edge servers build nothing larger
     pool = start_edges(cfg, cfg.max_message_bytes(model), needs) if offloads else None
-    moves = parse_mobility(cfg.mobility)
-    planned: dict[int, dict[int, int]] = {}
 
-    def plan(rnd: int, node: int) -> dict[str, int | float | str]:
-        entry: dict[str, int | float | str] = {"lr": cfg.lr_at(rnd), "split-point": split_point, "microbatches": 1}
-        if split_planner is not None:
-            if rnd not in planned:  # plan all of the round's nodes together (FedAdapt groups them)
-                planned[rnd] = split_planner.plan(rnd, sorted(grid.get_node_ids()))
-            entry["split-point"] = planned[rnd].get(node, blocks)
-        if planner is not None:
-            chosen = planner.plan(node)
-            entry.update(
-                {
-                    "split-point": chosen.split_point,
-                    "microbatches": chosen.micro_batches,
-                    "predicted-iter-s": chosen.predicted_s,
-                }
-            )
-        if pool is not None and int(entry["split-point"]) < blocks:
-            node_ids = sorted(grid.get_node_ids())
-            mobility = plan_entries(moves, cfg.mobility_mode, pool, context.run_id, node, rnd, node_ids)
-            entry.update(pool.plan(context.run_id, node, rnd))
-            entry.update(mobility)
-        if rnd not in forecast_done:  # once per round: warn when the plan predicts a long round
-            forecast_done.add(rnd)
-            warn_if_slow(rnd, int(entry["split-point"]))
-        return entry
-
-    forecast_done: set[int] = set()
     forecast_profile: list[Any] = []
 
     def warn_if_slow(rnd: int, k: int) -> None:
@@ -195,16 +184,27 @@ def main(grid: Grid, context: Context) -> None:
         partitions = range(len(list(grid.get_node_ids())))
         log_slow_round(predict_round_s(cfg, forecast_profile[0], {pid: k for pid in partitions}, rnd))
 
+    plan_round = RoundPlans(  # the planner is asked once per round, for all of the round's sampled nodes
+        planner,
+        blocks,
+        cfg.lr_at,
+        pool,
+        context.run_id,
+        parse_mobility(cfg.mobility),
+        cfg.mobility_mode,
+        all_nodes=grid.get_node_ids,
+        on_round=warn_if_slow,
+    )
     strategy = EdgeStrategy(
         inner,
-        plan_fn=plan,
-        recorder=[runlog] + ([planner] if planner else []),
+        round_plan_fn=plan_round,
+        recorder=runlog,
         max_failed_fraction=cfg.max_failed_fraction,
     )
+    if planner_kind(cfg) != "fixed":  # the planners that choose learn from every round's replies
+        strategy.recorders.append(PlanningRecorder(planner))
     if privacy is not None:
         strategy.recorders.append(privacy)
-    if split_planner is not None:
-        strategy.recorders.append(PlanningRecorder(split_planner))
     if pool is not None:
         strategy.recorders.append(MobilityTracker(pool))  # the next round starts where each node ended this one
     try:

@@ -18,6 +18,7 @@ unmoved one.
 from __future__ import annotations
 
 import copy
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -30,9 +31,51 @@ from flwr.common.logger import log
 from edgeflower.transport.client import EdgeClient, SessionHandle
 from edgeflower.transport.errors import EdgeUnavailableError, SessionNotFoundError
 
-__all__ = ["MOVE_MODES", "MoveOrder", "RestartRound", "SessionOpener", "migrate_session", "train_moving"]
+__all__ = [
+    "MOVE_MODES",
+    "Move",
+    "MoveOrder",
+    "RestartRound",
+    "SessionOpener",
+    "migrate_session",
+    "parse_mobility",
+    "train_moving",
+]
 
 MOVE_MODES = ("migrate", "restart")
+"""How a device moves: ``migrate`` (FedFly) or ``restart`` (the baseline); run-config key ``mobility-mode``."""
+
+_ENTRY = re.compile(r"^\s*(\d+)\s*@\s*(\d+)\s*:\s*([0-9.]+)\s*->\s*(\d+)\s*$")
+
+
+@dataclass(frozen=True)
+class Move:
+    """One scheduled move: node position, round, fraction of the round done, destination edge index."""
+
+    node: int
+    server_round: int
+    fraction: float
+    edge: int
+
+
+def parse_mobility(spec: str) -> list[Move]:
+    """Parse a ``mobility`` run-config value; ``ValueError`` on bad entries.
+
+    ``"0@2:0.5->1, 3@4:0.9->0"`` means: the node at position 0 (nodes sorted by id) moves in round 2 after 50 % of
+    its batches to edge server 1; the node at position 3 moves in round 4 after 90 % to edge server 0.
+    """
+    moves = []
+    for item in (s for s in spec.split(",") if s.strip()):
+        match = _ENTRY.match(item)
+        if not match:
+            raise ValueError(
+                f"bad mobility entry {item.strip()!r}: expected NODE@ROUND:FRACTION->EDGE, e.g. 0@2:0.5->1"
+            )
+        node, rnd, frac, edge = int(match[1]), int(match[2]), float(match[3]), int(match[4])
+        if not 0.0 <= frac < 1.0 or rnd < 1:
+            raise ValueError(f"bad mobility entry {item.strip()!r}: round must be >= 1 and fraction in [0, 1)")
+        moves.append(Move(node, rnd, frac, edge))
+    return moves
 
 
 @dataclass

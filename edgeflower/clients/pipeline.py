@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -94,6 +93,8 @@ class PipelineTrainer(SplitTrainer):
         outbox: queue.Queue[Any] = queue.Queue()
         results: list[StepResult | None] = [None] * m
         arrivals = [0.0] * m  # when each gradient has come down the emulated link
+        handed = [0.0] * m  # when each activation was handed to the edge server (its modelled arrival there)
+        clock = self.link.clock
         arrived = [threading.Event() for _ in range(m)]
         errors: list[BaseException] = []
         sent = threading.Semaphore(0)  # the receiver may only wait for micro-batches already sent
@@ -111,22 +112,27 @@ class PipelineTrainer(SplitTrainer):
                     if item is _STOP:
                         return
                     act, labels, arrival = item
-                    wait_until(arrival)  # booked by the device thread: latencies of successive sends overlap
+                    wait_until(arrival, clock)  # booked by the device thread: latencies of successive sends overlap
+                    handed[j] = clock.now()
                     session.send(act, labels, batch=b, micro=j, num_micro=m, batch_size=batch_size)
                     sent.release()
             except BaseException as exc:  # handed to the device thread, which raises it
                 fail(exc)
 
         def receiver() -> None:
+            done = 0.0  # when the edge server finished the previous micro-batch, in the model
             try:
                 for j in range(m):
                     sent.acquire()
                     if errors:
                         return
                     result = session.recv()
-                    now = time.perf_counter()
-                    timeline.add("server", now - result.server_s, now, b, j)
-                    down0, down1 = self._book(_nbytes(result.grad), False, now)  # waited for by the device
+                    server_s = min(result.server_s, clock.now() - handed[j])
+                    # the edge server takes micro-batches in order, each once it has arrived; its gradient leaves
+                    # then, so the real transport time (over loopback) counts towards the downlink's modelled time
+                    done = max(handed[j], done) + server_s
+                    timeline.add("server", done - server_s, done, b, j)
+                    down0, down1 = self._book(_nbytes(result.grad), False, done)  # waited for by the device
                     timeline.add("downlink", down0, down1, b, j)
                     results[j] = result
                     arrivals[j] = down1
@@ -163,7 +169,7 @@ class PipelineTrainer(SplitTrainer):
                 arrived[j].wait()
                 if errors:
                     break
-                wait_until(arrivals[j])
+                wait_until(arrivals[j], clock)
                 result = results[j]
                 assert result is not None
                 loss += result.loss * len(ys[j])

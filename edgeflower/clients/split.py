@@ -40,12 +40,12 @@ import torch
 from flwr.common.logger import log
 from torch import nn
 
-from edgeflower.clients.local import make_optimizer, micro_batch_loss
 from edgeflower.clients.mobility import MoveOrder, MoveTrigger, RestartRound, migrate_session
-from edgeflower.clients.proximal import sgd as proximal_sgd
 from edgeflower.models.splittable import SplittableModel
 from edgeflower.progress import BatchProgress
 from edgeflower.timeline import Timeline
+from edgeflower.training import make_optimizer, micro_batch_loss
+from edgeflower.training import sgd as proximal_sgd
 from edgeflower.transport.emulation import DeviceProfile, EmulatedLink
 from edgeflower.transport.errors import (
     EdgeError,
@@ -318,7 +318,9 @@ class SplitTrainer:
         self._replay = None if self.dp is not None else []  # a DP round never replays
         self._fallback_cause = ""
         try:
+            opened = self.link.clock.now()
             session = open_session(self.k, round_start_tail, self.opt)
+            self.link.deliver(_nbytes(*round_start_tail.values()), True, opened)  # the tail goes up the link
             for b, (x, y) in enumerate(it):
                 pending = (x, y)
                 # BatchNorm statistics the head forward will update: restored if this batch has to be redone
@@ -336,7 +338,9 @@ class SplitTrainer:
                 batches_done += 1
                 if self.progress is not None:
                     self.progress.update(batches_done)
+            closing = self.link.clock.now()
             tail_state, metrics = session.close()
+            self.link.deliver(_nbytes(*tail_state.values()), False, closing)  # the trained tail comes down
             session = None
             self._replay = []  # the round is safe: free the log
             self.tail.load_state_dict(tail_state)
@@ -418,12 +422,14 @@ class SplitTrainer:
         self._sent.append((sent, y))
         up0, up1 = self._transmit(_nbytes(sent, y), True)
         timeline.add("uplink", up0, up1, b)
-        call0 = time.perf_counter()
+        clock = self.link.clock
+        call0 = clock.now()
         result = session.step(sent, y, batch=b, batch_size=len(y))
-        call1 = time.perf_counter()
-        server_s = min(result.server_s, call1 - call0)
-        timeline.add("server", call1 - server_s, call1, b)
-        down0, down1 = self._transmit(_nbytes(result.grad), False)
+        server_s = min(result.server_s, clock.now() - call0)
+        timeline.add("server", call0, call0 + server_s, b)
+        # the gradient leaves the edge server when it is done in the model; the step's real transport time (both
+        # ways, over loopback) counts towards the downlink's modelled time, not on top of it (EmulatedLink.deliver)
+        down0, down1 = self._deliver(_nbytes(result.grad), False, call0 + server_s)
         timeline.add("downlink", down0, down1, b)
         if head_opt is not None:
             self._device(timeline, b, "bwd", lambda: (act.backward(result.grad), head_opt.step()))
@@ -432,6 +438,11 @@ class SplitTrainer:
     def _transmit(self, nbytes: int, up: bool) -> tuple[float, float]:
         self.traffic["uplink-bytes" if up else "downlink-bytes"] += nbytes
         return self.link.transmit(nbytes, up)
+
+    def _deliver(self, nbytes: int, up: bool, ready: float) -> tuple[float, float]:
+        """Charge a transfer already made for real, booked from ``ready`` (see ``EmulatedLink.deliver``)."""
+        self.traffic["uplink-bytes" if up else "downlink-bytes"] += nbytes
+        return self.link.deliver(nbytes, up, ready)
 
     def _book(self, nbytes: int, up: bool, ready: float | None = None) -> tuple[float, float]:
         """Book a transfer on the emulated link without waiting: ``(start, arrival)`` (see ``EmulatedLink.book``)."""
@@ -458,7 +469,7 @@ class SplitTrainer:
     def _replay_tail(self, timeline: Timeline, batch: int) -> tuple[torch.optim.Optimizer, int]:
         """Rebuild the dead edge server's tail from the round-start tail and the replay log.
 
-        Each logged batch repeats the edge server's step: :func:`~edgeflower.clients.local.micro_batch_loss` per
+        Each logged batch repeats the edge server's step: :func:`~edgeflower.training.micro_batch_loss` per
         micro-batch, backward, one SGD step. Returns the tail optimizer (its momentum as the edge server had it) and
         the number of batches replayed.
         """

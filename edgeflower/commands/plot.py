@@ -3,64 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
-from edgeflower.plotting import plot_gantt, plot_round_times, plot_run
+from edgeflower.plotting import plot_run_dir
 
-__all__ = ["plot_run_dir", "register"]
-
-
-def plot_run_dir(run_dir: str | Path, rounds: list[int] | None = None) -> list[Path]:
-    """Draw ``run.png``, ``round-times.png`` and ``gantt-round-<n>.png`` for a run directory.
-
-    Parameters
-    ----------
-    run_dir : str or Path
-        A run folder written by :class:`edgeflower.runlog.RunLog`.
-    rounds : list of int, optional
-        Rounds to draw Gantt charts for (default: the first and the last round with a timeline).
-
-    Returns
-    -------
-    list of Path
-        The PNG files written.
-    """
-    path = Path(run_dir)
-    metrics = path / "metrics.json"
-    if not metrics.is_file():
-        raise FileNotFoundError(f"{path} is not a run directory (no metrics.json)")
-    rows = json.loads(metrics.read_text())
-    written = [plot_run(rows, path / "run.png")]
-    nodes_file = path / "nodes.json"
-    if nodes_file.is_file():
-        nodes = json.loads(nodes_file.read_text())
-        per_node = {
-            int(r): {n: float(m["train-time-s"]) for n, m in v.items() if "train-time-s" in m} for r, v in nodes.items()
-        }
-        labels = {
-            n: f"partition {int(m['partition-id'])}"
-            for v in nodes.values()
-            for n, m in v.items()
-            if "partition-id" in m
-        }
-        if any(per_node.values()):
-            written.append(plot_round_times(per_node, path / "round-times.png", labels))
-    tl_dir = path / "timelines"
-    available = sorted(int(p.stem.split("-")[1]) for p in tl_dir.glob("round-*.json")) if tl_dir.is_dir() else []
-    wanted = rounds if rounds is not None else sorted({available[0], available[-1]}) if available else []
-    for rnd in wanted:
-        file = tl_dir / f"round-{rnd}.json"
-        if not file.is_file():
-            raise FileNotFoundError(f"no timeline for round {rnd} in {tl_dir}")
-        data = json.loads(file.read_text())
-        if "nodes" in data:  # on the round's clock (edgeflower.runlog.round_timelines)
-            timelines, round_s = data["nodes"], data.get("round-s")
-        else:  # older runs: each node on its own clock
-            timelines, round_s = {f"node {n}": ivs for n, ivs in data.items()}, None
-        title = f"round {rnd}: every node's phases on the round's clock"
-        written.append(plot_gantt(timelines, path / f"gantt-round-{rnd}.png", title=title, round_s=round_s))
-    return written
+__all__ = ["register"]
 
 
 def _run(args: argparse.Namespace) -> int:

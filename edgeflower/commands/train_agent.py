@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -22,7 +23,7 @@ from edgeflower.planning.ppo import PPOConfig
 from edgeflower.planning.scenario import fedadapt_testbed
 from edgeflower.planning.training import evaluate_policy, node_states_of, train_agent
 
-__all__ = ["TrainedAgent", "plot_agent", "register", "train_policy"]
+__all__ = ["TrainedAgent", "agent_figure", "plot_agent", "register", "replot_agent", "train_policy"]
 
 SCENARIOS = {"fedadapt": fedadapt_testbed}
 
@@ -132,6 +133,7 @@ def train_policy(
         "restarts": restarts,
         "chosen_restart": best_restart,
         "restart_scores": [c[0] for c in candidates],
+        "training_rewards": [[round(float(x), 4) for x in c[3]] for c in sorted(candidates, key=lambda c: c[1])],
         "env": {k: v for k, v in asdict(config).items() if k not in ("num_groups", "episode_len")},
     }
     header = save_policy(path, agent.net, model_name, model.num_blocks, info)
@@ -154,19 +156,39 @@ def plot_agent(
     path: str | Path,
     title: str = "FedAdapt agent training",
 ) -> Path:
+    """Write :func:`agent_figure` to the PNG ``path``."""
+    import matplotlib.pyplot as plt
+
+    fig = agent_figure(runs, chosen, final_reward, no_offload_reward, title)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def agent_figure(
+    runs: list[list[float]],
+    chosen: int,
+    final_reward: float,
+    no_offload_reward: float,
+    title: str = "FedAdapt agent training",
+) -> Any:
     """Every training episode of every restart, the chosen restart in bold, and the final figures marked.
 
     Training episodes explore (sampled actions), so their rewards sit below the chosen policy's deterministic
-    evaluation (``final_reward``, on held-out episodes), which is what the command prints; ``no_offload_reward`` is
-    always-classic-FL evaluated on the same episodes.
+    evaluation (``final_reward``, on held-out episodes), which is what the command prints; it is drawn as a star
+    after the last episode, annotated ``final: X.XX``. ``no_offload_reward`` is always-classic-FL evaluated on the
+    same episodes. Episode ticks are integers.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.ticker import MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(8, 4.2))
+    fig, ax = plt.subplots(figsize=(9, 4.6))
     start = 0
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, rewards in enumerate(runs):
@@ -177,28 +199,75 @@ def plot_agent(
         w = max(1, len(r) // 15)
         if len(r) >= w:
             smooth = np.convolve(r, np.ones(w) / w, mode="valid")
-            label = f"restart {i + 1}" + (" (chosen)" if i == chosen else "") + f", moving mean of {w}"
+            label = (
+                f"restart {i + 1}" + (" (chosen)" if i == chosen else "") + (f", moving mean of {w}" if w > 1 else "")
+            )
             ax.plot(xs[w - 1 :], smooth, color=color, lw=2.4 if i == chosen else 1.2, label=label)
+        if i and len(runs) > 1:
+            ax.axvline(start + 0.5, color="#888", lw=0.6)  # where the next restart begins
         start += len(r)
     ax.axhline(
         no_offload_reward, color="#a33", ls="--", lw=1.2, label=f"no offloading, evaluated: {no_offload_reward:.2f}"
     )
     ax.axhline(final_reward, color="k", ls=":", lw=1.2, label=f"chosen policy, evaluated: {final_reward:.2f}")
-    ax.plot([start], [final_reward], marker="*", ms=14, color="k")
-    ax.annotate(f"final {final_reward:.2f}", (start, final_reward), textcoords="offset points", xytext=(-75, -16))
-    ax.set(title=title, xlabel=f"training episode (all {start}, restarts one after another)",
-           ylabel="reward (sum over devices and steps)")  # fmt: skip
-    ax.set_xlim(0, start * 1.03)
-    top = max([final_reward, no_offload_reward] + [max(r) for r in runs if len(r)])
-    ax.set_ylim(top=top + 0.08 * (abs(top) + 1))
+    values = [final_reward, no_offload_reward] + [v for r in runs for v in r]
+    top, lowest = max(values), min(values)
+    ax.plot([start], [final_reward], marker="*", ms=15, color="k", zorder=5, label="_final")
+    ax.annotate(
+        f"final: {final_reward:.2f}",
+        (start, final_reward),
+        textcoords="offset points",
+        xytext=(-10, -18 if final_reward >= lowest + 0.3 * (top - lowest) else 12),
+        ha="right",
+        fontsize=10,
+        fontweight="bold",
+        bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "k", "lw": 0.6},
+    )
+    fig.suptitle(title)
+    ax.set_title(
+        "curves: training episodes, exploring (sampled actions); final: the chosen policy evaluated without "
+        "exploration on held-out episodes",
+        fontsize=8,
+        color="#555",
+    )
+    ax.set(
+        xlabel=f"training episode (all {start}, restarts one after another)",
+        ylabel="reward (sum over devices and steps)",
+    )
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlim(0, start * 1.03 + 1)
+    ax.set_ylim(lowest - 0.08 * (top - lowest + 1), top + 0.15 * (top - lowest + 1))
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return fig
+
+
+def replot_agent(policy_path: str | Path, png_path: str | Path | None = None) -> Path:
+    """Redraw the reward curve of a policy file from the training history in its header (no training).
+
+    Raises
+    ------
+    PolicyError
+        The file is not a valid policy, or was written before the header kept the history (``training_rewards``).
+    """
+    from edgeflower.planning.policy import PolicyError, load_policy
+
+    _, header = load_policy(policy_path)
+    info = header.info
+    runs = info.get("training_rewards")
+    if not isinstance(runs, list) or not runs:
+        raise PolicyError(f"policy file {policy_path} keeps no training history (written by an older edgeflower)")
+    title = f"FedAdapt agent on {info.get('scenario', '?')} ({header.model})"
+    out = Path(png_path) if png_path is not None else Path(policy_path).with_suffix(".png")
+    return plot_agent(
+        runs,
+        int(info.get("chosen_restart", 0)),
+        float(info["eval_reward"]),
+        float(info["no_offload_reward"]),
+        out,
+        title=title,
+    )
 
 
 def _run(args: argparse.Namespace) -> int:

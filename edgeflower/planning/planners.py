@@ -1,6 +1,7 @@
 """Planners: each round, one split point per node.
 
-All planners share the :class:`Planner` protocol (``plan`` before a round, ``observe`` after it):
+All planners share the :class:`~edgeflower.planning.base.Planner` protocol (``plan`` before a round, ``observe``
+after it; PiPar's :class:`~edgeflower.planning.pipar.PiParPlanner` too):
 
 * :class:`FixedPlanner`: the same split point for every node and round (``k = num_blocks`` is classic FL);
 * :class:`ExactPlanner`: per node, the split point that minimises the cost model's predicted round time given
@@ -16,41 +17,30 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from logging import INFO
-from typing import Protocol, runtime_checkable
 
 import torch
 from flwr.common.logger import log
 
 from edgeflower.planning.actions import SplitMapper
+from edgeflower.planning.base import Planner, SplitPlan
 from edgeflower.planning.costmodel import CostModel
 from edgeflower.planning.kmeans import group_nodes, node_features
 from edgeflower.planning.observations import ObservationHistory
 from edgeflower.planning.ppo import ActorCritic
 from edgeflower.planning.state import agent_state
 
-__all__ = ["ExactPlanner", "FedAdaptPlanner", "FixedPlanner", "Planner"]
+__all__ = ["ExactPlanner", "FedAdaptPlanner", "FixedPlanner", "ObservingPlanner", "Planner"]
 
 
-@runtime_checkable
-class Planner(Protocol):
-    """Chooses split points before a round and learns from the round's replies."""
+class ObservingPlanner:
+    """The shared part of the planners: the cost model, the per-node history (``window``: see
+    :class:`~edgeflower.planning.observations.ObservationHistory`) and the plans made so far (round to node to plan).
+    """
 
-    def plan(self, server_round: int, node_ids: Sequence[int]) -> dict[int, int]:
-        """Split point of each node for ``server_round`` (``num_blocks`` = no offloading)."""
-        ...
-
-    def observe(self, server_round: int, replies: Mapping[int, Mapping[str, float]]) -> None:
-        """Record the per-node reply metrics of ``server_round``."""
-        ...
-
-
-class _ObservingPlanner:
-    """Shared part: the cost model, the per-node history and the plans made so far."""
-
-    def __init__(self, cost: CostModel, default_mbps: float = 50.0) -> None:
+    def __init__(self, cost: CostModel, default_mbps: float = 50.0, window: int = 3) -> None:
         self.cost = cost
-        self.history = ObservationHistory(cost, default_mbps)
-        self.plans: dict[int, dict[int, int]] = {}
+        self.history = ObservationHistory(cost, default_mbps, window=window)
+        self.plans: dict[int, dict[int, SplitPlan]] = {}
 
     @property
     def num_blocks(self) -> int:
@@ -71,16 +61,18 @@ class _ObservingPlanner:
             return None
         return self.cost.round_s(k, state, batches or last.batches)
 
-    def _remember(self, server_round: int, plan: dict[int, int]) -> dict[int, int]:
-        previous = self.plans.get(server_round - 1, {})
-        changed = {n: k for n, k in plan.items() if n in previous and previous[n] != k}
+    def _remember(self, server_round: int, splits: Mapping[int, int | SplitPlan]) -> dict[int, SplitPlan]:
+        plan = {n: p if isinstance(p, SplitPlan) else SplitPlan(p) for n, p in splits.items()}
+        previous = {n: (p.split_point, p.micro_batches) for n, p in self.plans.get(server_round - 1, {}).items()}
+        now = {n: (p.split_point, p.micro_batches) for n, p in plan.items()}
+        changed = {n: km for n, km in now.items() if n in previous and previous[n] != km}
         if changed:
-            log(INFO, "%s round %d: new split points %s", type(self).__name__, server_round, changed)
+            log(INFO, "%s round %d: new (split point, micro-batches) %s", type(self).__name__, server_round, changed)
         self.plans.setdefault(server_round, {}).update(plan)
         return plan
 
 
-class FixedPlanner(_ObservingPlanner):
+class FixedPlanner(ObservingPlanner):
     """The same split point ``k`` for every node and round."""
 
     def __init__(self, cost: CostModel, k: int) -> None:
@@ -89,12 +81,12 @@ class FixedPlanner(_ObservingPlanner):
             raise ValueError(f"fixed split point {k} out of range 0..{cost.num_blocks}")
         self.k = k
 
-    def plan(self, server_round: int, node_ids: Sequence[int]) -> dict[int, int]:
+    def plan(self, server_round: int, node_ids: Sequence[int]) -> dict[int, SplitPlan]:
         """``k`` for every node."""
         return self._remember(server_round, dict.fromkeys(node_ids, self.k))
 
 
-class ExactPlanner(_ObservingPlanner):
+class ExactPlanner(ObservingPlanner):
     """Per node, the split point with the smallest predicted round time (ties: less offloading)."""
 
     def best_split(self, node_id: int) -> int:
@@ -106,12 +98,12 @@ class ExactPlanner(_ObservingPlanner):
         best = min(costs)
         return max(k for k, c in enumerate(costs) if c <= best * (1 + 1e-9))
 
-    def plan(self, server_round: int, node_ids: Sequence[int]) -> dict[int, int]:
+    def plan(self, server_round: int, node_ids: Sequence[int]) -> dict[int, SplitPlan]:
         """Each node's :meth:`best_split`."""
         return self._remember(server_round, {n: self.best_split(n) for n in node_ids})
 
 
-class FedAdaptPlanner(_ObservingPlanner):
+class FedAdaptPlanner(ObservingPlanner):
     """FedAdapt's agent: k-means groups, one action per group from a trained policy.
 
     Parameters
@@ -132,7 +124,7 @@ class FedAdaptPlanner(_ObservingPlanner):
         self.groups: dict[int, dict[int, int]] = {}
         self.actions: dict[int, list[float]] = {}
 
-    def plan(self, server_round: int, node_ids: Sequence[int]) -> dict[int, int]:
+    def plan(self, server_round: int, node_ids: Sequence[int]) -> dict[int, SplitPlan]:
         """Classic FL for nodes without observations; the policy's split per group for the others.
 
         The groups and the actions are computed once per round, over *every* observed node (so the result does not

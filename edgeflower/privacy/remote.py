@@ -22,9 +22,8 @@ def open_private_session(
     tail_state: Mapping[str, torch.Tensor],
     optimizer: OptimizerSettings,
     dp: DPParams,
-    micro_batches: int = 1,
 ) -> SessionHandle:
     """Like :meth:`EdgeClient.open_session`, with :class:`DPParams` in the open request."""
-    request = OpenRequest(token, spec, split_point, optimizer, dict(tail_state), micro_batches, dp)
+    request = OpenRequest(token, spec, split_point, optimizer, dict(tail_state), dp=dp)
     frame = client.call_retrying(METHOD_OPEN, request.to_bytes(client.limits))
     return SessionHandle(client, OpenReply.from_frame(frame), token, split_point)

@@ -142,22 +142,27 @@ class Graph:
             elif op.kind in ("act", "pool", "flatten", "add", "mul") or (op.kind == "conv" and is_depthwise(op.module)):
                 for t in op.inputs:
                     pairs.append((ids(t), ids(op.output)))
-        changed = True
-        while changed:
-            changed = False
-            for a, b in pairs:
-                m = torch.minimum(label[a], label[b])
-                if not (torch.equal(m, label[a]) and torch.equal(m, label[b])):
-                    label[a] = m
-                    label[b] = m
-                    changed = True
-            while True:  # pointer jumping (labels only point into their own group) keeps the sweeps few
-                jumped = label[label]
-                if torch.equal(jumped, label):
-                    break
-                label = jumped
-        _, dense = torch.unique(label, return_inverse=True)
+        _, dense = torch.unique(_merge_labels(label, pairs), return_inverse=True)
         return [dense[base[t] : base[t + 1]] for t in range(len(self.tensors))]
+
+
+def _merge_labels(label: torch.Tensor, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Give every channel the smallest label of the channels it is coupled with (through any chain of pairs)."""
+    changed = True
+    while changed:
+        changed = False
+        for a, b in pairs:
+            m = torch.minimum(label[a], label[b])
+            if not (torch.equal(m, label[a]) and torch.equal(m, label[b])):
+                label[a] = m
+                label[b] = m
+                changed = True
+        while True:  # pointer jumping (labels only point into their own group) keeps the sweeps few
+            jumped = label[label]
+            if torch.equal(jumped, label):
+                break
+            label = jumped
+    return label
 
 
 def is_depthwise(module: nn.Module | None) -> bool:
@@ -183,6 +188,20 @@ def _describe(node: fx.Node) -> str:
     if target in (getattr, operator.getitem) and node.args and isinstance(node.args[0], fx.Node):
         of = f" of the result of {_describe(node.args[0])}"
     return f"{node.op} {module + '.' if module and node.op == 'call_function' else ''}{name}{where}{of}"
+
+
+def _unsupported(path: str, m: nn.Module) -> SurgeryError:
+    """Why surgery refuses module ``m`` at ``path``."""
+    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        return SurgeryError(
+            f"{path}: {type(m).__name__} does not directly follow a convolution, so it cannot be folded"
+        )
+    if isinstance(m, nn.GroupNorm | nn.LayerNorm):
+        return SurgeryError(
+            f"{path}: {type(m).__name__} couples channels and cannot be folded; "
+            "surgery supports models with BatchNorm after convolutions or without normalisation"
+        )
+    return SurgeryError(f"{path}: unsupported module {type(m).__name__} (its data flow is not known)")
 
 
 class _Builder:
@@ -215,25 +234,8 @@ class _Builder:
         path = str(node.target)
         m = self.gm.get_submodule(path)
         x = node.args[0] if node.args else None
-        if isinstance(m, nn.Conv2d):
-            if path in self.called:
-                raise SurgeryError(f"{path}: the convolution is used more than once (shared weights)")
-            self.called.add(path)
-            t = self.tensor(node, x)
-            if m.padding_mode != "zeros" or isinstance(m.padding, str):
-                raise SurgeryError(f"{path}: only integer zero padding is supported")
-            if m.groups != 1 and not is_depthwise(m):
-                raise SurgeryError(f"{path}: grouped convolutions other than depthwise are not supported")
-            self.op(node, "conv", (t,), path=path, module=m)
-        elif isinstance(m, nn.Linear):
-            if path in self.called:
-                raise SurgeryError(f"{path}: the linear layer is used more than once (shared weights)")
-            self.called.add(path)
-            t = self.tensor(node, x)
-            info = self.g.tensors[t]
-            if len(_shape(x) or ()) != 2 or m.in_features != info.channels * info.spatial:
-                raise SurgeryError(f"{path}: a linear layer must read a [batch, features] tensor")
-            self.op(node, "linear", (t,), path=path, module=m)
+        if isinstance(m, nn.Conv2d | nn.Linear):
+            self.weighted(node, path, m, x)
         elif isinstance(m, _ALIAS_MODULES):
             self.alias(node, x)
         elif isinstance(m, _ACT_MODULES):
@@ -243,17 +245,27 @@ class _Builder:
             self.op(node, "pool", (self.tensor(node, x),), exact_constants=not padded)
         elif isinstance(m, nn.Flatten):
             self.flatten(node, x, m.start_dim, m.end_dim)
-        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-            raise SurgeryError(
-                f"{path}: {type(m).__name__} does not directly follow a convolution, so it cannot be folded"
-            )
-        elif isinstance(m, (nn.GroupNorm, nn.LayerNorm)):
-            raise SurgeryError(
-                f"{path}: {type(m).__name__} couples channels and cannot be folded; "
-                "surgery supports models with BatchNorm after convolutions or without normalisation"
-            )
         else:
-            raise SurgeryError(f"{path}: unsupported module {type(m).__name__} (its data flow is not known)")
+            raise _unsupported(path, m)
+
+    def weighted(self, node: fx.Node, path: str, m: nn.Conv2d | nn.Linear, x: object) -> None:
+        """A convolution or linear layer: its weights are what surgery cuts, so each may be called once."""
+        what = "convolution" if isinstance(m, nn.Conv2d) else "linear layer"
+        if path in self.called:
+            raise SurgeryError(f"{path}: the {what} is used more than once (shared weights)")
+        self.called.add(path)
+        t = self.tensor(node, x)
+        if isinstance(m, nn.Conv2d):
+            if m.padding_mode != "zeros" or isinstance(m.padding, str):
+                raise SurgeryError(f"{path}: only integer zero padding is supported")
+            if m.groups != 1 and not is_depthwise(m):
+                raise SurgeryError(f"{path}: grouped convolutions other than depthwise are not supported")
+            self.op(node, "conv", (t,), path=path, module=m)
+            return
+        info = self.g.tensors[t]
+        if len(_shape(x) or ()) != 2 or m.in_features != info.channels * info.spatial:
+            raise SurgeryError(f"{path}: a linear layer must read a [batch, features] tensor")
+        self.op(node, "linear", (t,), path=path, module=m)
 
     def flatten(self, node: fx.Node, x: object, start: int = 1, end: int = -1) -> None:
         shape_in, shape_out = _shape(x), _shape(node)
@@ -292,7 +304,7 @@ class _Builder:
             raise SurgeryError(f"{node.name}: {_describe(node)} broadcasts over channels")
         self.op(node, kind, (ta, tb))
 
-    def function(self, node: fx.Node) -> None:
+    def function(self, node: fx.Node) -> None:  # C901 (17): one branch per torch operation surgery knows, a table
         t = node.target
         name = t if node.op == "call_method" else None
         x = node.args[0] if node.args else None

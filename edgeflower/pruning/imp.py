@@ -19,7 +19,6 @@ from flwr.common.logger import log
 from torch import nn
 from tqdm.auto import tqdm
 
-from edgeflower.clients.local import evaluate, make_optimizer, train_local
 from edgeflower.data import BatchLoader, ImageData
 from edgeflower.pruning.magnitude import (
     apply_masks,
@@ -28,6 +27,7 @@ from edgeflower.pruning.magnitude import (
     global_magnitude_masks,
     prunable_tensors,
 )
+from edgeflower.training import evaluate, make_optimizer, train_local
 
 __all__ = ["DEFAULT_COMPRESSIONS", "IMPConfig", "SparseLevel", "iterative_magnitude_pruning", "train_dense"]
 

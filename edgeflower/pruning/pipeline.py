@@ -10,13 +10,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edgeflower.clients.local import evaluate
 from edgeflower.data import ImageData
 from edgeflower.models.splittable import SplittableModel
 from edgeflower.pruning.imp import IMPConfig, SparseLevel, iterative_magnitude_pruning, train_dense
 from edgeflower.pruning.measure import count_params, cpu_latency_ms, state_bytes
 from edgeflower.pruning.plot import plot_pareto
 from edgeflower.pruning.portfolio import Portfolio, build_portfolio
+from edgeflower.training import evaluate
 
 __all__ = ["PipelineResult", "make_portfolio"]
 

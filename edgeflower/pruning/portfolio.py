@@ -22,7 +22,6 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from edgeflower.clients.local import evaluate
 from edgeflower.data import ImageData
 from edgeflower.models.splittable import ModelSpec
 from edgeflower.models.zoo import build_model
@@ -31,6 +30,7 @@ from edgeflower.pruning.errors import PortfolioError
 from edgeflower.pruning.imp import SparseLevel
 from edgeflower.pruning.measure import count_params, cpu_latency_ms, state_bytes
 from edgeflower.pruning.surgery import surgery
+from edgeflower.training import evaluate
 
 __all__ = ["MANIFEST", "MIN_STRUCTURAL_SAVING", "Portfolio", "Variant", "build_portfolio", "measure_variant"]
 
@@ -274,16 +274,7 @@ class Portfolio:
         """
         root = Path(root)
         path = root / MANIFEST
-        if not path.is_file():
-            raise PortfolioError(f"{path}: portfolio manifest not found")
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise PortfolioError(f"{path}: manifest is not valid JSON ({exc})") from exc
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise PortfolioError(f"{path}: not an edgeflower portfolio manifest")
-        if data.get("version") != VERSION:
-            raise PortfolioError(f"{path}: unsupported portfolio version {data.get('version')!r}")
+        data = _read_manifest(path)
         try:
             spec = ModelSpec.from_dict(data["spec"])
             variants = [Variant.from_json(v) for v in data["variants"]]
@@ -371,3 +362,18 @@ def build_portfolio(
             )
         )
     return Portfolio(spec, variants)
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    """The JSON of a portfolio manifest, checked to be one of this format and version."""
+    if not path.is_file():
+        raise PortfolioError(f"{path}: portfolio manifest not found")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PortfolioError(f"{path}: manifest is not valid JSON ({exc})") from exc
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise PortfolioError(f"{path}: not an edgeflower portfolio manifest")
+    if data.get("version") != VERSION:
+        raise PortfolioError(f"{path}: unsupported portfolio version {data.get('version')!r}")
+    return data

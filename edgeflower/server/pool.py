@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
+from dataclasses import dataclass
 from logging import INFO, WARNING
 from pathlib import Path
 from types import TracebackType
@@ -13,7 +14,26 @@ from flwr.common.logger import log
 from edgeflower.server.edge import EdgeServer, EdgeServerConfig
 from edgeflower.transport.auth import DEFAULT_TTL_S, ROLE_DEVICE, ROLE_MIGRATION, TokenIssuer, load_secret
 
-__all__ = ["EdgePool"]
+__all__ = ["EdgeAssignment", "EdgePool"]
+
+
+@dataclass(frozen=True)
+class EdgeAssignment:
+    """Where a node trains its tail in one round.
+
+    Attributes
+    ----------
+    edge : int
+        Index of the edge server in :attr:`EdgePool.addresses`.
+    address : str
+        Its ``host:port``.
+    token : str
+        A single-use ``device`` token for this run, node and round, bound to that edge server.
+    """
+
+    edge: int
+    address: str
+    token: str
 
 
 def _edge_id_of(address: str, root_cert: bytes | None = None) -> str | None:
@@ -119,9 +139,9 @@ class EdgePool:
             raise ValueError(f"edge index {edge} out of range 0..{len(self.addresses) - 1}")
         self.assignment[node_id] = edge
 
-    def plan(self, run_id: int, node_id: int, server_round: int, ttl_s: float = DEFAULT_TTL_S) -> dict[str, str]:
-        """``edge-address`` and ``edge-token`` entries of a node's training plan for one round: a single-use
-        ``device`` token for this run, node and round, bound to the node's edge server, valid ``ttl_s``.
+    def assign(self, run_id: int, node_id: int, server_round: int, ttl_s: float = DEFAULT_TTL_S) -> EdgeAssignment:
+        """The node's edge server for one round, with a single-use ``device`` token for this run, node and round,
+        bound to that server, valid ``ttl_s``.
 
         In-process edge servers are told the round (:meth:`EdgeServer.advance_round`): from now on they refuse tokens
         of this run's older rounds."""
@@ -129,7 +149,14 @@ class EdgePool:
             server.advance_round(run_id, server_round)
         edge = self.edge_of(node_id)
         token = self.issuer.issue(run_id, node_id, server_round, self.edge_ids[edge], ttl_s, ROLE_DEVICE)
-        return {"edge-address": self.addresses[edge], "edge-token": token}
+        return EdgeAssignment(edge, self.addresses[edge], token)
+
+    def plan(self, run_id: int, node_id: int, server_round: int, ttl_s: float = DEFAULT_TTL_S) -> dict[str, str]:
+        """:meth:`assign` as ``edge-address`` and ``edge-token`` config entries, for apps with a ClientApp of their
+        own that reads them (see ``examples/quickstart-edgeflower``); edgeflower's ServerApp sends a typed
+        :class:`~edgeflower.app.plan.NodePlan` instead."""
+        assigned = self.assign(run_id, node_id, server_round, ttl_s)
+        return {"edge-address": assigned.address, "edge-token": assigned.token}
 
     def migration_token(
         self, run_id: int, node_id: int, server_round: int, edge: int, ttl_s: float = DEFAULT_TTL_S

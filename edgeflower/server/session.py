@@ -23,11 +23,11 @@ from collections.abc import Mapping
 
 import torch
 
-from edgeflower.clients.local import micro_batch_loss
-from edgeflower.clients.proximal import sgd as proximal_sgd
 from edgeflower.models.splittable import ModelSpec
 from edgeflower.models.zoo import build_model
 from edgeflower.privacy.server import PrivateTail
+from edgeflower.training import micro_batch_loss
+from edgeflower.training import sgd as proximal_sgd
 from edgeflower.transport.auth import TokenClaims
 from edgeflower.transport.errors import EdgeAuthError, InvalidMessageError, SessionNotFoundError, SessionStateError
 from edgeflower.transport.messages import OpenRequest, SessionMetrics, StepRequest, StepResult
@@ -165,7 +165,6 @@ class TrainingSession:
         self._token = token.encode()
         self.spec = request.spec
         self.split_point = request.split_point
-        self.micro_batches_hint = request.micro_batches
         self.tail, self.input_shape = _build_tail(request, max_params)
         self.num_classes = request.spec.num_classes
         opt = request.optimizer

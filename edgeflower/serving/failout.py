@@ -13,10 +13,10 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
-from edgeflower.clients.local import TrainResult
 from edgeflower.models.splittable import SplittableModel
 from edgeflower.serving.estimators import out_shapes
 from edgeflower.serving.plan import skippable
+from edgeflower.training import TrainResult
 
 __all__ = ["failout_train", "skippable_blocks"]
 

@@ -1,16 +1,7 @@
-"""Flower strategies and strategy wrappers for edge training."""
+"""Flower strategies and strategy wrappers for edge training (the planners they ask live in
+:mod:`edgeflower.planning`)."""
 
-from edgeflower.strategies.edge import EdgeStrategy, PlanFn, RoundRecorder
-from edgeflower.strategies.pipar import PiParPlanner, Plan, predict_iteration, select_plan
+from edgeflower.strategies.edge import EdgeStrategy, PlanFn, RoundPlanFn, RoundRecorder
 from edgeflower.strategies.wrapper import StrategyWrapper
 
-__all__ = [
-    "EdgeStrategy",
-    "PiParPlanner",
-    "Plan",
-    "PlanFn",
-    "RoundRecorder",
-    "StrategyWrapper",
-    "predict_iteration",
-    "select_plan",
-]
+__all__ = ["EdgeStrategy", "PlanFn", "RoundPlanFn", "RoundRecorder", "StrategyWrapper"]

@@ -4,7 +4,8 @@
 wrapper, ...). It delegates sampling and aggregation to the inner strategy and only
 
 * merges a per-node *plan* (a flat dict of config values: learning rate, split point, edge address, token ...)
-  into the ``config`` record of each training message, and
+  into the ``config`` record of each training message (asked one node at a time with ``plan_fn``, or once per
+  round for all of the round's sampled nodes with ``round_plan_fn``), and
 * times every round and collects the per-node reply metrics, handing them to an optional recorder, and
 * hands replies to the inner strategy in a fixed order (the ``partition-id`` a node reports in its ``node``
   config record, else its node ID), not in arrival order: floating-point sums depend on their order, so a run
@@ -21,7 +22,7 @@ training, by edge server and cause, as a WARNING; nodes that failed, with their 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from logging import ERROR, INFO, WARNING
 from typing import Any, Protocol
@@ -38,6 +39,7 @@ __all__ = [
     "EdgeStrategy",
     "PlanFn",
     "RoundOutcome",
+    "RoundPlanFn",
     "RoundRecorder",
     "RunFailedError",
     "failure_reason",
@@ -123,8 +125,12 @@ class RoundOutcome:
 NODE_RECORD = "node"
 """Config record of a reply that identifies its node across runs (``partition-id``); used to order replies."""
 
-PlanFn = Callable[[int, int], dict[str, Any]]
+PlanFn = Callable[[int, int], Mapping[str, Any]]
 """``plan(server_round, node_id) -> config values`` merged into that node's training config."""
+
+RoundPlanFn = Callable[[int, list[int]], Mapping[int, Mapping[str, Any]]]
+"""``plan_round(server_round, node_ids) -> {node_id: config values}``: every sampled node's plan in one call (a
+planner that groups nodes, such as FedAdapt, must see all of a round's nodes together)."""
 
 
 class RoundRecorder(Protocol):
@@ -145,6 +151,9 @@ class EdgeStrategy(StrategyWrapper):
         The Flower strategy that samples nodes and aggregates (e.g. ``FedAvg``).
     plan_fn : PlanFn, optional
         Per-node plan; its values are merged into the node's ``config`` record.
+    round_plan_fn : RoundPlanFn, optional
+        Instead of ``plan_fn``: called once per round with the ids of the nodes the inner strategy sampled (in the
+        order of its messages); must return a plan for each of them.
     recorder : RoundRecorder or sequence of RoundRecorder, optional
         Called after every aggregated training round (e.g. a run log and a planner that learns from replies).
     configrecord_key : str
@@ -161,13 +170,17 @@ class EdgeStrategy(StrategyWrapper):
         recorder: RoundRecorder | Sequence[RoundRecorder] | None = None,
         configrecord_key: str = "config",
         max_failed_fraction: float = 0.5,
+        round_plan_fn: RoundPlanFn | None = None,
     ) -> None:
         super().__init__(inner)
         if not 0 <= max_failed_fraction < 1:
             raise ValueError(f"max_failed_fraction must be in [0, 1), got {max_failed_fraction}")
+        if plan_fn is not None and round_plan_fn is not None:
+            raise ValueError("give plan_fn (one node at a time) or round_plan_fn (a round at a time), not both")
         self.max_failed_fraction = max_failed_fraction
         self._sent: dict[int, int] = {}
         self.plan_fn = plan_fn
+        self.round_plan_fn = round_plan_fn
         if recorder is None:
             self.recorders: list[RoundRecorder] = []
         elif isinstance(recorder, Sequence):
@@ -191,12 +204,13 @@ class EdgeStrategy(StrategyWrapper):
         messages = list(self.inner.configure_train(server_round, arrays, config, grid))
         self._sent[server_round] = len(messages)
         self.last_plans = {}
-        if self.plan_fn is None:
+        plans = self.round_plans(server_round, [msg.metadata.dst_node_id for msg in messages])
+        if plans is None:
             return messages
         out = []
         for msg in messages:
             node = msg.metadata.dst_node_id
-            plan = self.plan_fn(server_round, node)
+            plan = dict(plans[node])
             self.last_plans[node] = plan
             content = RecordDict(dict(msg.content.items()))
             base = msg.content.get(self.configrecord_key, ConfigRecord())
@@ -204,6 +218,24 @@ class EdgeStrategy(StrategyWrapper):
             content[self.configrecord_key] = merged
             out.append(Message(content=content, message_type=msg.metadata.message_type, dst_node_id=node))
         return out
+
+    def round_plans(self, server_round: int, node_ids: list[int]) -> Mapping[int, Mapping[str, Any]] | None:
+        """The plan of each of the round's sampled nodes (``None`` without a plan function).
+
+        Raises
+        ------
+        ValueError
+            ``round_plan_fn`` left out a sampled node.
+        """
+        if self.round_plan_fn is not None:
+            plans = self.round_plan_fn(server_round, list(node_ids))
+            missing = [n for n in node_ids if n not in plans]
+            if missing:
+                raise ValueError(f"round {server_round}: round_plan_fn gave no plan for nodes {missing}")
+            return plans
+        if self.plan_fn is not None:
+            return {node: self.plan_fn(server_round, node) for node in node_ids}
+        return None
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]

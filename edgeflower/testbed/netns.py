@@ -81,8 +81,9 @@ def require_privileges() -> None:
     """Check that this process may build a testbed; raise :class:`PrivilegeError` saying what is missing.
 
     The testbed needs root (``CAP_NET_ADMIN`` and ``CAP_SYS_ADMIN``: creating namespaces, mounting
-    ``/run/netns``), ``ip`` and ``tc`` from iproute2, and a kernel with veth, bridge and the ``tbf`` qdisc. A probe
-    namespace is created and deleted to prove it; there is no fallback to loopback.
+    ``/run/netns``), ``ip`` and ``tc`` from iproute2, and a kernel with veth, bridge, the ``tbf`` and ``htb``
+    qdiscs and the ``u32`` filter. A probe namespace is created and deleted to prove it; there is no fallback to
+    loopback.
     """
     if os.geteuid() != 0:
         raise PrivilegeError("the testbed needs root (network namespaces and tc); run it as root or in a root CI job")
@@ -96,9 +97,13 @@ def require_privileges() -> None:
         raise PrivilegeError(f"cannot create a network namespace here: {exc}") from None
     try:
         ip("link", "add", "pa", "type", "veth", "peer", "name", "pb", ns=probe)
-        tc("qdisc", "add", "dev", "pa", "root", "tbf", "rate", "10mbit", "burst", "16kb", "limit", "64kb", ns=probe)
+        tc("qdisc", "add", "dev", "pa", "root", "handle", "1:", "tbf", "rate", "10mbit", "burst", "16kb", "limit",
+           "64kb", ns=probe)  # fmt: skip
+        tc("qdisc", "add", "dev", "pa", "parent", "1:1", "handle", "10:", "htb", "default", "20", ns=probe)
+        tc("filter", "add", "dev", "pa", "parent", "10:", "protocol", "ip", "prio", "1", "u32", "match", "u16",
+           "0x0000", "0xff80", "at", "2", "flowid", "10:10", ns=probe)  # fmt: skip
     except NetnsError as exc:
-        raise PrivilegeError(f"veth or tc tbf does not work in this kernel: {exc}") from None
+        raise PrivilegeError(f"veth, tc tbf/htb or the u32 filter do not work in this kernel: {exc}") from None
     finally:
         ip("netns", "del", probe, check=False)
 

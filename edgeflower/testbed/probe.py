@@ -12,8 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -24,7 +27,97 @@ from edgeflower.transport import EdgeClient, OptimizerSettings, TokenIssuer
 from edgeflower.transport.auth import load_secret
 from edgeflower.transport.emulation import EmulatedLink, LinkProfile
 
-__all__ = ["main", "probe"]
+__all__ = ["Turns", "compare", "main", "probe"]
+
+
+class Turns:
+    """Two passes in one process taking turns batch by batch, so both see the same load on the machine.
+
+    A pass takes its turn before it opens its session and before each batch after the first, and gives it back
+    after each batch (after its last one, once the pass is over); each side's time spent waiting for its turn is
+    kept in :attr:`waited` (seconds), to be taken out of its round time.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._turn = 0
+        self._finished = [False, False]
+        self.waited = [0.0, 0.0]
+
+    def take(self, side: int) -> None:
+        """Block until it is ``side``'s turn (or the other side has finished)."""
+        t0 = time.perf_counter()
+        with self._cond:
+            self._cond.wait_for(lambda: self._turn == side or self._finished[1 - side])
+        self.waited[side] += time.perf_counter() - t0
+
+    def give(self, side: int, finished: bool = False) -> None:
+        """Hand the turn to the other side (``finished``: ``side`` takes no more turns)."""
+        with self._cond:
+            self._finished[side] = self._finished[side] or finished
+            self._turn = 1 - side
+            self._cond.notify_all()
+
+    def batches(self, side: int, loader: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[Any]:
+        """``loader``'s batches, each one taken on ``side``'s turn."""
+        for i, batch in enumerate(loader):
+            if i > 0:
+                self.give(side)
+                self.take(side)
+            yield batch
+
+
+def _setup(
+    mode: str, mbps: float, latency_ms: float, batches: int, batch_size: int, split_point: int, micro_batches: int,
+    width: float, seed: int, framing: float = 1.0,
+) -> tuple[Any, list[tuple[torch.Tensor, torch.Tensor]], PipelineTrainer]:  # fmt: skip
+    torch.manual_seed(seed)
+    model = build_model("vgg5", norm="group", **({"width": width} if width != 1.0 else {}))
+    data = load_dataset("fashion-mnist", train=False).subset(range(batch_size * batches))
+    loader = list(BatchLoader(data, batch_size, seed=seed).batches(0))
+    m = micro_batches if mode == "pipeline" else 1
+    link = EmulatedLink(LinkProfile(mbps, mbps, latency_ms), framing=framing)
+    opt = OptimizerSettings(lr=0.01, momentum=0.9)
+    return model, loader, PipelineTrainer(model, split_point, opt, m, link=link)
+
+
+def _train(
+    setup: tuple[Any, list[tuple[torch.Tensor, torch.Tensor]], PipelineTrainer],
+    address: str,
+    secret: bytes,
+    root_cert: bytes | None,
+    turns: Turns | None = None,
+    side: int = 0,
+) -> dict[str, float]:
+    model, loader, trainer = setup
+    token = TokenIssuer(secret).issue(run_id=1, node_id=1, server_round=1)
+    with EdgeClient(address, root_cert) as client:
+
+        def open_session(kk: int, tail: Any, o: OptimizerSettings) -> Any:
+            if turns is not None:
+                turns.take(side)
+            return client.open_session(token, model.spec, kk, tail, o)
+
+        try:
+            batches = turns.batches(side, loader) if turns is not None else loader
+            result = trainer.train(batches, open_session)
+        finally:
+            if turns is not None:
+                turns.give(side, finished=True)
+    totals = result.timeline.totals()
+    waited = turns.waited[side] if turns is not None else 0.0
+    return {
+        "seconds": result.seconds - waited,
+        "waited_s": waited,
+        "per_batch_s": totals["span-s"] / len(loader),
+        "uplink_bytes": float(result.traffic["uplink-bytes"]),
+        "downlink_bytes": float(result.traffic["downlink-bytes"]),
+        "server_s": float(totals.get("server-s", 0.0)),
+        "device_s": float(totals.get("device-s", 0.0)),
+        "fell_back": float(result.fell_back),
+        "batches": float(len(loader)),
+        "model_l1": float(sum(t.double().abs().sum() for t in model.state_dict().values() if t.is_floating_point())),
+    }
 
 
 def probe(
@@ -43,29 +136,55 @@ def probe(
 ) -> dict[str, float]:
     """Train ``batches`` batches split at ``split_point`` (pipelined with ``micro_batches`` in ``pipeline`` mode)
     against the edge server at ``address``; return the timings."""
-    torch.manual_seed(seed)
-    model = build_model("vgg5", norm="group", **({"width": width} if width != 1.0 else {}))
-    data = load_dataset("fashion-mnist", train=False).subset(range(batch_size * batches))
-    loader = list(BatchLoader(data, batch_size, seed=seed).batches(0))
-    m = micro_batches if mode == "pipeline" else 1
-    link = EmulatedLink(LinkProfile(mbps, mbps, latency_ms))
-    opt = OptimizerSettings(lr=0.01, momentum=0.9)
-    trainer = PipelineTrainer(model, split_point, opt, m, link=link)
-    token = TokenIssuer(secret).issue(run_id=1, node_id=1, server_round=1)
-    with EdgeClient(address, root_cert) as client:
-        result = trainer.train(loader, lambda kk, tail, o: client.open_session(token, model.spec, kk, tail, o))
-    totals = result.timeline.totals()
-    return {
-        "seconds": result.seconds,
-        "per_batch_s": totals["span-s"] / len(loader),
-        "uplink_bytes": float(result.traffic["uplink-bytes"]),
-        "downlink_bytes": float(result.traffic["downlink-bytes"]),
-        "server_s": float(totals.get("server-s", 0.0)),
-        "device_s": float(totals.get("device-s", 0.0)),
-        "fell_back": float(result.fell_back),
-        "batches": float(len(loader)),
-        "model_l1": float(sum(t.double().abs().sum() for t in model.state_dict().values() if t.is_floating_point())),
-    }
+    setup = _setup(mode, mbps, latency_ms, batches, batch_size, split_point, micro_batches, width, seed)
+    return _train(setup, address, secret, root_cert)
+
+
+def compare(
+    emulated_address: str,
+    kernel_address: str,
+    secret: bytes,
+    root_cert: bytes | None,
+    mode: str,
+    mbps: float,
+    latency_ms: float = 0.0,
+    batches: int = 10,
+    batch_size: int = 64,
+    split_point: int = 3,
+    micro_batches: int = 4,
+    width: float = 1.0,
+    seed: int = 0,
+    framing: float = 1.0,
+) -> dict[str, dict[str, float]]:
+    """The same pass twice at once, taking turns batch by batch (:class:`Turns`): with the link emulated in code at
+    ``mbps`` (``framing``: see :class:`~edgeflower.transport.emulation.EmulatedLink`) against ``emulated_address``,
+    and with no emulation against ``kernel_address`` (the kernel shapes that link). Both passes' batches run
+    interleaved, so a change in the machine's load between them falls on both; each pass's ``seconds`` leaves out
+    the time it waited for its turn. Returns ``{"emulated": ..., "kernel": ...}``.
+    """
+    args = (latency_ms, batches, batch_size, split_point, micro_batches, width, seed)
+    setups = [_setup(mode, mbps, *args, framing=framing), _setup(mode, 0.0, *args)]
+    turns = Turns()
+    out: dict[int, dict[str, float]] = {}
+    errors: list[BaseException] = []
+
+    def run(side: int, address: str) -> None:
+        try:
+            out[side] = _train(setups[side], address, secret, root_cert, turns, side)
+        except BaseException as exc:  # re-raised below
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=run, args=(side, address), name=f"probe-{side}", daemon=True)
+        for side, address in enumerate((emulated_address, kernel_address))
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return {"emulated": out[0], "kernel": out[1]}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -78,6 +197,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=1, help="passes per mode (one JSON line each)")
     p.add_argument("--mbps", type=float, default=0.0, help="emulated bandwidth both ways (0 = none)")
     p.add_argument("--latency-ms", type=float, default=0.0)
+    p.add_argument(
+        "--framing", type=float, default=1.0, help="emulated bytes on the wire per payload byte (1.0: payload only)"
+    )
     p.add_argument("--batches", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--split-point", type=int, default=3)
@@ -86,8 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--compare-address",
         default="",
-        help="also train against this edge server with the link emulated at --mbps, alternating pass by pass with "
-        "an unemulated pass against --address (both see the same load on the machine)",
+        help="also train against this edge server with the link emulated at --mbps, taking turns batch by batch "
+        "with an unemulated pass against --address (both see the same load on the machine)",
     )
     args = p.parse_args(argv)
     root = Path(args.root_cert).read_bytes() if args.root_cert else None
@@ -95,14 +217,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not modes or any(m not in ("split", "pipeline") for m in modes) or not 1 <= args.repeats <= 100:
         p.error("--mode takes split and/or pipeline; --repeats 1-100")
     fell_back = False
+    secret = load_secret(args.secret_file)
+    shape = (args.latency_ms, args.batches, args.batch_size, args.split_point, args.micro_batches, args.width)
     for _ in range(args.repeats):
         for mode in modes:
-            targets = [("emulated", args.compare_address, args.mbps), ("kernel", args.address, 0.0)]
-            for side, address, mbps in targets if args.compare_address else [("", args.address, args.mbps)]:
-                out = probe(
-                    address, load_secret(args.secret_file), root, mode, mbps, args.latency_ms, args.batches,
-                    args.batch_size, args.split_point, args.micro_batches, args.width,
-                )  # fmt: skip
+            if args.compare_address:
+                sides = compare(
+                    args.compare_address, args.address, secret, root, mode, args.mbps, *shape, framing=args.framing
+                )
+            else:
+                sides = {"": probe(args.address, secret, root, mode, args.mbps, *shape)}
+            for side, out in sides.items():
                 print(json.dumps({"mode": mode, "side": side, **out}), flush=True)
                 fell_back |= bool(out["fell_back"])
     return 1 if fell_back else 0

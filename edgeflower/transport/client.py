@@ -184,7 +184,6 @@ class EdgeClient:
         split_point: int,
         tail_state: Mapping[str, torch.Tensor],
         optimizer: OptimizerSettings,
-        micro_batches: int = 1,
         timeout_s: float | None = None,
     ) -> SessionHandle:
         """Open a training session on the edge server.
@@ -202,8 +201,6 @@ class EdgeClient:
             Initial state dict of blocks ``[split_point:]`` (e.g. ``model.split(k)[1].state_dict()``).
         optimizer : OptimizerSettings
             Server-side SGD settings.
-        micro_batches : int
-            Micro-batches per batch the client intends to send (a hint; each step says its own).
         timeout_s : float, optional
             Timeout of the call (default: the client's).
 
@@ -222,7 +219,7 @@ class EdgeClient:
         EdgeUnavailableError
             The server cannot be reached (after the retries).
         """
-        request = OpenRequest(token, spec, split_point, optimizer, dict(tail_state), micro_batches)
+        request = OpenRequest(token, spec, split_point, optimizer, dict(tail_state))
         frame = self.call_retrying(METHOD_OPEN, request.to_bytes(self.limits), timeout_s)
         return SessionHandle(self, OpenReply.from_frame(frame), token, split_point)
 

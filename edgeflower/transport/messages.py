@@ -4,7 +4,7 @@
 message            frame kind       meta                                                  tensors
 =================  ===============  ====================================================  ====================
 OpenRequest        ``open``         token, model (ModelSpec dict), split_point,           the tail's state dict
-                                    optimizer {lr, momentum, weight_decay}, micro_batches,
+                                    optimizer {lr, momentum, weight_decay},
                                     dp (optional DPParams dict: DP-SGD on the tail)
 OpenReply          ``opened``       session_id, edge_id, input_shape, expects_grad        --
 StepRequest        ``step``         batch, micro, num_micro, batch_size                   activations, labels
@@ -96,7 +96,7 @@ def _tensor(frame: Frame, name: str) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class OptimizerSettings:
-    """The server-side SGD optimizer's settings (same as :func:`edgeflower.clients.local.make_optimizer`).
+    """The server-side SGD optimizer's settings (same as :func:`edgeflower.training.make_optimizer`).
 
     Attributes
     ----------
@@ -222,8 +222,6 @@ class OpenRequest:
         Server-side optimizer settings.
     tail_state : dict of str to torch.Tensor
         Initial state dict of the tail (full-model keys ``blocks.<i>....``).
-    micro_batches : int
-        Hint: micro-batches per batch the client intends to send (each step message still says its own).
     dp : DPParams, optional
         Train the tail with DP-SGD (per-sample clipping and noise at each batch's step).
     """
@@ -233,7 +231,6 @@ class OpenRequest:
     split_point: int
     optimizer: OptimizerSettings
     tail_state: dict[str, torch.Tensor]
-    micro_batches: int = 1
     dp: DPParams | None = None
 
     def to_bytes(self, limits: Limits | None = None) -> bytes:
@@ -243,7 +240,6 @@ class OpenRequest:
             "model": self.spec.to_dict(),
             "split_point": self.split_point,
             "optimizer": self.optimizer.to_dict(),
-            "micro_batches": self.micro_batches,
         }
         if self.dp is not None:
             meta["dp"] = self.dp.to_dict()
@@ -265,7 +261,6 @@ class OpenRequest:
             split_point=_int(meta, "split_point", 0, 100_000),
             optimizer=OptimizerSettings.from_dict(meta.get("optimizer")),
             tail_state=dict(frame.tensors),
-            micro_batches=_int(meta, "micro_batches", 1, 1_000_000),
             dp=None if meta.get("dp") is None else DPParams.from_dict(meta["dp"]),
         )
 

@@ -1,4 +1,4 @@
-"""The app's mobility schedule: parsing, the plan entries each node gets, and the ServerApp following moves."""
+"""The app's mobility schedule: parsing, the Mobility part of each node's plan, and the ServerApp following moves."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import pytest
 from edgeflower.app.mobility import (
     MobilityTracker,
     Move,
+    mobility_plan,
     move_order_from_plan,
     parse_mobility,
-    plan_entries,
     trigger_from_plan,
 )
 from edgeflower.clients.mobility import write_trigger
@@ -35,40 +35,43 @@ def test_mobility_schedule_parses_every_entry_and_rejects_bad_ones_with_the_expe
 def test_only_the_scheduled_node_gets_a_move_and_every_node_gets_a_token_per_edge_bound_to_it():
     pool = _pool()
     moves = parse_mobility("1@2:0.5->0")  # position 1 = node 20, which starts on edge 1
-    plans = {node: plan_entries(moves, "migrate", pool, 7, node, 2, NODES) for node in NODES}
-    assert {node: p["edge-index"] for node, p in plans.items()} == {10: 0, 20: 1, 30: 0}
-    assert [node for node, p in plans.items() if "move-edge" in p] == [20]
-    assert plans[20]["move-edge"] == 0 and plans[20]["move-fraction"] == 0.5 and plans[20]["move-mode"] == "migrate"
-    for e, token in enumerate(plans[20]["move-tokens"].split(",")):
+    plans = {node: mobility_plan(moves, "migrate", pool, 7, node, 2, NODES) for node in NODES}
+    assert {node: p.edge_index for node, p in plans.items()} == {10: 0, 20: 1, 30: 0}
+    assert [node for node, p in plans.items() if p.move is not None] == [20]
+    move = plans[20].move
+    assert move is not None and move.edge == 0 and move.fraction == 0.5 and move.mode == "migrate"
+    for e, token in enumerate(plans[20].move_tokens):
         claims = TokenVerifier(SECRET, f"edge-{e}").verify(token)
         assert claims.owner == (7, 20, 2)
         with pytest.raises(Exception, match="edge server"):
             TokenVerifier(SECRET, f"edge-{1 - e}").verify(token)  # a token opens only the edge it names
-    assert "move-edge" not in plan_entries(moves, "migrate", pool, 7, 20, 3, NODES)  # another round: no move
+    assert mobility_plan(moves, "migrate", pool, 7, 20, 3, NODES).move is None  # another round: no move
 
 
 def test_a_move_to_the_edge_a_node_is_already_on_is_no_move_and_an_unknown_edge_is_refused():
     pool = _pool()
-    assert "move-edge" not in plan_entries(parse_mobility("0@1:0.5->0"), "migrate", pool, 1, 10, 1, NODES)
+    assert mobility_plan(parse_mobility("0@1:0.5->0"), "migrate", pool, 1, 10, 1, NODES).move is None
     with pytest.raises(ValueError, match="only 2 edge servers"):
-        plan_entries(parse_mobility("0@1:0.5->5"), "migrate", pool, 1, 10, 1, NODES)
+        mobility_plan(parse_mobility("0@1:0.5->5"), "migrate", pool, 1, 10, 1, NODES)
 
 
 def test_move_order_from_the_plan_moves_at_the_scheduled_batch_with_the_destinations_token():
     pool = _pool()
-    plan = plan_entries(parse_mobility("2@1:0.9->1"), "restart", pool, 1, 30, 1, NODES)
+    plan = mobility_plan(parse_mobility("2@1:0.9->1"), "restart", pool, 1, 30, 1, NODES)
     order = move_order_from_plan(plan, total_batches=10)
     assert order is not None
     assert (order.at_batch, order.destination, order.mode) == (9, "127.0.0.1:2", "restart")
-    assert order.token == plan["move-tokens"].split(",")[1]
-    assert move_order_from_plan(plan_entries([], "migrate", pool, 1, 30, 1, NODES), 10) is None
+    assert order.token == plan.move_tokens[1]
+    assert move_order_from_plan(mobility_plan([], "migrate", pool, 1, 30, 1, NODES), 10) is None
+    assert move_order_from_plan(None, 10) is None  # a plan without mobility entries
     connect = object()  # how the node reaches edge servers (e.g. over TLS) carries over to the move
     assert move_order_from_plan(plan, 10, connect).connect is connect  # type: ignore[arg-type]
 
 
 def test_trigger_needs_a_move_trigger_file_in_the_node_config(tmp_path):
-    plan = plan_entries([], "migrate", _pool(), 1, 20, 1, NODES)
+    plan = mobility_plan([], "migrate", _pool(), 1, 20, 1, NODES)
     assert trigger_from_plan(plan, {}) is None
+    assert trigger_from_plan(None, {"move-trigger": str(tmp_path / "move.json")}) is None  # no edge servers listed
     connect = object()
     trigger = trigger_from_plan(plan, {"move-trigger": str(tmp_path / "move.json")}, connect)  # type: ignore[arg-type]
     assert trigger is not None and trigger.poll(0) is None  # nothing fired yet
@@ -84,6 +87,7 @@ def test_server_app_follows_a_moved_node_to_its_new_edge_in_the_next_round():
     tracker = MobilityTracker(pool)
     replies = {10: {"moved-to-edge": 1}, 20: {"moved-to-edge": -1}, 30: {}}
     tracker.on_train_round(2, 1.0, replies, {})
-    assert pool.plan(1, 10, 3)["edge-address"] == "127.0.0.1:2"  # node 10 moved from edge 0 to edge 1
-    assert pool.plan(1, 20, 3)["edge-address"] == "127.0.0.1:2"  # unmoved: still on edge 1
-    assert plan_entries([], "migrate", pool, 1, 10, 3, NODES)["edge-index"] == 1
+    assert pool.assign(1, 10, 3).address == "127.0.0.1:2"  # node 10 moved from edge 0 to edge 1
+    assert pool.assign(1, 20, 3).address == "127.0.0.1:2"  # unmoved: still on edge 1
+    assert pool.plan(1, 20, 3)["edge-address"] == "127.0.0.1:2"  # the same as config entries (own ClientApps)
+    assert mobility_plan([], "migrate", pool, 1, 10, 3, NODES).edge_index == 1

@@ -8,12 +8,12 @@ import threading
 import pytest
 import torch
 
-from edgeflower.clients.local import make_optimizer
 from edgeflower.clients.pipeline import PipelineTrainer
 from edgeflower.clients.split import SplitTrainer
 from edgeflower.data import BatchLoader
 from edgeflower.models import build_model
 from edgeflower.server.edge import EdgeServer
+from edgeflower.training import make_optimizer
 from edgeflower.transport import EdgeClient, OptimizerSettings, TokenIssuer
 from edgeflower.transport.emulation import DeviceProfile, EmulatedLink, LinkProfile
 

@@ -12,7 +12,7 @@ import pytest
 
 from edgeflower.flwrctl import run_simulation
 from edgeflower.process import ListeningProcess
-from tests.conftest import ROOT
+from tests.conftest import ROOT, SIMULATION
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]  # ~90 s alone; minutes on a loaded 2-core machine
 
@@ -39,7 +39,7 @@ def test_example_app_runs_through_flwr_run_with_in_process_and_external_edge_ser
             "dp-noise-multiplier": 1.0,
             "portfolio-dir": str(tmp_path / "portfolio"),
         }
-        outcome = run_simulation(APP, flwr_home, num_supernodes=2, run_config=config, timeout=600)
+        outcome = run_simulation(APP, flwr_home, run_config=config, timeout=600, **SIMULATION)
     finally:
         edge.terminate()
     assert outcome.status == "finished:completed", (outcome.details, outcome.logs[-3000:])

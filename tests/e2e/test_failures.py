@@ -23,7 +23,7 @@ from edgeflower.runlog import run_folder
 from edgeflower.transport import EdgeClient
 from edgeflower.transport.errors import EdgeError
 from tests._edge_helpers import REPO, SECRET
-from tests.conftest import ROOT
+from tests.conftest import ROOT, SIMULATION
 
 SMALL = {
     "mode": "split",
@@ -80,7 +80,7 @@ def _run_with_edges(tmp_path: Path, edges: list[_Edge], secret_file: Path, **con
         addresses = ",".join(e.address for e in edges)
         run_config = {**SMALL, "edge-addresses": addresses, "edge-secret-file": str(secret_file), **config}
         run_config["run-dir"] = str(tmp_path / "runs")
-        return run_simulation(ROOT, tmp_path / "flwr-home", num_supernodes=2, run_config=run_config, timeout=400)
+        return run_simulation(ROOT, tmp_path / "flwr-home", run_config=run_config, timeout=400, **SIMULATION)
     finally:
         stop.set()
         killer.join(5)
@@ -133,7 +133,9 @@ def test_corrupt_data_file_fails_the_run_and_flwrctl_exits_non_zero(tmp_path, ca
         f'data-root="{data}" run-dir="{tmp_path / "runs"}"'
     )
     home = tmp_path / "flwr-home"
-    rc = flwrctl_main(["run-sim", str(ROOT), "--home", str(home), "--run-config", run_config, "--timeout", "400"])
+    ray = str(SIMULATION["ray_num_cpus"])
+    args = ["--home", str(home), "--ray-cpus", ray, "--timeout", "400", "--run-config", run_config]
+    rc = flwrctl_main(["run-sim", str(ROOT), *args])
     out = capsys.readouterr()
     with capsys.disabled():
         print(out.err[-2000:])  # what the user sees (pytest -s)

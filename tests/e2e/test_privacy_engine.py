@@ -11,7 +11,7 @@ from opacus.accountants import RDPAccountant
 
 from edgeflower.flwrctl import run_simulation
 from edgeflower.runlog import run_folder
-from tests.conftest import ROOT
+from tests.conftest import ROOT, SIMULATION
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +35,7 @@ DP_RUN = {
 
 def test_dp_split_run_through_flower_learns_and_reports_cumulative_epsilon(tmp_path):
     outcome = run_simulation(
-        ROOT, tmp_path / "flwr-home", num_supernodes=2, run_config={**DP_RUN, "run-dir": str(tmp_path)}, timeout=400
+        ROOT, tmp_path / "flwr-home", run_config={**DP_RUN, "run-dir": str(tmp_path)}, timeout=400, **SIMULATION
     )
     assert outcome.status == "finished:completed", (outcome.details, outcome.logs[-3000:])
     run = run_folder(tmp_path, outcome.run_id)  # a run retried after a Simulation Runtime crash has a new ID

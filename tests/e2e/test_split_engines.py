@@ -12,7 +12,7 @@ import torch
 from edgeflower.flwrctl import Deployment, RunOutcome, run_simulation
 from edgeflower.runlog import run_folder
 from tests._edge_helpers import EdgeProcess, self_signed_cert
-from tests.conftest import QUICK, ROOT
+from tests.conftest import QUICK, ROOT, SIMULATION
 
 pytestmark = pytest.mark.slow
 
@@ -22,39 +22,37 @@ def _run(run_root: Path, outcome: RunOutcome) -> tuple[list[dict], dict]:
     return json.loads((run / "metrics.json").read_text()), json.loads((run / "nodes.json").read_text())
 
 
-def test_split_mode_with_two_edge_servers_matches_fl_accuracy(tmp_path, quick_fl_run):
-    fl_outcome, fl_root = quick_fl_run  # the same config in classic FL (shared with test_flower_engines)
+def test_split_training_with_a_mid_round_move_through_flower_equals_classic_fl(tmp_path, quick_fl_run):
+    """Split training on two in-process edge servers, with the first node moving to the other edge server halfway
+    through round 2 (FedFly migration), through Flower's Simulation Engine: the same computation as classic FL on the
+    same batches, so the final global model equals the classic-FL run's (shared with test_flower_engines). Split
+    training alone and migration alone are proven equal to local training in tests/clients and tests/server; one
+    run here covers both through Flower (measured on this machine: the three models are bit-identical)."""
+    fl_outcome, fl_root = quick_fl_run  # the same config in classic FL
     assert fl_outcome.status == "finished:completed", (fl_outcome.details, fl_outcome.logs[-3000:])
-    accuracy = {"fl": _run(fl_root, fl_outcome)[0][-1]["test-accuracy"]}
-    runs = {}
-    for mode in ("split", "moved"):
-        out = tmp_path / mode
-        config = {**QUICK, "mode": mode, "split-point": 3, "edge-servers": 2, "run-dir": str(out)}
-        if mode == "moved":  # the same split run, but the first node moves to the other edge server mid-round 2
-            config.update({"mode": "split", "mobility": "0@2:0.5->1"})
-        outcome = run_simulation(ROOT, tmp_path / "flwr-home", num_supernodes=2, run_config=config, timeout=500)
-        assert outcome.status == "finished:completed", (outcome.details, outcome.logs[-3000:])
-        rows, nodes = _run(out, outcome)
-        runs[mode] = run_folder(out, outcome.run_id)
-        accuracy[mode] = rows[-1]["test-accuracy"]
-        if mode == "split":
-            last = nodes[str(QUICK["num-rounds"])]
-            assert len(last) == 2
-            assert {m["edge-address"] for m in last.values()}.__len__() == 2  # both edge servers served nodes
-            assert all(m["fell-back"] == 0 and m["split-point"] == 3 for m in last.values())
-            run = runs[mode]
-            assert (run / "timelines" / "round-1.json").is_file() and (run / "gantt-round-1.png").is_file()
-    moved_nodes = json.loads((runs["moved"] / "nodes.json").read_text())[str(QUICK["num-rounds"])]
-    assert sorted(m["moved-to-edge"] for m in moved_nodes.values()) == [-1, 1]
-    assert all(m["fell-back"] == 0 for m in moved_nodes.values())
-    split_model = torch.load(runs["split"] / "model.pt", weights_only=True)
-    moved_model = torch.load(runs["moved"] / "model.pt", weights_only=True)
-    assert max((split_model[k].double() - moved_model[k].double()).abs().max().item() for k in split_model) <= 1e-6
-    assert accuracy["fl"] > 0.6
-    # split training is the same computation as local training (equal weights up to float rounding, see the
-    # equivalence tests), evaluated on the same 2000 test samples: a paired comparison in which only samples near a
-    # decision boundary can change, so 2 points (40 samples) is a margin no sampling error explains
-    assert abs(accuracy["split"] - accuracy["fl"]) < 0.02, accuracy
+    fl_rows = _run(fl_root, fl_outcome)[0]
+    out = tmp_path / "moved"
+    config = {**QUICK, "mode": "split", "split-point": 3, "edge-servers": 2, "mobility": "0@2:0.5->1"}
+    outcome = run_simulation(
+        ROOT, tmp_path / "flwr-home", run_config={**config, "run-dir": str(out)}, timeout=500, **SIMULATION
+    )
+    assert outcome.status == "finished:completed", (outcome.details, outcome.logs[-3000:])
+    rows, nodes = _run(out, outcome)
+    run = run_folder(out, outcome.run_id)
+    first = nodes["1"]  # round 1: no move yet, one node per edge server
+    assert len(first) == 2 and len({m["edge-address"] for m in first.values()}) == 2  # both edge servers served
+    assert all(m["split-point"] == 3 for m in first.values())
+    last = nodes[str(QUICK["num-rounds"])]
+    assert sorted(m["moved-to-edge"] for m in last.values()) == [-1, 1]  # node 0 moved to edge server 1
+    assert all(m["fell-back"] == 0 for rnd in nodes.values() for m in rnd.values())  # nothing trained locally
+    assert (run / "timelines" / "round-1.json").is_file() and (run / "gantt-round-1.png").is_file()
+    fl_model = torch.load(run_folder(fl_root, fl_outcome.run_id) / "model.pt", weights_only=True)
+    moved_model = torch.load(run / "model.pt", weights_only=True)
+    assert max((fl_model[k].double() - moved_model[k].double()).abs().max().item() for k in fl_model) <= 1e-5
+    assert fl_rows[-1]["test-accuracy"] > 0.6
+    # equal weights up to float rounding, evaluated on the same 2000 test samples: only samples on a decision
+    # boundary could change, so 2 points (40 samples) is a margin no rounding explains
+    assert abs(rows[-1]["test-accuracy"] - fl_rows[-1]["test-accuracy"]) < 0.02
 
 
 def test_deployment_engine_runs_split_training_on_edge_server_processes_over_tls_with_central_dp(tmp_path):
@@ -104,7 +102,7 @@ def test_pipeline_mode_selects_plans_per_node_and_reports_predicted_vs_measured(
         "device-profiles": "2,2",
         "run-dir": str(tmp_path),
     }
-    outcome = run_simulation(ROOT, tmp_path / "flwr-home", num_supernodes=2, run_config=config, timeout=500)
+    outcome = run_simulation(ROOT, tmp_path / "flwr-home", run_config=config, timeout=500, **SIMULATION)
     assert outcome.status == "finished:completed", (outcome.details, outcome.logs[-3000:])
     rows, nodes = _run(tmp_path, outcome)
     assert rows[-1]["test-accuracy"] > 0.5
@@ -142,7 +140,7 @@ def test_fedadapt_planner_applies_the_policy_per_group_after_a_measuring_round(t
         "link-schedules": "1:50/50/1;1:50/50/1",
         "run-dir": str(tmp_path),
     }
-    outcome = run_simulation(ROOT, tmp_path / "flwr-home", num_supernodes=2, run_config=config, timeout=500)
+    outcome = run_simulation(ROOT, tmp_path / "flwr-home", run_config=config, timeout=500, **SIMULATION)
     assert outcome.status == "finished:completed", (outcome.details, outcome.logs[-3000:])
     rows, nodes = _run(tmp_path, outcome)
     assert all(m["split-point"] == 7 for m in nodes["1"].values())  # round 1 measures: classic FL

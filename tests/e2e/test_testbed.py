@@ -49,6 +49,7 @@ def test_app_runs_on_the_testbed_over_shaped_links_and_teardown_leaves_nothing(t
     tb = testbed_factory(num_edges=1, num_devices=2, link_config={"link-profiles": "20/20/2"})
     up, down = tb.topology.qdisc_rates("dev-0")
     assert "tbf" in up and "20Mbit" in up and "20Mbit" in down
+    assert "htb" in up and "htb" in down  # the queue under the rate lets ACKs pass bulk data
     sent_before = host_bytes(tb.topology.host("dev-0").namespace)[1]
     outcome = tb.run(ROOT, TINY, timeout=500)
     assert outcome.ok, outcome.details + outcome.logs[-3000:]

@@ -17,10 +17,10 @@ from edgeflower.planning import (
     NodeState,
     ObservationHistory,
     OffloadEnv,
-    PlannedRounds,
     fedadapt_testbed,
     group_nodes,
     node_features,
+    split_points,
 )
 from edgeflower.planning.training import node_states_of
 from tests._planning_helpers import flop_profile, simulate_rounds
@@ -88,38 +88,6 @@ def test_deployed_actions_are_the_deterministic_mean_and_independent_of_how_node
     assert mean.shape == (1, 3)
 
 
-class _RecordingPlanner:
-    def __init__(self, history=None) -> None:
-        self.calls: list[tuple[int, list[int]]] = []
-        if history is not None:
-            self.history = history
-
-    def plan(self, server_round, node_ids):
-        self.calls.append((server_round, list(node_ids)))
-        return {n: len(node_ids) for n in node_ids}
-
-    def observe(self, server_round, replies):
-        pass
-
-
-def test_planned_rounds_plan_all_nodes_of_a_round_together(cost):
-    planner = _RecordingPlanner()
-    plan_fn = PlannedRounds(planner, round_nodes=lambda rnd: [1, 2, 3])
-    assert [plan_fn(1, n)["split-point"] for n in (2, 1, 3)] == [3, 3, 3]
-    assert planner.calls == [(1, [1, 2, 3])]
-    assert plan_fn(1, 9)["split-point"] == 1  # a node outside the round's list is planned on its own
-    assert planner.calls[-1] == (1, [9])
-    plan_fn(2, 3)
-    assert planner.calls[-1] == (2, [1, 2, 3])
-    # without round_nodes: every node the planner has observed, plus the asking node
-    history = ObservationHistory(cost)
-    for n in (5, 6):
-        history.add(1, n, {"train-time-s": 1.0, "num-examples": 100})
-    planner = _RecordingPlanner(history)
-    PlannedRounds(planner)(2, 7)
-    assert planner.calls == [(2, [5, 6, 7])]
-
-
 def test_a_contended_round_does_not_move_the_speed_estimate(cost):
     history = ObservationHistory(cost)
     fl = cost.head_compute_s(cost.num_blocks) * 6
@@ -157,7 +125,7 @@ def test_exact_planner_picks_k0_when_the_cost_model_says_so_and_fl_when_fl_is_be
     }
     for n, st in cases.items():
         planner.history._states[n] = planner.history._update(None, _split_obs(cost, n, st))
-    plan = planner.plan(2, [0, 1])
+    plan = split_points(planner.plan(2, [0, 1]))
     assert plan == {0: 0, 1: cost.num_blocks}
     for n, st in cases.items():
         assert plan[n] == min(cost.split_points, key=lambda j: (cost.iteration_s(j, st), -j))

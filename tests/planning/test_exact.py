@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from edgeflower.models import build_model
-from edgeflower.planning import CostModel, ExactPlanner, FixedPlanner, NodeState, make_planner
+from edgeflower.planning import CostModel, ExactPlanner, FixedPlanner, NodeState, make_planner, split_points
 from tests._planning_helpers import flop_profile
 
 
@@ -44,7 +44,7 @@ def test_exact_planner_choice_equals_brute_force_over_all_split_points(model_pro
         planner = ExactPlanner(cost)
         for n, st in nodes.items():
             planner.history._states[n] = planner.history._update(None, _as_obs(cost, n, st))
-        plan = planner.plan(2, list(nodes))
+        plan = split_points(planner.plan(2, list(nodes)))
         for n, st in nodes.items():
             brute = min(cost.iteration_s(k, st) for k in range(cost.num_blocks + 1))
             assert cost.iteration_s(plan[n], st) == pytest.approx(brute, rel=1e-9), (trial, n)
@@ -82,7 +82,7 @@ def _as_obs(cost: CostModel, node: int, st: NodeState):
 def test_first_round_is_classic_fl_then_slow_devices_offload(model_profile):
     model, profile = model_profile
     planner = make_planner("exact", model, profile)
-    assert planner.plan(1, [10, 11]) == {10: model.num_blocks, 11: model.num_blocks}
+    assert split_points(planner.plan(1, [10, 11])) == {10: model.num_blocks, 11: model.num_blocks}
     cost = CostModel(profile)
     planner.observe(
         1,
@@ -91,7 +91,7 @@ def test_first_round_is_classic_fl_then_slow_devices_offload(model_profile):
             11: _fl_metrics(cost, NodeState(1.0), **{"uplink-mbps": 1.0, "downlink-mbps": 1.0}),
         },
     )
-    plan = planner.plan(2, [10, 11])
+    plan = split_points(planner.plan(2, [10, 11]))
     assert plan[10] < model.num_blocks  # slow device on a fast link offloads
     assert plan[11] == model.num_blocks  # fast device on a slow link does not
 
@@ -102,15 +102,15 @@ def test_bandwidth_drop_moves_work_back_to_the_device(model_profile):
     planner = make_planner("exact", model, profile)
     slow = NodeState(4.0, 75.0, 75.0, overhead_s=0.005)
     planner.observe(1, {1: _fl_metrics(cost, slow)})
-    k_fast = planner.plan(2, [1])[1]
+    k_fast = planner.plan(2, [1])[1].split_point
     assert k_fast < model.num_blocks
     # the node trains at k_fast on 75 Mbit/s and measures its transfers
     planner.observe(2, {1: _split_metrics(cost, k_fast, slow)})
-    assert planner.plan(3, [1])[1] == k_fast
+    assert planner.plan(3, [1])[1].split_point == k_fast
     # bandwidth drops to 5 Mbit/s: measured transfer times grow, the planner moves blocks back to the device
     dropped = slow.with_bandwidth(5.0)
     planner.observe(3, {1: _split_metrics(cost, k_fast, dropped)})
-    k_slow = planner.plan(4, [1])[1]
+    k_slow = planner.plan(4, [1])[1].split_point
     assert k_slow > k_fast
     assert cost.iteration_s(k_slow, dropped) < cost.iteration_s(k_fast, dropped)
     state = planner.history.state(1)
@@ -133,8 +133,8 @@ def _split_metrics(cost: CostModel, k: int, st: NodeState, batches: int = 10) ->
 def test_fixed_planner_and_bad_kinds(model_profile):
     model, profile = model_profile
     cost = CostModel(profile)
-    assert FixedPlanner(cost, 3).plan(1, [1, 2]) == {1: 3, 2: 3}
-    assert make_planner("fixed", model, profile).plan(1, [5]) == {5: model.num_blocks}
+    assert split_points(FixedPlanner(cost, 3).plan(1, [1, 2])) == {1: 3, 2: 3}
+    assert split_points(make_planner("fixed", model, profile).plan(1, [5])) == {5: model.num_blocks}
     with pytest.raises(ValueError, match="out of range"):
         FixedPlanner(cost, 99)
     with pytest.raises(ValueError, match="unknown planner"):

@@ -17,7 +17,6 @@ from flwr.serverapp.strategy import (
 from flwr.supercore.task_identity import TaskIdentity
 from opacus.accountants import RDPAccountant
 
-from edgeflower.clients.local import make_optimizer, train_local
 from edgeflower.clients.split import SplitTrainer
 from edgeflower.config import AppConfig, ConfigError
 from edgeflower.models import build_model
@@ -29,6 +28,7 @@ from edgeflower.privacy.settings import DPSettings
 from edgeflower.privacy.strategy import SkipExhausted, central_dp
 from edgeflower.server.edge import EdgeServer
 from edgeflower.strategies.edge import EdgeStrategy
+from edgeflower.training import make_optimizer, train_local
 from edgeflower.transport import EdgeClient, OptimizerSettings, TokenIssuer
 
 pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing")

@@ -9,7 +9,6 @@ import pytest
 import torch
 from torch import nn
 
-from edgeflower.clients.local import make_optimizer, train_local
 from edgeflower.clients.pipeline import PipelineTrainer
 from edgeflower.clients.split import SplitTrainer
 from edgeflower.config import AppConfig, ConfigError
@@ -18,6 +17,7 @@ from edgeflower.privacy.dpsgd import BatchDPOptimizer, DeviceDP, make_private
 from edgeflower.privacy.models import prepare_model
 from edgeflower.privacy.remote import open_private_session
 from edgeflower.server.edge import EdgeServer
+from edgeflower.training import make_optimizer, train_local
 from edgeflower.transport import EdgeClient, OptimizerSettings, TokenIssuer
 from edgeflower.transport.codec import decode_frame
 from edgeflower.transport.errors import InvalidMessageError
@@ -168,7 +168,7 @@ def test_full_mode_bounds_the_edge_servers_update_by_the_clipping_norm(edge, bat
 
 def test_dp_params_travel_in_the_open_request_and_bad_values_are_rejected():
     model = _model()
-    req = OpenRequest("t", model.spec, 3, OPT, model.split(3)[1].state_dict(), 1, _tail_dp(1.5, 2.0, 7))
+    req = OpenRequest("t", model.spec, 3, OPT, model.split(3)[1].state_dict(), dp=_tail_dp(1.5, 2.0, 7))
     back = OpenRequest.from_frame(decode_frame(req.to_bytes()))
     assert back.dp == req.dp
     with pytest.raises(InvalidMessageError, match="noise_multiplier"):

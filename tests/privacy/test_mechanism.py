@@ -15,7 +15,6 @@ from opacus.accountants.rdp import RDPAccountant
 from torch import nn
 
 from edgeflower.app.task import node_loader
-from edgeflower.clients.local import make_optimizer
 from edgeflower.config import AppConfig
 from edgeflower.data.datasets import ImageData
 from edgeflower.models import build_model
@@ -23,6 +22,7 @@ from edgeflower.privacy.dpsgd import BatchDPOptimizer, make_private
 from edgeflower.privacy.node import NodeRoundDP, scope_warning
 from edgeflower.privacy.sampling import PoissonBatches, csprng_mask
 from edgeflower.privacy.settings import DPSettings
+from edgeflower.training import make_optimizer
 
 pytestmark = pytest.mark.filterwarnings("ignore:Full backward hook is firing", "ignore:Optimal order")
 

@@ -8,13 +8,13 @@ import signal
 import pytest
 import torch
 
-from edgeflower.clients.local import make_optimizer, train_local
 from edgeflower.clients.mobility import MoveOrder, train_moving
 from edgeflower.clients.pipeline import PipelineTrainer
 from edgeflower.data import BatchLoader
 from edgeflower.models import build_model
 from edgeflower.server.edge import EdgeServer, EdgeServerConfig
 from edgeflower.server.migration import export_session, seal
+from edgeflower.training import make_optimizer, train_local
 from edgeflower.transport import (
     EdgeAuthError,
     EdgeClient,

@@ -12,7 +12,6 @@ from collections import Counter
 import pytest
 import torch
 
-from edgeflower.clients.local import make_optimizer
 from edgeflower.data import BatchLoader
 from edgeflower.models.zoo import build_model
 from edgeflower.serving import (
@@ -28,6 +27,7 @@ from edgeflower.serving import (
 )
 from edgeflower.serving.plan import Route
 from edgeflower.serving.selection import Candidate
+from edgeflower.training import make_optimizer
 from tests._serving_helpers import SECRET, client_token, split_data, start_node
 
 CUTS = (0, 2, 3, 6, 10)  # node 1 holds layer1.1 only: skippable, with an exit head before it
@@ -163,6 +163,13 @@ def test_each_technique_wins_when_the_objectives_demand_it(resnet):
     assert not sel.meets_objectives and sel.chosen.technique in cands
 
 
+def _busy_machine_config(heartbeat_s: float) -> ControllerConfig:
+    """Generous deadlines, so that on a machine busy with other work only the stopped or killed node misses its
+    heartbeats and no deploy or forward times out: a node that is gone refuses the connection at once, whatever the
+    deadline (a make test under a load of 13 on 2 cores timed a deploy out at the default 30 s)."""
+    return ControllerConfig(heartbeat_s=heartbeat_s, heartbeat_timeout_s=10.0, forward_timeout_s=120.0)
+
+
 @pytest.mark.parametrize("technique", ["early_exit", "skip"])
 def test_node_failure_under_load_switches_route_without_losing_requests(resnet, technique, tmp_path):
     bundle, test = resnet
@@ -170,7 +177,7 @@ def test_node_failure_under_load_switches_route_without_losing_requests(resnet, 
     x = test.x[:32]
     try:
         journal = Journal(tmp_path / "journal.jsonl")
-        config = ControllerConfig(heartbeat_s=0.05)
+        config = _busy_machine_config(heartbeat_s=0.05)
         with Controller(bundle, [n.address for n in nodes], SECRET, journal=journal, config=config) as ctl:
             ctl.pinned = technique  # which technique the objectives pick is decided above, on fixed estimates
             with Load(ctl.address, x) as load:
@@ -203,7 +210,7 @@ def test_killed_node_process_under_load_loses_no_request_and_repartitions(resnet
     try:
         procs = [start_node(secret_file) for _ in range(4)]
         journal = Journal(tmp_path / "journal.jsonl")
-        config = ControllerConfig(heartbeat_s=0.1)
+        config = _busy_machine_config(heartbeat_s=0.1)
         # accuracy first (Objectives()) on the fixed accuracy table: repartitioning keeps the whole model
         with Controller(
             _pinned_accuracy(bundle), [p.address for p in procs], SECRET, Objectives(), journal=journal, config=config

@@ -9,6 +9,7 @@ import threading
 import pytest
 
 from edgeflower.transport.emulation import (
+    TCP_FRAMING,
     DeviceProfile,
     EmulatedLink,
     LinkProfile,
@@ -141,3 +142,37 @@ def test_profile_strings_parse_per_node_and_reject_garbage():
         parse_profiles("0.5", "device")
     with pytest.raises(ValueError, match="bad link profile"):
         parse_profiles("-1/2/3", "link")
+
+
+def test_real_transfer_time_counts_towards_the_modelled_time():
+    clock = ManualClock()
+    link = EmulatedLink(LinkProfile(8.0, 8.0, latency_ms=20), clock=clock)
+    ready = clock.now()
+    clock.sleep(0.03)  # the message really went over loopback (serialisation, TLS, gRPC) in 30 ms
+    start, arrival = link.deliver(100_000, up=False, ready=ready)  # modelled: 0.1 s on the wire + 20 ms
+    assert (start, arrival) == pytest.approx((ready, ready + 0.12))
+    assert clock.sleeps[1:] == [pytest.approx(0.09)]  # only the rest of the modelled time is waited
+    assert clock.now() - ready == pytest.approx(0.12)  # max(real, modelled), not their sum (0.15)
+    assert link.bytes == {True: 0, False: 100_000}
+
+
+def test_a_transfer_whose_real_time_exceeds_the_modelled_time_is_not_charged_again():
+    clock = ManualClock()
+    link = EmulatedLink(LinkProfile(8.0, 8.0, latency_ms=20), clock=clock)
+    ready = clock.now()
+    clock.sleep(0.5)  # a slow real transfer (a loaded machine): longer than the modelled 0.12 s
+    start, arrival = link.deliver(100_000, up=True, ready=ready)
+    assert (start, arrival) == pytest.approx((ready, ready + 0.12))
+    assert clock.sleeps == [0.5] and clock.now() - ready == pytest.approx(0.5)  # nothing waited on top
+    # the wire was busy in the model until ready + 0.1: a transfer ready before then queues behind it
+    assert link.book(100_000, up=True, ready=ready + 0.05)[0] == pytest.approx(ready + 0.1)
+
+
+def test_framing_charges_the_headers_a_kernel_link_carries_too():
+    clock = ManualClock()
+    with pytest.raises(ValueError, match="framing"):
+        EmulatedLink(framing=0.9)
+    link = EmulatedLink(LinkProfile(8.0, 8.0), clock=clock, framing=TCP_FRAMING)
+    start, end = link.transmit(1448 * 100, up=True)  # 100 full frames of payload: 1514 bytes each on the wire
+    assert end - start == pytest.approx(1514 * 100 * 8 / 8e6)
+    assert link.bytes[True] == 1448 * 100  # the payload is what the link counts

@@ -9,7 +9,8 @@ import itertools
 import pytest
 
 from edgeflower.models import build_model, profile_model
-from edgeflower.strategies.pipar import PiParPlanner, divisors, predict_iteration, select_plan, stage_times
+from edgeflower.planning import Planner, make_planner
+from edgeflower.planning.pipar import PiParPlanner, divisors, predict_iteration, select_plan, stage_times
 from edgeflower.transport.emulation import LinkProfile
 
 
@@ -101,24 +102,30 @@ def test_pipelining_beats_sequential_when_link_and_compute_are_comparable(profil
 
 def test_planner_moves_work_back_to_the_device_when_bandwidth_drops(profile):
     planner = PiParPlanner(profile, 50)
+    assert isinstance(planner, Planner)  # the planner protocol of fixed, exact and FedAdapt
     head_s_per_sample = sum(b.fwd_s + b.bwd_s for b in profile.blocks[:3]) / profile.batch_size
     device_s = 2.0 * head_s_per_sample * 500
     report = {"split-point": 3, "num-examples": 500, "batches": 10, "device-s": device_s, "train-time-s": 9.0}
     fast = {**report, "uplink-bytes": 10_000_000, "uplink-s": 0.08, "downlink-bytes": 10_000_000, "downlink-s": 0.08}
-    planner.observe(1, fast)
+    planner.observe(1, {1: fast})
     assert planner.estimate(1).slowdown == pytest.approx(2.0)
-    before = planner.plan(1)
+    before = planner.plan(2, [1])[1]
     assert before.split_point < len(profile.blocks)  # a 2x slower device offloads over a 1 Gbit/s link
-    planner.observe(1, {**fast, "uplink-s": 800.0, "downlink-s": 800.0})  # 1000 Mbit/s -> 0.1 Mbit/s
+    planner.observe(2, {1: {**fast, "uplink-s": 800.0, "downlink-s": 800.0}})  # 1000 Mbit/s -> 0.1 Mbit/s
     assert planner.estimate(1).uplink_mbps == pytest.approx(0.1)
-    after = planner.plan(1)
+    after = planner.plan(3, [1])[1]
     assert after.split_point == len(profile.blocks)  # everything back on the device
 
 
 def test_fixed_split_point_and_micro_batches_are_respected(profile):
     planner = PiParPlanner(profile, 50, split_point=2, micro_batches=5)
-    plan = planner.plan(7)
+    plan = planner.plan(1, [7])[7]
     assert (plan.split_point, plan.micro_batches) == (2, 5)
+    prior = LinkProfile(100, 100, 0)  # the bandwidth a node is assumed to have before it reports one
+    assert plan.predicted_s == pytest.approx(predict_iteration(profile, 2, 5, 50, 1.0, prior))
+    model = build_model("vgg5")
+    built = make_planner("pipar", model, profile, fixed_split=2, batch_size=50, micro_batches=5)
+    assert built.plan(1, [7]) == planner.plan(1, [7])  # the factory builds the same planner
 
 
 def test_invalid_plans_are_rejected(profile):

@@ -1,4 +1,8 @@
-"""Local (classic FL) training and evaluation of a whole model."""
+"""The training steps every side shares: the SGD optimizer, a local pass, the split loss, evaluation.
+
+The device (classic FL and the head of split training), the edge server (the tail), IMP pruning and failout
+training all train with these functions, so a split round and a local one compute the same thing.
+"""
 
 from __future__ import annotations
 

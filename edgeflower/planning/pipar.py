@@ -8,9 +8,10 @@ doing one thing at a time, the device running all forwards before the first back
 arriving ``latency`` after it leaves. :func:`select_plan` returns the plan with the shortest predicted time over
 every split point (including ``k = num_blocks``, no offloading) and every micro-batch count that divides the batch.
 
-:class:`PiParPlanner` keeps per-node estimates of the device slow-down and the bandwidth from what nodes report
-after each round (in the same :class:`~edgeflower.planning.observations.ObservationHistory` the FedAdapt planners
-use), and re-selects each node's plan every round (so a bandwidth drop moves the plan).
+:class:`PiParPlanner` is a :class:`~edgeflower.planning.base.Planner` like the FedAdapt planners: it keeps per-node
+estimates of the device slow-down and the bandwidth from what nodes report after each round (in the same
+:class:`~edgeflower.planning.observations.ObservationHistory`), and re-selects each node's plan every round (so a
+bandwidth drop moves the plan).
 
 Sizes are counted right: activation bytes are ``numel * 4`` for float32 (PiPar's reference code counted bits as
 bytes) and labels travel as int64.
@@ -18,15 +19,16 @@ bytes) and labels travel as int64.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from edgeflower.models.profiler import ModelProfile
+from edgeflower.planning.base import SplitPlan
 from edgeflower.planning.costmodel import CostModel, NodeState
-from edgeflower.planning.observations import ObservationHistory
+from edgeflower.planning.planners import ObservingPlanner
 from edgeflower.transport.emulation import LinkProfile
 
-__all__ = ["PiParPlanner", "Plan", "predict_iteration", "select_plan", "stage_times"]
+__all__ = ["PiParPlanner", "predict_iteration", "select_plan", "stage_times"]
 
 LABEL_BYTES = 8
 MESSAGE_OVERHEAD_S = 0.004
@@ -35,15 +37,6 @@ DEFAULT_MBPS = 100.0
 """Bandwidth a node is assumed to have before it reports one."""
 CHANNEL_BYTES_PER_S = 500e6
 """Codec and gRPC copy throughput of the offload channel on loopback (benchmark ``split``: ``channel_mb_s``)."""
-
-
-@dataclass(frozen=True)
-class Plan:
-    """A pipeline plan and its predicted batch time."""
-
-    split_point: int
-    micro_batches: int
-    predicted_s: float
 
 
 @dataclass(frozen=True)
@@ -161,8 +154,8 @@ def select_plan(
     micro_batches: list[int] | None = None,
     message_overhead_s: float = MESSAGE_OVERHEAD_S,
     max_micro_batches: int = 32,
-) -> Plan:
-    """The plan with the shortest predicted batch time.
+) -> SplitPlan:
+    """The plan with the shortest predicted batch time (``predicted_s``: that time).
 
     Parameters
     ----------
@@ -184,18 +177,19 @@ def select_plan(
     """
     ks = split_points if split_points is not None else list(range(len(profile.blocks) + 1))
     ms = micro_batches if micro_batches is not None else divisors(batch_size, min(batch_size, max_micro_batches))
-    best: Plan | None = None
+    best: SplitPlan | None = None
+    best_s = float("inf")
     for k in ks:
         for m in ms if k < len(profile.blocks) else [1]:
             t = predict_iteration(profile, k, m, batch_size, slowdown, link, message_overhead_s)
-            if best is None or t < best.predicted_s - 1e-12:
-                best = Plan(k, m, t)
+            if best is None or t < best_s - 1e-12:
+                best, best_s = SplitPlan(k, m, t), t
     if best is None:
         raise ValueError("no candidate plans")
     return best
 
 
-class PiParPlanner:
+class PiParPlanner(ObservingPlanner):
     """Per-node automatic (k, m) selection that follows what nodes report.
 
     Parameters
@@ -210,29 +204,21 @@ class PiParPlanner:
         A fixed micro-batch count, or ``0`` to select it.
     """
 
-    def __init__(
-        self,
-        profile: ModelProfile,
-        batch_size: int,
-        split_point: int = -1,
-        micro_batches: int = 0,
-        history: ObservationHistory | None = None,
-    ) -> None:
+    def __init__(self, profile: ModelProfile, batch_size: int, split_point: int = -1, micro_batches: int = 0) -> None:
+        super().__init__(CostModel(profile, batch_size), DEFAULT_MBPS, window=1)
         self.profile = profile
         self.batch_size = batch_size
         self.fixed_k = split_point
         self.fixed_m = micro_batches
-        self.history = history or ObservationHistory(CostModel(profile, batch_size), DEFAULT_MBPS, window=1)
-        self.plans: dict[int, Plan] = {}
 
     def estimate(self, node: int) -> NodeState:
         """What the planner believes about ``node`` (the prior before its first reply)."""
         return self.history.state(node) or NodeState(1.0, DEFAULT_MBPS, DEFAULT_MBPS)
 
-    def plan(self, node: int) -> Plan:
-        """The node's plan for the next round."""
+    def best_plan(self, node: int) -> SplitPlan:
+        """The plan with the shortest predicted batch time for what the planner believes about ``node``."""
         est = self.estimate(node)
-        plan = select_plan(
+        return select_plan(
             self.profile,
             self.batch_size,
             est.slowdown,
@@ -240,18 +226,7 @@ class PiParPlanner:
             split_points=[self.fixed_k] if self.fixed_k >= 0 else None,
             micro_batches=[self.fixed_m] if self.fixed_m > 0 else None,
         )
-        self.plans[node] = plan
-        return plan
 
-    def observe(self, node: int, metrics: Mapping[str, float], server_round: int = 0) -> None:
-        """Learn the node's slow-down and bandwidth from its reply metrics (``train-time-s``, ``device-s``,
-        ``uplink-s``, ``uplink-bytes``, or the ``uplink-mbps`` it reports ...): see
-        :class:`~edgeflower.planning.observations.ObservationHistory`."""
-        self.history.add(server_round, node, metrics)
-
-    def on_train_round(
-        self, server_round: int, seconds: float, replies: Mapping[int, Mapping[str, float]], aggregated: object
-    ) -> None:
-        """:class:`~edgeflower.strategies.edge.RoundRecorder` hook: learn from every node's reply."""
-        for node, metrics in replies.items():
-            self.observe(node, metrics, server_round)
+    def plan(self, server_round: int, node_ids: Sequence[int]) -> dict[int, SplitPlan]:
+        """Each node's :meth:`best_plan` for ``server_round``."""
+        return self._remember(server_round, {n: self.best_plan(n) for n in node_ids})
