@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from edgeflower.transport import EdgeClient, OptimizerSettings, TokenIssuer
 from edgeflower.transport.auth import load_secret
 from edgeflower.transport.emulation import EmulatedLink, LinkProfile
 
-__all__ = ["Turns", "compare", "main", "probe"]
+__all__ = ["PassShape", "Turns", "compare", "main", "probe"]
 
 
 class Turns:
@@ -67,18 +68,32 @@ class Turns:
             yield batch
 
 
+@dataclass(frozen=True)
+class PassShape:
+    """What one pass trains: ``batches`` batches of ``batch_size`` Fashion-MNIST test images through VGG5 (GroupNorm,
+    ``width``) split at ``split_point`` (pipelined with ``micro_batches`` in ``pipeline`` mode), ``latency_ms`` of
+    emulated latency each way, data and initial weights from ``seed``."""
+
+    latency_ms: float = 0.0
+    batches: int = 10
+    batch_size: int = 64
+    split_point: int = 3
+    micro_batches: int = 4
+    width: float = 1.0
+    seed: int = 0
+
+
 def _setup(
-    mode: str, mbps: float, latency_ms: float, batches: int, batch_size: int, split_point: int, micro_batches: int,
-    width: float, seed: int, framing: float = 1.0,
-) -> tuple[Any, list[tuple[torch.Tensor, torch.Tensor]], PipelineTrainer]:  # fmt: skip
-    torch.manual_seed(seed)
-    model = build_model("vgg5", norm="group", **({"width": width} if width != 1.0 else {}))
-    data = load_dataset("fashion-mnist", train=False).subset(range(batch_size * batches))
-    loader = list(BatchLoader(data, batch_size, seed=seed).batches(0))
-    m = micro_batches if mode == "pipeline" else 1
-    link = EmulatedLink(LinkProfile(mbps, mbps, latency_ms), framing=framing)
+    mode: str, mbps: float, shape: PassShape, framing: float = 1.0
+) -> tuple[Any, list[tuple[torch.Tensor, torch.Tensor]], PipelineTrainer]:
+    torch.manual_seed(shape.seed)
+    model = build_model("vgg5", norm="group", **({"width": shape.width} if shape.width != 1.0 else {}))
+    data = load_dataset("fashion-mnist", train=False).subset(range(shape.batch_size * shape.batches))
+    loader = list(BatchLoader(data, shape.batch_size, seed=shape.seed).batches(0))
+    m = shape.micro_batches if mode == "pipeline" else 1
+    link = EmulatedLink(LinkProfile(mbps, mbps, shape.latency_ms), framing=framing)
     opt = OptimizerSettings(lr=0.01, momentum=0.9)
-    return model, loader, PipelineTrainer(model, split_point, opt, m, link=link)
+    return model, loader, PipelineTrainer(model, shape.split_point, opt, m, link=link)
 
 
 def _train(
@@ -121,22 +136,11 @@ def _train(
 
 
 def probe(
-    address: str,
-    secret: bytes,
-    root_cert: bytes | None,
-    mode: str,
-    mbps: float,
-    latency_ms: float = 0.0,
-    batches: int = 10,
-    batch_size: int = 64,
-    split_point: int = 3,
-    micro_batches: int = 4,
-    width: float = 1.0,
-    seed: int = 0,
+    address: str, secret: bytes, root_cert: bytes | None, mode: str, mbps: float, shape: PassShape = PassShape()
 ) -> dict[str, float]:
-    """Train ``batches`` batches split at ``split_point`` (pipelined with ``micro_batches`` in ``pipeline`` mode)
-    against the edge server at ``address``; return the timings."""
-    setup = _setup(mode, mbps, latency_ms, batches, batch_size, split_point, micro_batches, width, seed)
+    """Train one pass of ``shape`` against the edge server at ``address`` with the link emulated at ``mbps`` (``0``:
+    none); return the timings."""
+    setup = _setup(mode, mbps, shape)
     return _train(setup, address, secret, root_cert)
 
 
@@ -147,13 +151,7 @@ def compare(
     root_cert: bytes | None,
     mode: str,
     mbps: float,
-    latency_ms: float = 0.0,
-    batches: int = 10,
-    batch_size: int = 64,
-    split_point: int = 3,
-    micro_batches: int = 4,
-    width: float = 1.0,
-    seed: int = 0,
+    shape: PassShape = PassShape(),
     framing: float = 1.0,
 ) -> dict[str, dict[str, float]]:
     """The same pass twice at once, taking turns batch by batch (:class:`Turns`): with the link emulated in code at
@@ -162,8 +160,7 @@ def compare(
     interleaved, so a change in the machine's load between them falls on both; each pass's ``seconds`` leaves out
     the time it waited for its turn. Returns ``{"emulated": ..., "kernel": ...}``.
     """
-    args = (latency_ms, batches, batch_size, split_point, micro_batches, width, seed)
-    setups = [_setup(mode, mbps, *args, framing=framing), _setup(mode, 0.0, *args)]
+    setups = [_setup(mode, mbps, shape, framing=framing), _setup(mode, 0.0, shape)]
     turns = Turns()
     out: dict[int, dict[str, float]] = {}
     errors: list[BaseException] = []
@@ -218,15 +215,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("--mode takes split and/or pipeline; --repeats 1-100")
     fell_back = False
     secret = load_secret(args.secret_file)
-    shape = (args.latency_ms, args.batches, args.batch_size, args.split_point, args.micro_batches, args.width)
+    shape = PassShape(args.latency_ms, args.batches, args.batch_size, args.split_point, args.micro_batches, args.width)
     for _ in range(args.repeats):
         for mode in modes:
             if args.compare_address:
-                sides = compare(
-                    args.compare_address, args.address, secret, root, mode, args.mbps, *shape, framing=args.framing
-                )
+                sides = compare(args.compare_address, args.address, secret, root, mode, args.mbps, shape, args.framing)
             else:
-                sides = {"": probe(args.address, secret, root, mode, args.mbps, *shape)}
+                sides = {"": probe(args.address, secret, root, mode, args.mbps, shape)}
             for side, out in sides.items():
                 print(json.dumps({"mode": mode, "side": side, **out}), flush=True)
                 fell_back |= bool(out["fell_back"])
