@@ -38,7 +38,6 @@ from edgeflower.models import build_model
 from edgeflower.privacy import load_opacus
 from edgeflower.privacy.dpsgd import DeviceDP
 from edgeflower.privacy.node import NodeRoundDP
-from edgeflower.privacy.remote import open_private_session
 from edgeflower.privacy.settings import DPSettings
 from edgeflower.server.edge import EdgeServer
 from edgeflower.training import evaluate, make_optimizer, train_local
@@ -81,9 +80,7 @@ def _epoch(mode: str, dp: str, width: float, batches: list, edge: EdgeServer | N
         token = TokenIssuer(SECRET).issue(run_id=1, node_id=1, server_round=1)
 
         def opener(k, tail, opt):  # type: ignore[no-untyped-def]
-            if tail_dp is None:
-                return client.open_session(token, model.spec, k, tail, opt)
-            return open_private_session(client, token, model.spec, k, tail, opt, tail_dp)
+            return client.open_session(token, model.spec, k, tail, opt, dp=tail_dp)
 
         result = trainer.train(batches, opener)
     assert not result.fell_back
@@ -125,9 +122,7 @@ def _node_round(mode: str, node: NodeRoundDP, model: nn.Module, data, edge: Edge
             token = TokenIssuer(SECRET).issue(run_id=1, node_id=1, server_round=1)
 
             def opener(k, tail, opt):  # type: ignore[no-untyped-def]
-                if tail_dp is None:
-                    return client.open_session(token, model.spec, k, tail, opt)
-                return open_private_session(client, token, model.spec, k, tail, opt, tail_dp)
+                return client.open_session(token, model.spec, k, tail, opt, dp=tail_dp)
 
             result = trainer.train(node.batches(data.x, data.y), opener)
         assert not result.fell_back

@@ -186,7 +186,7 @@ def _wait(out: dict[str, Any], n: int, timeout_s: float = 120.0) -> None:
 def _accuracy(ctl: Controller, route: Route, test: ImageData) -> float:
     correct = 0
     for i in range(0, len(test), 250):
-        logits = ctl._run_route(route, f"acc-{i}", test.x[i : i + 250])
+        logits = ctl.run_route(route, f"acc-{i}", test.x[i : i + 250])
         correct += int((logits.argmax(1) == test.y[i : i + 250]).sum())
     return correct / len(test)
 

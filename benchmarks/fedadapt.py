@@ -57,7 +57,16 @@ BATCH = 100
 class Bench:
     """Shared state of one benchmark run: data, testbed, edge server, initial model."""
 
-    def __init__(self, rounds: int, batches: int, drop: int, eval_samples: int, edge: EdgeServer, dataset: str) -> None:
+    def __init__(
+        self,
+        rounds: int,
+        batches: int,
+        drop: int,
+        eval_samples: int,
+        edge: EdgeServer,
+        dataset: str,
+        model_options: dict[str, Any] | None = None,
+    ) -> None:
         self.rounds, self.batches, self.drop = rounds, batches, drop
         self.testbed: Testbed = fedadapt_testbed(drop_round=drop)
         train = load_dataset(dataset)
@@ -65,7 +74,7 @@ class Bench:
         self.data: list[ImageData] = [train.subset(p) for p in parts]
         self.test = load_dataset(dataset, train=False).subset(range(eval_samples))
         torch.manual_seed(0)
-        self.init = build_model("vgg5", in_shape=DATASET_SHAPES[dataset])
+        self.init = build_model("vgg5", in_shape=DATASET_SHAPES[dataset], **(model_options or {}))
         self.edge = edge
         self.issuer = TokenIssuer(SECRET)
         self.client = EdgeClient(edge.address)
@@ -257,13 +266,15 @@ def main() -> None:
     print(f"dataset: {dataset}", flush=True)
     t_start = time.perf_counter()
     if args.quick:
-        # round 1 measures, round 2 is planned and after the drop; fewer episodes leave an agent that offloads
-        # large activations over the dropped 5 Mbit/s links, which costs more time than the training saves
-        rounds, batches, drop, eval_samples, episodes, probe_ks = 2, 1, 2, 100, 200, [0]
+        # round 1 measures, round 2 is planned and after the drop. A narrow VGG5 (width 0.25: 0.12 MB of weights
+        # instead of 1.8 MB) keeps an offloaded round over the dropped 5 Mbit/s links under a second (the tail's
+        # weights go up and come back each round), and a short agent training only has to run, not to be good
+        rounds, batches, drop, eval_samples, episodes, probe_ks = 2, 1, 2, 100, 40, [0]
     else:
         rounds, batches, drop, eval_samples, episodes, probe_ks = 10, 6, 6, 5000, 300, list(range(7))
     restarts, trials, repeats = (1, 1, 2) if args.quick else (3, 3, 5)
-    model = build_model("vgg5", in_shape=DATASET_SHAPES[dataset])
+    model_options: dict[str, Any] = {"width": 0.25} if args.quick else {}
+    model = build_model("vgg5", in_shape=DATASET_SHAPES[dataset], **model_options)
     profile = median_profile(model, BATCH, repeats=repeats, trials=trials)  # per-block median: robust to load bursts
     print(f"profiled in {time.perf_counter() - t_start:.1f} s", flush=True)
     policy_path = Path(args.out) / f"fedadapt_agent{'.quick' if args.quick else ''}.pt"
@@ -283,7 +294,7 @@ def main() -> None:
         flush=True,
     )
     with EdgeServer(secret=SECRET) as edge:
-        bench = Bench(rounds, batches, drop, eval_samples, edge, dataset)
+        bench = Bench(rounds, batches, drop, eval_samples, edge, dataset, model_options)
         bench.train_node(copy.deepcopy(bench.init), 4, 4, 1, 1)  # warm-up: gRPC channel, allocator
         cost = CostModel(profile)
         runs = {"fl": bench.run("classic FL", FixedPlanner(cost, model.num_blocks))}
@@ -352,6 +363,7 @@ def main() -> None:
             "drop_round": drop,
             "eval_samples": eval_samples,
             "agent_episodes": episodes,
+            **({"model_options": model_options} if model_options else {}),
             "testbed": {n.name: {"slowdown": n.device.slowdown} for n in bench.testbed.nodes},
             "run_config": bench.testbed.run_config(),
         },

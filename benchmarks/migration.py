@@ -21,8 +21,9 @@ import torch
 from tqdm import tqdm
 
 from benchmarks.common import parse_args, png_path, print_table, write_result
-from edgeflower.clients.mobility import MoveOrder, train_moving
+from edgeflower.clients.mobility import MoveOrder
 from edgeflower.clients.pipeline import PipelineTrainer
+from edgeflower.clients.sessions import EdgeSessions
 from edgeflower.data import BatchLoader, load_dataset
 from edgeflower.models import build_model
 from edgeflower.server.edge import EdgeServer, EdgeServerConfig
@@ -39,9 +40,11 @@ PEER_MBPS = 100.0
 def _round(model, batches, a: EdgeServer, order: MoveOrder | None, node: int):  # type: ignore[no-untyped-def]
     issuer = TokenIssuer(SECRET)
     token = issuer.issue(1, node, 1, a.edge_id)
-    trainer = PipelineTrainer(model, K, OPT, 1, DeviceProfile(4.0), EmulatedLink(LinkProfile(50, 50, 2)))
     with EdgeClient(a.address) as client:
-        return train_moving(trainer, batches, lambda k, t, o: client.open_session(token, model.spec, k, t, o), order)
+        sessions = EdgeSessions(client, token, model.spec)
+        link = EmulatedLink(LinkProfile(50, 50, 2))
+        trainer = PipelineTrainer(model, K, OPT, 1, DeviceProfile(4.0), link, open_session=sessions, move_order=order)
+        return trainer.train(batches)
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -126,12 +127,44 @@ def self_signed_cert(common_name: str = "localhost") -> tuple[bytes, bytes]:
     return self_signed(["127.0.0.1"], common_name, dns_names=["localhost"])
 
 
+CRASH_EXIT_CODE = 137
+"""The exit status of an edge server killed by :data:`_CRASH_AFTER_MIGRATION_ACK` (as after a SIGKILL)."""
+
+_CRASH_AFTER_MIGRATION_ACK = f"""
+import functools, os, sys
+from edgeflower.commands import edge_server
+from edgeflower.server.edge import EdgeServer
+
+def crash(session_id, destination):  # fault injection: the source dies after the ack, before answering the device
+    print("edge server: fault injection: exiting right after the migration ack", flush=True)
+    os._exit({CRASH_EXIT_CODE})
+
+edge_server.EdgeServer = functools.partial(EdgeServer, on_migration_acked=crash)
+from edgeflower.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+"""A test-only launcher of ``edgeflower edge-server`` whose process exits right after a destination acknowledged a
+migrated session: it installs a crash on :class:`EdgeServer`'s ``on_migration_acked`` seam (production code has no
+fault injection)."""
+
+
 class EdgeProcess(ListeningProcess):
     """``edgeflower edge-server`` in a subprocess on a free port; always stop it in ``finally`` (or use ``with``).
 
     Its stderr is merged into stdout, which a thread drains, so a chatty server can never block on a full pipe.
+    With ``crash_after_migration_ack`` the process exits with :data:`CRASH_EXIT_CODE` right after a destination
+    acknowledged a session it migrated away (before the device is answered).
     """
 
-    def __init__(self, secret_file: Path, *extra: str, startup_timeout_s: float = 180.0) -> None:
+    def __init__(
+        self,
+        secret_file: Path,
+        *extra: str,
+        startup_timeout_s: float = 180.0,
+        crash_after_migration_ack: bool = False,
+    ) -> None:
         args = ["edge-server", "--port", "0", "--secret-file", str(secret_file), *extra]
-        super().__init__(args, "edge server listening on ", cwd=REPO, startup_timeout_s=startup_timeout_s)
+        launcher = [sys.executable, "-c", _CRASH_AFTER_MIGRATION_ACK] if crash_after_migration_ack else None
+        super().__init__(
+            args, "edge server listening on ", cwd=REPO, startup_timeout_s=startup_timeout_s, launcher=launcher
+        )

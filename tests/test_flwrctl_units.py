@@ -60,10 +60,35 @@ def test_a_failed_runs_reasons_are_its_details_and_the_serverapps_failure_lines(
 def test_a_retry_after_ray_failed_to_start_is_counted_in_the_final_runs_folder(tmp_path):
     import json
 
-    from edgeflower.flwrctl import _record_retries
+    from edgeflower.flwrctl.simulation import record_retries
 
     (tmp_path / "20261201-101010-run77").mkdir()
     crash = {"run-id": 76, "status": "finished:failed", "cause": "The current node timed out during startup."}
-    _record_retries({"run-dir": str(tmp_path)}, RunOutcome("finished:completed", 77), [crash])
+    record_retries({"run-dir": str(tmp_path)}, RunOutcome("finished:completed", 77), [crash])
     counted = json.loads((tmp_path / "20261201-101010-run77" / "runtime-retries.json").read_text())
     assert counted == {"retries": 1, "attempts": [crash]}
+
+
+def test_the_fab_built_in_process_equals_the_fab_flwr_run_builds(tmp_path):
+    """The FAB is built from the files Flower would package, without entering the directories Flower drops whole
+    (``.venv``, ``.flwr``, ``__pycache__``, .gitignore'd ones); the bytes are those of ``flwr run``'s own build."""
+    from flwr.cli.build import build_fab_from_disk
+
+    from edgeflower.flwrctl.control import app_files, build_app_fab
+
+    app = tmp_path / "app"
+    (app / "pkg" / "__pycache__").mkdir(parents=True)
+    (app / "pyproject.toml").write_text(
+        '[project]\nname = "app"\nversion = "1.0.0"\n\n[tool.flwr.app]\npublisher = "me"\n\n'
+        '[tool.flwr.app.components]\nserverapp = "pkg.s:app"\nclientapp = "pkg.c:app"\n\n[tool.flwr.app.config]\n'
+    )
+    (app / ".gitignore").write_text("runs/\n*.log\n")
+    for name in ("pkg/__init__.py", "pkg/s.py", "pkg/c.py", "README.md", "data.json", "pkg/__pycache__/s.cpython.pyc"):
+        (app / name).write_text("x = 1\n")
+    for ignored in (".venv/lib/site.py", ".flwr/config.toml", "runs/r1/metrics.json", "deep/run.log", "image.png"):
+        (app / ignored).parent.mkdir(parents=True, exist_ok=True)
+        (app / ignored).write_text("ignored\n")
+    listed = set(app_files(app))
+    assert not any(p.startswith((".venv/", ".flwr/", "runs/")) or "__pycache__" in p for p in listed), listed
+    fab, _ = build_app_fab(app)
+    assert fab.content == build_fab_from_disk(app)

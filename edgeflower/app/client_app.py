@@ -16,14 +16,14 @@ from flwr.clientapp import ClientApp
 from edgeflower.app.mobility import move_order_from_plan, trigger_from_plan
 from edgeflower.app.plan import Mobility, NodePlan
 from edgeflower.app.task import load_partition, load_test_set, node_loader
-from edgeflower.clients.mobility import MoveOrder, train_moving
+from edgeflower.clients.mobility import MoveOrder
 from edgeflower.clients.pipeline import PipelineTrainer
+from edgeflower.clients.sessions import EdgeSessions
 from edgeflower.config import AppConfig, ConfigError
 from edgeflower.data import BatchLoader
 from edgeflower.planning.scenario import parse_link_schedules
 from edgeflower.privacy.mods import central_dp_mod
 from edgeflower.privacy.node import NodeRoundDP
-from edgeflower.privacy.remote import open_private_session
 from edgeflower.progress import BatchProgress
 from edgeflower.strategies.edge import NODE_RECORD
 from edgeflower.training import evaluate, train_local
@@ -143,39 +143,26 @@ def train(msg: Message, context: Context) -> Message:
         m = plan.micro_batches
         mu = float(config.get("proximal-mu", 0.0))  # Flower's FedProx: each side adds its part of the term
         settings = OptimizerSettings(lr, cfg.momentum, cfg.weight_decay, mu)
-        trainer = PipelineTrainer(
-            model,
-            k,
-            settings,
-            m,
-            device,
-            link,
-            dp=dp.device() if dp else None,
-            replay_limit_mb=cfg.fallback_replay_mb,
-            fallback=cfg.fallback,
-        )
         expected = len(batches) if hasattr(batches, "__len__") else len(loader) * cfg.local_epochs
-        trainer.progress = BatchProgress(f"round {server_round}, partition {pid} (split k={k}, m={m})", expected)
-        token = str(plan.edge_token)
-        tail_dp = dp.tail_params() if dp else None
         connect = edge_connector(cfg, context.node_config)
-        order = move_order_from_plan(plan.mobility, len(loader) * cfg.local_epochs, connect)
-        trigger = trigger_from_plan(plan.mobility, context.node_config, connect)
-
-        def open_on(c: EdgeClient, tok: str, kk: int, tail: Any, opt: OptimizerSettings) -> Any:
-            if tail_dp is not None:  # dp = full: the edge server trains the tail privately too
-                return open_private_session(c, tok, model.spec, kk, tail, opt, tail_dp)
-            return c.open_session(tok, model.spec, kk, tail, opt)
-
         with connect(str(plan.edge_address)) as client:
-            result = train_moving(
-                trainer,
-                batches,
-                lambda kk, tail, opt: open_on(client, token, kk, tail, opt),
-                order,
-                trigger,
-                reopen=open_on,  # a restarted round reopens on the destination the same way
+            trainer = PipelineTrainer(
+                model,
+                k,
+                settings,
+                m,
+                device,
+                link,
+                dp=dp.device() if dp else None,
+                replay_limit_mb=cfg.fallback_replay_mb,
+                fallback=cfg.fallback,
+                # dp = full (tail params set): the edge server trains the tail privately too, also after a restart
+                open_session=EdgeSessions(client, str(plan.edge_token), model.spec, dp.tail_params() if dp else None),
+                move_order=move_order_from_plan(plan.mobility, len(loader) * cfg.local_epochs, connect),
+                move_trigger=trigger_from_plan(plan.mobility, context.node_config, connect),
+                progress=BatchProgress(f"round {server_round}, partition {pid} (split k={k}, m={m})", expected),
             )
+            result = trainer.train(batches)
         metrics = result.metrics()
         metrics.update(move_metrics(trainer.last_move, plan.mobility))
         metrics.update({"uplink-mbps": link.profile.uplink_mbps, "downlink-mbps": link.profile.downlink_mbps})

@@ -13,6 +13,11 @@ A :class:`MoveOrder` says before which batch the device moves, to which edge ser
 
 The device's own model, optimizer and data never move, so a migrated round ends with the same weights as an
 unmoved one.
+
+A trainer (:class:`~edgeflower.clients.split.SplitTrainer`) receives its ``move_order`` and ``move_trigger`` at
+construction, checks them between batches and carries a move out with :func:`migrate_session` (or raises
+:class:`RestartRound`); :func:`train_with_restart` runs its passes so that a restart replays the round on the
+destination.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Any
 import torch
 from flwr.common.logger import log
 
+from edgeflower.clients.sessions import EdgeSessions
 from edgeflower.transport.client import EdgeClient, SessionHandle
 from edgeflower.transport.errors import EdgeUnavailableError, SessionNotFoundError
 
@@ -35,11 +41,12 @@ __all__ = [
     "MOVE_MODES",
     "Move",
     "MoveOrder",
+    "MoveTrigger",
     "RestartRound",
-    "SessionOpener",
     "migrate_session",
     "parse_mobility",
-    "train_moving",
+    "train_with_restart",
+    "write_trigger",
 ]
 
 MOVE_MODES = ("migrate", "restart")
@@ -119,7 +126,17 @@ class MoveOrder:
 
 
 class RestartRound(Exception):  # noqa: N818 - a control-flow signal, not an error
-    """Raised inside a pass to restart the round on the destination (``mode="restart"``)."""
+    """Raised inside a pass to restart the round on the destination (``mode="restart"``).
+
+    Attributes
+    ----------
+    order : MoveOrder
+        The move that restarts the round.
+    """
+
+    def __init__(self, order: MoveOrder) -> None:
+        super().__init__(f"restart the round on {order.destination}")
+        self.order = order
 
 
 def migrate_session(session: SessionHandle, order: MoveOrder, model_spec: Any) -> SessionHandle:
@@ -131,7 +148,7 @@ def migrate_session(session: SessionHandle, order: MoveOrder, model_spec: Any) -
         When the session cannot be moved and is not on the destination (the caller falls back).
     """
     t0 = time.perf_counter()
-    source = session._client
+    source = session.client
     resumed = False
     try:
         reply = source.migrate(session, order.destination, order.token, expect_model=model_spec)
@@ -167,41 +184,27 @@ def migrate_session(session: SessionHandle, order: MoveOrder, model_spec: Any) -
     return handle
 
 
-SessionOpener = Callable[[EdgeClient, str, int, Any, Any], SessionHandle]
-"""``(client, token, split_point, tail_state, optimizer) -> SessionHandle``: opens a round's session on an edge server
-(e.g. with the tail's DP parameters, :func:`edgeflower.privacy.remote.open_private_session`)."""
-
-
-def train_moving(
-    trainer: Any,
+def train_with_restart(
+    run_pass: Callable[[Iterable[tuple[torch.Tensor, torch.Tensor]], Any, bool], Any],
+    model: Any,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    open_session: Callable[..., SessionHandle],
-    order: MoveOrder | None = None,
-    trigger: MoveTrigger | None = None,
-    reopen: SessionOpener | None = None,
+    open_session: EdgeSessions,
 ) -> Any:
-    """Run ``trainer.train`` with a move: migrate at the batch boundary, or restart the round on the destination.
+    """Run a round that may restart on another edge server (the restart baseline).
 
     Parameters
     ----------
-    trainer : SplitTrainer
-        The split (or pipelined) trainer.
+    run_pass : callable
+        ``(batches, open_session, moving) -> SplitResult``: one pass of the trainer; ``moving=False`` for the
+        restarted pass (it moves no more).
+    model : SplittableModel
+        The trainer's model: its round-start weights are restored for the restart.
     batches : iterable of (x, y)
-        The round's batches (kept in memory when a restart may replay them).
-    open_session : callable
-        Opens the round's session on the source edge server.
-    order : MoveOrder, optional
-        A scheduled move.
-    trigger : MoveTrigger, optional
-        An operator's trigger polled between batches.
-    reopen : SessionOpener, optional
-        How a restarted round opens its session on the destination; give the same opener as ``open_session``
-        uses (DP parameters included), or the destination trains the tail without them. Default: a plain
-        :meth:`EdgeClient.open_session`.
+        The round's batches (those drawn before the restart are kept in memory and replayed).
+    open_session : EdgeSessions
+        Opens the round's session on the source; the restarted pass opens the same kind on the destination
+        (DP parameters included).
     """
-    if order is None and trigger is None:
-        return trainer.train(batches, open_session)
-    may_restart = trigger is not None or (order is not None and order.mode == "restart")
     source = iter(batches)
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
 
@@ -210,19 +213,14 @@ def train_moving(
             seen.append(item)
             yield item
 
-    data = recorded() if may_restart else source
-    snapshot = copy.deepcopy(trainer.model.state_dict()) if may_restart else {}
-    trainer.move_order, trainer.move_trigger, trainer.last_move = order, trigger, None
+    snapshot = copy.deepcopy(model.state_dict())
     t0 = time.perf_counter()
     try:
-        return trainer.train(data, open_session)
-    except RestartRound:
-        restart = trainer.last_move
-        assert restart is not None
-    finally:
-        trainer.move_order = trainer.move_trigger = None
+        return run_pass(recorded(), open_session, True)
+    except RestartRound as signal:
+        restart = signal.order
     wasted = time.perf_counter() - t0
-    trainer.model.load_state_dict(snapshot)  # discard the round's progress, as the baseline does
+    model.load_state_dict(snapshot)  # discard the round's progress, as the baseline does
     restart.report["restart-s"] = wasted  # its own key: a restart is not a migration (``migration-s``)
     restart.report["restart-batches"] = float(restart.at_batch)
     log(
@@ -233,11 +231,8 @@ def train_moving(
         restart.destination,
     )
     dest = restart.client()
-    token = restart.token
-    replay = seen + list(source)
-    opener = reopen or (lambda c, tok, k, tail, opt: c.open_session(tok, trainer.model.spec, k, tail, opt))
     try:
-        result = trainer.train(replay, lambda k, tail, opt: opener(dest, token, k, tail, opt))
+        result = run_pass(seen + list(source), open_session.on(dest, restart.token), False)
     finally:
         dest.close()
     result.seconds += wasted

@@ -23,12 +23,16 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from edgeflower.clients.split import SplitTrainer, _nbytes
+from edgeflower.clients.mobility import MoveOrder, MoveTrigger
+from edgeflower.clients.sessions import SessionOpener, tensor_bytes
+from edgeflower.clients.split import SplitTrainer
 from edgeflower.models.splittable import SplittableModel
+from edgeflower.progress import BatchProgress
 from edgeflower.timeline import Timeline
 from edgeflower.transport.emulation import DeviceProfile, EmulatedLink, wait_until
 from edgeflower.transport.errors import EdgeError, SessionStateError
@@ -40,6 +44,9 @@ if TYPE_CHECKING:  # imports Opacus (seconds): only runs with DP load it
 __all__ = ["PipelineTrainer"]
 
 _STOP = object()
+
+Booker = Callable[[int, bool, float | None], tuple[float, float]]
+"""``book(nbytes, up, ready) -> (start, arrival)`` on the emulated link (counting the traffic)."""
 
 
 class PipelineTrainer(SplitTrainer):
@@ -57,6 +64,8 @@ class PipelineTrainer(SplitTrainer):
         As for :class:`~edgeflower.clients.split.SplitTrainer` (the replay log keeps every micro-batch).
     fallback : str
         As for :class:`~edgeflower.clients.split.SplitTrainer`: which edge failures fall back to local training.
+    open_session, move_order, move_trigger, progress
+        As for :class:`~edgeflower.clients.split.SplitTrainer`: the round's session opener, moves and progress.
     """
 
     def __init__(
@@ -70,8 +79,26 @@ class PipelineTrainer(SplitTrainer):
         dp: DeviceDP | None = None,
         replay_limit_mb: float = 256.0,
         fallback: str = "transient",
+        *,
+        open_session: SessionOpener | None = None,
+        move_order: MoveOrder | None = None,
+        move_trigger: MoveTrigger | None = None,
+        progress: BatchProgress | None = None,
     ) -> None:
-        super().__init__(model, split_point, optimizer, device, link, dp, replay_limit_mb, fallback)
+        super().__init__(
+            model,
+            split_point,
+            optimizer,
+            device,
+            link,
+            dp,
+            replay_limit_mb,
+            fallback,
+            open_session=open_session,
+            move_order=move_order,
+            move_trigger=move_trigger,
+            progress=progress,
+        )
         if micro_batches < 1:
             raise ValueError(f"micro_batches must be >= 1, got {micro_batches}")
         self.micro_batches = micro_batches
@@ -89,110 +116,152 @@ class PipelineTrainer(SplitTrainer):
         if m == 1:
             return super()._batch(session, b, x, y, timeline, head_opt)
         xs, ys = x.tensor_split(m), y.tensor_split(m)
-        batch_size = len(y)
-        outbox: queue.Queue[Any] = queue.Queue()
-        results: list[StepResult | None] = [None] * m
-        arrivals = [0.0] * m  # when each gradient has come down the emulated link
-        handed = [0.0] * m  # when each activation was handed to the edge server (its modelled arrival there)
-        clock = self.link.clock
-        arrived = [threading.Event() for _ in range(m)]
-        errors: list[BaseException] = []
-        sent = threading.Semaphore(0)  # the receiver may only wait for micro-batches already sent
-
-        def fail(exc: BaseException) -> None:
-            errors.append(exc)
-            for event in arrived:
-                event.set()
-            sent.release(m)
-
-        def sender() -> None:
-            try:
-                for j in range(m):
-                    item = outbox.get()
-                    if item is _STOP:
-                        return
-                    act, labels, arrival = item
-                    wait_until(arrival, clock)  # booked by the device thread: latencies of successive sends overlap
-                    handed[j] = clock.now()
-                    session.send(act, labels, batch=b, micro=j, num_micro=m, batch_size=batch_size)
-                    sent.release()
-            except BaseException as exc:  # handed to the device thread, which raises it
-                fail(exc)
-
-        def receiver() -> None:
-            done = 0.0  # when the edge server finished the previous micro-batch, in the model
-            try:
-                for j in range(m):
-                    sent.acquire()
-                    if errors:
-                        return
-                    result = session.recv()
-                    server_s = min(result.server_s, clock.now() - handed[j])
-                    # the edge server takes micro-batches in order, each once it has arrived; its gradient leaves
-                    # then, so the real transport time (over loopback) counts towards the downlink's modelled time
-                    done = max(handed[j], done) + server_s
-                    timeline.add("server", done - server_s, done, b, j)
-                    down0, down1 = self._book(_nbytes(result.grad), False, done)  # waited for by the device
-                    timeline.add("downlink", down0, down1, b, j)
-                    results[j] = result
-                    arrivals[j] = down1
-                    arrived[j].set()
-            except BaseException as exc:
-                fail(exc)
-
-        threads = [
-            threading.Thread(target=sender, name=f"edgeflower-pipe-send-{b}", daemon=True),
-            threading.Thread(target=receiver, name=f"edgeflower-pipe-recv-{b}", daemon=True),
-        ]
-        for t in threads:
-            t.start()
+        pipe = _Pipe(session, b, m, len(y), timeline, self.link, self._book)
+        pipe.start()
         try:
-            acts = []
-            recompute = self._head_private
-            for j in range(m):
-                if errors:
-                    break
-                if self.k == 0:
-                    act = xs[j]
-                elif recompute:
-                    act = self._device(timeline, b, "fwd", lambda j=j: _no_grad(self.head, xs[j]), j)
-                else:
-                    act = self._device(timeline, b, "fwd", lambda j=j: self.head(xs[j]), j)
-                acts.append(act)
-                sent_act = act.detach()
-                self._sent.append((sent_act, ys[j]))
-                up0, up1 = self._book(_nbytes(sent_act, ys[j]), True)
-                timeline.add("uplink", up0, up1, b, j)
-                outbox.put((sent_act, ys[j], up1))
-            loss = 0.0
-            for j in range(m):
-                arrived[j].wait()
-                if errors:
-                    break
-                wait_until(arrivals[j], clock)
-                result = results[j]
-                assert result is not None
-                loss += result.loss * len(ys[j])
-                if head_opt is not None:
-                    self._device(
-                        timeline,
-                        b,
-                        "bwd",
-                        lambda j=j, a=acts[j], g=result.grad: (self.head(xs[j]) if recompute else a).backward(g),
-                        j,
-                    )
-            if errors:
-                raise _as_edge_error(errors[0])
+            acts = self._forward(pipe, xs, ys)
+            loss = self._backward(pipe, xs, ys, acts, head_opt is not None)
+            if pipe.errors:
+                raise _as_edge_error(pipe.errors[0])
             if head_opt is not None:
                 self._device(timeline, b, "step", head_opt.step)
             return loss
         finally:
-            if errors:
-                session.abort()  # unblocks the receiver
-                sent.release(m)
-            outbox.put(_STOP)
-            for t in threads:
-                t.join(timeout=30)
+            pipe.stop()
+
+    def _forward(self, pipe: _Pipe, xs: tuple[torch.Tensor, ...], ys: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+        """The head forward of every micro-batch, back to back; each activation is booked on the uplink and queued
+        for the sender. In a DP round the forward runs without autograd (recomputed in :meth:`_backward`)."""
+        acts = []
+        b, timeline = pipe.batch, pipe.timeline
+        for j in range(pipe.m):
+            if pipe.errors:
+                break
+            if self.k == 0:
+                act = xs[j]
+            elif self._head_private:
+                act = self._device(timeline, b, "fwd", lambda j=j: _no_grad(self.head, xs[j]), j)
+            else:
+                act = self._device(timeline, b, "fwd", lambda j=j: self.head(xs[j]), j)
+            acts.append(act)
+            sent_act = act.detach()
+            self._sent.append((sent_act, ys[j]))
+            up0, up1 = self._book(tensor_bytes(sent_act, ys[j]), True)
+            timeline.add("uplink", up0, up1, b, j)
+            pipe.outbox.put((sent_act, ys[j], up1))
+        return acts
+
+    def _backward(
+        self,
+        pipe: _Pipe,
+        xs: tuple[torch.Tensor, ...],
+        ys: tuple[torch.Tensor, ...],
+        acts: list[torch.Tensor],
+        has_head_opt: bool,
+    ) -> float:
+        """Each micro-batch's head backward once its gradient has come down the link; returns the loss sum."""
+        loss = 0.0
+        recompute = self._head_private
+        for j in range(pipe.m):
+            result = pipe.result(j)
+            if result is None:
+                break
+            loss += result.loss * len(ys[j])
+            if has_head_opt:
+                self._device(
+                    pipe.timeline,
+                    pipe.batch,
+                    "bwd",
+                    lambda j=j, a=acts[j], g=result.grad: (self.head(xs[j]) if recompute else a).backward(g),
+                    j,
+                )
+        return loss
+
+
+class _Pipe:
+    """One batch's micro-batches in flight: a sender thread hands booked activations to the edge server when they
+    have arrived; a receiver thread takes the results off the stream and books their downlink."""
+
+    def __init__(
+        self, session: Any, batch: int, m: int, batch_size: int, timeline: Timeline, link: EmulatedLink, book: Booker
+    ) -> None:
+        self.session, self.batch, self.m, self.batch_size = session, batch, m, batch_size
+        self.timeline, self.clock, self.book = timeline, link.clock, book
+        self.outbox: queue.Queue[Any] = queue.Queue()
+        self.results: list[StepResult | None] = [None] * m
+        self.arrivals = [0.0] * m  # when each gradient has come down the emulated link
+        self.handed = [0.0] * m  # when each activation was handed to the edge server (its modelled arrival there)
+        self.arrived = [threading.Event() for _ in range(m)]
+        self.errors: list[BaseException] = []
+        self.sent = threading.Semaphore(0)  # the receiver may only wait for micro-batches already sent
+        self.threads = [
+            threading.Thread(target=self._send, name=f"edgeflower-pipe-send-{batch}", daemon=True),
+            threading.Thread(target=self._receive, name=f"edgeflower-pipe-recv-{batch}", daemon=True),
+        ]
+
+    def start(self) -> None:
+        for t in self.threads:
+            t.start()
+
+    def stop(self) -> None:
+        """Abort the session after a failure (unblocks the receiver), end the sender, join both threads."""
+        if self.errors:
+            self.session.abort()
+            self.sent.release(self.m)
+        self.outbox.put(_STOP)
+        for t in self.threads:
+            t.join(timeout=30)
+
+    def result(self, j: int) -> StepResult | None:
+        """Micro-batch ``j``'s result once its gradient has arrived on the emulated link (``None`` after a failure)."""
+        self.arrived[j].wait()
+        if self.errors:
+            return None
+        wait_until(self.arrivals[j], self.clock)
+        result = self.results[j]
+        assert result is not None
+        return result
+
+    def _fail(self, exc: BaseException) -> None:
+        self.errors.append(exc)
+        for event in self.arrived:
+            event.set()
+        self.sent.release(self.m)
+
+    def _send(self) -> None:
+        try:
+            for j in range(self.m):
+                item = self.outbox.get()
+                if item is _STOP:
+                    return
+                act, labels, arrival = item
+                wait_until(arrival, self.clock)  # booked by the device thread: latencies of successive sends overlap
+                self.handed[j] = self.clock.now()
+                self.session.send(act, labels, batch=self.batch, micro=j, num_micro=self.m, batch_size=self.batch_size)
+                self.sent.release()
+        except BaseException as exc:  # handed to the device thread, which raises it
+            self._fail(exc)
+
+    def _receive(self) -> None:
+        done = 0.0  # when the edge server finished the previous micro-batch, in the model
+        try:
+            for j in range(self.m):
+                self.sent.acquire()
+                if self.errors:
+                    return
+                result = self.session.recv()
+                server_s = min(result.server_s, self.clock.now() - self.handed[j])
+                # the edge server takes micro-batches in order, each once it has arrived; its gradient leaves then,
+                # so the real transport time (over loopback) counts towards the downlink's modelled time
+                done = max(self.handed[j], done) + server_s
+                self.timeline.add("server", done - server_s, done, self.batch, j)
+                down0, down1 = self.book(tensor_bytes(result.grad), False, done)  # waited for by the device
+                self.timeline.add("downlink", down0, down1, self.batch, j)
+                self.results[j] = result
+                self.arrivals[j] = down1
+                self.arrived[j].set()
+        except BaseException as exc:
+            self._fail(exc)
 
 
 def _no_grad(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:

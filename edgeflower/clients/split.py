@@ -26,12 +26,16 @@ finishes the round locally (a WARNING on the node, the reply's ``fallback`` reco
 Every other error is *permanent* (unknown model, spec mismatch, a message over a size limit, a bad token, a request
 the edge server refuses): training locally would hide it, so the pass raises :class:`OffloadError` with the edge
 server's message and the node's reply fails. With ``fallback = "never"`` a transient fault fails the node too.
+
+A trainer gets everything about its round at construction: how to open the edge session (``open_session``, e.g.
+an :class:`~edgeflower.clients.sessions.EdgeSessions`), a scheduled move and an operator's trigger
+(:mod:`edgeflower.clients.mobility`) and a progress line; :meth:`SplitTrainer.train` then runs the round.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from logging import WARNING
 from typing import TYPE_CHECKING, Any
@@ -40,20 +44,23 @@ import torch
 from flwr.common.logger import log
 from torch import nn
 
-from edgeflower.clients.mobility import MoveOrder, MoveTrigger, RestartRound, migrate_session
+from edgeflower.clients.mobility import MoveOrder, MoveTrigger, RestartRound, migrate_session, train_with_restart
+from edgeflower.clients.result import (
+    FALLBACK_MODES,
+    OffloadError,
+    SplitResult,
+    describe_failure,
+    fallback_cause,
+    is_transient,
+)
+from edgeflower.clients.sessions import EdgeSessions, SessionOpener, tensor_bytes
 from edgeflower.models.splittable import SplittableModel
 from edgeflower.progress import BatchProgress
 from edgeflower.timeline import Timeline
 from edgeflower.training import make_optimizer, micro_batch_loss
 from edgeflower.training import sgd as proximal_sgd
 from edgeflower.transport.emulation import DeviceProfile, EmulatedLink
-from edgeflower.transport.errors import (
-    EdgeError,
-    EdgeOverloadedError,
-    EdgeTimeoutError,
-    EdgeUnavailableError,
-    MessageTooLargeError,
-)
+from edgeflower.transport.errors import EdgeError
 from edgeflower.transport.messages import OptimizerSettings
 
 if TYPE_CHECKING:  # imports Opacus (seconds): only runs with DP load it
@@ -70,115 +77,26 @@ __all__ = [
     "is_transient",
 ]
 
-FALLBACK_MODES = ("transient", "never")
-"""Run-config ``fallback``: train locally after a transient edge failure, or ``never`` (the node fails instead)."""
-
-
-class OffloadError(RuntimeError):
-    """A node's split training failed for good: the ClientApp raises it and Flower counts the node as failed.
-
-    The message carries the edge server's own message (and, for a message over a size limit, the option to raise).
-    """
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Whether an offload error is a transient fault a device may answer by training locally.
-
-    Transient: the edge server is unreachable or went away (``UNAVAILABLE``, ``CANCELLED``: killed, network down),
-    did not answer in time (``DEADLINE_EXCEEDED``) or refuses more sessions for now (overloaded). Everything else
-    is permanent: an unknown model or a spec mismatch, a message over a size limit, a bad or foreign token, a
-    refused request, a protocol or server bug.
-    """
-    if isinstance(exc, MessageTooLargeError):
-        return False
-    return isinstance(exc, (EdgeUnavailableError, EdgeOverloadedError))
-
-
-def fallback_cause(exc: BaseException) -> str:
-    """A few words on a transient fault for the round summary: ``unreachable``, ``timed out`` or ``overloaded``."""
-    if isinstance(exc, EdgeTimeoutError):
-        return "timed out"
-    if isinstance(exc, EdgeOverloadedError):
-        return "overloaded"
-    return "unreachable"
-
-
-def describe_failure(exc: BaseException, fallback: str = "transient") -> str:
-    """The message of the :class:`OffloadError` that fails a node: the edge server's message, plus a hint."""
-    text = str(exc)
-    if isinstance(exc, MessageTooLargeError):
-        text += (
-            "; raise the run-config option max-message-mb (nodes and in-process edge servers use it; an external "
-            "edge server takes `edgeflower edge-server --max-message-mb`)"
-        )
-    if is_transient(exc):
-        return f"split training failed (fallback = {fallback!r}: no local training): {text}"
-    return f"split training failed: {text}"
-
-
-SessionOpener = Callable[[int, dict[str, torch.Tensor], OptimizerSettings], Any]
-"""``open(split_point, tail_state, optimizer) -> SessionHandle`` (e.g. a bound ``EdgeClient.open_session``)."""
+Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass
-class SplitResult:
-    """What one split-training pass produced.
+class _Pass:
+    """The state of one pass over a round's batches."""
 
-    Attributes
-    ----------
-    num_examples : int
-        Samples trained on.
-    loss : float
-        Mean training loss.
-    seconds : float
-        Wall-clock time of the pass.
-    fell_back : bool
-        Whether the edge server failed and the device finished locally.
-    fallback_batch : int
-        Index of the first batch trained locally (``-1`` when it did not fall back).
-    fallback_reason : str
-        The error that caused the fallback.
-    timeline : Timeline
-        Every phase of every batch.
-    server_metrics : dict
-        The edge session's metrics (empty after a fallback).
-    traffic : dict
-        ``uplink-bytes``, ``downlink-bytes`` sent over the (emulated) link, ``batches`` and ``micro-batches``.
-    replayed_batches : int
-        Batches of the dead edge server's tail training replayed on the device after a fallback.
-    fallback_cause : str
-        A few words on why it fell back (see :func:`fallback_cause`; empty when it did not).
-    """
-
-    num_examples: int
-    loss: float
-    seconds: float
-    fell_back: bool
-    fallback_batch: int
-    fallback_reason: str
     timeline: Timeline
-    server_metrics: dict[str, float] = field(default_factory=dict)
-    traffic: dict[str, int] = field(default_factory=dict)
-    replayed_batches: int = 0
+    t0: float
+    round_start_tail: dict[str, torch.Tensor]
+    head_opt: torch.optim.Optimizer | None
+    moving: bool
+    session: Any = None
+    n: int = 0
+    loss_sum: float = 0.0
+    done: int = 0  # batches completed
+    batch: int = 0  # index of the batch being trained (the last one drawn)
+    pending: Batch | None = None  # the batch in progress (redone locally if the edge server fails during it)
+    head_buffers: list[torch.Tensor] = field(default_factory=list)  # BatchNorm statistics before ``pending``
     fallback_cause: str = ""
-
-    def metrics(self) -> dict[str, float | int]:
-        """Flat metrics for a Flower ``MetricRecord`` (hyphenated keys)."""
-        out: dict[str, float | int] = {
-            "num-examples": self.num_examples,
-            "train-loss": self.loss,
-            "train-time-s": self.seconds,
-            "fell-back": int(self.fell_back),
-            "fallback-batch": self.fallback_batch,
-            "fallback-replayed-batches": self.replayed_batches,
-        }
-        out.update(self.timeline.totals())
-        out.update(self.traffic)
-        return out
-
-
-def _nbytes(*tensors: torch.Tensor | None) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
 
 class SplitTrainer:
@@ -203,16 +121,21 @@ class SplitTrainer:
     fallback : str
         ``"transient"``: train locally after a transient edge failure; ``"never"``: raise :class:`OffloadError`.
         Permanent errors always raise it (see the module docstring).
-    """
+    open_session : SessionOpener, optional
+        Opens the round's edge session (an :class:`~edgeflower.clients.sessions.EdgeSessions`, needed for a
+        restart; any such callable otherwise). May be given to :meth:`train` instead.
+    move_order : MoveOrder, optional
+        A scheduled move to another edge server (:mod:`edgeflower.clients.mobility`).
+    move_trigger : MoveTrigger, optional
+        An operator's trigger, polled between batches.
+    progress : BatchProgress, optional
+        Progress lines while the round runs (see :mod:`edgeflower.progress`).
 
-    move_order: MoveOrder | None = None
-    """A scheduled move to another edge server (set by :func:`edgeflower.clients.mobility.train_moving`)."""
-    move_trigger: MoveTrigger | None = None
-    """An operator's trigger polled between batches (set by :func:`edgeflower.clients.mobility.train_moving`)."""
-    last_move: MoveOrder | None = None
-    """The last move carried out."""
-    progress: BatchProgress | None = None
-    """Progress lines while the round runs (set by the ClientApp; see :mod:`edgeflower.progress`)."""
+    Attributes
+    ----------
+    last_move : MoveOrder or None
+        The last move carried out by :meth:`train`.
+    """
 
     def __init__(
         self,
@@ -224,6 +147,11 @@ class SplitTrainer:
         dp: DeviceDP | None = None,
         replay_limit_mb: float = 256.0,
         fallback: str = "transient",
+        *,
+        open_session: SessionOpener | None = None,
+        move_order: MoveOrder | None = None,
+        move_trigger: MoveTrigger | None = None,
+        progress: BatchProgress | None = None,
     ) -> None:
         model.check_split_point(split_point)
         if fallback not in FALLBACK_MODES:
@@ -245,12 +173,23 @@ class SplitTrainer:
         if replay_limit_mb < 0:
             raise ValueError(f"replay_limit_mb must be >= 0, got {replay_limit_mb}")
         self.replay_limit_bytes = int(replay_limit_mb * 1e6)
-        self._replay: list[tuple[int, list[tuple[torch.Tensor, torch.Tensor]]]] | None = []
-        self._sent: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.open_session = open_session
+        self.move_order = move_order
+        self.move_trigger = move_trigger
+        self.progress = progress
+        self.last_move: MoveOrder | None = None
+        self._replay: list[tuple[int, list[Batch]]] | None = []
+        self._sent: list[Batch] = []
 
     @property
     def _head_private(self) -> bool:
         return self.dp_optimizer is not None
+
+    @property
+    def may_restart(self) -> bool:
+        """Whether a round may restart on another edge server (a restart order, or a trigger that may fire one)."""
+        order = self.move_order
+        return self.move_trigger is not None or (order is not None and order.mode == "restart")
 
     def _due_move(self, batch: int) -> MoveOrder | None:
         """The move to carry out before ``batch``: a scheduled one, or one an operator's trigger just fired."""
@@ -263,7 +202,7 @@ class SplitTrainer:
         self.last_move = order
         if order.mode == "restart":
             session.abort()
-            raise RestartRound(f"restart the round on {order.destination}")
+            raise RestartRound(order)
         return migrate_session(session, order, self.model.spec)
 
     def _device(self, timeline: Timeline, batch: int, what: str, fn: Callable[[], Any], micro: int = 0) -> Any:
@@ -273,17 +212,29 @@ class SplitTrainer:
         timeline.add("device", start, time.perf_counter(), batch, micro, what=what)
         return out
 
-    def train(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], open_session: SessionOpener) -> SplitResult:
-        """Train one pass over ``batches``; see the module docstring for the protocol and the fallback.
+    def train(self, batches: Iterable[Batch], open_session: SessionOpener | None = None) -> SplitResult:
+        """Train one round over ``batches``, moving as ordered; see the module docstring for the protocol and the
+        fallback.
 
         Parameters
         ----------
         batches : iterable of (x, y)
-            The round's mini-batches.
-        open_session : SessionOpener
-            Opens the edge session for this round.
+            The round's mini-batches (kept in memory when the round may restart).
+        open_session : SessionOpener, optional
+            Opens the edge session for this round (default: the one given at construction).
         """
-        timeline = Timeline()
+        opener = open_session or self.open_session
+        if opener is None:
+            raise ValueError("no session opener: give open_session to the trainer or to train()")
+        self.last_move = None
+        if not self.may_restart:
+            return self._pass(batches, opener, True)
+        if not isinstance(opener, EdgeSessions):
+            raise ValueError("a round that may restart needs an EdgeSessions opener (to reopen on the destination)")
+        return train_with_restart(self._pass, self.model, batches, opener)
+
+    def _pass(self, batches: Iterable[Batch], open_session: SessionOpener, moving: bool) -> SplitResult:
+        """One pass over ``batches`` on the session ``open_session`` opens (``moving``: carry out due moves)."""
         t0 = time.perf_counter()
         self.model.train()
         self.traffic = {"uplink-bytes": 0, "downlink-bytes": 0}
@@ -294,114 +245,102 @@ class SplitTrainer:
         if self.dp is not None and head_opt is not None:
             head_opt, hooks, _ = self.dp.wrap(self.head, head_opt)
             self.dp_optimizer = head_opt
+        state = _Pass(Timeline(), t0, round_start_tail, head_opt, moving)
         try:
-            return self._train(batches, open_session, timeline, t0, round_start_tail, head_opt)
+            return self._train(state, batches, open_session)
         finally:
             if hooks is not None:
                 hooks.remove_hooks()
 
-    def _train(
-        self,
-        batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-        open_session: SessionOpener,
-        timeline: Timeline,
-        t0: float,
-        round_start_tail: dict[str, torch.Tensor],
-        head_opt: torch.optim.Optimizer | None,
-    ) -> SplitResult:
-        n, loss_sum, batches_done = 0, 0.0, 0
-        session = None
-        it = iter(batches)
-        pending: tuple[torch.Tensor, torch.Tensor] | None = None
-        head_buffers: list[torch.Tensor] = []
-        b = 0
+    def _train(self, state: _Pass, batches: Iterable[Batch], open_session: SessionOpener) -> SplitResult:
         self._replay = None if self.dp is not None else []  # a DP round never replays
-        self._fallback_cause = ""
+        it = iter(batches)
         try:
             opened = self.link.clock.now()
-            session = open_session(self.k, round_start_tail, self.opt)
-            self.link.deliver(_nbytes(*round_start_tail.values()), True, opened)  # the tail goes up the link
+            state.session = open_session(self.k, state.round_start_tail, self.opt)
+            self.link.deliver(tensor_bytes(*state.round_start_tail.values()), True, opened)  # the tail goes up the link
             for b, (x, y) in enumerate(it):
-                pending = (x, y)
-                # BatchNorm statistics the head forward will update: restored if this batch has to be redone
-                head_buffers = [buf.clone() for buf in self.head.buffers()]
-                order = self._due_move(b)
-                if order is not None:
-                    session = self._move(session, order)
-                if head_opt is not None:
-                    head_opt.zero_grad(set_to_none=True)
-                self._sent = []
-                loss_sum += self._batch(session, b, x, y, timeline, head_opt)
-                self._log_sent(len(y))
-                pending = None
-                n += len(y)
-                batches_done += 1
-                if self.progress is not None:
-                    self.progress.update(batches_done)
-            closing = self.link.clock.now()
-            tail_state, metrics = session.close()
-            self.link.deliver(_nbytes(*tail_state.values()), False, closing)  # the trained tail comes down
-            session = None
-            self._replay = []  # the round is safe: free the log
-            self.tail.load_state_dict(tail_state)
-            return self._result(n, loss_sum, batches_done, t0, timeline, server_metrics=_metrics_dict(metrics))
+                self._train_batch(state, b, x, y)
+            return self._finish(state)
         except EdgeError as exc:
-            first = batches_done  # batches complete in order: the first one not completed is redone locally
-            if session is not None:
-                try:
-                    session.abort()
-                except Exception:  # the session is already broken; aborting it is best effort
-                    pass
-            if not is_transient(exc) or self.fallback == "never":
-                raise OffloadError(describe_failure(exc, self.fallback)) from exc
-            log(WARNING, "edge server failed at batch %d (%s); finishing the round locally", first, exc)
-            self._fallback_cause = fallback_cause(exc)
-            self.tail.load_state_dict(round_start_tail)
-            if pending is not None:
-                with torch.no_grad():
-                    for buf, saved in zip(self.head.buffers(), head_buffers, strict=True):
-                        buf.copy_(saved)
-            reason = f"{type(exc).__name__}: {exc}"
-            if self.dp is not None:
-                log(WARNING, "dp: no non-private fallback; the round stops at batch %d", first)
-                return self._result(n, loss_sum, batches_done, t0, timeline, fallback=(first, reason))
-            tail_opt, replayed = self._replay_tail(timeline, b)
-            rest = ([pending] if pending is not None else []) + list(it)
-            m, local_loss = self._train_locally(rest, timeline, first, head_opt, tail_opt)
-            return self._result(
-                n + m,
-                loss_sum + local_loss,
-                batches_done + len(rest),
-                t0,
-                timeline,
-                fallback=(first, reason),
-                replayed=replayed,
-            )
+            return self._recover(state, exc, it)
+
+    def _train_batch(self, state: _Pass, b: int, x: torch.Tensor, y: torch.Tensor) -> None:
+        """One batch of the pass, after a move if one is due before it."""
+        state.batch, state.pending = b, (x, y)
+        # BatchNorm statistics the head forward will update: restored if this batch has to be redone
+        state.head_buffers = [buf.clone() for buf in self.head.buffers()]
+        order = self._due_move(b) if state.moving else None
+        if order is not None:
+            state.session = self._move(state.session, order)
+        if state.head_opt is not None:
+            state.head_opt.zero_grad(set_to_none=True)
+        self._sent = []
+        state.loss_sum += self._batch(state.session, b, x, y, state.timeline, state.head_opt)
+        self._log_sent(len(y))
+        state.pending = None
+        state.n += len(y)
+        state.done += 1
+        if self.progress is not None:
+            self.progress.update(state.done)
+
+    def _finish(self, state: _Pass) -> SplitResult:
+        """Close the session, take the trained tail."""
+        closing = self.link.clock.now()
+        tail_state, metrics = state.session.close()
+        self.link.deliver(tensor_bytes(*tail_state.values()), False, closing)  # the trained tail comes down
+        state.session = None
+        self._replay = []  # the round is safe: free the log
+        self.tail.load_state_dict(tail_state)
+        return self._result(state, server_metrics=_metrics_dict(metrics))
+
+    def _recover(self, state: _Pass, exc: EdgeError, rest: Iterator[Batch]) -> SplitResult:
+        """The edge server failed: raise :class:`OffloadError` for a permanent fault, else finish the round here."""
+        first = state.done  # batches complete in order: the first one not completed is redone locally
+        if state.session is not None:
+            try:
+                state.session.abort()
+            except Exception:  # the session is already broken; aborting it is best effort
+                pass
+        if not is_transient(exc) or self.fallback == "never":
+            raise OffloadError(describe_failure(exc, self.fallback)) from exc
+        log(WARNING, "edge server failed at batch %d (%s); finishing the round locally", first, exc)
+        state.fallback_cause = fallback_cause(exc)
+        self.tail.load_state_dict(state.round_start_tail)
+        if state.pending is not None:
+            with torch.no_grad():
+                for buf, saved in zip(self.head.buffers(), state.head_buffers, strict=True):
+                    buf.copy_(saved)
+        reason = f"{type(exc).__name__}: {exc}"
+        if self.dp is not None:
+            log(WARNING, "dp: no non-private fallback; the round stops at batch %d", first)
+            return self._result(state, fallback=(first, reason))
+        tail_opt, replayed = self._replay_tail(state.timeline, state.batch)
+        local = ([state.pending] if state.pending is not None else []) + list(rest)
+        m, local_loss = self._train_locally(local, state.timeline, first, state.head_opt, tail_opt)
+        state.n, state.loss_sum, state.done = state.n + m, state.loss_sum + local_loss, state.done + len(local)
+        return self._result(state, fallback=(first, reason), replayed=replayed)
 
     def _result(
         self,
-        n: int,
-        loss_sum: float,
-        batches: int,
-        t0: float,
-        timeline: Timeline,
+        state: _Pass,
         server_metrics: dict[str, float] | None = None,
         fallback: tuple[int, str] | None = None,
         replayed: int = 0,
     ) -> SplitResult:
         first, reason = fallback if fallback else (-1, "")
         return SplitResult(
-            n,
-            loss_sum / max(n, 1),
-            time.perf_counter() - t0,
+            state.n,
+            state.loss_sum / max(state.n, 1),
+            time.perf_counter() - state.t0,
             fallback is not None,
             first,
             reason,
-            timeline,
+            state.timeline,
             server_metrics or {},
-            {**self.traffic, "batches": batches, "micro-batches": self.micro_batches},
+            {**self.traffic, "batches": state.done, "micro-batches": self.micro_batches},
             replayed,
-            self._fallback_cause if fallback is not None else "",
+            state.fallback_cause if fallback is not None else "",
         )
 
     def _batch(
@@ -420,7 +359,7 @@ class SplitTrainer:
         act = self._device(timeline, b, "fwd", lambda: self.head(x)) if self.k > 0 else x
         sent = act.detach()
         self._sent.append((sent, y))
-        up0, up1 = self._transmit(_nbytes(sent, y), True)
+        up0, up1 = self._transmit(tensor_bytes(sent, y), True)
         timeline.add("uplink", up0, up1, b)
         clock = self.link.clock
         call0 = clock.now()
@@ -429,7 +368,7 @@ class SplitTrainer:
         timeline.add("server", call0, call0 + server_s, b)
         # the gradient leaves the edge server when it is done in the model; the step's real transport time (both
         # ways, over loopback) counts towards the downlink's modelled time, not on top of it (EmulatedLink.deliver)
-        down0, down1 = self._deliver(_nbytes(result.grad), False, call0 + server_s)
+        down0, down1 = self._deliver(tensor_bytes(result.grad), False, call0 + server_s)
         timeline.add("downlink", down0, down1, b)
         if head_opt is not None:
             self._device(timeline, b, "bwd", lambda: (act.backward(result.grad), head_opt.step()))

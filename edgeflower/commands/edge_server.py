@@ -54,8 +54,6 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--peer-root-cert", help="PEM root certificate to trust when migrating sessions to TLS-serving edge servers"
     )
-    # fault injection for the migration tests (a real process dying right after the destination's ack)
-    p.add_argument("--crash-after-migration-ack", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=run)
 
 
@@ -78,7 +76,6 @@ def run(args: argparse.Namespace) -> int:
         first_message_s=args.first_message_timeout,
         insecure=args.insecure,
         peer_root_cert=Path(args.peer_root_cert).read_bytes() if args.peer_root_cert else None,
-        crash_after_migration_ack=args.crash_after_migration_ack,
     )
     secret = load_secret(args.secret_file)
     server = EdgeServer(args.host, args.port, secret=secret, tls=tls, edge_id=args.edge_id, config=config)

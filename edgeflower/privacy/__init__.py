@@ -9,7 +9,9 @@ One concept per module:
 * :mod:`~edgeflower.privacy.dpsgd` -- per-sample gradients (Opacus hooks) and one clip + noise step per batch;
 * :mod:`~edgeflower.privacy.accounting` -- the accountant history kept in Flower's ``context.state`` (one
   subsampled Gaussian per step in every mode; Opacus' RDP or PRV accountant);
-* :mod:`~edgeflower.privacy.remote` -- opening an edge session whose tail is trained privately (``dp = full``);
+* :mod:`~edgeflower.privacy.node` -- a node's DP round: sampling, the device's DP-SGD, the budget check and, for
+  ``dp = full``, the tail's DP parameters (``NodeRoundDP.tail_params``) that
+  :meth:`EdgeClient.open_session(..., dp=...) <edgeflower.transport.client.EdgeClient.open_session>` sends;
 * :mod:`~edgeflower.privacy.strategy` -- a strategy wrapper that skips nodes whose budget is exhausted, and central
   DP (Flower's own wrappers with Flower's own ``RdpAccountant``, a clean stop at the budget) for the ServerApp;
 * :mod:`~edgeflower.privacy.summary` -- the run's privacy summary (epsilon spent per node and round).

@@ -10,6 +10,11 @@ detects any change in transit and a state cannot be replayed under another token
 The destination accepts a state only with a migration token the ServerApp issued for *it* and for the same
 (run, node, round) as the exported session, only once per token (replays are refused), and only if the state
 matches the model and split point the device expects.
+
+:class:`MigrationHandlers` are the edge server's three migration RPCs (see :mod:`edgeflower.transport.migration`):
+``Migrate`` on the source (export, hand over, free the session on the destination's ack), ``Import`` on the
+destination and ``Resume`` (the device finds its session on the destination). A callback, ``on_acked``, observes
+every handed-over session right after the destination's ack, before the device is answered.
 """
 
 from __future__ import annotations
@@ -17,19 +22,46 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, fields
+from logging import INFO
 from typing import Any
 
+import grpc
 import torch
+from flwr.common.logger import log
 
 from edgeflower.models.splittable import ModelSpec
+from edgeflower.server.config import EdgeServerConfig
+from edgeflower.server.ledger import TokenLedger
+from edgeflower.server.registry import SessionRegistry
 from edgeflower.server.session import TrainingSession
-from edgeflower.transport.auth import TokenClaims
+from edgeflower.transport.auth import RPC_ROLES, TokenClaims, TokenVerifier
 from edgeflower.transport.codec import Frame, Limits, decode_frame, encode_frame
-from edgeflower.transport.errors import EdgeAuthError, InvalidMessageError, SessionStateError
+from edgeflower.transport.emulation import EmulatedLink, LinkProfile
+from edgeflower.transport.errors import EdgeAuthError, InvalidMessageError, SessionNotFoundError, SessionStateError
 from edgeflower.transport.messages import DPParams, OpenRequest, OptimizerSettings, SessionMetrics
+from edgeflower.transport.migration import (
+    ImportReply,
+    ImportRequest,
+    MigrateReply,
+    MigrateRequest,
+    ResumeReply,
+    ResumeRequest,
+)
+from edgeflower.transport.service import METHOD_IMPORT
 
-__all__ = ["SessionState", "export_session", "import_session", "seal", "unseal"]
+__all__ = [
+    "MigrationAcked",
+    "MigrationHandlers",
+    "SessionState",
+    "export_session",
+    "import_session",
+    "seal",
+    "unseal",
+]
 
 _MAC_CONTEXT = b"edgeflower-migration-v1."
 _METRIC_FIELDS = tuple(f.name for f in fields(SessionMetrics) if f.name != "duration_s")
@@ -234,3 +266,140 @@ def import_session(
     carried = {k: (int if types[k] in (int, "int") else float)(st.metrics.get(k, 0)) for k in _METRIC_FIELDS}
     session.resume_after(st.last_batch, SessionMetrics(**carried))
     return session
+
+
+MigrationAcked = Callable[[str, str], None]
+"""``on_acked(session_id, destination)``: called on the source right after the destination acknowledged a migrated
+session (the session is already freed here), before the device is answered."""
+
+
+class MigrationHandlers:
+    """The migration RPCs of one edge server.
+
+    Parameters
+    ----------
+    registry : SessionRegistry
+        The server's open sessions.
+    verifier : TokenVerifier
+        Checks migration tokens (bound to this server's edge id).
+    secret : bytes
+        The secret the edge servers share (seals exported states).
+    ledger : TokenLedger
+        Tokens the server accepted (shared with its ``Open`` handler).
+    config : EdgeServerConfig
+        Limits, the peers' root certificate and the emulated edge-to-edge link.
+    edge_id : str
+        This server's id ("" when it has none).
+    on_acked : callable, optional
+        See :data:`MigrationAcked`; nothing by default.
+    """
+
+    def __init__(
+        self,
+        registry: SessionRegistry,
+        verifier: TokenVerifier,
+        secret: bytes,
+        ledger: TokenLedger,
+        config: EdgeServerConfig,
+        edge_id: str = "",
+        on_acked: MigrationAcked | None = None,
+    ) -> None:
+        self.registry = registry
+        self.verifier = verifier
+        self.secret = secret
+        self.ledger = ledger
+        self.config = config
+        self.edge_id = edge_id
+        self.on_acked = on_acked
+        self.limits = Limits(max_message_bytes=config.max_message_bytes)
+
+    def migrate(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        """Source side: export the detached session, hand it to the destination, free it on the ack."""
+        from edgeflower.transport.client import EdgeClient  # the edge server is a client of its peer here
+
+        req = MigrateRequest.from_frame(decode_frame(request, self.limits))
+        session = self.registry.get(req.session_id)
+        session.check_owner(req.token)
+        t0 = time.perf_counter()
+        with session.lock:
+            if session.attached:
+                raise SessionStateError(f"session {session.session_id} still has a training stream: detach first")
+            state = export_session(session, self.limits)
+        export_s = time.perf_counter() - t0
+        imp = ImportRequest(
+            req.migration_token,
+            seal(state, req.migration_token, self.secret),
+            state,
+            req.expect_model,
+            req.expect_split_point,
+        )
+        t1 = time.perf_counter()
+        mbps = self.config.peer_link_mbps
+        if mbps > 0:
+            EmulatedLink(LinkProfile(mbps, mbps)).transmit(len(state), True)
+        with EdgeClient(
+            req.destination, self.config.peer_root_cert, max_message_bytes=self.limits.max_message_bytes
+        ) as peer:
+            ack = ImportReply.from_frame(peer.call(METHOD_IMPORT, imp.to_bytes(self.limits), 120.0))
+        transfer_s = time.perf_counter() - t1
+        self.registry.drop(session.session_id, f"migrated to {req.destination}")  # only after the ack
+        log(
+            INFO,
+            "edge server: session %s migrated to %s (%d bytes)",
+            session.session_id[:8],
+            req.destination,
+            len(state),
+        )
+        if self.on_acked is not None:
+            self.on_acked(session.session_id, req.destination)
+        return MigrateReply(ack.session_id, ack.edge_id, len(state), export_s, transfer_s).to_bytes()
+
+    def accept(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        """Destination side (``Import``): accept a sealed session state under a migration token issued for this
+        server."""
+        req = ImportRequest.from_frame(decode_frame(request, self.limits))
+        claims = self.verifier.verify(req.migration_token, roles=RPC_ROLES["edge/Import"])
+        ledger = self.ledger
+        with ledger.lock:
+            ledger.check_round(claims.run_id, claims.server_round)
+        with ledger.import_lock:
+            if req.migration_token in ledger.imported:
+                raise EdgeAuthError("this migration token was already used (replayed migration)")
+            if claims.nonce in ledger.nonces:
+                raise EdgeAuthError("this migration token was already used to open a session")
+            unseal(req.state, req.migration_token, req.mac, self.secret)
+            session = import_session(
+                secrets.token_hex(16),
+                claims,
+                req.migration_token,
+                req.state,
+                self.limits,
+                req.expect_model,
+                req.expect_split_point,
+                self.config.model_params,
+            )
+            self.registry.add(session)
+            ledger.imported[req.migration_token] = session.session_id
+        with ledger.lock:
+            ledger.seen_round(claims.run_id, claims.server_round)
+        log(
+            INFO,
+            "edge server: imported a migrated session as %s for run %d node %d round %d (after batch %d)",
+            session.session_id[:8],
+            claims.run_id,
+            claims.node_id,
+            claims.server_round,
+            session.last_batch,
+        )
+        return ImportReply(session.session_id, self.edge_id).to_bytes()
+
+    def resume(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        """Tell the device which session its migration token owns here."""
+        req = ResumeRequest.from_frame(decode_frame(request, self.limits))
+        self.verifier.verify(req.migration_token, check_expiry=False, roles=RPC_ROLES["edge/Resume"])
+        sid = self.ledger.imported.get(req.migration_token)
+        if sid is None:
+            raise SessionNotFoundError("no session was migrated here with this token")
+        session = self.registry.get(sid)
+        session.check_owner(req.migration_token)
+        return ResumeReply(sid, self.edge_id, session.input_shape, session.expects_grad, session.last_batch).to_bytes()

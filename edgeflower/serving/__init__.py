@@ -14,7 +14,14 @@ module                      concept
 :mod:`.estimators`          accuracy, latency and downtime estimators
 :mod:`.selection`           choose the technique against thresholds and priorities
 :mod:`.journal`             append-only request journal (exactly-once across controller restarts)
-:mod:`.controller`          routing, heartbeats, failover, the predict service
+:mod:`.settings`            the controller's timing and limits (:class:`ControllerConfig`)
+:mod:`.deploy`              deploy segments to nodes; calibrate the downtime and latency estimators
+:mod:`.routing`             the current route; run a request through it, again on the new one if it breaks
+:mod:`.exactly_once`        every request id computed once and answered once (journalled)
+:mod:`.failover`            dead nodes, failover options (estimated, selected) and the switch, re-admission
+:mod:`.detection`           heartbeats; confirming a node a request found unavailable
+:mod:`.service`             the controller's ``Predict`` and ``Status`` RPCs
+:mod:`.controller`          the façade that wires the parts above: start, stop, status
 :mod:`.client`              predict client with idempotent retries
 :mod:`.adaptive`            device/edge cut planning, re-planning, sensitivity study
 ==========================  =============================================================================

@@ -331,6 +331,12 @@ class TokenVerifier:
             If the token is malformed, forged, expired (when ``check_expiry``), too long-lived, of a role not
             allowed here, or for another service.
         """
+        claims = _parse_claims(self._signed_body(token))
+        self._check_claims(claims, check_expiry, roles)
+        return claims
+
+    def _signed_body(self, token: str) -> str:
+        """The token's body if the token is well-formed and signed with this verifier's key."""
         if not isinstance(token, str) or not token or len(token) > _MAX_TOKEN_CHARS or token.count(".") != 1:
             raise EdgeAuthError("malformed token")
         body, sig = token.split(".")
@@ -341,22 +347,10 @@ class TokenVerifier:
         expected = hmac.new(self._key, _CONTEXT + body.encode("ascii", "replace"), hashlib.sha256).digest()
         if not hmac.compare_digest(given, expected):
             raise EdgeAuthError("invalid token signature")
-        try:
-            data = json.loads(_b64decode(body))
-            if data["v"] != _VERSION:
-                raise ValueError(f"token version {data['v']!r}")
-            claims = TokenClaims(
-                run_id=int(data["run"]),
-                node_id=int(data["node"]),
-                server_round=int(data["round"]),
-                edge_id=None if data["edge"] is None else str(data["edge"]),
-                expires_at=float(data["exp"]),
-                role=str(data["role"]),
-                nonce=str(data["nonce"]),
-                issued_at=float(data["iat"]),
-            )
-        except (binascii.Error, ValueError, KeyError, TypeError, RecursionError) as exc:
-            raise EdgeAuthError("malformed token payload") from exc
+        return body
+
+    def _check_claims(self, claims: TokenClaims, check_expiry: bool, roles: Collection[str] | str | None) -> None:
+        """Refuse signed claims that are not for this service and these ``roles`` now."""
         if claims.role not in ROLES:
             raise EdgeAuthError(f"unknown token role {claims.role!r:.40}")
         allowed = {roles} if isinstance(roles, str) else roles
@@ -371,4 +365,23 @@ class TokenVerifier:
             )
         if claims.edge_id is not None and claims.edge_id != self.edge_id:
             raise EdgeAuthError(f"token is for edge server or node {claims.edge_id!r:.80}, this is {self.edge_id!r}")
-        return claims
+
+
+def _parse_claims(body: str) -> TokenClaims:
+    """The claims of a signed token's body (its signature already checked)."""
+    try:
+        data = json.loads(_b64decode(body))
+        if data["v"] != _VERSION:
+            raise ValueError(f"token version {data['v']!r}")
+        return TokenClaims(
+            run_id=int(data["run"]),
+            node_id=int(data["node"]),
+            server_round=int(data["round"]),
+            edge_id=None if data["edge"] is None else str(data["edge"]),
+            expires_at=float(data["exp"]),
+            role=str(data["role"]),
+            nonce=str(data["nonce"]),
+            issued_at=float(data["iat"]),
+        )
+    except (binascii.Error, ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise EdgeAuthError("malformed token payload") from exc

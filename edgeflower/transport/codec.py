@@ -233,6 +233,21 @@ def decode_frame(data: bytes | bytearray | memoryview, limits: Limits | None = N
     """
     limits = limits or Limits()
     view = memoryview(data).cast("B")
+    header_len = _read_prefix(view, limits)
+    kind, meta, specs = _read_header(view, header_len, limits)
+    offset = _PREFIX.size + header_len
+    tensors: dict[str, torch.Tensor] = {}
+    for spec in specs:
+        name, tensor, nbytes = _read_tensor(view, offset, spec, tensors, limits)
+        tensors[name] = tensor
+        offset += nbytes
+    if offset != view.nbytes:
+        raise InvalidMessageError(f"{view.nbytes - offset} unexpected bytes after the last tensor")
+    return Frame(kind, meta, tensors)
+
+
+def _read_prefix(view: memoryview, limits: Limits) -> int:
+    """Check the frame's size and fixed prefix (magic, version, reserved bytes); return the header length."""
     total = view.nbytes
     if total > limits.max_message_bytes:
         raise MessageTooLargeError(
@@ -249,6 +264,11 @@ def decode_frame(data: bytes | bytearray | memoryview, limits: Limits | None = N
         raise InvalidMessageError("reserved prefix bytes must be zero")
     if header_len > limits.max_header_bytes or _PREFIX.size + header_len > total:
         raise InvalidMessageError(f"header length {header_len} exceeds the limit or the frame ({total} bytes)")
+    return header_len
+
+
+def _read_header(view: memoryview, header_len: int, limits: Limits) -> tuple[str, dict[str, Any], list[Any]]:
+    """Parse and check the JSON header: ``(kind, meta, tensor specs)``."""
     try:
         header = json.loads(bytes(view[_PREFIX.size : _PREFIX.size + header_len]).decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
@@ -261,33 +281,33 @@ def decode_frame(data: bytes | bytearray | memoryview, limits: Limits | None = N
         raise InvalidMessageError("header fields have the wrong types (kind: str, meta: object, tensors: list)")
     if len(specs) > limits.max_tensors:
         raise InvalidMessageError(f"{len(specs)} tensors in one message, the limit is {limits.max_tensors}")
-    offset = _PREFIX.size + header_len
-    tensors: dict[str, torch.Tensor] = {}
-    for spec in specs:
-        if not isinstance(spec, dict) or set(spec) != {"name", "dtype", "shape"}:
-            raise InvalidMessageError(f"tensor spec must have exactly name, dtype, shape: {spec!r:.200}")
-        name, dtype_name = spec["name"], spec["dtype"]
-        if not isinstance(name, str) or not 0 < len(name) <= _MAX_NAME or name in tensors:
-            raise InvalidMessageError(f"invalid or duplicate tensor name {name!r:.300}")
-        if dtype_name not in DTYPES:
-            raise InvalidMessageError(
-                f"tensor {name!r}: dtype {dtype_name!r:.50} not allowed, allowed: {', '.join(DTYPES)}"
-            )
-        shape = _check_shape(name, spec["shape"], limits)
-        dtype = DTYPES[dtype_name]
-        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-        if offset + nbytes > total:
-            raise InvalidMessageError(
-                f"tensor {name!r} ({dtype_name}{list(shape)}) needs {nbytes} bytes, only {total - offset} left"
-            )
-        if nbytes == 0:
-            tensors[name] = torch.empty(shape, dtype=dtype)
-        else:
-            raw = bytearray(view[offset : offset + nbytes])
-            if dtype == torch.bool and max(raw) > 1:
-                raise InvalidMessageError(f"tensor {name!r}: bool payload holds bytes other than 0 and 1")
-            tensors[name] = torch.frombuffer(raw, dtype=dtype).reshape(shape)
-        offset += nbytes
-    if offset != total:
-        raise InvalidMessageError(f"{total - offset} unexpected bytes after the last tensor")
-    return Frame(kind, meta, tensors)
+    return kind, meta, specs
+
+
+def _read_tensor(
+    view: memoryview, offset: int, spec: Any, seen: Mapping[str, torch.Tensor], limits: Limits
+) -> tuple[str, torch.Tensor, int]:
+    """Check one tensor spec (against the names ``seen`` before) and copy its bytes at ``offset``:
+    ``(name, tensor, bytes used)``."""
+    if not isinstance(spec, dict) or set(spec) != {"name", "dtype", "shape"}:
+        raise InvalidMessageError(f"tensor spec must have exactly name, dtype, shape: {spec!r:.200}")
+    name, dtype_name = spec["name"], spec["dtype"]
+    if not isinstance(name, str) or not 0 < len(name) <= _MAX_NAME or name in seen:
+        raise InvalidMessageError(f"invalid or duplicate tensor name {name!r:.300}")
+    if dtype_name not in DTYPES:
+        raise InvalidMessageError(
+            f"tensor {name!r}: dtype {dtype_name!r:.50} not allowed, allowed: {', '.join(DTYPES)}"
+        )
+    shape = _check_shape(name, spec["shape"], limits)
+    dtype = DTYPES[dtype_name]
+    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    if offset + nbytes > view.nbytes:
+        raise InvalidMessageError(
+            f"tensor {name!r} ({dtype_name}{list(shape)}) needs {nbytes} bytes, only {view.nbytes - offset} left"
+        )
+    if nbytes == 0:
+        return name, torch.empty(shape, dtype=dtype), 0
+    raw = bytearray(view[offset : offset + nbytes])
+    if dtype == torch.bool and max(raw) > 1:
+        raise InvalidMessageError(f"tensor {name!r}: bool payload holds bytes other than 0 and 1")
+    return name, torch.frombuffer(raw, dtype=dtype).reshape(shape), nbytes

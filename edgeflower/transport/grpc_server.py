@@ -271,6 +271,20 @@ class RunningServer:
         return handler
 
     # -- lifecycle --------------------------------------------------------------------------------------------------
+    def start(
+        self, handlers: Mapping[str, Any], service: str, host: str, port: int, max_message_bytes: int, tls: Any
+    ) -> None:
+        """Start the loop thread, bind ``host:port`` and serve ``handlers`` (see :func:`start_server`).
+
+        Raises
+        ------
+        OSError
+            When the address cannot be bound.
+        """
+        self._thread.start()
+        coro = self._start(handlers, service, host, port, max_message_bytes, tls)
+        asyncio.run_coroutine_threadsafe(coro, self._loop).result(60)
+
     async def _start(
         self, handlers: Mapping[str, Any], service: str, host: str, port: int, max_message_bytes: int, tls: Any
     ) -> None:
@@ -432,11 +446,8 @@ def start_server(
     """
     check_plaintext(host, tls, insecure, who, in_clear)
     running = RunningServer(who, options or ServerOptions())
-    running._thread.start()
     try:
-        asyncio.run_coroutine_threadsafe(
-            running._start(handlers, service, host, port, max_message_bytes, tls), running._loop
-        ).result(60)
+        running.start(handlers, service, host, port, max_message_bytes, tls)
     except BaseException:
         running.stop(0)
         raise

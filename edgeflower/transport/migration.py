@@ -24,7 +24,7 @@ import torch
 from edgeflower.models.splittable import ModelSpec
 from edgeflower.transport.codec import Frame, Limits, encode_frame
 from edgeflower.transport.errors import InvalidMessageError
-from edgeflower.transport.messages import expect_kind
+from edgeflower.transport.fields import expect_kind
 
 __all__ = [
     "ImportReply",

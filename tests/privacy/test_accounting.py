@@ -23,7 +23,6 @@ from edgeflower.models import build_model
 from edgeflower.privacy.accounting import STATE_KEY, PrivacyHistory
 from edgeflower.privacy.mods import central_dp_mod
 from edgeflower.privacy.node import NodeRoundDP
-from edgeflower.privacy.remote import open_private_session
 from edgeflower.privacy.settings import DPSettings
 from edgeflower.privacy.strategy import SkipExhausted, central_dp
 from edgeflower.server.edge import EdgeServer
@@ -92,7 +91,7 @@ def test_full_mode_counts_one_joint_mechanism_per_step_for_head_and_tail(fmnist_
         assert (device.noise_multiplier, device.max_grad_norm) == (tail_dp.noise_multiplier, tail_dp.max_grad_norm)
         result = SplitTrainer(model, 3, OptimizerSettings(0.05), dp=device).train(
             dp.batches(x, y, torch.Generator().manual_seed(0)),
-            lambda k, tail, opt: open_private_session(client, token, model.spec, k, tail, opt, tail_dp),
+            lambda k, tail, opt: client.open_session(token, model.spec, k, tail, opt, dp=tail_dp),
         )
         metrics = dp.finish(result.server_metrics)
     assert result.server_metrics["dp-steps"] == 3

@@ -15,7 +15,6 @@ from edgeflower.config import AppConfig, ConfigError
 from edgeflower.models import build_model
 from edgeflower.privacy.dpsgd import BatchDPOptimizer, DeviceDP, make_private
 from edgeflower.privacy.models import prepare_model
-from edgeflower.privacy.remote import open_private_session
 from edgeflower.server.edge import EdgeServer
 from edgeflower.training import make_optimizer, train_local
 from edgeflower.transport import EdgeClient, OptimizerSettings, TokenIssuer
@@ -49,9 +48,7 @@ def batches(fmnist_train):
 
 def _opener(client: EdgeClient, model, dp: DPParams | None, node: int = 1):
     token = TokenIssuer(SECRET).issue(run_id=5, node_id=node, server_round=1)
-    if dp is None:
-        return lambda k, tail, opt: client.open_session(token, model.spec, k, tail, opt)
-    return lambda k, tail, opt: open_private_session(client, token, model.spec, k, tail, opt, dp)
+    return lambda k, tail, opt: client.open_session(token, model.spec, k, tail, opt, dp=dp)  # dp None: no DP
 
 
 def _dp(noise: float, clip: float, seed: int = 0) -> DeviceDP:

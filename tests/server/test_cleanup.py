@@ -65,7 +65,7 @@ def test_cancelled_stream_drops_the_session(batch) -> None:
 def _close_frame(session) -> bytes:
     from edgeflower.transport.messages import CloseRequest
 
-    return CloseRequest(session.session_id, session._token).to_bytes()
+    return CloseRequest(session.session_id, session.token).to_bytes()
 
 
 def test_idle_sessions_time_out(batch) -> None:

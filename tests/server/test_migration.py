@@ -8,8 +8,9 @@ import signal
 import pytest
 import torch
 
-from edgeflower.clients.mobility import MoveOrder, train_moving
+from edgeflower.clients.mobility import MoveOrder
 from edgeflower.clients.pipeline import PipelineTrainer
+from edgeflower.clients.sessions import EdgeSessions
 from edgeflower.data import BatchLoader
 from edgeflower.models import build_model
 from edgeflower.server.edge import EdgeServer, EdgeServerConfig
@@ -52,10 +53,10 @@ def _max_diff(a, b) -> float:
 def _run(model, batches, source: str, edge_id: str, order: MoveOrder | None, m: int = 1, node: int = 5, root_cert=None):
     token = ISSUER.issue(run_id=3, node_id=node, server_round=1, edge_id=edge_id)
     with EdgeClient(source, root_cert) as client:
-        trainer = PipelineTrainer(model, 3, OPT, m)
-        return train_moving(
-            trainer, batches, lambda k, tail, opt: client.open_session(token, model.spec, k, tail, opt), order
+        trainer = PipelineTrainer(
+            model, 3, OPT, m, open_session=EdgeSessions(client, token, model.spec), move_order=order
         )
+        return trainer.train(batches)
 
 
 def _order(dest, at_batch: int, mode: str = "migrate", node: int = 5) -> MoveOrder:
@@ -137,7 +138,7 @@ def test_source_killed_right_after_the_destination_acknowledged_loses_nothing(tm
     initial = build_model("vgg5")
     unmoved, moved = copy.deepcopy(initial), copy.deepcopy(initial)
     _run(unmoved, batches, b.address, "edge-b", None)
-    with EdgeProcess(secret_file, "--edge-id", "edge-src", "--crash-after-migration-ack") as source:
+    with EdgeProcess(secret_file, "--edge-id", "edge-src", crash_after_migration_ack=True) as source:
         order = _order(b, at_batch=2, node=6)
         result = _run(moved, batches, source.address, "edge-src", order, node=6)
         assert source.proc.wait(10) == 137  # the source really died after the ack
@@ -226,7 +227,7 @@ def test_destination_refuses_a_state_for_another_model_or_split_point(edges, bat
                 session, b.address, ISSUER.issue(3, 10, 1, "edge-b", role="migration"), expect_model=other_model
             )
         request = MigrateRequest(
-            session.session_id, session._token, b.address, ISSUER.issue(3, 10, 1, "edge-b", role="migration"), None, 2
+            session.session_id, session.token, b.address, ISSUER.issue(3, 10, 1, "edge-b", role="migration"), None, 2
         )
         with pytest.raises(InvalidMessageError, match="split point"):
             client.call(METHOD_MIGRATE, request.to_bytes(), 10)
@@ -259,13 +260,10 @@ def test_operator_trigger_moves_a_running_node_at_the_next_batch_boundary(tmp_pa
             yield batch
 
     with EdgeClient(a.address) as client:
-        trainer = PipelineTrainer(moved, 3, OPT, 1)
-        result = train_moving(
-            trainer,
-            stream(),
-            lambda k, tail, opt: client.open_session(tokens[0], moved.spec, k, tail, opt),
-            trigger=trigger,
+        trainer = PipelineTrainer(
+            moved, 3, OPT, 1, open_session=EdgeSessions(client, tokens[0], moved.spec), move_trigger=trigger
         )
+        result = trainer.train(stream())
     assert trigger.fired is not None and trigger.fired.at_batch == fired_at and trigger.current == 1
     assert not result.fell_back and not trigger_file.exists()
     assert _max_diff(unmoved, moved) <= 1e-6
@@ -276,7 +274,6 @@ def test_migration_with_dp_keeps_weights_noise_stream_and_epsilon(edges, batches
     """dp = full: the tail's DP state (noise generator, step count) moves too, so epsilon continues; split
     (one micro-batch) and pipelined; dp = device: the device's DP is unaffected by the move."""
     from edgeflower.privacy.dpsgd import DeviceDP
-    from edgeflower.privacy.remote import open_private_session
     from edgeflower.transport.messages import DPParams
 
     a, b = edges
@@ -289,17 +286,9 @@ def test_migration_with_dp_keeps_weights_noise_stream_and_epsilon(edges, batches
         token = ISSUER.issue(run_id=3, node_id=node, server_round=1, edge_id="edge-a")
         device_dp = DeviceDP(1.0, 1.0, 32, 0.1, torch.Generator().manual_seed(7))
         with EdgeClient(a.address) as client:
-            trainer = PipelineTrainer(model, 3, OPT, micro_batches, dp=device_dp)
-            if not full:
-                return train_moving(
-                    trainer, batches, lambda k, tail, opt: client.open_session(token, model.spec, k, tail, opt), order
-                )
-            return train_moving(
-                trainer,
-                batches,
-                lambda k, tail, opt: open_private_session(client, token, model.spec, k, tail, opt, tail_dp),
-                order,
-            )
+            opener = EdgeSessions(client, token, model.spec, tail_dp if full else None)
+            trainer = PipelineTrainer(model, 3, OPT, micro_batches, dp=device_dp, open_session=opener, move_order=order)
+            return trainer.train(batches)
 
     unmoved, moved = copy.deepcopy(initial), copy.deepcopy(initial)
     node = 20 + 10 * micro_batches + int(full)
@@ -316,9 +305,9 @@ def test_migration_with_dp_keeps_weights_noise_stream_and_epsilon(edges, batches
 
 
 def test_restart_baseline_with_full_dp_reopens_the_destination_with_the_tails_dp(edges, batches):
-    """The restart baseline opens a new session on the destination: with ``reopen`` it is as private as the first."""
+    """The restart baseline opens a new session on the destination: with the tail's DP parameters (the opener's),
+    it is as private as the first."""
     from edgeflower.privacy.dpsgd import DeviceDP
-    from edgeflower.privacy.remote import open_private_session
     from edgeflower.transport.messages import DPParams
 
     a, b = edges
@@ -327,16 +316,19 @@ def test_restart_baseline_with_full_dp_reopens_the_destination_with_the_tails_dp
     tail_dp = DPParams(noise_multiplier=1.0, max_grad_norm=1.0, expected_batch_size=32, sample_rate=0.1,
                        delta=1e-5, seed=123)  # fmt: skip
 
-    def private(client, token, k, tail, opt):
-        return open_private_session(client, token, model.spec, k, tail, opt, tail_dp)
-
     token = ISSUER.issue(run_id=3, node_id=22, server_round=1, edge_id="edge-a")
     order = _order(b, at_batch=3, mode="restart", node=22)
     with EdgeClient(a.address) as client:
-        trainer = PipelineTrainer(model, 3, OPT, 1, dp=DeviceDP(1.0, 1.0, 32, 0.1, torch.Generator().manual_seed(7)))
-        result = train_moving(
-            trainer, batches, lambda k, tail, opt: private(client, token, k, tail, opt), order, reopen=private
+        trainer = PipelineTrainer(
+            model,
+            3,
+            OPT,
+            1,
+            dp=DeviceDP(1.0, 1.0, 32, 0.1, torch.Generator().manual_seed(7)),
+            open_session=EdgeSessions(client, token, model.spec, tail_dp),
+            move_order=order,
         )
+        result = trainer.train(batches)
     assert not result.fell_back and order.report["restart-s"] > 0
     assert result.server_metrics["dp-steps"] == len(batches)  # the whole round again, privately, on the destination
     assert result.server_metrics["dp-epsilon"] > 0

@@ -236,7 +236,7 @@ def _accuracy(ctl: Controller, route: Route, test, batch: int = 200) -> float:
     """Accuracy of ``route`` on ``test``, served through the controller's nodes."""
     correct = 0
     for i in range(0, len(test), batch):
-        logits = ctl._run_route(route, f"acc-{i}", test.x[i : i + batch])
+        logits = ctl.run_route(route, f"acc-{i}", test.x[i : i + batch])
         correct += int((logits.argmax(1) == test.y[i : i + batch]).sum())
     return correct / len(test)
 

@@ -1,0 +1,127 @@
+"""The training stream's messages: :class:`StepRequest` (activations and labels up), :class:`StepResult` (the
+activations' gradient down) and the ``end`` frame (:data:`END_KIND`) that ends a stream cleanly.
+
+See :mod:`edgeflower.transport.messages` for the table of every message and its frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from edgeflower.transport.codec import Frame, Limits, encode_frame
+from edgeflower.transport.errors import InvalidMessageError
+from edgeflower.transport.fields import expect_kind, float_field, int_field, tensor_field
+
+__all__ = ["END_KIND", "StepRequest", "StepResult"]
+
+END_KIND = "end"
+"""Kind of the frame that ends a training stream cleanly."""
+
+
+@dataclass
+class StepRequest:
+    """One micro-batch of activations and labels going up.
+
+    Attributes
+    ----------
+    activations : torch.Tensor
+        The head's output ``(n, *input_shape)`` (the raw input when ``split_point == 0``); float32, float16 or
+        bfloat16 (the gradient comes back in the same dtype).
+    labels : torch.Tensor
+        Class labels ``(n,)``.
+    batch : int
+        Batch index (increasing within a session).
+    micro : int
+        Micro-batch index within the batch, ``0 <= micro < num_micro``.
+    num_micro : int
+        Micro-batches in this batch; the server takes one optimizer step after the last one.
+    batch_size : int
+        Samples in the whole batch; each micro-batch's loss is scaled by ``n / batch_size``.
+    """
+
+    activations: torch.Tensor
+    labels: torch.Tensor
+    batch: int
+    micro: int = 0
+    num_micro: int = 1
+    batch_size: int = 0
+
+    def to_bytes(self, limits: Limits | None = None) -> bytes:
+        """Encode as a ``step`` frame."""
+        meta = {"batch": self.batch, "micro": self.micro, "num_micro": self.num_micro, "batch_size": self.batch_size}
+        return encode_frame("step", meta, {"activations": self.activations, "labels": self.labels}, limits)
+
+    @classmethod
+    def from_frame(cls, frame: Frame) -> StepRequest:
+        """Parse and validate a ``step`` frame (shapes are checked against the session by the server)."""
+        meta = expect_kind(frame, "step").meta
+        if set(frame.tensors) != {"activations", "labels"}:
+            raise InvalidMessageError(
+                f"a step message carries exactly 'activations' and 'labels', got {list(frame.tensors)}"
+            )
+        num_micro = int_field(meta, "num_micro", 1, 1_000_000)
+        return cls(
+            activations=tensor_field(frame, "activations"),
+            labels=tensor_field(frame, "labels"),
+            batch=int_field(meta, "batch"),
+            micro=int_field(meta, "micro", 0, num_micro - 1),
+            num_micro=num_micro,
+            batch_size=int_field(meta, "batch_size", 1, 2**31),
+        )
+
+
+@dataclass
+class StepResult:
+    """The edge server's answer to one :class:`StepRequest`.
+
+    Attributes
+    ----------
+    batch, micro : int
+        Echo of the request's indices.
+    loss : float
+        Mean cross-entropy of this micro-batch (unscaled).
+    stepped : bool
+        Whether the server took its optimizer step after this micro-batch (the batch's last one).
+    server_s : float
+        Seconds the server spent on the message, from decoding it to encoding this reply.
+    compute_s : float
+        Of which forward, loss, backward and optimizer step.
+    grad : torch.Tensor or None
+        Gradient of the loss with respect to the activations (``None`` when ``split_point == 0``).
+    """
+
+    batch: int
+    micro: int
+    loss: float
+    stepped: bool
+    server_s: float
+    compute_s: float
+    grad: torch.Tensor | None = None
+
+    def to_bytes(self, limits: Limits | None = None) -> bytes:
+        """Encode as a ``step_result`` frame."""
+        meta = {
+            "batch": self.batch,
+            "micro": self.micro,
+            "loss": self.loss,
+            "stepped": self.stepped,
+            "server_s": self.server_s,
+            "compute_s": self.compute_s,
+        }
+        return encode_frame("step_result", meta, None if self.grad is None else {"grad": self.grad}, limits)
+
+    @classmethod
+    def from_frame(cls, frame: Frame) -> StepResult:
+        """Parse and validate a ``step_result`` frame."""
+        meta = expect_kind(frame, "step_result").meta
+        return cls(
+            batch=int_field(meta, "batch"),
+            micro=int_field(meta, "micro"),
+            loss=float_field(meta, "loss"),
+            stepped=bool(meta.get("stepped")),
+            server_s=float_field(meta, "server_s", 0.0),
+            compute_s=float_field(meta, "compute_s", 0.0),
+            grad=frame.tensors.get("grad"),
+        )
