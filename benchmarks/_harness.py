@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import torch
 
-from edgeflower.clients.pipeline import PipelineTrainer
+from edgeflower.device.pipeline import PipelineTrainer
+from edgeflower.edge.server import EdgeServer
 from edgeflower.models.splittable import SplittableModel
-from edgeflower.server.edge import EdgeServer
 from edgeflower.training import make_optimizer, train_local
 from edgeflower.transport import EdgeClient, OptimizerSettings, TokenIssuer
 from edgeflower.transport.emulation import DeviceProfile, EmulatedLink, LinkProfile

@@ -3,7 +3,7 @@
 * ``dp_overhead_ratio_fl`` / ``_split`` / ``_pipeline``: time of one local epoch with DP-SGD (Opacus per-sample
   gradients, clipping, noise; ``dp = device``) over the same epoch without DP, on the same model initialisation and
   batches; split modes run against an in-process edge server (``_full``: the edge server's tail private too; the
-  pipelined DP head recomputes its forward pass per micro-batch, see :mod:`edgeflower.clients.pipeline`).
+  pipelined DP head recomputes its forward pass per micro-batch, see :mod:`edgeflower.device.pipeline`).
   Best of several alternating repeats.
 * ``dp_vs_opacus_ratio``: edgeflower's DP-SGD step (``BatchDPOptimizer`` + hooks, as a node runs it) over a plain
   Opacus ``PrivacyEngine`` step (``GradSampleModule`` + ``DPOptimizer``) on the same model and the same batches,
@@ -32,14 +32,14 @@ from torch import nn
 from tqdm import tqdm
 
 from benchmarks.common import parse_args, png_path, print_table, write_result
-from edgeflower.clients.pipeline import PipelineTrainer
 from edgeflower.data import BatchLoader, load_dataset, partition
+from edgeflower.device.pipeline import PipelineTrainer
+from edgeflower.edge.server import EdgeServer
 from edgeflower.models import build_model
 from edgeflower.privacy import load_opacus
 from edgeflower.privacy.dpsgd import DeviceDP
 from edgeflower.privacy.node import NodeRoundDP
 from edgeflower.privacy.settings import DPSettings
-from edgeflower.server.edge import EdgeServer
 from edgeflower.training import evaluate, make_optimizer, train_local
 from edgeflower.transport import EdgeClient, OptimizerSettings, TokenIssuer
 from edgeflower.transport.messages import DPParams

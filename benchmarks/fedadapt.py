@@ -28,10 +28,11 @@ import numpy as np
 import torch
 
 from benchmarks.common import parse_args, png_path, print_table, write_result
-from edgeflower.clients.split import SplitTrainer
 from edgeflower.commands.train_agent import train_policy
 from edgeflower.data import BatchLoader, load_dataset, partition
 from edgeflower.data.datasets import DATASET_SHAPES, DataError, ImageData
+from edgeflower.device.split import SplitTrainer
+from edgeflower.edge.server import EdgeServer
 from edgeflower.models import build_model
 from edgeflower.models.splittable import SplittableModel
 from edgeflower.planning import (
@@ -45,7 +46,6 @@ from edgeflower.planning import (
 )
 from edgeflower.planning.costmodel import median_profile
 from edgeflower.planning.scenario import Testbed
-from edgeflower.server.edge import EdgeServer
 from edgeflower.training import evaluate, make_optimizer, train_local
 from edgeflower.transport import EdgeClient, OptimizerSettings, TokenIssuer
 from edgeflower.transport.emulation import EmulatedLink
@@ -66,8 +66,9 @@ class Bench:
         edge: EdgeServer,
         dataset: str,
         model_options: dict[str, Any] | None = None,
+        batch: int = BATCH,
     ) -> None:
-        self.rounds, self.batches, self.drop = rounds, batches, drop
+        self.rounds, self.batches, self.drop, self.batch = rounds, batches, drop, batch
         self.testbed: Testbed = fedadapt_testbed(drop_round=drop)
         train = load_dataset(dataset)
         parts = partition(train.y.numpy(), len(self.testbed.nodes), "iid", seed=0)
@@ -86,7 +87,7 @@ class Bench:
     def train_node(self, model: SplittableModel, node: int, k: int, rnd: int, batches: int) -> dict[str, float]:
         """Train ``model`` in place on node ``node``'s data for one round at split ``k``; return its metrics."""
         spec = self.testbed.nodes[node]
-        data = list(BatchLoader(self.data[node], BATCH, seed=node, max_batches=batches).batches(rnd))
+        data = list(BatchLoader(self.data[node], self.batch, seed=node, max_batches=batches).batches(rnd))
         link = spec.link.at(rnd)
         opt = OptimizerSettings(self.lr(rnd), 0.9, 0.0)
         seen = {"uplink-mbps": link.uplink_mbps, "downlink-mbps": link.downlink_mbps, "batches": len(data)}
@@ -269,13 +270,14 @@ def main() -> None:
         # round 1 measures, round 2 is planned and after the drop. A narrow VGG5 (width 0.25: 0.12 MB of weights
         # instead of 1.8 MB) keeps an offloaded round over the dropped 5 Mbit/s links under a second (the tail's
         # weights go up and come back each round), and a short agent training only has to run, not to be good
-        rounds, batches, drop, eval_samples, episodes, probe_ks = 2, 1, 2, 100, 40, [0]
+        rounds, batches, drop, eval_samples, episodes, probe_ks = 2, 1, 2, 100, 20, [0]
     else:
         rounds, batches, drop, eval_samples, episodes, probe_ks = 10, 6, 6, 5000, 300, list(range(7))
+    batch = 32 if args.quick else BATCH  # --quick: less emulated compute and wire time per batch
     restarts, trials, repeats = (1, 1, 2) if args.quick else (3, 3, 5)
     model_options: dict[str, Any] = {"width": 0.25} if args.quick else {}
     model = build_model("vgg5", in_shape=DATASET_SHAPES[dataset], **model_options)
-    profile = median_profile(model, BATCH, repeats=repeats, trials=trials)  # per-block median: robust to load bursts
+    profile = median_profile(model, batch, repeats=repeats, trials=trials)  # per-block median: robust to load bursts
     print(f"profiled in {time.perf_counter() - t_start:.1f} s", flush=True)
     policy_path = Path(args.out) / f"fedadapt_agent{'.quick' if args.quick else ''}.pt"
     print(f"training the FedAdapt agent ({restarts} x {episodes} episodes) ...", flush=True)
@@ -283,6 +285,7 @@ def main() -> None:
         policy_path,
         in_shape=DATASET_SHAPES[dataset],
         episodes=episodes,
+        batch_size=batch,
         seed=0,
         progress=False,
         restarts=restarts,
@@ -294,7 +297,7 @@ def main() -> None:
         flush=True,
     )
     with EdgeServer(secret=SECRET) as edge:
-        bench = Bench(rounds, batches, drop, eval_samples, edge, dataset, model_options)
+        bench = Bench(rounds, batches, drop, eval_samples, edge, dataset, model_options, batch)
         bench.train_node(copy.deepcopy(bench.init), 4, 4, 1, 1)  # warm-up: gRPC channel, allocator
         cost = CostModel(profile)
         runs = {"fl": bench.run("classic FL", FixedPlanner(cost, model.num_blocks))}
@@ -352,14 +355,14 @@ def main() -> None:
         }
         for i, key in enumerate(("fl", "fixed", "exact", "agent"))
     ]
-    print_table(table, title=f"fedadapt testbed: {rounds} rounds x {batches} batches of {BATCH}, drop at round {drop}")
+    print_table(table, title=f"fedadapt testbed: {rounds} rounds x {batches} batches of {batch}, drop at round {drop}")
     _plots(runs, names, bench.testbed, drop, args)
     details = {
         "setup": {
             "dataset": dataset,
             "rounds": rounds,
             "batches_per_round": batches,
-            "batch_size": BATCH,
+            "batch_size": batch,
             "drop_round": drop,
             "eval_samples": eval_samples,
             "agent_episodes": episodes,

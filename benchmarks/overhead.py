@@ -85,9 +85,12 @@ def main() -> None:
     emulation = sorted(_emulation_errors(5 if args.quick else 50))
     print(f"emulated link: median error {emulation[len(emulation) // 2]:.1%}, worst {emulation[-1]:.1%}")
 
-    # --quick: 2 rounds (the second is the steady one) of a few batches of a narrow model
+    # --quick: 2 rounds (the second is the steady one) of a few batches of a narrow model, both SuperNodes served by
+    # one ClientApp actor (Ray given one CPU, as in the end-to-end tests): a second actor would only import torch,
+    # Flower and the app once more
     max_batches, eval_samples = (3, 200) if args.quick else (20, 1000)
     narrow = {"model-width": 0.25} if args.quick else {}
+    actors = {"ray_num_cpus": 1} if args.quick else {}
     with tempfile.TemporaryDirectory() as tmp:
         outcome = run_simulation(
             ROOT,
@@ -102,6 +105,7 @@ def main() -> None:
             },
             timeout=600,
             poll_interval=1.0 if args.quick else 3.0,
+            **actors,
         )
         if not outcome.ok:
             raise SystemExit(f"simulation failed: {outcome.status} {outcome.details}")

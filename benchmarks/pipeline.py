@@ -53,7 +53,8 @@ def main() -> None:
     bandwidths = [50.0] if args.quick else [10.0, 50.0, 100.0]
     slowdowns = [4.0] if args.quick else [1.0, 4.0]
     torch.manual_seed(0)
-    model = build_model("vgg5", norm="group")
+    # --quick: a narrow VGG5 (width 0.25): each session sends the tail's weights up and fetches them back
+    model = build_model("vgg5", norm="group", **({"width": 0.25} if args.quick else {}))
     profile = profile_model(model, batch_size=BATCH, repeats=2 if args.quick else 5)
     data = load_dataset("fashion-mnist").subset(range(BATCH * n_batches))
     batches = list(BatchLoader(data, BATCH, seed=0).batches(0))

@@ -70,6 +70,7 @@ QUICK = {
     "compressions": [2, 256],
     "retrain_epochs": 0.1,
     "latency_repeats": 3,
+    "latency_rounds": 1,  # interleaved rounds of latency timings (full mode: 3, see _latency)
     "scratch_timing_batches": 1,
     "switches": 10,
 }
@@ -148,7 +149,7 @@ def run_model(name: str, opts: dict[str, Any], train: ImageData, test: ImageData
     )
     tmp = Path(tempfile.mkdtemp(prefix=f"pruning-{name}-"))
     res = make_portfolio(model, train, test, cfg, s["dense_epochs"], s["rewind_batches"], tmp, progress=True)
-    reps = s["latency_repeats"]
+    reps, rounds = s["latency_repeats"], s.get("latency_rounds", 3)
     dense = build_model(name, (1, 28, 28), 10, "batch", **opts)
     dense.load_state_dict(res.dense_state)
     dense.eval()
@@ -157,8 +158,8 @@ def run_model(name: str, opts: dict[str, Any], train: ImageData, test: ImageData
         "dense_params": count_params(dense),
         "dense_bytes": state_bytes(dense),
         "fused_params": count_params(fused),
-        "dense_ms": {b: _latency({"d": dense}, b, reps)["d"] for b in (1, 32)},
-        "fused_ms": {b: _latency({"f": fused}, b, reps)["f"] for b in (1, 32)},
+        "dense_ms": {b: _latency({"d": dense}, b, reps, rounds)["d"] for b in (1, 32)},
+        "fused_ms": {b: _latency({"f": fused}, b, reps, rounds)["f"] for b in (1, 32)},
         "dense_accuracy": res.portfolio.meta["dense"]["accuracy"],
     }
     dense_batches = round(s["dense_epochs"] * -(-len(train) // s["batch_size"]))
@@ -167,7 +168,7 @@ def run_model(name: str, opts: dict[str, Any], train: ImageData, test: ImageData
         sparse = build_model(name, (1, 28, 28), 10, "batch", **opts)
         sparse.load_state_dict(level.state_dict)
         sparse.eval()
-        lat = {b: _latency({"sparse": sparse, "surgered": v.model, "fused": fused}, b, reps) for b in (1, 32)}
+        lat = {b: _latency({"sparse": sparse, "surgered": v.model, "fused": fused}, b, reps, rounds) for b in (1, 32)}
         sparse_ms = {b: lat[b]["sparse"] for b in (1, 32)}
         surg_ms = {b: lat[b]["surgered"] for b in (1, 32)}
         fused_ms = {b: lat[b]["fused"] for b in (1, 32)}

@@ -30,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
@@ -41,9 +42,9 @@ from benchmarks import _attacks as atk
 from benchmarks._flood import flood_outcome
 from benchmarks.common import parse_args, png_path, print_table, write_result
 from edgeflower.data import BatchLoader, load_dataset
+from edgeflower.edge import EdgeServer
 from edgeflower.models.zoo import build_model
 from edgeflower.process import ListeningProcess
-from edgeflower.server import EdgeServer
 from edgeflower.serving import Controller, InferenceNode, NodeClient, ServingClient, build_bundle
 from edgeflower.serving.controller import ControllerConfig
 from edgeflower.training import make_optimizer
@@ -258,7 +259,9 @@ def flood_phase(edge_addr: str, node_addr: str, ctl: Controller, x, n: int, hold
         "node": (node_addr, atk.PING),
         "controller": (ctl.address, atk.PREDICT),
     }
-    floods = {svc: FloodProcess(address, method, n) for svc, (address, method) in targets.items()}
+    with ThreadPoolExecutor(len(targets)) as pool:  # the attackers start side by side (each imports gRPC)
+        started = {svc: pool.submit(FloodProcess, address, method, n) for svc, (address, method) in targets.items()}
+        floods = {svc: future.result() for svc, future in started.items()}
     model = small_model()
     tail = model.split(2)[1].state_dict()
     served = {"edge_open": [0, 0], "predict": [0, 0]}
@@ -339,6 +342,13 @@ def plot(path: Path, figures: dict, stats: dict) -> None:
     plt.close(fig)
 
 
+def _stop_process(proc: ListeningProcess) -> None:
+    try:
+        proc.terminate(120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(NAME, argv)
     quick = args.quick
@@ -407,11 +417,12 @@ def main(argv: list[str] | None = None) -> None:
         if ctl is not None:
             ctl.stop()
         local_node.stop()
-        for p in procs.values():
-            try:
-                p.terminate(120)  # a loaded machine: a torch process takes a while to exit
-            except subprocess.TimeoutExpired:
-                p.kill()
+        # side by side: each takes seconds to stop gracefully (on a loaded machine a torch process is slow to exit)
+        stoppers = [threading.Thread(target=_stop_process, args=(p,)) for p in procs.values()]
+        for t in stoppers:
+            t.start()
+        for t in stoppers:
+            t.join()
 
     reference = local_reference(copy.deepcopy(model), batches)
     diff = max_abs_diff(legit["state"], reference) if "state" in legit else float("nan")

@@ -80,13 +80,19 @@ def _run_probe(cmd: list[str], namespace: str | None = None, timeout: float = 18
     return lines
 
 
-def fidelity(tb: Testbed, batches: int, repeats: int, bandwidths: tuple[float, ...] = BANDWIDTHS) -> list[dict]:
+def fidelity(
+    tb: Testbed,
+    batches: int,
+    repeats: int,
+    bandwidths: tuple[float, ...] = BANDWIDTHS,
+    passes_out: list[dict[str, Any]] | None = None,
+) -> list[dict]:
     """Emulated vs kernel-shaped round time for each mode and bandwidth.
 
     One probe process in the device's namespace runs pairs of passes taking turns batch by batch: one with no
     emulation over the shaped veth to the edge host, one with in-code emulation against an edge server on the
     namespace's loopback (same process, same model and data, same load on the machine); its first pair of each mode
-    is a warm-up.
+    is a warm-up. ``passes_out`` (if given) receives every measured pass's result.
     """
     dev = tb.topology.host("dev-0").namespace
     loop = tb.start_loopback_edge("dev-0")
@@ -96,6 +102,8 @@ def fidelity(tb: Testbed, batches: int, repeats: int, bandwidths: tuple[float, .
         args = (tb.edge_addresses[0], tb.files["secret"], tb.files["cert"], ",".join(MODES), mbps, batches)
         cmd = [*_probe_cmd(*args, repeats + 1), "--compare-address", loop, "--framing", str(TCP_FRAMING)]
         passes = _run_probe(cmd, dev)[2 * len(MODES) :]
+        if passes_out is not None:
+            passes_out.extend(passes)
         for mode in MODES:
             e_runs = [r for r in passes if r["mode"] == mode and r["side"] == "emulated"]
             k_runs = [r for r in passes if r["mode"] == mode and r["side"] == "kernel"]
@@ -248,8 +256,10 @@ def main() -> int:
     # the edge server at once, and on a 2-core machine shared with other jobs two-thread pools stall at their
     # barriers (measured: the same edge server's step time varied 10x between passes), which swamps the link
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    batches, repeats = (1, 1) if args.quick else (6, 3)
-    # --quick: one fast bandwidth point, 1-2 batch passes and shorter faults (same sections, seconds not minutes)
+    batches, repeats = (2, 1) if args.quick else (6, 3)
+    # --quick: one fast bandwidth point, 2-batch passes and shorter faults (same sections, seconds not minutes); the
+    # faults' reference pass is the fidelity probe's unemulated split pass (the same pass: same shape, data, seed and
+    # no emulation), which saves a probe process (seconds of imports and start-up)
     bandwidths = (50.0,) if args.quick else BANDWIDTHS
     fault_batches = 2 if args.quick else 6
     down_s, drop_mbps = (1.0, 10.0) if args.quick else (3.0, 2.0)
@@ -257,11 +267,15 @@ def main() -> int:
         work = Path(tmp)
         link = {"link-profiles": f"{bandwidths[0]:g}/{bandwidths[0]:g}/0"}
         with Testbed(work / "probe-bed", 1, 1, link, flower=False) as tb:
-            rows = fidelity(tb, batches, repeats, bandwidths)
-            ref = _run_probe(
-                _probe_cmd(tb.edge_addresses[0], tb.files["secret"], tb.files["cert"], "split", 0.0, fault_batches),
-                tb.topology.host("dev-0").namespace,
-            )[-1]
+            passes: list[dict[str, Any]] = []
+            rows = fidelity(tb, batches, repeats, bandwidths, passes)
+            if args.quick:
+                ref = [p for p in passes if p["mode"] == "split" and p["side"] == "kernel"][-1]
+            else:
+                ref = _run_probe(
+                    _probe_cmd(tb.edge_addresses[0], tb.files["secret"], tb.files["cert"], "split", 0.0, fault_batches),
+                    tb.topology.host("dev-0").namespace,
+                )[-1]
             faults = [
                 _probe_with_fault(tb, f, fault_batches, ref, bandwidths[0], down_s, drop_mbps)
                 for f in ("device-link-down", "bandwidth-drop")

@@ -13,6 +13,7 @@ name                      what it is
 ``ProximalSGD``           FedProx's proximal term as an optimizer (each side adds its own part)
 ``EdgeServer``            the edge server (in-process); ``edgeflower edge-server`` runs one as a process
 ``EdgePool``              the ServerApp's set of edge servers
+``NodePlan``              one node's plan for a round: the typed contract between ServerApp and ClientApp
 ``EdgeClient``            the device's connection to an edge server
 ``TokenIssuer``           issues the per-node session tokens the edge servers check
 ``OptimizerSettings``     SGD settings of both sides
@@ -39,12 +40,13 @@ _EXPORTS = {
     "EdgeStrategy": "edgeflower.strategies",
     "StrategyWrapper": "edgeflower.strategies",
     "PruningStrategy": "edgeflower.pruning",
-    "SplitTrainer": "edgeflower.clients",
-    "PipelineTrainer": "edgeflower.clients",
+    "SplitTrainer": "edgeflower.device",
+    "PipelineTrainer": "edgeflower.device",
     "ProximalSGD": "edgeflower.training",
-    "EdgeServer": "edgeflower.server",
-    "EdgeServerConfig": "edgeflower.server",
-    "EdgePool": "edgeflower.server",
+    "EdgeServer": "edgeflower.edge",
+    "EdgeServerConfig": "edgeflower.edge",
+    "EdgePool": "edgeflower.edge",
+    "NodePlan": "edgeflower.app.plan",
     "EdgeClient": "edgeflower.transport",
     "TokenIssuer": "edgeflower.transport",
     "OptimizerSettings": "edgeflower.transport",

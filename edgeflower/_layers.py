@@ -39,10 +39,10 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("cli",),  # the `edgeflower` command: finds its subcommands by name
     ("app", "commands"),  # entry points: the Flower app (`flwr run .`) and the CLI subcommands
     ("testbed",),  # the multi-process testbed (network namespaces, Flower's Deployment Engine)
-    ("flwrctl", "runner"),  # controlling Flower's CLI (runner: its planned name as a package)
+    ("flwrctl",),  # controlling Flower: its home, processes, Control API, runs, Simulation and Deployment Engines
     ("config",),  # the app's run configuration, validated key by key
     ("serving",),  # partitioned inference with failover
-    ("clients", "server", "edge", "pruning"),  # device trainers, the edge server (edge: its planned name), pruning
+    ("device", "edge", "pruning"),  # device-side trainers, the edge server, pruning
     ("privacy",),  # DP-SGD, accounting, Flower's DP wrappers and mods
     ("strategies",),  # Flower strategy wrappers (EdgeStrategy, StrategyWrapper)
     ("planning",),  # split-point planners, cost model, FedAdapt's agent

@@ -38,7 +38,7 @@ AUTO = {"split_point": -1, "microbatches": 0, "dp_noise_multiplier": 0.0}
 """Fields that also accept the string ``"auto"`` (stored as the number given here)."""
 PARTITIONERS = ("iid", "dirichlet")
 FALLBACKS = ("transient", "never")
-"""``fallback``: see :data:`edgeflower.clients.split.FALLBACK_MODES`."""
+"""``fallback``: see :data:`edgeflower.device.split.FALLBACK_MODES`."""
 _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "num_rounds": (lambda v: v >= 1, "must be >= 1"),
     "local_epochs": (lambda v: v >= 1, "must be >= 1"),
@@ -163,7 +163,7 @@ class AppConfig:
         Device groups of the FedAdapt agent.
     mobility : str
         Scheduled moves ``"NODE@ROUND:FRACTION->EDGE, ..."`` (node position in id order; see
-        :func:`edgeflower.clients.mobility.parse_mobility`).
+        :func:`edgeflower.device.mobility.parse_mobility`).
     mobility_mode : str
         ``migrate`` (FedFly: the server-side state moves) or ``restart`` (the baseline: the round restarts).
     dp : str
@@ -394,7 +394,7 @@ class AppConfig:
             raise ConfigError("planner-groups", f"must be >= 1, got {self.planner_groups}")
 
     def _check_mobility(self) -> None:
-        from edgeflower.clients.mobility import MOVE_MODES, parse_mobility
+        from edgeflower.device.mobility import MOVE_MODES, parse_mobility
 
         if self.mobility_mode not in MOVE_MODES:
             raise ConfigError(

@@ -106,11 +106,34 @@ def gantt_figure(timelines: dict[str, Any], title: str = "", round_s: float | No
     round_s : float, optional
         The round's length as the server measured it (a dashed line).
     """
-    from matplotlib.patches import Patch
+    rows = _gantt_rows(timelines)
+    fig_h = max(3.0, 0.3 * len(rows) + 1.9)
+    fig, ax = plt.subplots(figsize=(12, fig_h))
+    x_end = max([round_s or 0.0] + [a + w for *_, spans in rows for a, w in spans] + [1e-9])
+    labels = _draw_gantt_rows(ax, rows, x_end)
+    if round_s:
+        ax.axvline(round_s, color="k", ls="--", lw=1)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(left=0)
+    ax.set_xlabel("seconds since the round started (server clock)")
+    ax.set_title(title or "round timeline")
+    ax.grid(axis="x", alpha=0.3)
+    handles = _gantt_legend(round_s)
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.4 / fig_h, 1, 1))  # the legend's strip below the axis label
+    return fig
 
+
+_GanttRow = tuple[str, str, float, bool, list[tuple[float, float]]]
+"""One row of a Gantt chart: node name, phase, the node's offset (s), trained locally, ``(start, width)`` bars."""
+
+
+def _gantt_rows(timelines: dict[str, Any]) -> list[_GanttRow]:
+    """The chart's rows: per node, one per phase it used (and always its device row unless it trained locally)."""
     from edgeflower.timeline import PHASES
 
-    rows: list[tuple[str, str, float, bool, list[tuple[float, float]]]] = []
+    rows: list[_GanttRow] = []
     for key, value in timelines.items():
         label, offset, local, intervals = _node_entry(value)
         name = label or str(key)
@@ -122,43 +145,50 @@ def gantt_figure(timelines: dict[str, Any], title: str = "", round_s: float | No
             ]
             if spans or (phase == "device" and not local):
                 rows.append((name, phase, offset, local or any(_what(iv) == "local" for iv in intervals), spans))
-    fig_h = max(3.0, 0.3 * len(rows) + 1.9)
-    fig, ax = plt.subplots(figsize=(12, fig_h))
-    x_end = max([round_s or 0.0] + [a + w for *_, spans in rows for a, w in spans] + [1e-9])
+    return rows
+
+
+def _mark_start(ax: Any, row: int, offset: float, x_end: float) -> str:
+    """Draw how long a node waited before it started (on its first row); the short ``(+X s)`` label suffix, if any."""
+    if offset > 0:
+        ax.plot([0, offset], [row, row], color=_WAIT_COLOR, lw=2, ls=":")
+    if offset >= 0.12 * x_end:
+        ax.text(offset / 2, row, f"starts at {offset:.1f} s", ha="center", va="center", fontsize=7,
+                color="#555", bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none"})  # fmt: skip
+    elif offset >= 0.05:
+        return f" (+{offset:.1f} s)"
+    return ""
+
+
+def _draw_gantt_rows(ax: Any, rows: list[_GanttRow], x_end: float) -> list[str]:
+    """Draw every row's bars (a node's local training hatched, a line between nodes); the rows' labels."""
     labels, seen = [], set()
     for row, (name, phase, offset, local, spans) in enumerate(rows):
         late = ""
         if name not in seen:  # the node's first row shows how long it waited to start
             seen.add(name)
-            if offset > 0:
-                ax.plot([0, offset], [row, row], color=_WAIT_COLOR, lw=2, ls=":")
-            if offset >= 0.12 * x_end:
-                ax.text(offset / 2, row, f"starts at {offset:.1f} s", ha="center", va="center", fontsize=7,
-                        color="#555", bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none"})  # fmt: skip
-            elif offset >= 0.05:
-                late = f" (+{offset:.1f} s)"
+            late = _mark_start(ax, row, offset, x_end)
             if row:
                 ax.axhline(row - 0.5, color="#ddd", lw=0.8)
         hatch = "//" if local and phase == "device" else None
         edge = {"edgecolor": "white", "linewidth": 0.5} if hatch else {"linewidth": 0}
         ax.broken_barh(spans, (row - 0.4, 0.8), facecolor=_PHASE_COLORS[phase], hatch=hatch, **edge)
         labels.append(f"{name}{late} {phase}" + (" (local)" if local and phase == "device" else ""))
-    if round_s:
-        ax.axvline(round_s, color="k", ls="--", lw=1)
-    ax.set_yticks(range(len(labels)), labels, fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlim(left=0)
-    ax.set_xlabel("seconds since the round started (server clock)")
-    ax.set_title(title or "round timeline")
-    ax.grid(axis="x", alpha=0.3)
-    handles = [Patch(facecolor=_PHASE_COLORS[p], label=p) for p in PHASES]
+    return labels
+
+
+def _gantt_legend(round_s: float | None) -> list[Any]:
+    """The legend's entries: the phases, local training, the wait before a start and (if known) the round's end."""
+    from matplotlib.patches import Patch
+
+    from edgeflower.timeline import PHASES
+
+    handles: list[Any] = [Patch(facecolor=_PHASE_COLORS[p], label=p) for p in PHASES]
     handles.append(Patch(facecolor=_PHASE_COLORS["device"], hatch="//", edgecolor="white", label="trained locally"))
     handles.append(plt.Line2D([], [], color=_WAIT_COLOR, lw=2, ls=":", label="waiting to start"))
     if round_s:
         handles.append(plt.Line2D([], [], color="k", ls="--", lw=1, label="round ends"))
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.4 / fig_h, 1, 1))  # the legend's strip below the axis label
-    return fig
+    return handles
 
 
 def _what(iv: Any) -> str:

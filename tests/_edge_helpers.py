@@ -133,7 +133,7 @@ CRASH_EXIT_CODE = 137
 _CRASH_AFTER_MIGRATION_ACK = f"""
 import functools, os, sys
 from edgeflower.commands import edge_server
-from edgeflower.server.edge import EdgeServer
+from edgeflower.edge.server import EdgeServer
 
 def crash(session_id, destination):  # fault injection: the source dies after the ack, before answering the device
     print("edge server: fault injection: exiting right after the migration ack", flush=True)

@@ -72,7 +72,7 @@ def flwr_home(tmp_path):
 # longest (end-to-end runs through Flower, the shared classic-FL run's group first, then the benchmarks' quick runs)
 # are handed out first: `make test` passes `--no-loadscope-reorder`, since by default pytest-xdist hands out the
 # groups with the most tests first, which left every single-test Flower run to the end of the suite.
-FIRST = ("e2e", "benchmarks", "serving", "server", "privacy", "pruning")
+FIRST = ("e2e", "benchmarks", "serving", "edge", "privacy", "pruning")
 
 
 def _group(item: pytest.Item) -> str:

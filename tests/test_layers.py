@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgeflower._layers import LAYERS, cycles, import_edges, units, upward_edges
+from edgeflower._layers import LAYERS, ROOT, cycles, import_edges, units, upward_edges
 
 KNOWN_UPWARD: set[tuple[str, str]] = set()
 """(importing file, imported module) that still break the order. This set may only shrink: fix an entry, then
 delete it (test_known_exceptions_are_still_needed fails until you do)."""
 KNOWN_CYCLES: list[list[str]] = []
+MAX_MODULE_LINES = 500
+"""Small modules: a file over this many lines does several jobs; split it by job."""
 
 
 def _write(root: Path, files: dict[str, str]) -> Path:
@@ -46,6 +48,14 @@ def test_known_exceptions_are_still_needed():
     assert not gone, f"fixed, delete from KNOWN_CYCLES in tests/test_layers.py: {gone}"
 
 
+def test_no_module_is_over_500_lines():
+    lines = {p.relative_to(ROOT.parent).as_posix(): len(p.read_text().splitlines()) for p in ROOT.rglob("*.py")}
+    over = sorted((n, name) for name, n in lines.items() if n > MAX_MODULE_LINES)
+    assert not over, f"modules over {MAX_MODULE_LINES} lines (split them by job): " + ", ".join(
+        f"{name} ({n})" for n, name in reversed(over)
+    )
+
+
 def test_reader_sees_function_level_relative_and_type_checking_imports(tmp_path):
     root = _write(
         tmp_path,
@@ -72,15 +82,15 @@ def test_upward_import_is_reported_with_file_line_and_module(tmp_path):
         tmp_path,
         {
             "__init__.py": "",
-            "training.py": "from edgeflower.clients.split import SplitTrainer\n",
-            "clients/__init__.py": "",
-            "clients/split.py": "from edgeflower.training import evaluate\nfrom edgeflower import EdgeStrategy\n",
+            "training.py": "from edgeflower.device.split import SplitTrainer\n",
+            "device/__init__.py": "",
+            "device/split.py": "from edgeflower.training import evaluate\nfrom edgeflower import EdgeStrategy\n",
         },
     )
     bad = [str(e) for e in upward_edges(import_edges(root))]
     assert bad == [
-        "edgeflower/clients/split.py:2 (clients) imports edgeflower (the top-level facade: import from the subpackage)",
-        "edgeflower/training.py:1 (training) imports edgeflower.clients.split (clients)",
+        "edgeflower/device/split.py:2 (device) imports edgeflower (the top-level facade: import from the subpackage)",
+        "edgeflower/training.py:1 (training) imports edgeflower.device.split (device)",
     ]
 
 

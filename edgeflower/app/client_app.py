@@ -16,11 +16,11 @@ from flwr.clientapp import ClientApp
 from edgeflower.app.mobility import move_order_from_plan, trigger_from_plan
 from edgeflower.app.plan import Mobility, NodePlan
 from edgeflower.app.task import load_partition, load_test_set, node_loader
-from edgeflower.clients.mobility import MoveOrder
-from edgeflower.clients.pipeline import PipelineTrainer
-from edgeflower.clients.sessions import EdgeSessions
 from edgeflower.config import AppConfig, ConfigError
 from edgeflower.data import BatchLoader
+from edgeflower.device.mobility import MoveOrder
+from edgeflower.device.pipeline import PipelineTrainer
+from edgeflower.device.sessions import EdgeSessions
 from edgeflower.planning.scenario import parse_link_schedules
 from edgeflower.privacy.mods import central_dp_mod
 from edgeflower.privacy.node import NodeRoundDP

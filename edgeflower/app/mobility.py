@@ -15,8 +15,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from edgeflower.app.plan import Mobility, PlannedMove
-from edgeflower.clients.mobility import Move, MoveOrder, MoveTrigger, parse_mobility
-from edgeflower.server.pool import EdgePool
+from edgeflower.device.mobility import Move, MoveOrder, MoveTrigger, parse_mobility
+from edgeflower.edge.pool import EdgePool
 from edgeflower.transport.client import EdgeClient
 
 __all__ = ["MobilityTracker", "Move", "mobility_plan", "move_order_from_plan", "parse_mobility", "trigger_from_plan"]

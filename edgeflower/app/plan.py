@@ -33,7 +33,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from edgeflower.clients.mobility import MOVE_MODES
+from edgeflower.device.mobility import MOVE_MODES
 
 __all__ = ["ConfigValue", "Mobility", "NodePlan", "PlanError", "PlannedMove"]
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, replace
 
 from edgeflower.app.mobility import Move, mobility_plan
 from edgeflower.app.plan import ConfigValue, NodePlan
+from edgeflower.edge.pool import EdgePool
 from edgeflower.planning.base import Planner
-from edgeflower.server.pool import EdgePool
 
 __all__ = ["RoundPlans"]
 

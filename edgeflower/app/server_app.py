@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from logging import ERROR, INFO, WARNING
 from pathlib import Path
 from typing import Any
@@ -20,13 +21,15 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.exception import PrivacyBudgetExhausted
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAvg, Result, Strategy
 
 from edgeflower.app.forecast import predict_round_s
 from edgeflower.app.mobility import MobilityTracker, parse_mobility
 from edgeflower.app.rounds import RoundPlans
 from edgeflower.app.task import load_test_set
 from edgeflower.config import AppConfig
+from edgeflower.edge.pool import EdgePool
+from edgeflower.edge.server import EdgeServerConfig
 from edgeflower.models.profiler import ModelProfile, profile_model
 from edgeflower.models.splittable import SplittableModel
 from edgeflower.planning import Planner, PlanningRecorder, make_planner
@@ -36,8 +39,6 @@ from edgeflower.privacy.strategy import CentralDPAccounting, SkipExhausted, cent
 from edgeflower.privacy.summary import PrivacySummary
 from edgeflower.progress import log_slow_round
 from edgeflower.runlog import RunLog
-from edgeflower.server.edge import EdgeServerConfig
-from edgeflower.server.pool import EdgePool
 from edgeflower.strategies.edge import EdgeStrategy, RunFailedError
 from edgeflower.training import evaluate
 
@@ -125,20 +126,10 @@ def strategy_arrays(result: Any, model: torch.nn.Module) -> ArrayRecord:
     return ArrayRecord(model.state_dict())
 
 
-@app.main()
-def main(grid: Grid, context: Context) -> None:
-    """Run ``num-rounds`` of federated training and write the run directory."""
-    cfg = AppConfig.from_run_config(context.run_config)
-    waited = wait_for_simulation_backend(grid)
-    if waited > 1.0:
-        log(INFO, "edgeflower: waited %.1f s for the Simulation Engine's Ray backend", waited)
-    torch.manual_seed(cfg.seed)
-    test = load_test_set(cfg)
-    model = cfg.build_model()
-    if converts_batchnorm(cfg.dp, cfg.norm):  # every process builds the model; the run says so once, here
-        log_conversion(cfg.model)
-    runlog = RunLog(run_root(cfg), f"{time.strftime('%Y%m%d-%H%M%S')}-run{context.run_id}", cfg.to_dict())
-    log(INFO, "edgeflower: %s on %s, mode=%s, run directory %s", cfg.model, cfg.dataset, cfg.mode, runlog.path)
+def central_evaluation(
+    cfg: AppConfig, model: SplittableModel, test: Any, runlog: RunLog
+) -> Callable[[int, ArrayRecord], MetricRecord]:
+    """The strategy's ``evaluate_fn``: the global model on the test set, logged and written to the run log."""
 
     def central_eval(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         model.load_state_dict(arrays.to_torch_state_dict())
@@ -147,7 +138,19 @@ def main(grid: Grid, context: Context) -> None:
         log(INFO, "round %d/%d: test accuracy %.2f %%, loss %.4f", server_round, cfg.num_rounds, acc * 100, loss)
         return MetricRecord({"test-loss": loss, "test-accuracy": acc})
 
-    inner = FedAvg(
+    return central_eval
+
+
+def make_inner_strategy(cfg: AppConfig) -> tuple[Strategy, CentralDPAccounting | None, PrivacySummary | None]:
+    """FedAvg, wrapped in Flower's central DP when the run asks for it and guarded against nodes out of budget.
+
+    Returns
+    -------
+    tuple
+        ``(strategy, central, privacy)``: the strategy :class:`EdgeStrategy` wraps, the central-DP accounting
+        wrapper (``None`` without an accounted central DP) and the run's privacy summary (``None`` without DP).
+    """
+    inner: Strategy = FedAvg(
         fraction_train=cfg.fraction_train,
         fraction_evaluate=0.0,
         min_train_nodes=cfg.min_nodes,
@@ -165,16 +168,12 @@ def main(grid: Grid, context: Context) -> None:
         privacy = PrivacySummary(cfg.dp_delta, cfg.dp_target_epsilon, cfg.dp, cfg.dp_accountant, central)
     if cfg.dp != "off":
         inner = SkipExhausted(inner)  # nodes out of privacy budget reply with 0 examples: not aggregated
-    if (warning := scope_warning(cfg.dp, cfg.mode != "fl")) is not None:
-        log(WARNING, "edgeflower: %s", warning)
-    blocks = model.num_blocks
-    split_point = cfg.effective_split_point(blocks)
-    planner = make_run_planner(cfg, model)
-    offloads = cfg.mode != "fl" and (split_point != blocks or planner_kind(cfg) != "fixed")
-    needs = sum(t.numel() for t in model.state_dict().values())  # edge servers build nothing larger
-    pool = start_edges(cfg, cfg.max_message_bytes(model), needs) if offloads else None
+    return inner, central, privacy
 
-    forecast_profile: list[Any] = []
+
+def slow_round_warning(cfg: AppConfig, model: SplittableModel, grid: Grid) -> Callable[[int, int], None]:
+    """A per-round hook that logs a forecast of the round's time when nodes are slowed down (profiled once)."""
+    forecast_profile: list[ModelProfile] = []
 
     def warn_if_slow(rnd: int, k: int) -> None:
         if cfg.mode == "fl" and not cfg.device_profiles:
@@ -184,6 +183,62 @@ def main(grid: Grid, context: Context) -> None:
         partitions = range(len(list(grid.get_node_ids())))
         log_slow_round(predict_round_s(cfg, forecast_profile[0], {pid: k for pid in partitions}, rnd))
 
+    return warn_if_slow
+
+
+def run_strategy(
+    strategy: EdgeStrategy,
+    grid: Grid,
+    model: SplittableModel,
+    cfg: AppConfig,
+    evaluate_fn: Callable[[int, ArrayRecord], MetricRecord],
+    central: CentralDPAccounting | None,
+    pool: EdgePool | None,
+) -> Result:
+    """Run the rounds; a run stopped by central DP's budget ends cleanly with its last model; edge servers stop."""
+    try:
+        return strategy.start(
+            grid=grid,
+            initial_arrays=ArrayRecord(model.state_dict()),
+            num_rounds=cfg.num_rounds,
+            train_config=ConfigRecord({"lr": cfg.lr}),
+            evaluate_fn=evaluate_fn,
+        )
+    except RunFailedError as exc:
+        log(ERROR, "edgeflower: the run failed: %s", exc)
+        raise
+    except PrivacyBudgetExhausted:
+        if central is None or central.stopped_at is None:
+            raise
+        return central.stopped_result()  # central-dp-target-epsilon reached: a clean stop with the last model
+    finally:
+        if pool is not None:
+            pool.stop()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Run ``num-rounds`` of federated training and write the run directory."""
+    cfg = AppConfig.from_run_config(context.run_config)
+    waited = wait_for_simulation_backend(grid)
+    if waited > 1.0:
+        log(INFO, "edgeflower: waited %.1f s for the Simulation Engine's Ray backend", waited)
+    torch.manual_seed(cfg.seed)
+    test = load_test_set(cfg)
+    model = cfg.build_model()
+    if converts_batchnorm(cfg.dp, cfg.norm):  # every process builds the model; the run says so once, here
+        log_conversion(cfg.model)
+    runlog = RunLog(run_root(cfg), f"{time.strftime('%Y%m%d-%H%M%S')}-run{context.run_id}", cfg.to_dict())
+    log(INFO, "edgeflower: %s on %s, mode=%s, run directory %s", cfg.model, cfg.dataset, cfg.mode, runlog.path)
+    inner, central, privacy = make_inner_strategy(cfg)
+    if (warning := scope_warning(cfg.dp, cfg.mode != "fl")) is not None:
+        log(WARNING, "edgeflower: %s", warning)
+    blocks = model.num_blocks
+    split_point = cfg.effective_split_point(blocks)
+    planner = make_run_planner(cfg, model)
+    offloads = cfg.mode != "fl" and (split_point != blocks or planner_kind(cfg) != "fixed")
+    needs = sum(t.numel() for t in model.state_dict().values())  # edge servers build nothing larger
+    pool = start_edges(cfg, cfg.max_message_bytes(model), needs) if offloads else None
     plan_round = RoundPlans(  # the planner is asked once per round, for all of the round's sampled nodes
         planner,
         blocks,
@@ -193,7 +248,7 @@ def main(grid: Grid, context: Context) -> None:
         parse_mobility(cfg.mobility),
         cfg.mobility_mode,
         all_nodes=grid.get_node_ids,
-        on_round=warn_if_slow,
+        on_round=slow_round_warning(cfg, model, grid),
     )
     strategy = EdgeStrategy(
         inner,
@@ -207,24 +262,7 @@ def main(grid: Grid, context: Context) -> None:
         strategy.recorders.append(privacy)
     if pool is not None:
         strategy.recorders.append(MobilityTracker(pool))  # the next round starts where each node ended this one
-    try:
-        result = strategy.start(
-            grid=grid,
-            initial_arrays=ArrayRecord(model.state_dict()),
-            num_rounds=cfg.num_rounds,
-            train_config=ConfigRecord({"lr": cfg.lr}),
-            evaluate_fn=central_eval,
-        )
-    except RunFailedError as exc:
-        log(ERROR, "edgeflower: the run failed: %s", exc)
-        raise
-    except PrivacyBudgetExhausted:
-        if central is None or central.stopped_at is None:
-            raise
-        result = central.stopped_result()  # central-dp-target-epsilon reached: a clean stop with the last model
-    finally:
-        if pool is not None:
-            pool.stop()
+    result = run_strategy(strategy, grid, model, cfg, central_evaluation(cfg, model, test, runlog), central, pool)
     final_arrays = result.arrays if len(result.arrays) else strategy_arrays(result, model)
     torch.save(final_arrays.to_torch_state_dict(), runlog.path / "model.pt")
     runlog.finish()

@@ -10,9 +10,14 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from edgeflower.commands._serving_loop import add_server_arguments, max_message_bytes, serve_until_signal, tls_from_args
+from edgeflower.commands._server_command import (
+    add_server_arguments,
+    max_message_bytes,
+    serve_until_signal,
+    tls_from_args,
+)
+from edgeflower.edge.server import EdgeServer, EdgeServerConfig
 from edgeflower.models.reference import trust_reference
-from edgeflower.server.edge import EdgeServer, EdgeServerConfig
 from edgeflower.transport.auth import load_secret
 
 __all__ = ["register", "run"]

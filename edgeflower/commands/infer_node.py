@@ -11,7 +11,12 @@ from typing import Any
 
 import torch
 
-from edgeflower.commands._serving_loop import add_server_arguments, max_message_bytes, serve_until_signal, tls_from_args
+from edgeflower.commands._server_command import (
+    add_server_arguments,
+    max_message_bytes,
+    serve_until_signal,
+    tls_from_args,
+)
 from edgeflower.models.reference import trust_reference
 from edgeflower.serving.node import InferenceNode
 from edgeflower.transport.auth import load_secret

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from edgeflower.clients.mobility import MOVE_MODES, write_trigger
+from edgeflower.device.mobility import MOVE_MODES, write_trigger
 
 __all__ = ["register"]
 

@@ -27,7 +27,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from edgeflower.commands._serving_loop import serve_until_signal
+from edgeflower.commands._server_command import serve_until_signal
 from edgeflower.serving.bundle import ServingBundle
 from edgeflower.serving.controller import Controller, ControllerConfig
 from edgeflower.serving.journal import Journal

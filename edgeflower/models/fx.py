@@ -119,10 +119,8 @@ def _in_place(node: fx.Node, root: nn.Module) -> bool:
     return node.op == "call_function" and bool(node.kwargs.get("inplace", False))
 
 
-def _cuts(nodes: list[fx.Node], root: nn.Module) -> list[tuple[int, fx.Node]]:
-    """``(i, value)`` for every valid cut after ``nodes[i]``, ``value`` being the one tensor that crosses it."""
-    index = {n: i for i, n in enumerate(nodes)}
-    last_use = {n: max((index[u] for u in n.users), default=index[n]) for n in nodes}
+def _shared_spans(nodes: list[fx.Node], index: dict[fx.Node, int]) -> list[tuple[int, int]]:
+    """``(first, last)`` node index of every module or attribute used more than once: no cut may fall in between."""
     span: dict[str, list[int]] = {}
     for n in nodes:
         if n.op == "get_attr":  # attributes are re-read in every block that uses them
@@ -130,7 +128,24 @@ def _cuts(nodes: list[fx.Node], root: nn.Module) -> list[tuple[int, fx.Node]]:
                 span.setdefault(str(n.target), []).append(index[user])
         elif n.op == "call_module":
             span.setdefault(str(n.target), []).append(index[n])
-    shared = [(min(v), max(v)) for v in span.values() if min(v) != max(v)]
+    return [(min(v), max(v)) for v in span.values() if min(v) != max(v)]
+
+
+def _can_cross(crossing: fx.Node, i: int, shared: list[tuple[int, int]], root: nn.Module) -> bool:
+    """Whether a cut after node ``i`` with ``crossing`` the one live value is valid: a tensor of known shape, no
+    shared module or attribute on both sides, and no user that overwrites it."""
+    if not isinstance(crossing.meta.get("tensor_meta"), TensorMetadata):
+        return False
+    if any(lo <= i < hi for lo, hi in shared):
+        return False
+    return not any(_in_place(user, root) for user in crossing.users)
+
+
+def _cuts(nodes: list[fx.Node], root: nn.Module) -> list[tuple[int, fx.Node]]:
+    """``(i, value)`` for every valid cut after ``nodes[i]``, ``value`` being the one tensor that crosses it."""
+    index = {n: i for i, n in enumerate(nodes)}
+    last_use = {n: max((index[u] for u in n.users), default=index[n]) for n in nodes}
+    shared = _shared_spans(nodes, index)
     cuts: list[tuple[int, fx.Node]] = []
     live: set[fx.Node] = set()
     compute = False  # a call since the last cut (no empty blocks)
@@ -142,14 +157,9 @@ def _cuts(nodes: list[fx.Node], root: nn.Module) -> list[tuple[int, fx.Node]]:
         if not compute or len(live) != 1:
             continue
         (crossing,) = live
-        if not isinstance(crossing.meta.get("tensor_meta"), TensorMetadata):
-            continue
-        if any(lo <= i < hi for lo, hi in shared):
-            continue
-        if any(_in_place(user, root) for user in crossing.users):
-            continue
-        cuts.append((i, crossing))
-        compute = False
+        if _can_cross(crossing, i, shared, root):
+            cuts.append((i, crossing))
+            compute = False
     return cuts
 
 

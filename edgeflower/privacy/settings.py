@@ -62,12 +62,29 @@ def dp_config_error(
 
     ``dp-noise-multiplier = 0`` (or ``"auto"``) means "calibrate the noise from ``dp-target-epsilon``".
     """
-    if dp not in DP_MODES:
-        return "dp", f"unknown value {dp!r}; expected one of {', '.join(DP_MODES)}"
-    if accountant not in ACCOUNTANTS:
-        return "dp-accountant", f"unknown value {accountant!r}; expected one of {', '.join(ACCOUNTANTS)}"
-    if batchnorm not in BATCHNORM_POLICIES:
-        return "dp-batchnorm", f"unknown value {batchnorm!r}; expected one of {', '.join(BATCHNORM_POLICIES)}"
+    return (
+        _choice_error(dp, accountant, batchnorm)
+        or _range_error(noise_multiplier, max_grad_norm, target_epsilon, delta)
+        or _requirement_error(dp, noise_multiplier, target_epsilon, delta, batchnorm, norm)
+    )
+
+
+def _choice_error(dp: str, accountant: str, batchnorm: str) -> tuple[str, str] | None:
+    """The first DP value that is not one of its key's choices."""
+    for key, value, choices in (
+        ("dp", dp, DP_MODES),
+        ("dp-accountant", accountant, ACCOUNTANTS),
+        ("dp-batchnorm", batchnorm, BATCHNORM_POLICIES),
+    ):
+        if value not in choices:
+            return key, f"unknown value {value!r}; expected one of {', '.join(choices)}"
+    return None
+
+
+def _range_error(
+    noise_multiplier: float, max_grad_norm: float, target_epsilon: float, delta: float
+) -> tuple[str, str] | None:
+    """The first numeric DP value out of its range (checked whatever the mode)."""
     for key, value in (("dp-noise-multiplier", noise_multiplier), ("dp-target-epsilon", target_epsilon)):
         if not math.isfinite(value) or value < 0:
             return key, f"must be >= 0, got {value!r}"
@@ -75,6 +92,13 @@ def dp_config_error(
         return "dp-max-grad-norm", f"must be > 0, got {max_grad_norm!r}"
     if not math.isfinite(delta) or not 0 <= delta < 1:
         return "dp-delta", f"must be in (0, 1), got {delta!r}"
+    return None
+
+
+def _requirement_error(
+    dp: str, noise_multiplier: float, target_epsilon: float, delta: float, batchnorm: str, norm: str
+) -> tuple[str, str] | None:
+    """What a run with DP on needs: a delta, a noise multiplier or a budget to calibrate it, and a trainable norm."""
     if dp == "off":
         return None
     if delta <= 0:

@@ -304,7 +304,7 @@ class _Builder:
             raise SurgeryError(f"{node.name}: {_describe(node)} broadcasts over channels")
         self.op(node, kind, (ta, tb))
 
-    def function(self, node: fx.Node) -> None:  # C901 (17): one branch per torch operation surgery knows, a table
+    def function(self, node: fx.Node) -> None:  # noqa: C901 (a table: one branch per torch operation surgery knows)
         t = node.target
         name = t if node.op == "call_method" else None
         x = node.args[0] if node.args else None

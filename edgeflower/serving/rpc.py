@@ -1,6 +1,6 @@
 """gRPC plumbing shared by inference nodes and the controller: unary methods over raw codec frames.
 
-Both servers follow :class:`edgeflower.server.edge.EdgeServer` (see :mod:`edgeflower.transport.grpc_server`): an
+Both servers follow :class:`edgeflower.edge.server.EdgeServer` (see :mod:`edgeflower.transport.grpc_server`): an
 asyncio gRPC server whose half-open calls hold no thread and time out, a data lane and a separate control lane
 (heartbeats, status) of worker threads, per-method request size limits, every failure aborting the RPC with the
 :class:`~edgeflower.transport.errors.EdgeError` status code of the exception; :func:`call` turns a failed call back

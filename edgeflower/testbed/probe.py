@@ -1,7 +1,7 @@
 """One device's split or pipelined training pass against an edge server, timed: the fidelity probe.
 
 ``python -m edgeflower.testbed.probe --address HOST:PORT --secret-file S [--root-cert C] --mode split ...`` trains
-real Fashion-MNIST batches through :class:`~edgeflower.clients.pipeline.PipelineTrainer` (the ClientApp's trainer)
+real Fashion-MNIST batches through :class:`~edgeflower.device.pipeline.PipelineTrainer` (the ClientApp's trainer)
 with the link emulated in code (``--mbps``/``--latency-ms``) or not at all (``--mbps 0``: on the testbed the kernel
 shapes it) and prints one JSON line: round seconds, per-batch seconds, bytes, whether it fell back and the trained
 model's L1 norm (to compare a faulted pass with an unfaulted one).
@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from edgeflower.clients.pipeline import PipelineTrainer
 from edgeflower.data import BatchLoader, load_dataset
+from edgeflower.device.pipeline import PipelineTrainer
 from edgeflower.models.zoo import build_model
 from edgeflower.transport import EdgeClient, OptimizerSettings, TokenIssuer
 from edgeflower.transport.auth import load_secret

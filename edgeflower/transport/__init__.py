@@ -18,7 +18,7 @@
 * :mod:`~edgeflower.transport.emulation` -- emulated slow devices and links;
 * :mod:`~edgeflower.transport.errors` -- the exceptions and their gRPC status codes.
 
-The server side lives in :mod:`edgeflower.server`.
+The server side lives in :mod:`edgeflower.edge`.
 """
 
 from edgeflower.transport.auth import TokenClaims, TokenIssuer, TokenVerifier, load_secret

@@ -33,7 +33,7 @@ role existed for that and is gone; a token naming it is refused everywhere as an
 
 Binding. Tokens are bound to a run, a node and a round, and to one service (``edge``: the edge server's or the
 inference node's id). A verifier with an id refuses a token naming another id; a verifier without one refuses every
-token naming an id. Every issuer binds what it hands out: the ServerApp's :class:`~edgeflower.server.pool.EdgePool`
+token naming an id. Every issuer binds what it hands out: the ServerApp's :class:`~edgeflower.edge.pool.EdgePool`
 binds device and migration tokens to the edge server's id (an external edge server without ``--edge-id`` gets
 unbound tokens, with a WARNING), the controller binds each node's token to that node's id (by default the address it
 dials, which is what an inference node without ``--node-id`` takes as its id). Tokens naming no id are still accepted
@@ -42,9 +42,9 @@ Roles and binding separate only parties that do not hold the secret: a serving c
 with the shared secret (``edgeflower predict --secret-file``) could mint any role; hand clients tokens instead.
 
 Rounds. An edge server remembers, per run, the newest round of any token it accepted (``Open``, ``Import``) and
-the newest round the ServerApp announced to it (:meth:`~edgeflower.server.edge.EdgeServer.advance_round`, called for
+the newest round the ServerApp announced to it (:meth:`~edgeflower.edge.server.EdgeServer.advance_round`, called for
 in-process servers when the pool plans a round); it refuses an ``Open`` or ``Import`` whose token names an older
-round (``FAILED_PRECONDITION``). See :mod:`edgeflower.server.edge` for exactly what that guarantees.
+round (``FAILED_PRECONDITION``). See :mod:`edgeflower.edge.server` for exactly what that guarantees.
 
 Lifetimes. Tokens live minutes (:data:`DEFAULT_TTL_S`); whoever holds the secret re-issues them. A verifier
 refuses a token whose lifetime (``exp - iat``) exceeds its ``max_lifetime_s`` whatever the issuer signed, so a

@@ -12,8 +12,9 @@ from edgeflower.app.mobility import (
     parse_mobility,
     trigger_from_plan,
 )
-from edgeflower.clients.mobility import write_trigger
-from edgeflower.server.pool import EdgePool
+from edgeflower.app.plan import NodePlan
+from edgeflower.device.mobility import write_trigger
+from edgeflower.edge.pool import EdgePool
 from edgeflower.transport.auth import TokenIssuer, TokenVerifier
 
 SECRET = b"mobility-plan-test-secret-0123456789abcdef"
@@ -89,5 +90,7 @@ def test_server_app_follows_a_moved_node_to_its_new_edge_in_the_next_round():
     tracker.on_train_round(2, 1.0, replies, {})
     assert pool.assign(1, 10, 3).address == "127.0.0.1:2"  # node 10 moved from edge 0 to edge 1
     assert pool.assign(1, 20, 3).address == "127.0.0.1:2"  # unmoved: still on edge 1
-    assert pool.plan(1, 20, 3)["edge-address"] == "127.0.0.1:2"  # the same as config entries (own ClientApps)
+    assigned = pool.assign(1, 20, 3)  # the same through the NodePlan a user's own ServerApp sends
+    sent = NodePlan(2, edge_address=assigned.address, edge_token=assigned.token).to_config()
+    assert NodePlan.from_config(sent, num_blocks=7).edge_address == "127.0.0.1:2"
     assert mobility_plan([], "migrate", pool, 1, 10, 3, NODES).edge_index == 1

@@ -8,8 +8,8 @@ from flwr.app import ConfigRecord
 from edgeflower.app.mobility import parse_mobility
 from edgeflower.app.plan import NodePlan
 from edgeflower.app.rounds import RoundPlans
+from edgeflower.edge.pool import EdgePool
 from edgeflower.planning import SplitPlan
-from edgeflower.server.pool import EdgePool
 from edgeflower.transport.auth import TokenIssuer, TokenVerifier
 
 SECRET = b"round-plans-test-secret-0123456789abcdef"

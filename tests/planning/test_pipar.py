@@ -35,7 +35,12 @@ def _event_simulation(st) -> float:
     """Independent formulation: a list of tasks on resources, each resource serving its tasks in order."""
     if not st.offload:
         return st.m * (st.fwd + st.bwd)
-    tasks = []  # (name, resource, duration, deps)
+    return _schedule(_stage_tasks(st))
+
+
+def _stage_tasks(st) -> list[tuple[str, str | None, float, list[str]]]:
+    """The tasks of one iteration, ``(name, resource, duration, deps)``: a resource of ``None`` is a pure delay."""
+    tasks = []
     for j in range(st.m):
         tasks.append((f"F{j}", "device", st.fwd, []))
     for j in range(st.m):
@@ -49,6 +54,11 @@ def _event_simulation(st) -> float:
     if st.grads_back:
         for j in range(st.m):
             tasks.append((f"B{j}", "device", st.bwd, [f"d{j}", f"F{st.m - 1}"]))
+    return tasks
+
+
+def _schedule(tasks: list[tuple[str, str | None, float, list[str]]]) -> float:
+    """The end of the last task when each starts as soon as its deps are done and its resource is free."""
     end: dict[str, float] = {}
     free: dict[str, float] = {}
     pending = list(tasks)

@@ -17,15 +17,15 @@ from flwr.serverapp.strategy import (
 from flwr.supercore.task_identity import TaskIdentity
 from opacus.accountants import RDPAccountant
 
-from edgeflower.clients.split import SplitTrainer
 from edgeflower.config import AppConfig, ConfigError
+from edgeflower.device.split import SplitTrainer
+from edgeflower.edge.server import EdgeServer
 from edgeflower.models import build_model
 from edgeflower.privacy.accounting import STATE_KEY, PrivacyHistory
 from edgeflower.privacy.mods import central_dp_mod
 from edgeflower.privacy.node import NodeRoundDP
 from edgeflower.privacy.settings import DPSettings
 from edgeflower.privacy.strategy import SkipExhausted, central_dp
-from edgeflower.server.edge import EdgeServer
 from edgeflower.strategies.edge import EdgeStrategy
 from edgeflower.training import make_optimizer, train_local
 from edgeflower.transport import EdgeClient, OptimizerSettings, TokenIssuer

@@ -9,13 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from edgeflower.clients.pipeline import PipelineTrainer
-from edgeflower.clients.split import SplitTrainer
 from edgeflower.config import AppConfig, ConfigError
+from edgeflower.device.pipeline import PipelineTrainer
+from edgeflower.device.split import SplitTrainer
+from edgeflower.edge.server import EdgeServer
 from edgeflower.models import build_model
 from edgeflower.privacy.dpsgd import BatchDPOptimizer, DeviceDP, make_private
 from edgeflower.privacy.models import prepare_model
-from edgeflower.server.edge import EdgeServer
 from edgeflower.training import make_optimizer, train_local
 from edgeflower.transport import EdgeClient, OptimizerSettings, TokenIssuer
 from edgeflower.transport.codec import decode_frame

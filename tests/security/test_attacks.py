@@ -27,10 +27,10 @@ from benchmarks._attacks import (
     open_frame,
     stride_overflow_frame,
 )
+from edgeflower.edge import EdgeServer, EdgeServerConfig
+from edgeflower.edge import session as session_module
+from edgeflower.edge.pool import EdgePool
 from edgeflower.models.zoo import build_model
-from edgeflower.server import EdgeServer, EdgeServerConfig
-from edgeflower.server import session as session_module
-from edgeflower.server.pool import EdgePool
 from edgeflower.serving import Controller, InferenceNode, NodeClient, ServingClient, build_bundle
 from edgeflower.serving.controller import ControllerConfig
 from edgeflower.transport import EdgeClient, OptimizerSettings
@@ -337,6 +337,23 @@ def test_the_role_table_names_every_rpc_of_the_edge_server_inference_node_and_co
         assert key == "edge/Open" or len(accepted) <= 1, key  # Open: device, or migration (restart mode)
 
 
+def _try_every_role(calls: dict) -> int:
+    """Call each RPC of ``calls`` (key -> address, path, bound edge, frame from a token) with a token of every role;
+    the roles it does not accept must be refused for their role. Returns how many refusals were checked."""
+    tried = 0
+    for key, (address, path, bound, frame) in calls.items():
+        accepted = RPC_ROLES[key]
+        for role, token in _tokens(51, tried + 1, 1, bound).items():
+            outcome = attempt(f"{key}-with-{role}", PD, address, path, frame(token))
+            if role in accepted:  # passes authentication (and may fail later, e.g. on the import's seal)
+                assert "not accepted here" not in outcome.detail, (key, role, outcome)
+            else:
+                assert outcome.got in REFUSED, (key, role, outcome)
+                assert "not accepted here" in outcome.detail or "unknown token role" in outcome.detail
+                tried += 1
+    return tried
+
+
 def test_every_rpc_refuses_every_role_but_the_one_it_accepts(edge, chain):
     ctl, nodes, x = chain
     version, node_id = ctl.route.version, nodes[0].identity
@@ -369,17 +386,7 @@ def test_every_rpc_refuses_every_role_but_the_one_it_accepts(edge, chain):
     }
     for method in ("Open", "Import", "Resume"):
         calls[f"edge/{method}"] = (edge.address, f"/{SERVICE}/{method}", "edge-s", partial(edge_frame, method))
-    tried = 0
-    for key, (address, path, bound, frame) in calls.items():
-        accepted = RPC_ROLES[key]
-        for role, token in _tokens(51, tried + 1, 1, bound).items():
-            outcome = attempt(f"{key}-with-{role}", PD, address, path, frame(token))
-            if role in accepted:  # passes authentication (and may fail later, e.g. on the import's seal)
-                assert "not accepted here" not in outcome.detail, (key, role, outcome)
-            else:
-                assert outcome.got in REFUSED, (key, role, outcome)
-                assert "not accepted here" in outcome.detail or "unknown token role" in outcome.detail
-                tried += 1
+    tried = _try_every_role(calls)
     for s in edge.registry.ids():  # sessions the accepted roles opened
         edge.registry.drop(s, "test done")
     # the session-owner RPCs: only the very token that opened the session, not even another token of its node
@@ -490,7 +497,7 @@ def test_an_edge_server_refuses_tokens_of_rounds_older_than_the_newest_it_has_se
 def test_the_in_process_pool_announces_every_round_it_plans_to_its_edge_servers():
     pool = EdgePool.in_process(1)
     try:
-        pool.plan(71, 1, 4)
+        pool.assign(71, 1, 4)
         old = pool.issuer.issue(71, 2, 3, pool.edge_ids[0])  # a valid token of the previous round
         outcome = attempt(
             "old-round",

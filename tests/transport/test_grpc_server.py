@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from edgeflower.server.edge import EdgeServer
+from edgeflower.edge.server import EdgeServer
 from edgeflower.serving.node import InferenceNode
 from edgeflower.transport.grpc_server import format_address
 

@@ -9,6 +9,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from edgeflower import DPSettings, EdgeClient, NodeRoundDP, OptimizerSettings, SplitTrainer, build_model  # edgeflower
+from edgeflower.app.plan import NodePlan  # edgeflower
 from quickstart_edgeflower.task import load_data
 
 MODEL = "quickstart_edgeflower.task:Net"  # edgeflower
@@ -22,6 +23,7 @@ def train(msg: Message, context: Context) -> Message:
     run, cfg = context.run_config, msg.content["config"]
     net = build_model(MODEL, (1, 28, 28), 10)  # edgeflower: was Net()
     net.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    plan = NodePlan.from_config(cfg, net.num_blocks)  # edgeflower: split point, edge server and token, checked
     pid, parts = int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
     x, y = load_data(str(run["data-dir"]), pid, parts)
     opt = OptimizerSettings(float(cfg["lr"]), momentum=0.9, proximal_mu=float(cfg["proximal-mu"]))  # edgeflower
@@ -33,9 +35,9 @@ def train(msg: Message, context: Context) -> Message:
         batches = dp.batches(x, y)
     else:
         batches = [(x[i : i + bs], y[i : i + bs]) for i in range(0, min(len(y), bs * steps), bs)]
-    trainer = SplitTrainer(net, int(cfg["split-point"]), opt, dp=dp.device() if dp else None)  # edgeflower
-    with EdgeClient(str(cfg["edge-address"])) as edge:  # edgeflower
-        token = str(cfg["edge-token"])  # edgeflower
+    trainer = SplitTrainer(net, plan.split_point, opt, dp=dp.device() if dp else None)  # edgeflower
+    with EdgeClient(str(plan.edge_address)) as edge:  # edgeflower
+        token = str(plan.edge_token)  # edgeflower
         result = trainer.train(batches, lambda k, tail, o: edge.open_session(token, net.spec, k, tail, o))  # edgeflower
     metrics = {"train-loss": result.loss, "num-examples": result.num_examples, "fell-back": int(result.fell_back)}
     if dp is not None:

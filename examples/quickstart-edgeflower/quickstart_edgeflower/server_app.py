@@ -11,6 +11,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedProx
 
 from edgeflower import EdgePool, EdgeStrategy, build_model, trust_reference  # edgeflower
+from edgeflower.app.plan import NodePlan  # edgeflower: the plan a node follows, as typed config entries
 from quickstart_edgeflower.task import load_data, test
 
 MODEL = "quickstart_edgeflower.task:Net"  # edgeflower: the model by reference, as Flower names apps
@@ -31,8 +32,8 @@ def main(grid: Grid, context: Context) -> None:
 
     def plan(server_round: int, node_id: int) -> dict:  # edgeflower: each node's split point and edge server
         nodes.append(node_id) if node_id not in nodes else None  # edgeflower
-        pool = pools[nodes.index(node_id) % len(pools)]  # edgeflower
-        return {"split-point": int(cfg["split-point"]), **pool.plan(context.run_id, node_id, server_round)}
+        edge = pools[nodes.index(node_id) % len(pools)].assign(context.run_id, node_id, server_round)  # edgeflower
+        return NodePlan(int(cfg["split-point"]), edge_address=edge.address, edge_token=edge.token).to_config()
 
     strategy = EdgeStrategy(  # edgeflower: wraps the strategy the app already had
         FedProx(

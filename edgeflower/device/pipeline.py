@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from edgeflower.clients.mobility import MoveOrder, MoveTrigger
-from edgeflower.clients.sessions import SessionOpener, tensor_bytes
-from edgeflower.clients.split import SplitTrainer
+from edgeflower.device.mobility import MoveOrder, MoveTrigger
+from edgeflower.device.sessions import SessionOpener, tensor_bytes
+from edgeflower.device.split import SplitTrainer
 from edgeflower.models.splittable import SplittableModel
 from edgeflower.progress import BatchProgress
 from edgeflower.timeline import Timeline
@@ -55,17 +55,17 @@ class PipelineTrainer(SplitTrainer):
     Parameters
     ----------
     model, split_point, optimizer, device, link
-        As for :class:`~edgeflower.clients.split.SplitTrainer`.
+        As for :class:`~edgeflower.device.split.SplitTrainer`.
     micro_batches : int
         Micro-batches per batch (capped by the batch size); 1 is sequential split training.
     dp : DeviceDP, optional
         Train the head with DP-SGD (see the module docstring).
     replay_limit_mb : float
-        As for :class:`~edgeflower.clients.split.SplitTrainer` (the replay log keeps every micro-batch).
+        As for :class:`~edgeflower.device.split.SplitTrainer` (the replay log keeps every micro-batch).
     fallback : str
-        As for :class:`~edgeflower.clients.split.SplitTrainer`: which edge failures fall back to local training.
+        As for :class:`~edgeflower.device.split.SplitTrainer`: which edge failures fall back to local training.
     open_session, move_order, move_trigger, progress
-        As for :class:`~edgeflower.clients.split.SplitTrainer`: the round's session opener, moves and progress.
+        As for :class:`~edgeflower.device.split.SplitTrainer`: the round's session opener, moves and progress.
     """
 
     def __init__(

@@ -11,7 +11,7 @@ import grpc
 import pytest
 import torch
 
-from edgeflower.server import EdgeServer, EdgeServerConfig
+from edgeflower.edge import EdgeServer, EdgeServerConfig
 from edgeflower.transport import (
     EdgeAuthError,
     EdgeClient,

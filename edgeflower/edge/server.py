@@ -27,9 +27,9 @@ tokens expire after minutes, and their sessions' results belong to a round the S
 Sessions already open when ``R`` rises are not closed (a session is bound to its token's round; its device's result
 is the ServerApp's to accept or discard).
 
-The parts: limits in :mod:`edgeflower.server.config`, the tokens accepted in :mod:`edgeflower.server.ledger`, the
-sessions in :mod:`edgeflower.server.registry` and :mod:`edgeflower.server.session`, the migration RPCs in
-:mod:`edgeflower.server.migration`; this module binds them to the gRPC service.
+The parts: limits in :mod:`edgeflower.edge.config`, the tokens accepted in :mod:`edgeflower.edge.ledger`, the
+sessions in :mod:`edgeflower.edge.registry` and :mod:`edgeflower.edge.session`, the migration RPCs in
+:mod:`edgeflower.edge.migration`; this module binds them to the gRPC service.
 """
 
 from __future__ import annotations
@@ -47,11 +47,11 @@ from typing import Any
 import grpc
 from flwr.common.logger import log
 
-from edgeflower.server.config import EdgeServerConfig
-from edgeflower.server.ledger import NonceUse, TokenLedger
-from edgeflower.server.migration import MigrationAcked, MigrationHandlers
-from edgeflower.server.registry import SessionRegistry
-from edgeflower.server.session import TrainingSession
+from edgeflower.edge.config import EdgeServerConfig
+from edgeflower.edge.ledger import NonceUse, TokenLedger
+from edgeflower.edge.migration import MigrationAcked, MigrationHandlers
+from edgeflower.edge.registry import SessionRegistry
+from edgeflower.edge.session import TrainingSession
 from edgeflower.transport.auth import RPC_ROLES, TokenVerifier, as_secret
 from edgeflower.transport.codec import VERSION, Limits, decode_frame
 from edgeflower.transport.errors import (
@@ -94,7 +94,7 @@ from edgeflower.transport.service import (
 )
 from edgeflower.transport.tls import TLSConfig
 
-__all__ = ["EdgeServer", "EdgeServerConfig"]  # EdgeServerConfig (edgeflower.server.config) re-exported here
+__all__ = ["EdgeServer", "EdgeServerConfig"]  # EdgeServerConfig (edgeflower.edge.config) re-exported here
 
 
 @dataclass

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch.nn import functional as F  # noqa: N812
 
-from edgeflower.clients import SplitTrainer
+from edgeflower.device import SplitTrainer
+from edgeflower.edge.server import EdgeServer
 from edgeflower.models import build_model, trust_reference
-from edgeflower.server.edge import EdgeServer
 from edgeflower.transport import EdgeClient, OptimizerSettings, TokenIssuer
 
 SECRET = b"fedprox-split-test-secret-0123456789abcdef"

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from edgeflower.server import EdgeServer
+from edgeflower.edge import EdgeServer
 from edgeflower.transport import EdgeClient, InvalidMessageError
 from tests._edge_helpers import (
     OPTIM,

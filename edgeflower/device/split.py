@@ -28,8 +28,8 @@ the edge server refuses): training locally would hide it, so the pass raises :cl
 server's message and the node's reply fails. With ``fallback = "never"`` a transient fault fails the node too.
 
 A trainer gets everything about its round at construction: how to open the edge session (``open_session``, e.g.
-an :class:`~edgeflower.clients.sessions.EdgeSessions`), a scheduled move and an operator's trigger
-(:mod:`edgeflower.clients.mobility`) and a progress line; :meth:`SplitTrainer.train` then runs the round.
+an :class:`~edgeflower.device.sessions.EdgeSessions`), a scheduled move and an operator's trigger
+(:mod:`edgeflower.device.mobility`) and a progress line; :meth:`SplitTrainer.train` then runs the round.
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ import torch
 from flwr.common.logger import log
 from torch import nn
 
-from edgeflower.clients.mobility import MoveOrder, MoveTrigger, RestartRound, migrate_session, train_with_restart
-from edgeflower.clients.result import (
+from edgeflower.device.mobility import MoveOrder, MoveTrigger, RestartRound, migrate_session, train_with_restart
+from edgeflower.device.result import (
     FALLBACK_MODES,
     OffloadError,
     SplitResult,
@@ -53,7 +53,7 @@ from edgeflower.clients.result import (
     fallback_cause,
     is_transient,
 )
-from edgeflower.clients.sessions import EdgeSessions, SessionOpener, tensor_bytes
+from edgeflower.device.sessions import EdgeSessions, SessionOpener, tensor_bytes
 from edgeflower.models.splittable import SplittableModel
 from edgeflower.progress import BatchProgress
 from edgeflower.timeline import Timeline
@@ -122,10 +122,10 @@ class SplitTrainer:
         ``"transient"``: train locally after a transient edge failure; ``"never"``: raise :class:`OffloadError`.
         Permanent errors always raise it (see the module docstring).
     open_session : SessionOpener, optional
-        Opens the round's edge session (an :class:`~edgeflower.clients.sessions.EdgeSessions`, needed for a
+        Opens the round's edge session (an :class:`~edgeflower.device.sessions.EdgeSessions`, needed for a
         restart; any such callable otherwise). May be given to :meth:`train` instead.
     move_order : MoveOrder, optional
-        A scheduled move to another edge server (:mod:`edgeflower.clients.mobility`).
+        A scheduled move to another edge server (:mod:`edgeflower.device.mobility`).
     move_trigger : MoveTrigger, optional
         An operator's trigger, polled between batches.
     progress : BatchProgress, optional
@@ -198,7 +198,7 @@ class SplitTrainer:
         return self.move_trigger.poll(batch) if self.move_trigger is not None else None
 
     def _move(self, session: Any, order: MoveOrder) -> Any:
-        """Carry out ``order`` at this batch boundary (see :mod:`edgeflower.clients.mobility`)."""
+        """Carry out ``order`` at this batch boundary (see :mod:`edgeflower.device.mobility`)."""
         self.last_move = order
         if order.mode == "restart":
             session.abort()

@@ -14,7 +14,7 @@ A :class:`MoveOrder` says before which batch the device moves, to which edge ser
 The device's own model, optimizer and data never move, so a migrated round ends with the same weights as an
 unmoved one.
 
-A trainer (:class:`~edgeflower.clients.split.SplitTrainer`) receives its ``move_order`` and ``move_trigger`` at
+A trainer (:class:`~edgeflower.device.split.SplitTrainer`) receives its ``move_order`` and ``move_trigger`` at
 construction, checks them between batches and carries a move out with :func:`migrate_session` (or raises
 :class:`RestartRound`); :func:`train_with_restart` runs its passes so that a restart replays the round on the
 destination.
@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from flwr.common.logger import log
 
-from edgeflower.clients.sessions import EdgeSessions
+from edgeflower.device.sessions import EdgeSessions
 from edgeflower.transport.client import EdgeClient, SessionHandle
 from edgeflower.transport.errors import EdgeUnavailableError, SessionNotFoundError
 

@@ -11,7 +11,7 @@ from types import TracebackType
 
 from flwr.common.logger import log
 
-from edgeflower.server.edge import EdgeServer, EdgeServerConfig
+from edgeflower.edge.server import EdgeServer, EdgeServerConfig
 from edgeflower.transport.auth import DEFAULT_TTL_S, ROLE_DEVICE, ROLE_MIGRATION, TokenIssuer, load_secret
 
 __all__ = ["EdgeAssignment", "EdgePool"]
@@ -57,7 +57,11 @@ class EdgePool:
     """A set of edge servers and the token issuer for them; assigns nodes to edge servers.
 
     Use :meth:`in_process` to start ``n`` edge servers on loopback (``flwr run .`` stays self-contained) or
-    :meth:`external` for ``edgeflower edge-server`` processes reachable at known addresses.
+    :meth:`external` for ``edgeflower edge-server`` processes reachable at known addresses. :meth:`assign` gives a
+    node its edge server and token for a round; a ServerApp sends them to the node in a
+    :class:`~edgeflower.app.plan.NodePlan` (``edge_address``, ``edge_token``), the one contract between ServerApp
+    and ClientApp, which the ClientApp reads back with ``NodePlan.from_config`` (as
+    ``examples/quickstart-edgeflower`` does).
 
     Parameters
     ----------
@@ -150,13 +154,6 @@ class EdgePool:
         edge = self.edge_of(node_id)
         token = self.issuer.issue(run_id, node_id, server_round, self.edge_ids[edge], ttl_s, ROLE_DEVICE)
         return EdgeAssignment(edge, self.addresses[edge], token)
-
-    def plan(self, run_id: int, node_id: int, server_round: int, ttl_s: float = DEFAULT_TTL_S) -> dict[str, str]:
-        """:meth:`assign` as ``edge-address`` and ``edge-token`` config entries, for apps with a ClientApp of their
-        own that reads them (see ``examples/quickstart-edgeflower``); edgeflower's ServerApp sends a typed
-        :class:`~edgeflower.app.plan.NodePlan` instead."""
-        assigned = self.assign(run_id, node_id, server_round, ttl_s)
-        return {"edge-address": assigned.address, "edge-token": assigned.token}
 
     def migration_token(
         self, run_id: int, node_id: int, server_round: int, edge: int, ttl_s: float = DEFAULT_TTL_S

@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from edgeflower.server import EdgeServer, EdgeServerConfig, TrainingSession
+from edgeflower.edge import EdgeServer, EdgeServerConfig, TrainingSession
 from edgeflower.transport import EdgeClient, EdgeUnavailableError, SessionNotFoundError
 from tests._edge_helpers import OPTIM, SECRET, fashion_batches, fresh_model, thread_names, token, wait_until
 

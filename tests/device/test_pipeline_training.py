@@ -8,11 +8,11 @@ import threading
 import pytest
 import torch
 
-from edgeflower.clients.pipeline import PipelineTrainer
-from edgeflower.clients.split import SplitTrainer
 from edgeflower.data import BatchLoader
+from edgeflower.device.pipeline import PipelineTrainer
+from edgeflower.device.split import SplitTrainer
+from edgeflower.edge.server import EdgeServer
 from edgeflower.models import build_model
-from edgeflower.server.edge import EdgeServer
 from edgeflower.training import make_optimizer
 from edgeflower.transport import EdgeClient, OptimizerSettings, TokenIssuer
 from edgeflower.transport.emulation import DeviceProfile, EmulatedLink, LinkProfile

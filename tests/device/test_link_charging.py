@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from edgeflower.clients.split import SplitTrainer
+from edgeflower.device.split import SplitTrainer
 from edgeflower.models import build_model
 from edgeflower.transport import OptimizerSettings
 from edgeflower.transport.emulation import EmulatedLink, LinkProfile

@@ -1,7 +1,7 @@
 """What an edge server remembers about the tokens it accepted: single-use ``Open`` tokens, migration tokens that
-imported a session, and the newest round of each run (see :mod:`edgeflower.server.edge` for the round guarantee).
+imported a session, and the newest round of each run (see :mod:`edgeflower.edge.server` for the round guarantee).
 
-The ``Open`` handler and the migration handlers (:mod:`edgeflower.server.migration`) share one
+The ``Open`` handler and the migration handlers (:mod:`edgeflower.edge.migration`) share one
 :class:`TokenLedger`: an ``Open`` token cannot import a session, a migration token cannot open one, and a token of a
 round older than the newest one seen is refused by both.
 """

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from edgeflower.clients.pipeline import PipelineTrainer
-from edgeflower.clients.split import OffloadError, SplitTrainer, fallback_cause, is_transient
 from edgeflower.data import BatchLoader
+from edgeflower.device.pipeline import PipelineTrainer
+from edgeflower.device.split import OffloadError, SplitTrainer, fallback_cause, is_transient
+from edgeflower.edge.server import EdgeServer, EdgeServerConfig
 from edgeflower.models import build_model
-from edgeflower.server.edge import EdgeServer, EdgeServerConfig
 from edgeflower.transport import EdgeClient, OptimizerSettings, TokenIssuer
 from edgeflower.transport.errors import (
     EdgeAuthError,

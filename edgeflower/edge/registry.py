@@ -8,7 +8,7 @@ from logging import INFO
 
 from flwr.common.logger import log
 
-from edgeflower.server.session import TrainingSession
+from edgeflower.edge.session import TrainingSession
 from edgeflower.transport.errors import EdgeOverloadedError, SessionNotFoundError
 from edgeflower.transport.grpc_server import trim_memory
 

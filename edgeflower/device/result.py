@@ -1,6 +1,6 @@
 """What a split-training pass produces (:class:`SplitResult`) and how it fails: which edge-server errors are
 transient (the device may finish the round locally) and which are permanent (:class:`OffloadError` fails the node).
-See :mod:`edgeflower.clients.split` for the fallback itself.
+See :mod:`edgeflower.device.split` for the fallback itself.
 """
 
 from __future__ import annotations

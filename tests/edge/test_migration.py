@@ -8,13 +8,13 @@ import signal
 import pytest
 import torch
 
-from edgeflower.clients.mobility import MoveOrder
-from edgeflower.clients.pipeline import PipelineTrainer
-from edgeflower.clients.sessions import EdgeSessions
 from edgeflower.data import BatchLoader
+from edgeflower.device.mobility import MoveOrder
+from edgeflower.device.pipeline import PipelineTrainer
+from edgeflower.device.sessions import EdgeSessions
+from edgeflower.edge.migration import export_session, seal
+from edgeflower.edge.server import EdgeServer, EdgeServerConfig
 from edgeflower.models import build_model
-from edgeflower.server.edge import EdgeServer, EdgeServerConfig
-from edgeflower.server.migration import export_session, seal
 from edgeflower.training import make_optimizer, train_local
 from edgeflower.transport import (
     EdgeAuthError,
@@ -239,7 +239,7 @@ def test_operator_trigger_moves_a_running_node_at_the_next_batch_boundary(tmp_pa
     import subprocess
     import sys
 
-    from edgeflower.clients.mobility import MoveTrigger
+    from edgeflower.device.mobility import MoveTrigger
     from tests.conftest import ROOT
 
     a, b = edges

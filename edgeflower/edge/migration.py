@@ -33,11 +33,11 @@ import grpc
 import torch
 from flwr.common.logger import log
 
+from edgeflower.edge.config import EdgeServerConfig
+from edgeflower.edge.ledger import TokenLedger
+from edgeflower.edge.registry import SessionRegistry
+from edgeflower.edge.session import TrainingSession
 from edgeflower.models.splittable import ModelSpec
-from edgeflower.server.config import EdgeServerConfig
-from edgeflower.server.ledger import TokenLedger
-from edgeflower.server.registry import SessionRegistry
-from edgeflower.server.session import TrainingSession
 from edgeflower.transport.auth import RPC_ROLES, TokenClaims, TokenVerifier
 from edgeflower.transport.codec import Frame, Limits, decode_frame, encode_frame
 from edgeflower.transport.emulation import EmulatedLink, LinkProfile

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from edgeflower.server import EdgeServer
+from edgeflower.edge import EdgeServer
 from edgeflower.transport import EdgeClient, EdgeUnavailableError, TLSConfig
 from tests._edge_helpers import (
     SECRET,
