@@ -47,7 +47,7 @@ run: install data
 	  --stream --run-config "$$RUN_CONFIG"
 
 test: install data
-	$(BIN)/python -m pytest -q -ra --durations=15 -n 2 --dist loadgroup --no-loadscope-reorder
+	$(BIN)/python -m pytest -q -ra --durations=15 -n 3 --dist loadgroup --no-loadscope-reorder
 
 lint: install
 	$(BIN)/ruff check edgeflower tests benchmarks

@@ -9,6 +9,7 @@ written as ``NAME.quick.json`` so they never overwrite the committed full-mode r
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -34,7 +35,15 @@ def parse_args(
     argv: Sequence[str] | None = None,
     extra: Callable[[argparse.ArgumentParser], None] | None = None,
 ) -> BenchArgs:
-    """Parse ``--quick`` and ``--out`` (and the options ``extra`` adds) for benchmark ``name``."""
+    """Parse ``--quick`` and ``--out`` (and the options ``extra`` adds) for benchmark ``name``.
+
+    Every benchmark calls this first in ``main``, once its imports are done; those imports (torch, Flower: about
+    200,000 objects that live as long as the process) then move to the garbage collector's permanent generation,
+    so a full collection (each gRPC server's stop runs one) scans only what the benchmark creates: shorter pauses
+    in what it times, and 0.3 s less per server stopped.
+    """
+    gc.collect()
+    gc.freeze()
     parser = argparse.ArgumentParser(prog=f"python -m benchmarks.{name}", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny run for CI (seconds)")
     parser.add_argument("--out", type=Path, default=Path("results"), help="output directory (default: results)")

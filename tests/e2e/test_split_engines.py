@@ -74,6 +74,7 @@ def test_deployment_engine_runs_split_training_on_edge_server_processes_over_tls
         config = {
             **QUICK,
             **central,
+            "num-rounds": 1,  # one round shows it all (each round starts a ClientApp process per SuperNode)
             "mode": "split",
             "edge-addresses": f"{e1.address},{e2.address}",
             "edge-secret-file": str(secret),
@@ -87,7 +88,8 @@ def test_deployment_engine_runs_split_training_on_edge_server_processes_over_tls
     for name in ("config.json", "metrics.json", "metrics.csv", "nodes.json", "model.pt", "run.png"):
         assert (run_folder(tmp_path / "runs", outcome.run_id) / name).is_file(), name
     assert rows[-1]["nodes"] == 2 and rows[-1]["test-accuracy"] > 0.5
-    last = nodes[str(QUICK["num-rounds"])]
+    assert [r["round"] for r in rows] == [0, 1]
+    last = nodes["1"]
     assert {m["edge-address"] for m in last.values()} == {e1.address, e2.address}
     assert all(m["fell-back"] == 0 for m in last.values())  # every session ran over TLS on its edge server
 
