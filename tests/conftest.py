@@ -101,8 +101,9 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Move what collection loaded (torch, Flower, every test module: a few hundred thousand objects that live for the
     whole run) to the garbage collector's permanent generation. A full collection then scans only what the tests
-    create: every stop of a gRPC server runs one (``transport/grpc_server.py``), 0.3 s each without this, and the
-    suite stops a few hundred servers."""
+    create, not those objects again: Python starts one automatically as tests allocate (tensors, modules, messages)
+    and every stop of a gRPC server runs one (``transport/grpc_server.py``), 0.3 s each without this. Measured on
+    the idle 2-core machine: the whole suite 705 s without, 449 s with."""
     gc.collect()
     gc.freeze()
 
