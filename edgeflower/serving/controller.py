@@ -41,7 +41,6 @@ from edgeflower.serving.journal import Journal
 from edgeflower.serving.nodeclient import NodeClient
 from edgeflower.serving.plan import Route, initial_route
 from edgeflower.serving.routing import CurrentRoute, Router
-from edgeflower.serving.rpc import GrpcServer
 from edgeflower.serving.selection import Candidate, Objectives
 from edgeflower.serving.service import PredictService
 from edgeflower.serving.settings import ControllerConfig
@@ -139,7 +138,7 @@ class Controller:
         self.clients = [
             NodeClient(
                 a,
-                RenewingToken(partial(self._node_token, i), cfg.token_ttl_s),
+                RenewingToken(partial(self.node_token, i), cfg.token_ttl_s),
                 self.links.get(i),
                 cfg.forward_timeout_s,
                 node_root_cert,
@@ -169,7 +168,7 @@ class Controller:
             self._requests.handle, self.status, TokenVerifier(secret), bundle.spec.in_shape, host, port, cfg, tls
         )
 
-    def _node_token(self, node: int, ttl_s: float) -> str:
+    def node_token(self, node: int, ttl_s: float) -> str:
         """A short-lived controller token for node ``node``, bound to its id (refused by every other node)."""
         return self._issuer.issue(0, node, 0, self.node_ids[node], ttl_s=ttl_s, role=ROLE_CONTROLLER)
 
@@ -223,9 +222,9 @@ class Controller:
         return self._service.address
 
     @property
-    def _server(self) -> GrpcServer:
-        """The predict service's gRPC server (its ``methods`` are the RPCs served)."""
-        return self._service.server
+    def rpc_methods(self) -> frozenset[str]:
+        """The RPCs the predict service serves (what a client may call)."""
+        return frozenset(self._service.server.methods)
 
     # -- lifecycle ----------------------------------------------------------------------------------------------------
     def start(self, serve: bool = True, calibrate: int = 3) -> Controller:

@@ -179,6 +179,11 @@ class InferenceNode:
         )
 
     @property
+    def rpc_methods(self) -> frozenset[str]:
+        """The RPCs this node serves (what a controller may call)."""
+        return frozenset(self._server.methods)
+
+    @property
     def address(self) -> str:
         """``host:port`` (after :meth:`start`)."""
         if not self._server.address:

@@ -323,8 +323,8 @@ def test_the_role_table_names_every_rpc_of_the_edge_server_inference_node_and_co
     ctl, nodes, _ = chain
     served = {
         "edge": set(edge._handlers()),
-        "node": set(nodes[0]._server.methods),
-        "controller": set(ctl._server.methods),
+        "node": set(nodes[0].rpc_methods),
+        "controller": set(ctl.rpc_methods),
     }
     table: dict[str, set[str]] = {}
     for key in RPC_ROLES:
@@ -413,7 +413,7 @@ def test_a_controller_token_for_one_node_is_refused_by_every_other_node(chain):
     ctl, nodes, x = chain
     assert [n.identity for n in nodes] == ctl.node_ids  # by default a node's id is the address the controller dials
     for i, mine in enumerate(nodes):
-        token = ctl._node_token(i, 60.0)
+        token = ctl.node_token(i, 60.0)
         _ping(mine.address, token)
         stolen = NodeClient(nodes[1 - i].address, token)
         try:
