@@ -14,11 +14,11 @@ import hashlib
 import os
 import threading
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import tomli_w
 from flwr.cli.build import build_fab_from_files
 from flwr.cli.cli_client_interceptor import CliClientHttpInterceptor
 from flwr.cli.utils import build_pathspec, load_gitignore_patterns
@@ -36,9 +36,10 @@ from flwr.supercore.fab import Fab
 from flwr.supercore.interceptors.http.runtime_version import RuntimeVersionHttpInterceptor
 from flwr.supercore.utils import simulation_config_from_json
 
+from edgeflower.flwrctl.home import format_config_overrides
 from edgeflower.flwrctl.outcome import FlwrCtlError
 
-__all__ = ["ControlClient", "app_files", "build_app_fab", "connection_address"]
+__all__ = ["ControlClient", "app_files", "build_app_fab", "connected", "connection_address"]
 
 LOCAL_ADDRESSES = (":local:", ":local-in-memory:")
 """Flower's magic addresses of the local simulation SuperLink (served on ``FLWR_LOCAL_SUPERLINK_HTTP_API_PORT``)."""
@@ -138,7 +139,7 @@ class ControlClient:
         """
         fab, config = build_app_fab(app_dir)
         get_metadata_from_config(config)  # a KeyError here: not a Flower app (no publisher, name or version)
-        overrides = [f"{key}={tomli_w.dumps({'v': value}).strip()[4:]}" for key, value in (run_config or {}).items()]
+        overrides = format_config_overrides(run_config)
         federation = {key.replace("-", "_"): value for key, value in (federation_config or {}).items()}
         request = StartRunRequest(
             fab=fab_to_proto(fab),
@@ -186,9 +187,21 @@ class ControlClient:
         self.close()
 
 
-def closing_after(client: ControlClient, seconds: float) -> Callable[[], None]:
-    """Close ``client`` after ``seconds`` unless the returned function is called first (it cancels the timer)."""
-    timer = threading.Timer(max(0.0, seconds), client.close)
+@contextmanager
+def connected(connection: str, env: dict[str, str], timeout: float, doing: str) -> Iterator[ControlClient]:
+    """A client of connection ``connection``, closed on exit, and after ``timeout`` seconds at the latest (a
+    blocked call or an open log stream then ends with an error). Any error but :class:`FlwrCtlError` becomes one
+    that says what was being done (``doing``)."""
+    client = ControlClient.for_connection(connection, env)
+    timer = threading.Timer(max(0.0, timeout), client.close)
     timer.daemon = True
     timer.start()
-    return timer.cancel
+    try:
+        yield client
+    except FlwrCtlError:
+        raise
+    except Exception as err:  # httpx, protobuf or Flower's own errors: one readable message
+        raise FlwrCtlError(f"{doing} failed: {err}") from err
+    finally:
+        timer.cancel()
+        client.close()

@@ -16,7 +16,7 @@ from typing import Any
 
 from flwr.common.logger import log
 
-from edgeflower.flwrctl.control import ControlClient, closing_after
+from edgeflower.flwrctl.control import ControlClient, connected
 from edgeflower.flwrctl.outcome import STATUS_COMPLETED, FlwrCtlError, RunOutcome, drop_flower_noise
 
 __all__ = ["LATE_LOGS_S", "execute", "fetch_logs", "follow_run", "get_run_status", "start_run", "wait_for_run"]
@@ -62,17 +62,8 @@ def start_run(
     FlwrCtlError
         If the SuperLink cannot be reached or refuses the run (its message).
     """
-    client = ControlClient.for_connection(connection, env)
-    cancel = closing_after(client, timeout)
-    try:
+    with connected(connection, env, timeout, f"submitting {app_dir} to connection '{connection}'") as client:
         run_id = client.start_run(Path(app_dir).resolve(), run_config, federation_config)
-    except FlwrCtlError:
-        raise
-    except Exception as err:  # httpx, protobuf or Flower's own errors: one readable message
-        raise FlwrCtlError(f"submitting {app_dir} to connection '{connection}' failed: {err}") from err
-    finally:
-        cancel()
-        client.close()
     return run_id, f"Successfully started run {run_id}"
 
 
@@ -84,25 +75,16 @@ def get_run_status(run_id: int, connection: str, env: dict[str, str], *, timeout
     tuple[str, str]
         E.g. ``("running", "N/A")`` or ``("finished:failed", "ServerApp failed ...")``.
     """
-    client = ControlClient.for_connection(connection, env)
-    cancel = closing_after(client, timeout)
-    try:
+    with connected(connection, env, timeout, f"reading the status of run {run_id}") as client:
         return client.status(run_id)
-    except FlwrCtlError:
-        raise
-    except Exception as err:
-        raise FlwrCtlError(f"reading the status of run {run_id} failed: {err}") from err
-    finally:
-        cancel()
-        client.close()
 
 
 def stop_run(run_id: int, connection: str, env: dict[str, str]) -> None:
     """Stop a run (as ``flwr stop``); a failure is logged, not raised."""
     try:
-        with ControlClient.for_connection(connection, env) as client:
+        with connected(connection, env, 60.0, f"stopping run {run_id}") as client:
             client.stop_run(run_id)
-    except Exception as err:  # the run is being given up: say so and go on
+    except FlwrCtlError as err:  # the run is being given up: say so and go on
         log(WARNING, "flwrctl: stopping run %s failed: %s", run_id, err)
 
 
@@ -130,13 +112,11 @@ def wait_for_run(
     return "timeout", f"last status: {status} {details}".strip()
 
 
-def _read_stream(client: ControlClient, run_id: int, after: float, echo: bool) -> tuple[str, float]:
-    """The run's log after ``after`` until the SuperLink ends the stream (or the client is closed)."""
+def _read_stream(client: ControlClient, run_id: int, echo: bool) -> str:
+    """The run's whole log, until the SuperLink ends the stream (or the client is closed: the caller's deadline)."""
     chunks: list[str] = []
-    latest = after
     try:
-        for text, stamp in client.logs(run_id, after):
-            latest = max(latest, stamp)
+        for text, _ in client.logs(run_id):
             kept = drop_flower_noise(text)
             chunks.append(kept)
             if echo and kept:
@@ -144,7 +124,7 @@ def _read_stream(client: ControlClient, run_id: int, after: float, echo: bool) -
                 sys.stdout.flush()
     except Exception as err:  # a closed client (the deadline) or a dropped connection: the caller decides
         log(INFO, "flwrctl: the log stream of run %s ended early (%s)", run_id, type(err).__name__)
-    return "".join(chunks), latest
+    return "".join(chunks)
 
 
 def follow_run(
@@ -183,13 +163,8 @@ def follow_run(
         Final status, its details, and the log text streamed while waiting.
     """
     deadline = time.monotonic() + timeout
-    client = ControlClient.for_connection(connection, env)
-    cancel = closing_after(client, timeout)
-    try:
-        streamed, _ = _read_stream(client, run_id, 0.0, echo)
-    finally:
-        cancel()
-        client.close()
+    with connected(connection, env, timeout, f"following run {run_id}") as client:
+        streamed = _read_stream(client, run_id, echo)
     status, details = "unknown", ""
     try:
         status, details = get_run_status(run_id, connection, env)
@@ -206,16 +181,11 @@ def follow_run(
 def fetch_logs(run_id: int, connection: str, env: dict[str, str], *, timeout: float = 60.0) -> str:
     """The whole log of a (finished) run ('' if it could not be read), Flower's noise lines dropped."""
     try:
-        client = ControlClient.for_connection(connection, env)
+        with connected(connection, env, timeout, f"reading the log of run {run_id}") as client:
+            return _read_stream(client, run_id, False)
     except FlwrCtlError as err:
         log(WARNING, "flwrctl: could not fetch logs: %s", err)
         return ""
-    cancel = closing_after(client, timeout)
-    try:
-        return _read_stream(client, run_id, 0.0, False)[0]
-    finally:
-        cancel()
-        client.close()
 
 
 def execute(
