@@ -25,10 +25,10 @@ from typing import Any
 import torch
 import torchvision.models as tvm
 from torch import nn
-from torch.nn import functional as F  # noqa: N812
 
 from benchmarks.common import parse_args, png_path, print_table, write_result
-from edgeflower.models import SplittableModel, merge_state_dicts, splittable
+from edgeflower.models import splittable
+from edgeflower.models.checks import split_merge_gap, split_training_gap
 from edgeflower.pruning import surgery
 
 NAME = "models"
@@ -59,54 +59,6 @@ FULL: dict[str, Callable[[int], nn.Module]] = {
     "vit_b_16": _vit,
 }
 QUICK = ("resnet18", "mobilenet_v3_small", "squeezenet1_1")
-
-
-def _dropout_off(model: nn.Module) -> None:
-    for m in model.modules():
-        if "Dropout" in type(m).__name__ or type(m).__name__ == "StochasticDepth":
-            m.eval()
-
-
-def _gap(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
-    return max(((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].numel()), default=0.0)
-
-
-def split_merge(model: SplittableModel, x: torch.Tensor, k: int) -> float:
-    """``tail(head(x))`` and the merged state against the model (eval mode); merges back strictly."""
-    model.eval()
-    head, tail = model.split(k)
-    merged = merge_state_dicts(head, tail)
-    with torch.no_grad():
-        diff = float((tail(head(x)) - model(x)).abs().max())
-    model.merge(head, tail)
-    return max(diff, _gap(merged, model.state_dict()))
-
-
-def split_training(
-    whole: nn.Module, split: SplittableModel, batches: list[tuple[torch.Tensor, torch.Tensor]], k: int
-) -> float:
-    """Largest parameter gap after training ``whole`` unsplit and ``split`` cut at ``k`` on the same batches."""
-    for m in (whole, split):
-        m.train()
-        _dropout_off(m)
-    opt = torch.optim.SGD(whole.parameters(), lr=0.05, momentum=0.9)
-    head, tail = split.split(k, share=True)
-    opts = [torch.optim.SGD(p.parameters(), lr=0.05, momentum=0.9) for p in (head, tail) if list(p.parameters())]
-    for x, y in batches:
-        opt.zero_grad()
-        F.cross_entropy(whole(x), y).backward()
-        opt.step()
-        for o in opts:
-            o.zero_grad()
-        act = head(x)
-        sent = act.detach().requires_grad_(act.requires_grad)
-        F.cross_entropy(tail(sent), y).backward()
-        if act.requires_grad:
-            act.backward(sent.grad)
-        for o in opts:
-            o.step()
-    unsplit = {key.split(".", 2)[2]: v for key, v in split.state_dict().items()}
-    return _gap(whole.state_dict(), unsplit)
 
 
 def _sparsify(model: nn.Module, gen: torch.Generator) -> None:
@@ -147,9 +99,9 @@ def run_one(name: str, build: Callable[[int], nn.Module], size: int) -> dict[str
     x = torch.randn(2, 3, size, size)
     model = splittable(module, x)
     k = model.num_blocks // 2
-    merge_diff = split_merge(model, x, k)
+    merge_diff = split_merge_gap(model, x, k)
     batches = [(torch.randn(2, 3, size, size), torch.randint(0, 10, (2,))) for _ in range(2)]
-    train_diff = split_training(whole, model, batches, k)
+    train_diff = split_training_gap(whole, model, batches, k)
     blocks = model.num_blocks
     del whole, model
     diff, refusal, removed = surgery_check(build(size), (3, size, size))

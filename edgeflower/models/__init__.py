@@ -4,7 +4,8 @@
 * :func:`splittable` — any ``nn.Module`` as a :class:`SplittableModel` (``nn.Sequential`` as is, anything else
   traced with ``torch.fx`` and cut where exactly one tensor crosses);
 * :func:`trust_reference` — let this process build a reference that a network peer names (edge servers);
-* :func:`profile_model` — per-block compute and activation sizes for the planners.
+* :func:`profile_model` — per-block compute and activation sizes for the planners;
+* :mod:`edgeflower.models.checks` — prove on a model that split training equals local training.
 """
 
 # ``splittable`` (the function) deliberately shadows the submodule of the same name as a package attribute;

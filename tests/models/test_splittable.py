@@ -10,9 +10,9 @@ import torchvision.models as tvm
 from torch import nn
 
 from edgeflower.models import splittable
+from edgeflower.models.checks import split_merge_gap, split_training_gap
 from edgeflower.models.fx import TraceError
 from tests.models import _user_model as user
-from tests.models._equivalence import split_merge_diff, split_training_diff
 
 
 def _vit() -> nn.Module:
@@ -39,9 +39,9 @@ def test_torchvision_model_splits_merges_and_trains_split_exactly(name):
     assert model.num_blocks > 4
     assert all(isinstance(b, torch.fx.GraphModule) for b in model.blocks)
     k = model.num_blocks // 2
-    assert split_merge_diff(model, x, k) <= 1e-5
+    assert split_merge_gap(model, x, k) <= 1e-5
     batches = [(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))) for _ in range(2)]
-    assert split_training_diff(whole, model, batches, k) <= 1e-5
+    assert split_training_gap(whole, model, batches, k) <= 1e-5
 
 
 def test_users_model_splits_everywhere_and_trains_split_exactly():
@@ -52,8 +52,8 @@ def test_users_model_splits_everywhere_and_trains_split_exactly():
     assert model.spec.name == "tests.models._user_model:Net" and model.spec.num_classes == 10
     batches = [(torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))) for _ in range(2)]
     for k in range(1, model.num_blocks):
-        assert split_merge_diff(model, x, k) <= 1e-6
-        assert split_training_diff(copy.deepcopy(net), copy.deepcopy(model), batches, k) <= 1e-6, k
+        assert split_merge_gap(model, x, k) <= 1e-6
+        assert split_training_gap(copy.deepcopy(net), copy.deepcopy(model), batches, k) <= 1e-6, k
 
 
 def test_sequential_splits_between_children_and_shares_parameters():
@@ -105,4 +105,4 @@ def test_no_cut_lets_a_tail_start_by_writing_into_its_input_in_place():
     assert "conv" not in model.block_names  # the cut after conv would hand the tail a leaf to modify in place
     batches = [(torch.randn(4, 1, 8, 8), torch.randint(0, 3, (4,))) for _ in range(2)]
     for k in range(1, model.num_blocks):
-        assert split_training_diff(copy.deepcopy(module), copy.deepcopy(model), batches, k) <= 1e-6
+        assert split_training_gap(copy.deepcopy(module), copy.deepcopy(model), batches, k) <= 1e-6
