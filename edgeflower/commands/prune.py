@@ -24,6 +24,19 @@ def _floats(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
 
 
+def _rewind(text: str) -> int | None:
+    """``--rewind-batches``: a number of dense batches, or ``end`` for the end of dense training."""
+    if text.strip().lower() == "end":
+        return None
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a number of batches or 'end', got {text!r}") from exc
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of batches >= 0 or 'end', got {text!r}")
+    return value
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the ``prune`` subcommand."""
     p = sub.add_parser(
@@ -49,9 +62,20 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     src.add_argument("--data-root", default="", help="dataset directory (default: Debian's Fashion-MNIST)")
     tr = p.add_argument_group("schedule")
     tr.add_argument("--dense-epochs", type=float, default=1.0, help="dense training first (ignored with --checkpoint)")
-    tr.add_argument("--rewind-batches", type=int, default=20, help="rewind point in dense batches")
+    tr.add_argument(
+        "--rewind-batches",
+        type=_rewind,
+        default=20,
+        help="rewind point in dense batches, or 'end' to rewind to the trained dense weights (late rewinding)",
+    )
     tr.add_argument(
         "--compressions", type=_floats, default=[2, 4, 8, 16, 32, 64, 128, 256], help="IMP levels (comma-separated)"
+    )
+    tr.add_argument(
+        "--variants",
+        type=_floats,
+        default=None,
+        help="the IMP levels that become variants, e.g. 2,4,...,256 of a longer schedule (default: every level)",
     )
     tr.add_argument("--retrain-epochs", type=float, default=0.5, help="retraining after each pruning level")
     tr.add_argument("--batch-size", type=int, default=128, help="training batch size")
@@ -132,7 +156,15 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     result = make_portfolio(
-        model, train, test, cfg, dense_epochs, args.rewind_batches, args.out, progress=not args.no_progress
+        model,
+        train,
+        test,
+        cfg,
+        dense_epochs,
+        args.rewind_batches,
+        args.out,
+        progress=not args.no_progress,
+        variants=args.variants,
     )
     from edgeflower.commands.portfolio import print_portfolio
 

@@ -14,12 +14,13 @@ from edgeflower.pruning.imp import (
     DEFAULT_COMPRESSIONS,
     IMPConfig,
     SparseLevel,
+    geometric_compressions,
     iterative_magnitude_pruning,
     train_dense,
 )
 from edgeflower.pruning.magnitude import apply_masks, compression_of, global_magnitude_masks, prunable_tensors
 from edgeflower.pruning.measure import count_params, cpu_latency_ms, state_bytes
-from edgeflower.pruning.pipeline import PipelineResult, make_portfolio
+from edgeflower.pruning.pipeline import PipelineResult, make_portfolio, select_levels
 from edgeflower.pruning.plot import plot_pareto
 from edgeflower.pruning.portfolio import Portfolio, Variant, build_portfolio, measure_variant
 from edgeflower.pruning.strategy import PruningStrategy
@@ -51,12 +52,14 @@ __all__ = [
     "cpu_latency_ms",
     "describe_arch",
     "fuse_batchnorm",
+    "geometric_compressions",
     "global_magnitude_masks",
     "iterative_magnitude_pruning",
     "make_portfolio",
     "measure_variant",
     "plot_pareto",
     "prunable_tensors",
+    "select_levels",
     "state_bytes",
     "surgery",
     "train_dense",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,10 +30,46 @@ from edgeflower.pruning.magnitude import (
 )
 from edgeflower.training import evaluate, make_optimizer, train_local
 
-__all__ = ["DEFAULT_COMPRESSIONS", "IMPConfig", "SparseLevel", "iterative_magnitude_pruning", "train_dense"]
+__all__ = [
+    "DEFAULT_COMPRESSIONS",
+    "IMPConfig",
+    "SparseLevel",
+    "geometric_compressions",
+    "iterative_magnitude_pruning",
+    "train_dense",
+]
 
 DEFAULT_COMPRESSIONS = (2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0)
 """DNNShifter's portfolio: 2x ... 256x compression of the prunable weights."""
+
+
+def geometric_compressions(max_compression: float = 256.0, levels_per_doubling: int = 1) -> tuple[float, ...]:
+    """IMP targets that prune the same share of the remaining weights at every level, ``levels_per_doubling``
+    levels per halving of the weights, up to ``max_compression``; every power of two is hit exactly.
+
+    ``levels_per_doubling=3`` prunes 20.6 % of the remaining weights per level (DNNShifter: 20 %, ``1.25 ** k``)
+    and reaches 256x in 24 levels while keeping the portfolio levels 2x, 4x ... 256x.
+
+    Parameters
+    ----------
+    max_compression : float
+        The last target; must be a power of two >= 2.
+    levels_per_doubling : int
+        Levels per halving of the remaining weights (>= 1).
+
+    Returns
+    -------
+    tuple of float
+        ``2 ** (k / levels_per_doubling)`` for ``k = 1 ... levels_per_doubling * log2(max_compression)``.
+    """
+    doublings = math.log2(max_compression) if max_compression > 0 else float("nan")
+    if not doublings >= 1 or doublings != round(doublings):
+        raise ValueError(f"max_compression must be a power of two >= 2, got {max_compression}")
+    if levels_per_doubling < 1:
+        raise ValueError(f"levels_per_doubling must be >= 1, got {levels_per_doubling}")
+    n = levels_per_doubling
+    return tuple(float(2 ** (k // n)) if k % n == 0 else 2.0 ** (k / n) for k in range(1, n * round(doublings) + 1))
+
 
 StateDict = dict[str, torch.Tensor]
 
@@ -45,7 +82,8 @@ class IMPConfig:
     ----------
     compressions : sequence of float
         Target compression (prunable weights / remaining weights) after each level, increasing.
-        DNNShifter prunes 20 % of the remaining weights per level (``1.25 ** k``); the default halves them.
+        DNNShifter prunes 20 % of the remaining weights per level (``1.25 ** k``); the default halves them;
+        :func:`geometric_compressions` gives DNNShifter-like schedules that still hit 2x, 4x ... exactly.
     retrain_epochs : float
         Epochs of retraining per level (fractions allowed).
     batch_size, lr, momentum, weight_decay : int, float
@@ -121,13 +159,16 @@ def train_dense(
     data: ImageData,
     epochs: float,
     cfg: IMPConfig,
-    rewind_batches: int = 100,
+    rewind_batches: int | None = 100,
     progress: bool = True,
 ) -> StateDict:
     """Train ``model`` densely in place and return its weights after ``rewind_batches`` batches (the rewind point).
 
-    ``rewind_batches = 0`` rewinds to the initialisation (the original lottery-ticket procedure).
+    ``rewind_batches = 0`` rewinds to the initialisation (the original lottery-ticket procedure); ``None`` (or
+    more batches than dense training has) to the end of dense training, the trained weights ("late rewinding").
     """
+    if rewind_batches is None:
+        rewind_batches = 1 << 62
     rewind = copy.deepcopy(model.state_dict()) if rewind_batches <= 0 else None
     opt = make_optimizer(model.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay)
     batches = list(_batches(data, cfg.batch_size, epochs, cfg.seed, cfg.max_batches))

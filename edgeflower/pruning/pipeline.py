@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import copy
+import math
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,12 +21,16 @@ from edgeflower.pruning.plot import plot_pareto
 from edgeflower.pruning.portfolio import Portfolio, build_portfolio
 from edgeflower.training import evaluate
 
-__all__ = ["PipelineResult", "make_portfolio"]
+__all__ = ["PipelineResult", "make_portfolio", "select_levels"]
 
 
 @dataclass
 class PipelineResult:
-    """The saved portfolio, the sparse levels it came from and where the time went."""
+    """The saved portfolio, the sparse levels it came from and where the time went.
+
+    ``levels`` are the IMP levels that became variants (in the portfolio's order); ``trace`` has one entry per
+    IMP level run (target, compression, accuracy, seconds), also those that were only steps on the way.
+    """
 
     portfolio: Portfolio
     levels: list[SparseLevel]
@@ -32,6 +39,23 @@ class PipelineResult:
     surgery_s: float
     path: Path | None
     dense_state: dict[str, torch.Tensor]
+    trace: list[dict[str, Any]] = field(default_factory=list)
+
+
+def select_levels(levels: Sequence[SparseLevel], targets: Sequence[float] | None) -> list[SparseLevel]:
+    """The levels whose target compression is one of ``targets`` (all of them when ``targets`` is ``None``).
+
+    Raises
+    ------
+    ValueError
+        When a target is not one of the levels' targets.
+    """
+    if targets is None:
+        return list(levels)
+    missing = [t for t in targets if not any(math.isclose(lv.target, t, rel_tol=1e-9) for lv in levels)]
+    if missing:
+        raise ValueError(f"portfolio levels {missing} are not IMP targets {[lv.target for lv in levels]}")
+    return [lv for lv in levels if any(math.isclose(lv.target, t, rel_tol=1e-9) for t in targets)]
 
 
 def make_portfolio(
@@ -40,9 +64,10 @@ def make_portfolio(
     test: ImageData | None,
     cfg: IMPConfig,
     dense_epochs: float = 0.0,
-    rewind_batches: int = 0,
+    rewind_batches: int | None = 0,
     out: str | Path | None = None,
     progress: bool = True,
+    variants: Sequence[float] | None = None,
 ) -> PipelineResult:
     """Build (and optionally save) the portfolio of ``model``.
 
@@ -56,13 +81,19 @@ def make_portfolio(
         IMP schedule.
     dense_epochs : float
         Dense training first (0 = the model is trained already; IMP then rewinds to its weights).
-    rewind_batches : int
-        Rewind point: weights after this many dense batches (0 = initialisation when training here).
+    rewind_batches : int or None
+        Rewind point: weights after this many dense batches (0 = initialisation when training here, ``None`` =
+        the end of dense training).
     out : str or Path, optional
         Directory to save the portfolio (and ``pareto.png``) to.
     progress : bool
         Show progress bars.
+    variants : sequence of float, optional
+        The IMP targets that become variants (e.g. 2, 4 ... 256 of a 24-level schedule); default every level.
+        Checked against ``cfg.compressions`` before any training.
     """
+    if variants is not None:  # fail before hours of training, not after
+        select_levels([SparseLevel(float(c), 0.0, {}, {}) for c in cfg.compressions], variants)
     work = copy.deepcopy(model)
     t0 = time.perf_counter()
     if dense_epochs > 0:
@@ -84,11 +115,23 @@ def make_portfolio(
             "dense_epochs": dense_epochs,
             "rewind_batches": rewind_batches,
             "include_linear": cfg.include_linear,
+            "variants": None if variants is None else [float(v) for v in variants],
         },
     }
     t1 = time.perf_counter()
-    levels = iterative_magnitude_pruning(work, rewind, train, cfg, test, progress)
+    all_levels = iterative_magnitude_pruning(work, rewind, train, cfg, test, progress)
     imp_s = time.perf_counter() - t1
+    trace = [
+        {
+            "target": lv.target,
+            "compression": lv.compression,
+            "accuracy": None if math.isnan(lv.accuracy) else lv.accuracy,
+            "seconds": lv.seconds,
+        }
+        for lv in all_levels
+    ]
+    meta["imp"]["levels"] = trace
+    levels = select_levels(all_levels, variants)
     t2 = time.perf_counter()
     portfolio = build_portfolio(levels, model.spec, test, progress=progress)
     surgery_s = sum(v.extra["surgery_s"] for v in portfolio.variants)
@@ -103,4 +146,4 @@ def make_portfolio(
     if out is not None:
         path = portfolio.save(out)
         plot_pareto([(model.spec.name, portfolio)], path / "pareto.png", title=f"{model.spec.name} portfolio")
-    return PipelineResult(portfolio, levels, dense_s, imp_s, surgery_s, path, dense_model.state_dict())
+    return PipelineResult(portfolio, levels, dense_s, imp_s, surgery_s, path, dense_model.state_dict(), trace)
