@@ -127,7 +127,7 @@ def test_agent_curve_covers_every_episode_of_every_restart_and_marks_the_final_r
     assert ticks and all(float(t).is_integer() for t in ticks)
     plt.close(fig)
 
-    net = ActorCritic(6, 3)
+    net = ActorCritic(12, 3, 8)  # 4 state features per group, VGG5's 8 split points
     policy = tmp_path / "agent.pt"
     info = {"scenario": "fedadapt", "chosen_restart": 1, "eval_reward": 21.11, "no_offload_reward": 0.0}
     save_policy(policy, net, "vgg5", 7, {**info, "training_rewards": runs})

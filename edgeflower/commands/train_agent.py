@@ -117,7 +117,8 @@ def train_policy(
         bar.close()
     _, best_restart, agent, rewards = max(candidates, key=lambda c: (c[0], -c[1]))
     score = evaluate_policy(OffloadEnv(cost, devices, config, seed=seed + 1), agent.policy_fn(), episodes=20)
-    fl = evaluate_policy(OffloadEnv(cost, devices, config, seed=seed + 1), lambda s: [1.0] * num_groups, episodes=20)
+    no_offload = [model.num_blocks] * num_groups
+    fl = evaluate_policy(OffloadEnv(cost, devices, config, seed=seed + 1), lambda s: no_offload, episodes=20)
     path = Path(out)
     info = {
         "scenario": scenario,
@@ -309,7 +310,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--model", default="vgg5", help="zoo model")
     p.add_argument("--in-shape", default="1x28x28", help="input shape CxHxW (1x28x28: Fashion-MNIST)")
     p.add_argument("--scenario", default="fedadapt", choices=sorted(SCENARIOS), help="testbed scenario")
-    p.add_argument("--episodes", type=int, default=300, help="training episodes")
+    p.add_argument("--episodes", type=int, default=300, help="training episodes per restart")
     p.add_argument("--episode-len", type=int, default=10, help="rounds per episode")
     p.add_argument("--groups", type=int, default=3, help="device groups (k-means k)")
     p.add_argument("--batch-size", type=int, default=100, help="training batch size")

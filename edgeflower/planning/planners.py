@@ -8,7 +8,7 @@ after it; PiPar's :class:`~edgeflower.planning.pipar.PiParPlanner` too):
   the node's latest observations (the oracle the agent is compared with); it re-plans every round, so a
   bandwidth drop moves work back to the device as soon as it is observed;
 * :class:`FedAdaptPlanner`: FedAdapt's agent: nodes grouped by k-means on observed speed and bandwidth, one
-  action per group from a trained PPO policy, mapped to a split point by on-device FLOP share.
+  split point per group from a trained PPO policy (its most likely cut).
 
 Nodes without observations run classic FL first (FedAdapt's measurement round).
 """
@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from logging import INFO
 
-import torch
 from flwr.common.logger import log
 
 from edgeflower.planning.actions import SplitMapper
@@ -111,25 +110,28 @@ class FedAdaptPlanner(ObservingPlanner):
     cost : CostModel
         Cost model of the model being trained (for speed estimates and no-offloading times).
     policy : ActorCritic
-        A trained actor (see :func:`~edgeflower.planning.policy.load_policy`); ``policy.action_dim`` groups.
+        A trained actor (see :func:`~edgeflower.planning.policy.load_policy`); ``policy.num_groups`` groups,
+        ``policy.num_choices`` must be ``num_blocks + 1``.
     default_mbps : float
         Prior bandwidth of nodes that have not measured one.
     """
 
     def __init__(self, cost: CostModel, policy: ActorCritic, default_mbps: float = 50.0) -> None:
         super().__init__(cost, default_mbps)
+        if policy.num_choices != cost.num_blocks + 1:
+            raise ValueError(f"the policy chooses among {policy.num_choices} cuts, the model has {cost.num_blocks + 1}")
         self.policy = policy
-        self.num_groups = policy.action_dim
+        self.num_groups = policy.num_groups
         self.mapper = SplitMapper(cost.profile)
         self.groups: dict[int, dict[int, int]] = {}
-        self.actions: dict[int, list[float]] = {}
+        self.actions: dict[int, list[int]] = {}
 
     def plan(self, server_round: int, node_ids: Sequence[int]) -> dict[int, SplitPlan]:
         """Classic FL for nodes without observations; the policy's split per group for the others.
 
         The groups and the actions are computed once per round, over *every* observed node (so the result does not
         depend on which nodes are asked about, or in what order, or one at a time); later calls of the same round
-        reuse them. The action is the actor's deterministic mean (no exploration noise).
+        reuse them. The action is each group's most likely cut (no sampling).
         """
         plan = dict.fromkeys(node_ids, self.num_blocks)
         known = self.history.nodes  # every observed node: groups do not depend on which nodes are asked about
@@ -137,11 +139,11 @@ class FedAdaptPlanner(ObservingPlanner):
             groups, values = self.groups[server_round], self.actions[server_round]
             for n in node_ids:
                 if n in groups:
-                    plan[n] = self.mapper.split(values[groups[n]])
+                    plan[n] = values[groups[n]]
         elif any(n in self.history for n in node_ids):
             states = {n: self.history.state(n) for n in known}
             groups = group_nodes({n: node_features(s) for n, s in states.items() if s is not None}, self.num_groups)
-            times, splits, base = {}, {}, {}
+            times, splits, base, uplinks = {}, {}, {}, {}
             for n in known:
                 last = self.history.latest(n)
                 st = states[n]
@@ -149,13 +151,12 @@ class FedAdaptPlanner(ObservingPlanner):
                 times[n] = last.iteration_s
                 splits[n] = last.split_point
                 base[n] = self.cost.iteration_s(self.num_blocks, st)  # smoothed slow-down, as in training
-            state = agent_state(groups, times, splits, base, self.mapper, self.num_groups)
-            with torch.no_grad():
-                action, _ = self.policy(torch.tensor([state], dtype=torch.float32))
-            values = action.squeeze(0).clamp(0, 1).tolist()
+                uplinks[n] = st.uplink_mbps
+            state = agent_state(groups, times, splits, base, uplinks, self.mapper, self.num_groups)
+            values = self.policy.choose(state)
             for n in node_ids:
                 if n in groups:
-                    plan[n] = self.mapper.split(values[groups[n]])
+                    plan[n] = values[groups[n]]
             self.groups[server_round] = groups
             self.actions[server_round] = values
         return self._remember(server_round, plan)

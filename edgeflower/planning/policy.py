@@ -1,8 +1,10 @@
 """Save and load a trained FedAdapt policy without pickle.
 
 The file is ``torch.save`` of a flat dict of tensors: the actor/critic weights plus ``__header__``, a uint8 tensor
-holding a JSON header (format version, model name, number of blocks, number of groups, state dimension, the
-sha256 of the weights, and free-form training information). Loading uses ``torch.load(weights_only=True)`` and
+holding a JSON header (format version, model name, number of blocks, number of groups, number of choices per group,
+state dimension, the sha256 of the weights, and free-form training information). Version 2 is the categorical agent
+(one of ``num_blocks + 1`` split points per group, state ``STATE_FEATURES`` per group); version-1 files (the
+Gaussian agent) are refused with a message to retrain. Loading uses ``torch.load(weights_only=True)`` and
 checks everything: a corrupted, truncated, tampered or mismatched file raises :class:`PolicyError`.
 """
 
@@ -19,10 +21,11 @@ import torch
 
 from edgeflower.planning.errors import PolicyError
 from edgeflower.planning.ppo import ActorCritic
+from edgeflower.planning.state import STATE_FEATURES
 
 __all__ = ["POLICY_VERSION", "PolicyHeader", "load_policy", "save_policy", "weights_sha256"]
 
-POLICY_VERSION = 1
+POLICY_VERSION = 2
 HEADER_KEY = "__header__"
 
 
@@ -34,6 +37,7 @@ class PolicyHeader:
     num_blocks: int
     num_groups: int
     state_dim: int
+    num_choices: int = 0
     version: int = POLICY_VERSION
     sha256: str = ""
     info: dict[str, Any] = field(default_factory=dict)
@@ -47,6 +51,7 @@ class PolicyHeader:
                 "model": self.model,
                 "num_blocks": self.num_blocks,
                 "num_groups": self.num_groups,
+                "num_choices": self.num_choices,
                 "state_dim": self.state_dim,
                 "sha256": self.sha256,
                 "info": self.info,
@@ -73,8 +78,9 @@ def save_policy(
     header = PolicyHeader(
         model=model,
         num_blocks=int(num_blocks),
-        num_groups=net.action_dim,
+        num_groups=net.num_groups,
         state_dim=net.state_dim,
+        num_choices=net.num_choices,
         sha256=weights_sha256(state),
         info=dict(info or {}),
     )
@@ -113,6 +119,7 @@ def _header(path: Path, raw: torch.Tensor) -> PolicyHeader:
             num_blocks=int(meta["num_blocks"]),
             num_groups=int(meta["num_groups"]),
             state_dim=int(meta["state_dim"]),
+            num_choices=int(meta.get("num_choices", 0)),
             version=int(meta["version"]),
             sha256=str(meta["sha256"]),
             info=dict(meta.get("info", {})),
@@ -145,7 +152,8 @@ def load_policy(
     header = _header(p, data.pop(HEADER_KEY))
     if header.version != POLICY_VERSION:
         raise PolicyError(
-            f"policy file {p} has format version {header.version}; this edgeflower reads {POLICY_VERSION}"
+            f"policy file {p} has format version {header.version}; this edgeflower reads {POLICY_VERSION} "
+            "(retrain it with `edgeflower train-agent`)"
         )
     if weights_sha256(data) != header.sha256:
         raise PolicyError(f"policy file {p} is corrupted: its weights do not match the sha256 in its header")
@@ -154,9 +162,15 @@ def load_policy(
         got = getattr(header, key)
         if want is not None and got != want:
             raise PolicyError(f"policy file {p} was trained for {key}={got!r}, but this run uses {key}={want!r}")
-    if header.state_dim != 2 * header.num_groups:
-        raise PolicyError(f"policy file {p}: state_dim {header.state_dim} != 2 x num_groups {header.num_groups}")
-    net = ActorCritic(header.state_dim, header.num_groups)
+    if header.num_groups < 1 or header.state_dim != STATE_FEATURES * header.num_groups:
+        raise PolicyError(
+            f"policy file {p}: state_dim {header.state_dim} != {STATE_FEATURES} x num_groups {header.num_groups}"
+        )
+    if header.num_choices != header.num_blocks + 1:
+        raise PolicyError(
+            f"policy file {p}: num_choices {header.num_choices} != num_blocks + 1 ({header.num_blocks + 1})"
+        )
+    net = ActorCritic(header.state_dim, header.num_groups, header.num_choices)
     try:
         net.load_state_dict(data, strict=True)
     except RuntimeError as exc:

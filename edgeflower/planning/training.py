@@ -17,7 +17,7 @@ from edgeflower.planning.scenario import Testbed
 
 __all__ = ["PolicyScore", "evaluate_policy", "node_states_of", "plot_rewards", "train_agent"]
 
-Policy = Callable[[list[float]], Sequence[float]]
+Policy = Callable[[list[float]], Sequence[int]]
 
 
 def train_agent(
@@ -45,11 +45,10 @@ def train_agent(
     on_episode : callable, optional
         Called with ``(episode, episode_reward)`` after each episode (e.g. to advance a progress bar).
     select_env : OffloadEnv, optional
-        If given, the *deterministic* policy (the mean action, which is what is deployed) is evaluated on the same
-        ``select_episodes`` episodes of this environment every ``select_every`` episodes and at the end, and the
-        best weights are kept. PPO trains a stochastic policy; its mean action can be much worse than its samples
-        (e.g. a mean of 0.05 maps to a split whose samples are mostly clipped to 0 = ``k = 0``), so checkpoint
-        selection on the deployed behaviour matters.
+        If given, the *deterministic* policy (each group's most likely cut, which is what is deployed) is evaluated
+        on the same ``select_episodes`` episodes of this environment every ``select_every`` episodes and at the
+        end, and the best weights are kept. PPO trains a stochastic policy; its most likely action can score
+        differently from its samples, so checkpoint selection on the deployed behaviour matters.
     select_every, select_episodes : int
         How often and on how many episodes the deterministic policy is evaluated.
 
@@ -59,7 +58,7 @@ def train_agent(
         The agent (its network holds the selected weights; ``agent.selection`` records the evaluations) and each
         episode's summed reward.
     """
-    agent = PPOAgent(env.state_dim, env.action_dim, config, seed=seed)
+    agent = PPOAgent(env.state_dim, env.action_dim, env.num_choices, config, seed=seed)
     rewards: list[float] = []
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny networks: threads cost more than they give
@@ -81,8 +80,8 @@ def train_agent(
             state, done, total = env.reset(), False, 0.0
             while not done:
                 action = agent.act(state)
-                state, reward, done, _ = env.step(action.tolist())
-                agent.record(reward, done)
+                state, reward, done, info = env.step(action)
+                agent.record(info.group_rewards, done)
                 total += reward
             rewards.append(total)
             if on_episode is not None:
@@ -107,7 +106,7 @@ class PolicyScore:
 
 
 def evaluate_policy(env: OffloadEnv, policy: Policy, episodes: int = 20) -> PolicyScore:
-    """Run ``policy`` (state -> action) for ``episodes`` episodes; no learning."""
+    """Run ``policy`` (state -> one split point per group) for ``episodes`` episodes; no learning."""
     rewards, ratios = [], []
     for _ in range(episodes):
         state, done, total = env.reset(), False, 0.0

@@ -115,22 +115,19 @@ def test_pipeline_mode_selects_plans_per_node_and_reports_predicted_vs_measured(
 
 def test_fedadapt_planner_applies_the_policy_per_group_after_a_measuring_round(tmp_path):
     """The ServerApp loads a policy file and, once round 1 has measured every node, applies the policy's action
-    to each group. The policy here always answers 0.5 (an actor with a zeroed last layer), so every node must get
-    the split point whose on-device FLOP share is nearest one half (the exact planner takes the same path through
+    to each group. The policy here always answers cut 4 (an actor whose last layer is zero but for the bias of
+    cut 4 in every group), so every node must get split point 4 (the exact planner takes the same path through
     ``make_planner``; its choices are unit-tested)."""
-    from edgeflower.models import build_model, profile_model
     from edgeflower.planning import ActorCritic, save_policy
-    from edgeflower.planning.actions import SplitMapper
+    from edgeflower.planning.state import STATE_FEATURES
 
-    net = ActorCritic(4, 2)  # two groups: (iteration time, offloaded share) per group
+    expected = 4
+    net = ActorCritic(STATE_FEATURES * 2, 2, 8)  # two groups, one of the 8 split points of VGG5 each
     with torch.no_grad():
-        net.actor[0][-1].weight.zero_()
-        net.actor[0][-1].bias.zero_()  # sigmoid(0) = 0.5 whatever the state
+        net.actor[-1].weight.zero_()
+        net.actor[-1].bias.copy_(torch.tensor([float(c == expected) for c in range(8)] * 2))
     policy = tmp_path / "policy.pt"
     save_policy(policy, net, "vgg5", 7, {"episodes": 0})
-    model = build_model("vgg5")
-    expected = SplitMapper(profile_model(model, batch_size=32, repeats=1)).split(0.5)
-    assert 0 < expected < 7
     config = {
         **QUICK,
         "num-rounds": 2,

@@ -22,6 +22,7 @@ from edgeflower.planning import (
     node_features,
     split_points,
 )
+from edgeflower.planning.state import STATE_FEATURES
 from edgeflower.planning.training import node_states_of
 from tests._planning_helpers import flop_profile, simulate_rounds
 
@@ -57,7 +58,7 @@ def test_environment_state_does_not_depend_on_the_order_of_the_devices(cost):
     a = OffloadEnv(cost, devices, quiet, seed=0)
     b = OffloadEnv(cost, devices[::-1], quiet, seed=0)
     assert a.reset() == pytest.approx(b.reset())
-    for action in ([0.0, 0.7, 1.0], [0.3, 0.0, 0.9]):
+    for action in ([0, 4, 7], [2, 0, 6]):
         sa, ra, _, _ = a.step(action)
         sb, rb, _, _ = b.step(action)
         assert sa == pytest.approx(sb) and ra == pytest.approx(rb)
@@ -69,9 +70,9 @@ def _observed_planner(cost, policy) -> FedAdaptPlanner:
     return planner
 
 
-def test_deployed_actions_are_the_deterministic_mean_and_independent_of_how_nodes_are_asked(cost):
+def test_deployed_actions_are_the_most_likely_cut_and_independent_of_how_nodes_are_asked(cost):
     torch.manual_seed(0)
-    policy = ActorCritic(6, 3)
+    policy = ActorCritic(STATE_FEATURES * 3, 3, cost.num_blocks + 1)
     policy.train()  # train mode must not matter: no dropout, no sampling
     a, b = _observed_planner(cost, policy), _observed_planner(cost, policy)
     nodes = [0, 1, 2, 3, 4]
@@ -84,8 +85,15 @@ def test_deployed_actions_are_the_deterministic_mean_and_independent_of_how_node
     fresh.history = b.history
     assert fresh.plan(3, [2]) == {2: full[2]} and fresh.actions[3] == pytest.approx(state)
     with torch.no_grad():
-        mean, _ = policy(torch.ones(1, 6))
-    assert mean.shape == (1, 3)
+        logits, values = policy(torch.ones(1, STATE_FEATURES * 3))
+    assert logits.shape == (1, 3, cost.num_blocks + 1) and values.shape == (1, 3)
+    assert policy.choose([1.0] * STATE_FEATURES * 3) == [int(i) for i in logits[0].argmax(-1)]
+    with torch.no_grad():  # equal logits: the larger split point (less offloading)
+        policy.actor[-1].weight.zero_()
+        policy.actor[-1].bias.zero_()
+    assert policy.choose([0.0] * STATE_FEATURES * 3) == [cost.num_blocks] * 3
+    with pytest.raises(ValueError, match="cuts"):
+        FedAdaptPlanner(cost, ActorCritic(STATE_FEATURES * 3, 3, cost.num_blocks))
 
 
 def test_a_contended_round_does_not_move_the_speed_estimate(cost):
