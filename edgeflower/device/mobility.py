@@ -7,7 +7,8 @@ A :class:`MoveOrder` says before which batch the device moves, to which edge ser
   server to migrate the session, and continues on the destination from the next batch. The server-side state
   (tail, optimizer momentum, progress) moves edge-to-edge; the device's model and data never move. If the source
   dies right after the destination acknowledged, the device finds its session on the destination with
-  ``Resume``; if the migration fails before that, the trainer falls back to local training (progress kept).
+  ``Resume`` (otherwise the source's reply relays the destination's description of it: no extra round trip); if
+  the migration fails before that, the trainer falls back to local training (progress kept).
 * ``"restart"`` (the state of the art before FedFly): the source's progress is discarded and the round restarts
   from its first batch on the destination, from the round-start weights.
 
@@ -24,10 +25,11 @@ from __future__ import annotations
 
 import copy
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from logging import INFO, WARNING
+from logging import DEBUG, INFO, WARNING
 from typing import Any
 
 import torch
@@ -142,6 +144,10 @@ class RestartRound(Exception):  # noqa: N818 - a control-flow signal, not an err
 def migrate_session(session: SessionHandle, order: MoveOrder, model_spec: Any) -> SessionHandle:
     """Move ``session`` to ``order.destination`` and return the handle there.
 
+    The device connects to the destination while the source moves the state, and continues with the session the
+    source's reply describes (relayed from the destination's acknowledgement); it asks the destination (``Resume``)
+    only when the source could not answer (it died after the destination's acknowledgement) or relayed nothing.
+
     Raises
     ------
     EdgeError
@@ -150,16 +156,26 @@ def migrate_session(session: SessionHandle, order: MoveOrder, model_spec: Any) -
     t0 = time.perf_counter()
     source = session.client
     resumed = False
+    relayed = None
+    dest = order.client()
+    # Connect to the destination while the source exports and hands over the state: the channel is ready after.
+    threading.Thread(target=_connect, args=(dest,), name="edgeflower-migration-connect", daemon=True).start()
     try:
         reply = source.migrate(session, order.destination, order.token, expect_model=model_spec)
         order.report["migration-bytes"] = float(reply.state_bytes)
+        relayed = reply.resume
     except EdgeUnavailableError as exc:
         # The source may have died after the destination acknowledged: the session is then waiting there.
         log(WARNING, "migration: source edge server unreachable (%s); asking the destination", exc)
         resumed = True
-    dest = order.client()
+    except BaseException:
+        dest.close()
+        raise
     try:
-        handle = dest.resume(order.token, session.split_point)
+        if relayed is not None:
+            handle = dest.resumed(relayed, order.token, session.split_point)
+        else:
+            handle = dest.resume(order.token, session.split_point)
     except SessionNotFoundError:
         dest.close()
         raise EdgeUnavailableError(
@@ -182,6 +198,15 @@ def migrate_session(session: SessionHandle, order: MoveOrder, model_spec: Any) -
         order.report["migration-s"],
     )
     return handle
+
+
+def _connect(client: EdgeClient) -> None:
+    """Open ``client``'s channel with a ``Health`` call (needs no token); a failure here is only a slower ``Resume``
+    (which reports it)."""
+    try:
+        client.health(timeout_s=5.0)
+    except Exception as exc:  # a warm-up only: Resume reports the real failure
+        log(DEBUG, "migration: warming up the channel to %s failed: %s", client.address, exc)
 
 
 def train_with_restart(

@@ -15,6 +15,28 @@ matches the model and split point the device expects.
 ``Migrate`` on the source (export, hand over, free the session on the destination's ack), ``Import`` on the
 destination and ``Resume`` (the device finds its session on the destination). A callback, ``on_acked``, observes
 every handed-over session right after the destination's ack, before the device is answered.
+
+What a move costs the device, and what was taken out of it (the fixed cost on a fast edge-to-edge link):
+
+* The emulated edge-to-edge link (``peer_link_mbps``) is charged as the offload channel charges its transfers
+  (:mod:`edgeflower.transport.emulation`): the exported state is on the wire from the moment it is ready, and the
+  real work of moving it (sealing it, encoding the ``Import`` message, the peer channel's connection, gRPC over
+  loopback, parsing the message) overlaps with the modelled wire time instead of adding to it, as TLS seals and
+  frames its records while earlier ones are on the wire. The destination's own work on the state (unsealing,
+  decoding, rebuilding the tail, loading the optimizer) cannot start before the last byte arrives: the destination
+  measures it (``import_s`` in its acknowledgement) and the source charges it after the modelled arrival. Before,
+  the source slept the whole wire time and only then started the real transfer.
+* The destination checks the model's size against its limit once per model spec (a model built on the meta device,
+  about 60 % of rebuilding a VGG5 tail), not once per migrated session: the size of a spec never changes.
+* The source frees the migrated session at once but does not give its memory back to the OS then (``malloc_trim``
+  holds the allocator's locks for about 10 ms in a large process); the next session closed or dropped there does.
+* The acknowledgement describes the imported session (what ``Resume`` answers) and the source relays it to the
+  device, which continues without asking the destination (one round trip less); the device connects to the
+  destination while the source moves the state (see :func:`edgeflower.device.mobility.migrate_session`).
+  ``Resume`` remains for a device whose source died right after the destination's acknowledgement.
+
+Nothing of the checks moved: the seal, the single-use migration token, the owner and fit checks and the size bound
+all run as before, on every import.
 """
 
 from __future__ import annotations
@@ -22,7 +44,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -36,11 +60,11 @@ from flwr.common.logger import log
 from edgeflower.edge.config import EdgeServerConfig
 from edgeflower.edge.ledger import TokenLedger
 from edgeflower.edge.registry import SessionRegistry
-from edgeflower.edge.session import TrainingSession
+from edgeflower.edge.session import TrainingSession, check_model_size
 from edgeflower.models.splittable import ModelSpec
 from edgeflower.transport.auth import RPC_ROLES, TokenClaims, TokenVerifier
 from edgeflower.transport.codec import Frame, Limits, decode_frame, encode_frame
-from edgeflower.transport.emulation import EmulatedLink, LinkProfile
+from edgeflower.transport.emulation import SYSTEM_CLOCK, Clock, EmulatedLink, LinkProfile, wait_until
 from edgeflower.transport.errors import EdgeAuthError, InvalidMessageError, SessionNotFoundError, SessionStateError
 from edgeflower.transport.messages import DPParams, OpenRequest, OptimizerSettings, SessionMetrics
 from edgeflower.transport.migration import (
@@ -57,6 +81,7 @@ __all__ = [
     "MigrationAcked",
     "MigrationHandlers",
     "SessionState",
+    "check_size_once",
     "export_session",
     "import_session",
     "seal",
@@ -64,6 +89,7 @@ __all__ = [
 ]
 
 _MAC_CONTEXT = b"edgeflower-migration-v1."
+_SIZE_CACHE_MAX = 256
 _METRIC_FIELDS = tuple(f.name for f in fields(SessionMetrics) if f.name != "duration_s")
 
 
@@ -207,6 +233,35 @@ def unseal(state_frame: bytes, token: str, mac: str, secret: bytes) -> None:
         raise EdgeAuthError("migrated session state failed its integrity check (tampered or wrong token)")
 
 
+_sizes: dict[str, int] = {}  # canonical model spec -> elements of its state dict (the specs that fitted a limit)
+_sizes_lock = threading.Lock()
+
+
+def check_size_once(spec: ModelSpec, max_params: int | None) -> None:
+    """:func:`~edgeflower.edge.session.check_model_size`, remembering the size of every spec that was built.
+
+    A spec's size never changes, so the model is built on the meta device once per spec and process (the bound is
+    still checked on every call; an oversized or unbuildable spec is never remembered and fails every time).
+
+    Raises
+    ------
+    InvalidMessageError
+        If the model is too large or cannot be built.
+    """
+    if max_params is None:
+        return
+    key = json.dumps(spec.to_dict(), sort_keys=True)
+    with _sizes_lock:
+        known = _sizes.get(key)
+    if known is not None and known <= max_params and math.prod(spec.in_shape) <= max_params:
+        return
+    size = check_model_size(spec, max_params)  # raises when over the limit
+    with _sizes_lock:
+        if len(_sizes) >= _SIZE_CACHE_MAX:
+            _sizes.clear()
+        _sizes[key] = size
+
+
 def import_session(
     session_id: str,
     claims: TokenClaims,
@@ -251,8 +306,9 @@ def import_session(
         )
     if expect_split_point is not None and st.split_point != expect_split_point:
         raise InvalidMessageError(f"migrated session has split point {st.split_point}, expected {expect_split_point}")
+    check_size_once(st.spec, max_params)
     request = OpenRequest(token, st.spec, st.split_point, st.optimizer, st.tail_state, dp=st.dp)
-    session = TrainingSession(session_id, claims, token, request, max_params)
+    session = TrainingSession(session_id, claims, token, request)  # its size was checked just above
     if session.private is not None and st.dp_rng is not None:
         try:
             session.private.generator.set_state(st.dp_rng)
@@ -292,6 +348,11 @@ class MigrationHandlers:
         This server's id ("" when it has none).
     on_acked : callable, optional
         See :data:`MigrationAcked`; nothing by default.
+
+    Attributes
+    ----------
+    clock : Clock
+        Where the emulated edge-to-edge link reads the time and waits (the system clock; tests set a manual one).
     """
 
     def __init__(
@@ -312,11 +373,10 @@ class MigrationHandlers:
         self.edge_id = edge_id
         self.on_acked = on_acked
         self.limits = Limits(max_message_bytes=config.max_message_bytes)
+        self.clock: Clock = SYSTEM_CLOCK
 
     def migrate(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         """Source side: export the detached session, hand it to the destination, free it on the ack."""
-        from edgeflower.transport.client import EdgeClient  # the edge server is a client of its peer here
-
         req = MigrateRequest.from_frame(decode_frame(request, self.limits))
         session = self.registry.get(req.session_id)
         session.check_owner(req.token)
@@ -325,24 +385,14 @@ class MigrationHandlers:
             if session.attached:
                 raise SessionStateError(f"session {session.session_id} still has a training stream: detach first")
             state = export_session(session, self.limits)
-        export_s = time.perf_counter() - t0
-        imp = ImportRequest(
-            req.migration_token,
-            seal(state, req.migration_token, self.secret),
-            state,
-            req.expect_model,
-            req.expect_split_point,
-        )
-        t1 = time.perf_counter()
-        mbps = self.config.peer_link_mbps
-        if mbps > 0:
-            EmulatedLink(LinkProfile(mbps, mbps)).transmit(len(state), True)
-        with EdgeClient(
-            req.destination, self.config.peer_root_cert, max_message_bytes=self.limits.max_message_bytes
-        ) as peer:
-            ack = ImportReply.from_frame(peer.call(METHOD_IMPORT, imp.to_bytes(self.limits), 120.0))
+        t1 = time.perf_counter()  # the state is ready to go
+        export_s = t1 - t0
+        ack = self._hand_over(req, state)
         transfer_s = time.perf_counter() - t1
-        self.registry.drop(session.session_id, f"migrated to {req.destination}")  # only after the ack
+        # Only after the ack. No malloc_trim here: it holds the allocator's locks for ~10 ms while the device waits
+        # (in one process with the device, as in tests and benchmarks, it stalls it); the freed tail is reused by the
+        # next session, and the next session closed or dropped on this server trims.
+        self.registry.drop(session.session_id, f"migrated to {req.destination}", trim=False)
         log(
             INFO,
             "edge server: session %s migrated to %s (%d bytes)",
@@ -352,12 +402,44 @@ class MigrationHandlers:
         )
         if self.on_acked is not None:
             self.on_acked(session.session_id, req.destination)
-        return MigrateReply(ack.session_id, ack.edge_id, len(state), export_s, transfer_s).to_bytes()
+        return MigrateReply(ack.session_id, ack.edge_id, len(state), export_s, transfer_s, ack.resume).to_bytes()
+
+    def _hand_over(self, req: MigrateRequest, state: bytes) -> ImportReply:
+        """Seal ``state`` and send it to the destination; with an emulated edge-to-edge link, return when the modelled
+        link would have delivered it and the destination would have imported it.
+
+        The state is booked on the emulated wire from now (it is exported and ready); the real transfer (sealing,
+        framing, the peer channel, gRPC over loopback) overlaps with the modelled wire time, as on a real link where
+        TLS seals and frames records while earlier ones are on the wire. The destination's work on the state needs
+        its last byte, so its measured duration (``import_s``, at most the real call's duration) is charged after the
+        modelled arrival.
+        """
+        from edgeflower.transport.client import EdgeClient  # the edge server is a client of its peer here
+
+        clock = self.clock
+        ready = clock.now()
+        mbps = self.config.peer_link_mbps
+        link = EmulatedLink(LinkProfile(mbps, mbps), clock)
+        arrival = link.book(len(state), True, ready)[1] if mbps > 0 else ready
+        mac = seal(state, req.migration_token, self.secret)
+        imp = ImportRequest(req.migration_token, mac, state, req.expect_model, req.expect_split_point)
+        with EdgeClient(
+            req.destination, self.config.peer_root_cert, max_message_bytes=self.limits.max_message_bytes
+        ) as peer:
+            ack = ImportReply.from_frame(peer.call(METHOD_IMPORT, imp.to_bytes(self.limits), 120.0))
+        if mbps > 0:
+            wait_until(arrival + min(ack.import_s, clock.now() - ready), clock)
+        return ack
 
     def accept(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         """Destination side (``Import``): accept a sealed session state under a migration token issued for this
-        server."""
+        server.
+
+        The reply says how long that took (``import_s``: from the parsed request to the reply) and describes the
+        session for the device (what ``Resume`` answers).
+        """
         req = ImportRequest.from_frame(decode_frame(request, self.limits))
+        t0 = time.perf_counter()  # parsing the message is the transfer's (it overlaps the emulated wire)
         claims = self.verifier.verify(req.migration_token, roles=RPC_ROLES["edge/Import"])
         ledger = self.ledger
         with ledger.lock:
@@ -391,7 +473,12 @@ class MigrationHandlers:
             claims.server_round,
             session.last_batch,
         )
-        return ImportReply(session.session_id, self.edge_id).to_bytes()
+        resume = self._describe(session)
+        return ImportReply(session.session_id, self.edge_id, time.perf_counter() - t0, resume).to_bytes()
+
+    def _describe(self, session: TrainingSession) -> ResumeReply:
+        sid = session.session_id
+        return ResumeReply(sid, self.edge_id, session.input_shape, session.expects_grad, session.last_batch)
 
     def resume(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         """Tell the device which session its migration token owns here."""
@@ -402,4 +489,4 @@ class MigrationHandlers:
             raise SessionNotFoundError("no session was migrated here with this token")
         session = self.registry.get(sid)
         session.check_owner(req.migration_token)
-        return ResumeReply(sid, self.edge_id, session.input_shape, session.expects_grad, session.last_batch).to_bytes()
+        return self._describe(session).to_bytes()

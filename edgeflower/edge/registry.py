@@ -91,15 +91,19 @@ class SessionRegistry:
             )
         return session
 
-    def drop(self, session_id: str, reason: str) -> bool:
-        """Remove a session and free its tail; return whether it was open. Waits for a step in progress."""
+    def drop(self, session_id: str, reason: str, *, trim: bool = True) -> bool:
+        """Remove a session and free its tail; return whether it was open. Waits for a step in progress.
+
+        ``trim=False`` leaves giving the memory back to the OS (:func:`trim_memory`) to the caller (a migration does
+        it after answering the device)."""
         with self._lock:
             session = self._sessions.pop(session_id, None)
         if session is None:
             return False
         with session.lock:
             session.release()
-        trim_memory()  # the tail and optimizer go back to the OS, not to a growing heap
+        if trim:
+            trim_memory()  # the tail and optimizer go back to the OS, not to a growing heap
         log(INFO, "edge server: session %s dropped (%s)", session_id[:8], reason)
         return True
 

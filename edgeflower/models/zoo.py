@@ -59,6 +59,10 @@ def _conv_block(cin: int, cout: int, norm: Callable[[int], nn.Module]) -> nn.Seq
     return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), norm(cout), nn.ReLU(inplace=True))
 
 
+_VGG_FEATURES: dict[tuple[object, ...], int] = {}
+"""Flattened feature size after a VGG's convolutions, by ``(cfg, width, norm, in_shape)``."""
+
+
 def _vgg(
     cfg: Sequence[int | str],
     fc: Sequence[int],
@@ -81,7 +85,12 @@ def _vgg(
             blocks.append(_conv_block(cin, cout, norm))
             names.append(f"conv{nconv}")
             cin = cout
-    features = math.prod(_out_shape(blocks, spec.in_shape))
+    key = (tuple(cfg), width, spec.norm, tuple(spec.in_shape))
+    features = _VGG_FEATURES.get(key)
+    if features is None:  # shape inference runs once per architecture: tiny forwards are slow on a busy machine
+        if len(_VGG_FEATURES) >= 256:
+            _VGG_FEATURES.clear()
+        features = _VGG_FEATURES[key] = math.prod(_out_shape(blocks, spec.in_shape))
     widths = [max(1, round(h * width)) for h in fc]
     for i, hidden in enumerate(widths):
         layers: list[nn.Module] = [nn.Flatten()] if i == 0 else []

@@ -5,10 +5,11 @@ method       from -> to             request / response   what happens
 ===========  =====================  ===================  =====================================================
 ``Migrate``  device -> source edge  ``migrate`` /        the source exports the (detached) session, sends it to
                                     ``migrated``         the destination with ``Import``, frees it on the ack
+                                                         and relays the destination's description of it
 ``Import``   source -> destination  ``import`` /         the destination checks token, seal and fit, and
                                     ``imported``         creates the session under the migration token
-``Resume``   device -> destination  ``resume`` /         the device finds its migrated session (also when the
-                                    ``resumed``          source died right after the destination's ack)
+``Resume``   device -> destination  ``resume`` /         the device finds its migrated session when the source
+                                    ``resumed``          relayed nothing (it died right after the ack)
 ===========  =====================  ===================  =====================================================
 
 The migration token is an ordinary session token that the ServerApp issued for the *destination* edge server and
@@ -17,6 +18,7 @@ the same (run, node, round); it authorises exactly one import and then owns the 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -112,17 +114,24 @@ class MigrateRequest:
 
 @dataclass(frozen=True)
 class MigrateReply:
-    """The source's answer: where the session lives now and what moving it cost."""
+    """The source's answer: where the session lives now and what moving it cost.
+
+    ``resume`` relays the destination's description of the session (what ``Resume`` would answer), so the device
+    continues on the destination without asking it; ``None`` from a source that does not relay it.
+    """
 
     session_id: str
     edge_id: str
     state_bytes: int
     export_s: float
     transfer_s: float
+    resume: ResumeReply | None = None
 
     def to_bytes(self) -> bytes:
         """Encode as a ``migrated`` frame."""
-        return encode_frame("migrated", dict(self.__dict__))
+        meta = {k: v for k, v in self.__dict__.items() if k != "resume"}
+        meta["resume"] = None if self.resume is None else self.resume.to_meta()
+        return encode_frame("migrated", meta)
 
     @classmethod
     def from_frame(cls, frame: Frame) -> MigrateReply:
@@ -135,6 +144,7 @@ class MigrateReply:
                 int(meta["state_bytes"]),
                 float(meta["export_s"]),
                 float(meta["transfer_s"]),
+                ResumeReply.from_meta(meta["resume"]) if meta.get("resume") is not None else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidMessageError(f"malformed 'migrated' reply: {exc}") from exc
@@ -179,20 +189,39 @@ class ImportRequest:
 
 @dataclass(frozen=True)
 class ImportReply:
-    """The destination's acknowledgement: the migrated session's new id."""
+    """The destination's acknowledgement: the migrated session's new id, the seconds the destination worked on the
+    state (``import_s``: unseal, decode, rebuild; the source charges them after an emulated link's arrival) and the
+    session's description for the device (``resume``, relayed in :class:`MigrateReply`)."""
 
     session_id: str
     edge_id: str
+    import_s: float = 0.0
+    resume: ResumeReply | None = None
 
     def to_bytes(self) -> bytes:
         """Encode as an ``imported`` frame."""
-        return encode_frame("imported", {"session_id": self.session_id, "edge_id": self.edge_id})
+        meta = {
+            "session_id": self.session_id,
+            "edge_id": self.edge_id,
+            "import_s": self.import_s,
+            "resume": None if self.resume is None else self.resume.to_meta(),
+        }
+        return encode_frame("imported", meta)
 
     @classmethod
     def from_frame(cls, frame: Frame) -> ImportReply:
         """Parse and validate."""
         meta = expect_kind(frame, "imported").meta
-        return cls(str(_field(meta, "session_id", str)), str(meta.get("edge_id", "")))
+        seconds = meta.get("import_s", 0.0)
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds < math.inf:
+            raise InvalidMessageError("field 'import_s' must be a finite number of seconds >= 0")
+        resume = meta.get("resume")
+        return cls(
+            str(_field(meta, "session_id", str)),
+            str(meta.get("edge_id", "")),
+            float(seconds),
+            None if resume is None else ResumeReply.from_meta(resume),
+        )
 
 
 @dataclass(frozen=True)
@@ -221,21 +250,30 @@ class ResumeReply:
     expects_grad: bool
     last_batch: int
 
-    def to_bytes(self) -> bytes:
-        """Encode as a ``resumed`` frame."""
-        meta = {
+    def to_meta(self) -> dict[str, object]:
+        """The reply's fields as JSON values (also relayed inside ``imported`` and ``migrated`` frames)."""
+        return {
             "session_id": self.session_id,
             "edge_id": self.edge_id,
             "input_shape": list(self.input_shape),
             "expects_grad": self.expects_grad,
             "last_batch": self.last_batch,
         }
-        return encode_frame("resumed", meta)
+
+    def to_bytes(self) -> bytes:
+        """Encode as a ``resumed`` frame."""
+        return encode_frame("resumed", self.to_meta())
 
     @classmethod
     def from_frame(cls, frame: Frame) -> ResumeReply:
         """Parse and validate."""
-        meta = expect_kind(frame, "resumed").meta
+        return cls.from_meta(expect_kind(frame, "resumed").meta)
+
+    @classmethod
+    def from_meta(cls, meta: object) -> ResumeReply:
+        """Parse and validate the fields :meth:`to_meta` wrote."""
+        if not isinstance(meta, dict):
+            raise InvalidMessageError("malformed 'resumed' reply: expected an object")
         try:
             return cls(
                 str(meta["session_id"]),
