@@ -45,12 +45,14 @@ def run_split(
     slowdown: float = 1.0,
     link: LinkProfile | None = None,
     node: int = 1,
+    wire: str = "float32",
 ) -> Measured:
-    """Split (m = 1) or pipelined (m > 1) training of a copy of ``model`` over ``batches``."""
+    """Split (m = 1) or pipelined (m > 1) training of a copy of ``model`` over ``batches``, activations and
+    gradients travelling as ``wire`` (:mod:`edgeflower.transport.wire`)."""
     work = copy.deepcopy(model)
     token = TokenIssuer(SECRET).issue(run_id=1, node_id=node, server_round=1)
     trainer = PipelineTrainer(work, k, OPT, m, DeviceProfile(slowdown), EmulatedLink(link or LinkProfile()))
-    with EdgeClient(server.address) as client:
+    with EdgeClient(server.address, wire_dtype=wire) as client:
         result = trainer.train(batches, lambda kk, tail, opt: client.open_session(token, work.spec, kk, tail, opt))
     if result.fell_back:
         raise RuntimeError(f"benchmark run fell back: {result.fallback_reason}")

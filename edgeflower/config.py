@@ -21,6 +21,7 @@ from edgeflower.privacy.models import dp_norm
 from edgeflower.privacy.settings import CENTRAL_DP, DPSettings, central_dp_config_error, dp_config_error
 from edgeflower.transport.emulation import LinkSchedule, parse_profiles
 from edgeflower.transport.limits import MESSAGE_HEADROOM, MIN_MESSAGE_BYTES, message_limit_bytes
+from edgeflower.transport.wire import WIRE_DTYPES
 
 __all__ = ["MESSAGE_HEADROOM", "MIN_MESSAGE_BYTES", "AppConfig", "ConfigError", "message_limit_bytes"]
 
@@ -199,6 +200,9 @@ class AppConfig:
         sized from the model (:func:`message_limit_bytes`).
     max_failed_fraction : float
         The run fails when more than this share of a round's nodes fail (and always when none replies).
+    wire_dtype : str
+        Split modes: activations and gradients on the wire: ``float32`` (exact), ``bfloat16``, ``float16``, ``int8``
+        or ``int8-channel`` (8-bit, a scale per tensor or channel; :mod:`edgeflower.transport.wire`).
     """
 
     mode: str = "fl"
@@ -252,6 +256,7 @@ class AppConfig:
     fallback: str = "transient"
     max_message_mb: float = 0.0
     max_failed_fraction: float = 0.5
+    wire_dtype: str = "float32"
 
     @staticmethod
     def key(field_name: str) -> str:
@@ -315,6 +320,7 @@ class AppConfig:
             "norm": NORMS,
             "dataset": DATASETS,
             "partitioner": PARTITIONERS,
+            "wire_dtype": WIRE_DTYPES,
         }
         for name, options in choice.items():
             if getattr(self, name) not in options:
@@ -473,14 +479,8 @@ class AppConfig:
     @property
     def dp_settings(self) -> DPSettings:
         """The DP-SGD settings."""
-        return DPSettings(
-            self.dp,
-            self.dp_noise_multiplier,
-            self.dp_max_grad_norm,
-            self.dp_target_epsilon,
-            self.dp_delta,
-            self.dp_accountant,
-        )
+        keys = ("noise_multiplier", "max_grad_norm", "target_epsilon", "delta", "accountant")  # DPSettings' order
+        return DPSettings(self.dp, *(getattr(self, f"dp_{key}") for key in keys))
 
     def max_message_bytes(self, model: SplittableModel) -> int:
         """The offload channel's message size limit for ``model`` (``max-message-mb``, else sized from it)."""

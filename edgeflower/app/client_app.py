@@ -98,7 +98,7 @@ def edge_connector(cfg: AppConfig, node_config: Mapping[str, Any]) -> Callable[[
         raise ConfigError("edge-root-cert", f"{path!r} does not exist on this node")
     root_cert = Path(path).read_bytes() if path else None
     limit = cfg.max_message_bytes(cfg.build_model())  # sized from the model, as the ServerApp sizes its edge servers
-    return lambda address: EdgeClient(address, root_cert, max_message_bytes=limit)
+    return lambda address: EdgeClient(address, root_cert, max_message_bytes=limit, wire_dtype=cfg.wire_dtype)
 
 
 def node_device(cfg: AppConfig, partition_id: int) -> DeviceProfile:

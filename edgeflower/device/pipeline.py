@@ -1,8 +1,8 @@
 """Pipeline-parallel split training (PiPar): micro-batches overlap device compute, uplink, server and downlink.
 
 Each batch of ``B`` samples is cut into ``m`` micro-batches. The device runs the ``m`` head forward passes back to
-back, booking each activation's transfer on the emulated uplink, and a sender thread hands it to the edge server
-when it has arrived (transfers queue for the wire, their latencies overlap); the edge server processes
+back, booking each activation's transfer on the emulated uplink, and a sender thread (one per pass) hands it to the
+edge server when it has arrived (transfers queue for the wire, their latencies overlap); the edge server processes
 micro-batches as they arrive (loss scaled by ``n_j / B`` so the accumulated gradients equal the full batch's) and
 streams the gradients back; a receiver thread takes them off the stream and books the emulated downlink; the device
 runs each micro-batch's backward once its gradient has arrived. Both sides accumulate gradients and take one
@@ -23,20 +23,22 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from edgeflower.device.mobility import MoveOrder, MoveTrigger
+from edgeflower.device.result import SplitResult
 from edgeflower.device.sessions import SessionOpener, tensor_bytes
-from edgeflower.device.split import SplitTrainer
+from edgeflower.device.split import Batch, SplitTrainer
 from edgeflower.models.splittable import SplittableModel
 from edgeflower.progress import BatchProgress
 from edgeflower.timeline import Timeline
 from edgeflower.transport.emulation import DeviceProfile, EmulatedLink, wait_until
 from edgeflower.transport.errors import EdgeError, SessionStateError
 from edgeflower.transport.messages import OptimizerSettings, StepResult
+from edgeflower.transport.wire import wire_nbytes
 
 if TYPE_CHECKING:  # imports Opacus (seconds): only runs with DP load it
     from edgeflower.privacy.dpsgd import DeviceDP
@@ -102,6 +104,7 @@ class PipelineTrainer(SplitTrainer):
         if micro_batches < 1:
             raise ValueError(f"micro_batches must be >= 1, got {micro_batches}")
         self.micro_batches = micro_batches
+        self._workers: _Workers | None = None  # the pass's sender and receiver threads
 
     def _batch(
         self,
@@ -116,8 +119,9 @@ class PipelineTrainer(SplitTrainer):
         if m == 1:
             return super()._batch(session, b, x, y, timeline, head_opt)
         xs, ys = x.tensor_split(m), y.tensor_split(m)
-        pipe = _Pipe(session, b, m, len(y), timeline, self.link, self._book)
-        pipe.start()
+        if self._workers is None:
+            self._workers = _Workers()
+        pipe = _Pipe(session, b, m, len(y), timeline, self.link, self._book, self._workers)
         try:
             acts = self._forward(pipe, xs, ys)
             loss = self._backward(pipe, xs, ys, acts, head_opt is not None)
@@ -126,8 +130,21 @@ class PipelineTrainer(SplitTrainer):
             if head_opt is not None:
                 self._device(timeline, b, "step", head_opt.step)
             return loss
+        except BaseException as exc:
+            if not pipe.errors:  # abandoned by the device thread: the workers skip what is left of it
+                pipe.fail(exc)
+            raise
         finally:
-            pipe.stop()
+            pipe.finish()
+
+    def _pass(self, batches: Iterable[Batch], open_session: SessionOpener, moving: bool) -> SplitResult:
+        """One pass (see :class:`~edgeflower.device.split.SplitTrainer`); its pipeline threads end with it."""
+        try:
+            return super()._pass(batches, open_session, moving)
+        finally:
+            if self._workers is not None:
+                self._workers.stop()
+                self._workers = None
 
     def _forward(self, pipe: _Pipe, xs: tuple[torch.Tensor, ...], ys: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
         """The head forward of every micro-batch, back to back; each activation is booked on the uplink and queued
@@ -145,10 +162,10 @@ class PipelineTrainer(SplitTrainer):
                 act = self._device(timeline, b, "fwd", lambda j=j: self.head(xs[j]), j)
             acts.append(act)
             sent_act = act.detach()
-            self._sent.append((sent_act, ys[j]))
-            up0, up1 = self._book(tensor_bytes(sent_act, ys[j]), True)
+            self._sent.append((self._as_received(sent_act, pipe.wire), ys[j]))
+            up0, up1 = self._book(wire_nbytes(sent_act, pipe.wire) + tensor_bytes(ys[j]), True)
             timeline.add("uplink", up0, up1, b, j)
-            pipe.outbox.put((sent_act, ys[j], up1))
+            pipe.put(j, sent_act, ys[j], up1)
         return acts
 
     def _backward(
@@ -178,39 +195,86 @@ class PipelineTrainer(SplitTrainer):
         return loss
 
 
+class _Workers:
+    """A pass's sender and receiver threads, shared by the pipes of its batches (started by the first pipelined
+    batch, stopped at the end of the pass): the sender hands booked activations to the edge server when they have
+    arrived; the receiver takes the results off the stream, in the order they were sent, and books their
+    downlink. A failure lands on its batch's pipe; the items of a failed pipe still queued are skipped."""
+
+    def __init__(self) -> None:
+        self.outbox: queue.Queue[Any] = queue.Queue()  # (pipe, j, activations, labels, arrival) or _STOP
+        self.sent: queue.Queue[Any] = queue.Queue()  # (pipe, j) whose result is awaited, or _STOP
+        self.threads = [
+            threading.Thread(target=self._send, name="edgeflower-pipe-send", daemon=True),
+            threading.Thread(target=self._receive, name="edgeflower-pipe-recv", daemon=True),
+        ]
+        for t in self.threads:
+            t.start()
+
+    def stop(self) -> None:
+        """End both threads once what is queued is done (the sender passes the stop on), and join them."""
+        self.outbox.put(_STOP)
+        for t in self.threads:
+            t.join(timeout=30)
+
+    def _send(self) -> None:
+        while (item := self.outbox.get()) is not _STOP:
+            pipe, j, act, labels, arrival = item
+            if pipe.errors:
+                continue
+            try:
+                wait_until(arrival, pipe.clock)  # booked by the device thread: latencies of successive sends overlap
+                pipe.handed[j] = pipe.clock.now()
+                pipe.session.send(act, labels, batch=pipe.batch, micro=j, num_micro=pipe.m, batch_size=pipe.batch_size)
+            except BaseException as exc:  # handed to the device thread, which raises it
+                pipe.fail(exc)
+                continue
+            self.sent.put((pipe, j))
+        self.sent.put(_STOP)
+
+    def _receive(self) -> None:
+        while (item := self.sent.get()) is not _STOP:
+            pipe, j = item
+            if pipe.errors:
+                continue
+            try:
+                pipe.receive(j)
+            except BaseException as exc:
+                pipe.fail(exc)
+
+
 class _Pipe:
-    """One batch's micro-batches in flight: a sender thread hands booked activations to the edge server when they
-    have arrived; a receiver thread takes the results off the stream and books their downlink."""
+    """One batch's micro-batches in flight (on the pass's :class:`_Workers`)."""
 
     def __init__(
-        self, session: Any, batch: int, m: int, batch_size: int, timeline: Timeline, link: EmulatedLink, book: Booker
+        self,
+        session: Any,
+        batch: int,
+        m: int,
+        batch_size: int,
+        timeline: Timeline,
+        link: EmulatedLink,
+        book: Booker,
+        workers: _Workers,
     ) -> None:
         self.session, self.batch, self.m, self.batch_size = session, batch, m, batch_size
-        self.timeline, self.clock, self.book = timeline, link.clock, book
-        self.outbox: queue.Queue[Any] = queue.Queue()
+        self.wire: str = getattr(session, "wire_dtype", "float32")  # a test's stand-in session may have none
+        self.timeline, self.clock, self.book, self.workers = timeline, link.clock, book, workers
         self.results: list[StepResult | None] = [None] * m
         self.arrivals = [0.0] * m  # when each gradient has come down the emulated link
         self.handed = [0.0] * m  # when each activation was handed to the edge server (its modelled arrival there)
         self.arrived = [threading.Event() for _ in range(m)]
         self.errors: list[BaseException] = []
-        self.sent = threading.Semaphore(0)  # the receiver may only wait for micro-batches already sent
-        self.threads = [
-            threading.Thread(target=self._send, name=f"edgeflower-pipe-send-{batch}", daemon=True),
-            threading.Thread(target=self._receive, name=f"edgeflower-pipe-recv-{batch}", daemon=True),
-        ]
+        self.done = 0.0  # when the edge server finished the previous micro-batch, in the model
 
-    def start(self) -> None:
-        for t in self.threads:
-            t.start()
+    def put(self, j: int, act: torch.Tensor, labels: torch.Tensor, arrival: float) -> None:
+        """Queue micro-batch ``j`` for the sender, to be handed over at ``arrival``."""
+        self.workers.outbox.put((self, j, act, labels, arrival))
 
-    def stop(self) -> None:
-        """Abort the session after a failure (unblocks the receiver), end the sender, join both threads."""
+    def finish(self) -> None:
+        """After a failure, abort the session (unblocks the receiver; the pipe's queued items are skipped)."""
         if self.errors:
             self.session.abort()
-            self.sent.release(self.m)
-        self.outbox.put(_STOP)
-        for t in self.threads:
-            t.join(timeout=30)
 
     def result(self, j: int) -> StepResult | None:
         """Micro-batch ``j``'s result once its gradient has arrived on the emulated link (``None`` after a failure)."""
@@ -222,46 +286,24 @@ class _Pipe:
         assert result is not None
         return result
 
-    def _fail(self, exc: BaseException) -> None:
+    def fail(self, exc: BaseException) -> None:
         self.errors.append(exc)
         for event in self.arrived:
             event.set()
-        self.sent.release(self.m)
 
-    def _send(self) -> None:
-        try:
-            for j in range(self.m):
-                item = self.outbox.get()
-                if item is _STOP:
-                    return
-                act, labels, arrival = item
-                wait_until(arrival, self.clock)  # booked by the device thread: latencies of successive sends overlap
-                self.handed[j] = self.clock.now()
-                self.session.send(act, labels, batch=self.batch, micro=j, num_micro=self.m, batch_size=self.batch_size)
-                self.sent.release()
-        except BaseException as exc:  # handed to the device thread, which raises it
-            self._fail(exc)
-
-    def _receive(self) -> None:
-        done = 0.0  # when the edge server finished the previous micro-batch, in the model
-        try:
-            for j in range(self.m):
-                self.sent.acquire()
-                if self.errors:
-                    return
-                result = self.session.recv()
-                server_s = min(result.server_s, self.clock.now() - self.handed[j])
-                # the edge server takes micro-batches in order, each once it has arrived; its gradient leaves then,
-                # so the real transport time (over loopback) counts towards the downlink's modelled time
-                done = max(self.handed[j], done) + server_s
-                self.timeline.add("server", done - server_s, done, self.batch, j)
-                down0, down1 = self.book(tensor_bytes(result.grad), False, done)  # waited for by the device
-                self.timeline.add("downlink", down0, down1, self.batch, j)
-                self.results[j] = result
-                self.arrivals[j] = down1
-                self.arrived[j].set()
-        except BaseException as exc:
-            self._fail(exc)
+    def receive(self, j: int) -> None:
+        """Take micro-batch ``j``'s result off the stream and book its downlink (in the receiver thread)."""
+        result = self.session.recv()
+        server_s = min(result.server_s, self.clock.now() - self.handed[j])
+        # the edge server takes micro-batches in order, each once it has arrived; its gradient leaves then,
+        # so the real transport time (over loopback) counts towards the downlink's modelled time
+        self.done = max(self.handed[j], self.done) + server_s
+        self.timeline.add("server", self.done - server_s, self.done, self.batch, j)
+        down0, down1 = self.book(wire_nbytes(result.grad, self.wire), False, self.done)  # the device waits for it
+        self.timeline.add("downlink", down0, down1, self.batch, j)
+        self.results[j] = result
+        self.arrivals[j] = down1
+        self.arrived[j].set()
 
 
 def _no_grad(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -62,6 +62,7 @@ from edgeflower.training import sgd as proximal_sgd
 from edgeflower.transport.emulation import DeviceProfile, EmulatedLink
 from edgeflower.transport.errors import EdgeError
 from edgeflower.transport.messages import OptimizerSettings
+from edgeflower.transport.wire import WireForm, wire_nbytes
 
 if TYPE_CHECKING:  # imports Opacus (seconds): only runs with DP load it
     from edgeflower.privacy.dpsgd import BatchDPOptimizer, DeviceDP
@@ -78,6 +79,7 @@ __all__ = [
 ]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+_Logged = tuple[Any, torch.Tensor]  # a replay log entry: (activations, or their WireForm; labels)
 
 
 @dataclass
@@ -178,8 +180,8 @@ class SplitTrainer:
         self.move_trigger = move_trigger
         self.progress = progress
         self.last_move: MoveOrder | None = None
-        self._replay: list[tuple[int, list[Batch]]] | None = []
-        self._sent: list[Batch] = []
+        self._replay: list[tuple[int, list[_Logged]]] | None = []
+        self._sent: list[_Logged] = []
 
     @property
     def _head_private(self) -> bool:
@@ -268,8 +270,7 @@ class SplitTrainer:
     def _train_batch(self, state: _Pass, b: int, x: torch.Tensor, y: torch.Tensor) -> None:
         """One batch of the pass, after a move if one is due before it."""
         state.batch, state.pending = b, (x, y)
-        # BatchNorm statistics the head forward will update: restored if this batch has to be redone
-        state.head_buffers = [buf.clone() for buf in self.head.buffers()]
+        _save_buffers(self.head, state.head_buffers)  # BatchNorm statistics: restored if this batch is redone
         order = self._due_move(b) if state.moving else None
         if order is not None:
             state.session = self._move(state.session, order)
@@ -358,8 +359,9 @@ class SplitTrainer:
         """
         act = self._device(timeline, b, "fwd", lambda: self.head(x)) if self.k > 0 else x
         sent = act.detach()
-        self._sent.append((sent, y))
-        up0, up1 = self._transmit(tensor_bytes(sent, y), True)
+        wire = _wire(session)
+        self._sent.append((self._as_received(sent, wire), y))
+        up0, up1 = self._transmit(wire_nbytes(sent, wire) + tensor_bytes(y), True)
         timeline.add("uplink", up0, up1, b)
         clock = self.link.clock
         call0 = clock.now()
@@ -368,11 +370,18 @@ class SplitTrainer:
         timeline.add("server", call0, call0 + server_s, b)
         # the gradient leaves the edge server when it is done in the model; the step's real transport time (both
         # ways, over loopback) counts towards the downlink's modelled time, not on top of it (EmulatedLink.deliver)
-        down0, down1 = self._deliver(tensor_bytes(result.grad), False, call0 + server_s)
+        down0, down1 = self._deliver(wire_nbytes(result.grad, wire), False, call0 + server_s)
         timeline.add("downlink", down0, down1, b)
         if head_opt is not None:
             self._device(timeline, b, "bwd", lambda: (act.backward(result.grad), head_opt.step()))
         return result.loss * len(y)
+
+    def _as_received(self, sent: torch.Tensor, wire: str) -> torch.Tensor | WireForm:
+        """What the replay log keeps of ``sent``: the tensor (``float32``), else its wire form, decoded at replay
+        into what the edge server trained on (half or a quarter of the memory: the uplink byte count)."""
+        if self._replay is None or wire == "float32":
+            return sent
+        return WireForm.of(sent, wire)
 
     def _transmit(self, nbytes: int, up: bool) -> tuple[float, float]:
         self.traffic["uplink-bytes" if up else "downlink-bytes"] += nbytes
@@ -420,7 +429,7 @@ class SplitTrainer:
             for batch_size, micro in log_:
                 tail_opt.zero_grad(set_to_none=True)
                 for act, labels in micro:
-                    logits = self.tail(act.to(torch.float32))
+                    logits = self.tail((act.decode() if isinstance(act, WireForm) else act).to(torch.float32))
                     micro_batch_loss(logits, labels.long(), batch_size, len(micro))[1].backward()
                 tail_opt.step()
 
@@ -464,6 +473,21 @@ def _sgd(module: nn.Module, settings: OptimizerSettings) -> torch.optim.Optimize
     if mu:
         return proximal_sgd(module.parameters(), settings.lr, settings.momentum, settings.weight_decay, mu)
     return make_optimizer(module.parameters(), settings.lr, settings.momentum, settings.weight_decay)
+
+
+def _wire(session: Any) -> str:
+    """The session's wire format (:mod:`~edgeflower.transport.wire`; ``float32`` for a stand-in without one)."""
+    return getattr(session, "wire_dtype", "float32")
+
+
+def _save_buffers(module: nn.Module, saved: list[torch.Tensor]) -> None:
+    """Copy ``module``'s buffers into ``saved`` (allocated on the first call of a pass, reused after)."""
+    with torch.no_grad():
+        if not saved:
+            saved.extend(buf.detach().clone() for buf in module.buffers())
+        else:
+            for dst, buf in zip(saved, module.buffers(), strict=True):
+                dst.copy_(buf)
 
 
 def _metrics_dict(metrics: Any) -> dict[str, float]:

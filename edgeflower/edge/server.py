@@ -373,7 +373,7 @@ class EdgeServer:
         frame = decode_frame(raw, self.limits)
         if frame.kind == END_KIND:
             return None
-        req = StepRequest.from_frame(frame)
+        req = StepRequest.from_frame(frame, self.limits)
         with session.lock:
             result = session.step(req)
         result.server_s = time.perf_counter() - t0

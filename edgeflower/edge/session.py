@@ -15,7 +15,9 @@ The caller (the edge server) serialises access with :attr:`TrainingSession.lock`
 
 from __future__ import annotations
 
+import copy
 import hmac
+import json
 import math
 import threading
 import time
@@ -30,6 +32,7 @@ from edgeflower.training import micro_batch_loss
 from edgeflower.training import sgd as proximal_sgd
 from edgeflower.transport.auth import TokenClaims
 from edgeflower.transport.errors import EdgeAuthError, InvalidMessageError, SessionNotFoundError, SessionStateError
+from edgeflower.transport.fields import all_finite
 from edgeflower.transport.messages import OpenRequest, SessionMetrics, StepRequest, StepResult
 
 __all__ = [
@@ -89,8 +92,43 @@ def check_model_size(spec: ModelSpec, max_params: int | None) -> int:
 def check_finite(tensors: Mapping[str, torch.Tensor], what: str) -> None:
     """Raise :class:`InvalidMessageError` if a floating-point tensor holds NaN or Inf."""
     for name, tensor in tensors.items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        if not all_finite(tensor):
             raise InvalidMessageError(f"{what} {name!r} contains NaN or Inf")
+
+
+_TAILS: dict[tuple[str, int], tuple[torch.nn.Module, tuple[int, ...]]] = {}
+"""A freshly built zoo tail and its input shape by (model spec, split point), at most :data:`_MAX_TAILS`: a later
+session of the same model copies it (about 1 ms for VGG5) instead of building and initialising the whole model and
+running a forward pass for the shape. A model by reference is built every time (its code is the user's)."""
+_MAX_TAILS = 8
+
+
+def _fresh_tail(spec: ModelSpec, k: int) -> tuple[torch.nn.Module, tuple[int, ...]]:
+    """Blocks ``[k:]`` of a new ``spec`` model (weights still to load) and the shape of one of their inputs."""
+    key = (json.dumps(spec.to_dict(), sort_keys=True), k)
+    cached = _TAILS.get(key)
+    if cached is not None:
+        return copy.deepcopy(cached[0]), cached[1]
+    try:
+        model = build_model(spec, from_peer=True)  # a reference only if this process trusts it
+    except (ValueError, TypeError) as exc:
+        raise InvalidMessageError(f"cannot build model {spec.name!r}: {exc}") from exc
+    if not 0 <= k < model.num_blocks:
+        raise InvalidMessageError(
+            f"split point {k} leaves nothing to offload or is out of range: "
+            f"{spec.name} accepts 0..{model.num_blocks - 1} on an edge server"
+        )
+    head, tail = model.split(k, share=True)
+    if not any(p.requires_grad for p in tail.parameters()):
+        raise InvalidMessageError(f"blocks [{k}:] of {spec.name} have no trainable parameters")
+    with torch.no_grad():
+        head.eval()
+        input_shape = tuple(head(torch.zeros(1, *spec.in_shape)).shape[1:])
+    if ":" not in spec.name:  # a zoo model: the same spec always builds the same architecture
+        if len(_TAILS) >= _MAX_TAILS:
+            _TAILS.clear()
+        _TAILS[key] = (copy.deepcopy(tail), input_shape)
+    return tail, input_shape
 
 
 def _build_tail(request: OpenRequest, max_params: int | None = None) -> tuple[torch.nn.Module, tuple[int, ...]]:
@@ -101,22 +139,8 @@ def _build_tail(request: OpenRequest, max_params: int | None = None) -> tuple[to
     """
     check_model_size(request.spec, max_params)
     check_finite(request.tail_state, "tail tensor")
-    try:
-        model = build_model(request.spec, from_peer=True)  # a reference only if this process trusts it
-    except (ValueError, TypeError) as exc:
-        raise InvalidMessageError(f"cannot build model {request.spec.name!r}: {exc}") from exc
     k = request.split_point
-    if not 0 <= k < model.num_blocks:
-        raise InvalidMessageError(
-            f"split point {k} leaves nothing to offload or is out of range: "
-            f"{request.spec.name} accepts 0..{model.num_blocks - 1} on an edge server"
-        )
-    head, tail = model.split(k, share=True)
-    if not any(p.requires_grad for p in tail.parameters()):
-        raise InvalidMessageError(f"blocks [{k}:] of {request.spec.name} have no trainable parameters")
-    with torch.no_grad():
-        head.eval()
-        input_shape = tuple(head(torch.zeros(1, *request.spec.in_shape)).shape[1:])
+    tail, input_shape = _fresh_tail(request.spec, k)
     expected = tail.state_dict()
     missing = sorted(set(expected) - set(request.tail_state))
     unexpected = sorted(set(request.tail_state) - set(expected))
@@ -165,6 +189,7 @@ class TrainingSession:
         self._token = token.encode()
         self.spec = request.spec
         self.split_point = request.split_point
+        self.wire_dtype: str | None = request.wire_dtype  # None: a migrated session, steps name their format
         self.tail, self.input_shape = _build_tail(request, max_params)
         self.num_classes = request.spec.num_classes
         opt = request.optimizer
@@ -221,8 +246,13 @@ class TrainingSession:
         return self._last_batch
 
     def resume_after(self, last_batch: int, metrics: SessionMetrics) -> None:
-        """Continue a migrated session: the next batch must come after ``last_batch``; metrics carry on."""
+        """Continue a migrated session: the next batch must come after ``last_batch``; metrics carry on.
+
+        The migrated state does not carry the wire format (it is float32 whatever the stream used): the resumed
+        session answers each step in the format the step arrived in.
+        """
         self._last_batch = last_batch
+        self.wire_dtype = None
         self.metrics = metrics
 
     # -- one micro-batch --------------------------------------------------------------------------------------------
@@ -239,8 +269,12 @@ class TrainingSession:
             raise InvalidMessageError(
                 f"labels must be a 1-d integer tensor of length {act.shape[0]}, got {labels.dtype}{list(labels.shape)}"
             )
-        if not bool(torch.isfinite(act).all()):
+        if not all_finite(act):
             raise InvalidMessageError("activations contain NaN or Inf")
+        if self.wire_dtype is not None and req.wire != self.wire_dtype:
+            raise InvalidMessageError(
+                f"activations sent as {req.wire}, but the session was opened with wire dtype {self.wire_dtype}"
+            )
         labels = labels.long()
         if int(labels.min()) < 0 or int(labels.max()) >= self.num_classes:
             raise InvalidMessageError(
@@ -327,7 +361,7 @@ class TrainingSession:
         self.metrics.compute_s += compute_s
         self.touch()
         server_s = time.perf_counter() - t0
-        return StepResult(req.batch, req.micro, loss_value, last, server_s, compute_s, grad)
+        return StepResult(req.batch, req.micro, loss_value, last, server_s, compute_s, grad, req.wire)
 
     # -- end ----------------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:

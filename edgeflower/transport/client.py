@@ -53,6 +53,7 @@ from edgeflower.transport.service import (
 from edgeflower.transport.session_messages import OpenReply, OpenRequest
 from edgeflower.transport.settings import DPParams, OptimizerSettings
 from edgeflower.transport.stream import TrainStream
+from edgeflower.transport.wire import WIRE_DTYPES
 
 __all__ = ["EdgeClient", "SessionHandle"]  # SessionHandle: re-exported from edgeflower.transport.handle
 
@@ -79,6 +80,9 @@ class EdgeClient:
         opened (an ``Open`` token opens one session).
     retry_backoff_s : float
         The first back-off.
+    wire_dtype : str
+        Default wire format of the sessions this client opens or resumes (:mod:`~edgeflower.transport.wire`:
+        ``float32`` (exact), ``bfloat16``, ``float16``, ``int8``, ``int8-channel``).
     """
 
     def __init__(
@@ -91,7 +95,11 @@ class EdgeClient:
         timeout_s: float = 120.0,
         retries: int = 4,
         retry_backoff_s: float = 0.1,
+        wire_dtype: str = "float32",
     ) -> None:
+        if wire_dtype not in WIRE_DTYPES:
+            raise ValueError(f"wire_dtype must be one of {', '.join(WIRE_DTYPES)}, got {wire_dtype!r}")
+        self.wire_dtype = wire_dtype
         self.address = address
         self.retries, self.retry_backoff_s = retries, retry_backoff_s
         self.limits = Limits(max_message_bytes=max_message_bytes)
@@ -168,6 +176,7 @@ class EdgeClient:
         timeout_s: float | None = None,
         *,
         dp: DPParams | None = None,
+        wire_dtype: str | None = None,
     ) -> SessionHandle:
         """Open a training session on the edge server.
 
@@ -190,6 +199,9 @@ class EdgeClient:
             Train the tail with DP-SGD (``dp = full``: per-sample clipping and Gaussian noise at each batch's step,
             with the session's own accountant); ``None`` (the default) trains it without DP. A device's privacy
             engine builds these (:meth:`edgeflower.privacy.node.NodeRoundDP.tail_params`).
+        wire_dtype : str, optional
+            How the session's activations and gradients travel (:mod:`~edgeflower.transport.wire`; default: the
+            client's :attr:`wire_dtype`). The tail state goes up and comes back as it is.
 
         Returns
         -------
@@ -206,9 +218,10 @@ class EdgeClient:
         EdgeUnavailableError
             The server cannot be reached (after the retries).
         """
-        request = OpenRequest(token, spec, split_point, optimizer, dict(tail_state), dp=dp)
+        wire = wire_dtype or self.wire_dtype
+        request = OpenRequest(token, spec, split_point, optimizer, dict(tail_state), dp=dp, wire_dtype=wire)
         frame = self.call_retrying(METHOD_OPEN, request.to_bytes(self.limits), timeout_s)
-        return SessionHandle(self, OpenReply.from_frame(frame), token, split_point)
+        return SessionHandle(self, OpenReply.from_frame(frame), token, split_point, wire_dtype=wire)
 
     def migrate(
         self,
@@ -222,7 +235,8 @@ class EdgeClient:
 
         The handle's training stream is detached first (at a batch boundary: nothing may be pending); the source
         exports the session, the destination imports it under ``migration_token``, and only then the source frees
-        it. Continue with ``EdgeClient(destination).resume(migration_token, split_point)``.
+        it. Continue with ``EdgeClient(destination).resumed(reply.resume, migration_token, split_point)`` (the
+        destination's description, relayed), or ``.resume(migration_token, split_point)`` when it is ``None``.
 
         Raises
         ------
@@ -248,8 +262,15 @@ class EdgeClient:
             Nothing was migrated here with that token (the migration failed before the destination's ack).
         """
         reply = ResumeReply.from_frame(self.call(METHOD_RESUME, ResumeRequest(migration_token).to_bytes(), timeout_s))
+        return self.resumed(reply, migration_token, split_point)
+
+    def resumed(self, reply: ResumeReply, migration_token: str, split_point: int) -> SessionHandle:
+        """The handle of a session migrated to this edge server, from its description: ``Resume``'s answer, or the
+        one the source relays in its ``Migrate`` reply (no round trip)."""
         opened = OpenReply(reply.session_id, reply.edge_id, reply.input_shape, reply.expects_grad)
-        return SessionHandle(self, opened, migration_token, split_point, last_batch=reply.last_batch)
+        return SessionHandle(
+            self, opened, migration_token, split_point, last_batch=reply.last_batch, wire_dtype=self.wire_dtype
+        )
 
     def train_stream(self, session_id: str, token: str) -> TrainStream:
         """Start the bidirectional training stream of session ``session_id`` (owned by ``token``).

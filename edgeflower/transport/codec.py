@@ -14,7 +14,8 @@ Frame layout (all integers little-endian)::
     12+H    ...   the tensors' raw bytes, concatenated in header order, each C-contiguous little-endian,
                   exactly prod(shape) * itemsize(dtype) bytes; nothing may follow the last tensor
 
-Allowed dtypes (:data:`DTYPES`): ``float32, float16, bfloat16, int64, int32, uint8, bool``. Decoding validates the
+Allowed dtypes (:data:`DTYPES`): ``float32, float16, bfloat16, int64, int32, uint8, int8, bool`` (``int8``: the
+quantised wire formats of :mod:`~edgeflower.transport.wire`). Decoding validates the
 magic, the version, the header size, the JSON structure, every tensor's name, dtype, rank and dims, that the byte
 counts add up exactly to the frame length and that the frame is within :attr:`Limits.max_message_bytes`; any
 violation raises :class:`~edgeflower.transport.errors.InvalidMessageError` (or
@@ -62,6 +63,7 @@ DTYPES: dict[str, torch.dtype] = {
     "int64": torch.int64,
     "int32": torch.int32,
     "uint8": torch.uint8,
+    "int8": torch.int8,
     "bool": torch.bool,
 }
 """Dtype whitelist: wire name -> torch dtype."""
@@ -121,11 +123,12 @@ class Frame:
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def _tensor_bytes(tensor: torch.Tensor) -> bytes:
+def _tensor_bytes(tensor: torch.Tensor) -> memoryview | bytes:
+    """The tensor's raw bytes as a view (no copy for a contiguous CPU tensor): the frame's one copy is the join."""
     flat = tensor.detach().to("cpu").contiguous().reshape(-1)
     if flat.numel() == 0:
         return b""
-    return flat.view(torch.uint8).numpy().tobytes()
+    return memoryview(flat.view(torch.uint8).numpy())
 
 
 def encode_frame(
@@ -159,7 +162,7 @@ def encode_frame(
         If a dtype is not allowed, a name is invalid or the metadata is not JSON-serialisable.
     """
     specs: list[dict[str, Any]] = []
-    payloads: list[bytes] = []
+    payloads: list[memoryview | bytes] = []  # views of the tensors' memory, alive until the join below
     for name, tensor in (tensors or {}).items():
         if not isinstance(tensor, torch.Tensor):
             raise InvalidMessageError(f"tensor {name!r} is a {type(tensor).__name__}, not a torch.Tensor")

@@ -15,7 +15,7 @@ import torch
 from edgeflower.transport.codec import Frame
 from edgeflower.transport.errors import InvalidMessageError
 
-__all__ = ["MAX_INDEX", "expect_kind", "float_field", "int_field", "str_field", "tensor_field"]
+__all__ = ["MAX_INDEX", "all_finite", "expect_kind", "float_field", "int_field", "str_field", "tensor_field"]
 
 MAX_INDEX = 2**53
 """The default upper bound of an integer field (the largest integer a JSON number holds exactly)."""
@@ -59,3 +59,16 @@ def tensor_field(frame: Frame, name: str) -> torch.Tensor:
     if name not in frame.tensors:
         raise InvalidMessageError(f"{frame.kind!r} message lacks the tensor {name!r}")
     return frame.tensors[name]
+
+
+def all_finite(tensor: torch.Tensor) -> bool:
+    """Whether a floating-point tensor holds no NaN and no Inf (other dtypes: always).
+
+    Exact and cheap: the float32 sum of finite values is finite unless it overflows, and any NaN or Inf makes it
+    NaN or Inf; only a sum that is not finite needs the element-wise check.
+    """
+    if not tensor.is_floating_point() or tensor.numel() == 0:
+        return True
+    if bool(torch.isfinite(tensor.sum(dtype=torch.float32))):
+        return True
+    return bool(torch.isfinite(tensor).all())

@@ -16,10 +16,12 @@ import torch
 
 from edgeflower.transport.codec import decode_frame
 from edgeflower.transport.errors import EdgeError, InvalidMessageError, SessionStateError
+from edgeflower.transport.fields import all_finite
 from edgeflower.transport.service import METHOD_CLOSE
 from edgeflower.transport.session_messages import CloseReply, CloseRequest, OpenReply, SessionMetrics
 from edgeflower.transport.step_messages import StepRequest, StepResult
 from edgeflower.transport.stream import TrainStream
+from edgeflower.transport.wire import check_wire_dtype
 
 if TYPE_CHECKING:
     from edgeflower.transport.client import EdgeClient
@@ -48,6 +50,9 @@ class SessionHandle:
         The session's split point.
     last_batch : int
         On a resumed (migrated) session, the last batch the source completed (``-1``: none).
+    wire_dtype : str
+        How activations go up and gradients come down (:mod:`~edgeflower.transport.wire`); results are checked to
+        come back in it.
 
     Attributes
     ----------
@@ -63,15 +68,25 @@ class SessionHandle:
         Whether results carry activation gradients (``split_point > 0``).
     last_batch : int
         On a resumed (migrated) session: the last batch the source completed (``-1`` otherwise).
+    wire_dtype : str
+        The session's wire format.
     owns_client : bool
         Close the client's channel when the session is closed or aborted (set for a handle whose client was opened
         just for it, e.g. on a migration's destination).
     """
 
     def __init__(
-        self, client: EdgeClient, reply: OpenReply, token: str, split_point: int, *, last_batch: int = -1
+        self,
+        client: EdgeClient,
+        reply: OpenReply,
+        token: str,
+        split_point: int,
+        *,
+        last_batch: int = -1,
+        wire_dtype: str = "float32",
     ) -> None:
         self._client = client
+        self.wire_dtype = check_wire_dtype(wire_dtype)
         self.owns_client = False
         self._token = token
         self.session_id = reply.session_id
@@ -148,7 +163,8 @@ class SessionHandle:
         Parameters
         ----------
         activations : torch.Tensor
-            The head's output ``(n, *input_shape)``, detached (float32, float16 or bfloat16).
+            The head's output ``(n, *input_shape)``, detached (float32, float16 or bfloat16), sent in the session's
+            wire format.
         labels : torch.Tensor
             Class labels ``(n,)``.
         batch : int
@@ -177,9 +193,11 @@ class SessionHandle:
                 f"activations of shape {list(activations.shape)} do not match the session's input shape "
                 f"[n, {', '.join(map(str, self.input_shape))}]"
             )
-        request = StepRequest(activations.detach(), labels, batch, micro, num_micro, batch_size)
+        wire = self.wire_dtype
+        request = StepRequest(activations.detach(), labels, batch, micro, num_micro, batch_size, wire)
         frame = request.to_bytes(self._client.limits)
-        self.send_raw(frame, (batch, micro, activations.shape, activations.dtype))
+        grad_dtype = activations.dtype if wire == "float32" else torch.float32  # a compressed gradient decodes so
+        self.send_raw(frame, (batch, micro, activations.shape, grad_dtype))
 
     def recv(self, timeout_s: float | None = None) -> StepResult:
         """Wait for the result of the oldest step sent and not yet received.
@@ -200,7 +218,7 @@ class SessionHandle:
             stream = self._stream
         try:
             frame = decode_frame(stream.recv(timeout_s or self._client.timeout_s), self._client.limits)
-            result = StepResult.from_frame(frame)
+            result = StepResult.from_frame(frame, self._client.limits)
         except EdgeError as exc:  # the stream's failure, or a malformed result
             raise self._fail(exc) from None
         with self._lock:
@@ -213,10 +231,12 @@ class SessionHandle:
         problem = ""
         if (result.batch, result.micro) != (batch, micro):
             problem = f"result for batch {result.batch}/{result.micro}, expected {batch}/{micro}"
+        elif result.wire != self.wire_dtype:
+            problem = f"gradient sent as {result.wire}, the session's wire dtype is {self.wire_dtype}"
         elif self.expects_grad and (result.grad is None or result.grad.shape != shape or result.grad.dtype != dtype):
             got = None if result.grad is None else (list(result.grad.shape), result.grad.dtype)
             problem = f"gradient {got} does not match the activations {list(shape)} {dtype}"
-        elif result.grad is not None and not bool(torch.isfinite(result.grad).all()):
+        elif result.grad is not None and not all_finite(result.grad):
             problem = "the gradient contains NaN or Inf"
         if problem:
             raise self._fail(InvalidMessageError(problem, address=self._client.address))

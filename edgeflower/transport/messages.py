@@ -5,10 +5,13 @@ message            frame kind       meta                                        
 =================  ===============  ====================================================  ====================
 OpenRequest        ``open``         token, model (ModelSpec dict), split_point,           the tail's state dict
                                     optimizer {lr, momentum, weight_decay},
-                                    dp (optional DPParams dict: DP-SGD on the tail)
+                                    dp (optional DPParams dict: DP-SGD on the tail),
+                                    wire_dtype (optional, default float32)
 OpenReply          ``opened``       session_id, edge_id, input_shape, expects_grad        --
-StepRequest        ``step``         batch, micro, num_micro, batch_size                   activations, labels
-StepResult         ``step_result``  batch, micro, loss, stepped, server_s, compute_s      grad (if k > 0)
+StepRequest        ``step``         batch, micro, num_micro, batch_size, wire (optional)  activations, labels
+                                                                                          (+ activations-scale)
+StepResult         ``step_result``  batch, micro, loss, stepped, server_s, compute_s,     grad (if k > 0)
+                                    wire (optional)                                       (+ grad-scale)
 (end of stream)    ``end``          --                                                    --
 CloseRequest       ``close``        session_id, token                                     --
 CloseReply         ``closed``       metrics (SessionMetrics dict)                         the tail's state dict
@@ -29,6 +32,7 @@ This module is the catalogue and the one import point; the messages live with th
 * :mod:`~edgeflower.transport.settings` -- :class:`OptimizerSettings` and :class:`DPParams` (how the tail trains);
 * :mod:`~edgeflower.transport.session_messages` -- open and close, :class:`SessionMetrics`;
 * :mod:`~edgeflower.transport.step_messages` -- the training stream's steps and its ``end`` frame;
+* :mod:`~edgeflower.transport.wire` -- the wire formats of activations and gradients (``wire-dtype``);
 * :mod:`~edgeflower.transport.health` -- :class:`HealthInfo`;
 * :mod:`~edgeflower.transport.migration` -- the messages of session migration (not re-exported here).
 """

@@ -17,6 +17,7 @@ from edgeflower.transport.codec import Frame, Limits, encode_frame
 from edgeflower.transport.errors import InvalidMessageError
 from edgeflower.transport.fields import expect_kind, float_field, int_field, str_field
 from edgeflower.transport.settings import DPParams, OptimizerSettings
+from edgeflower.transport.wire import check_wire_dtype
 
 __all__ = ["CloseReply", "CloseRequest", "OpenReply", "OpenRequest", "SessionMetrics"]
 
@@ -39,6 +40,9 @@ class OpenRequest:
         Initial state dict of the tail (full-model keys ``blocks.<i>....``).
     dp : DPParams, optional
         Train the tail with DP-SGD (per-sample clipping and noise at each batch's step).
+    wire_dtype : str
+        How activations and gradients travel on the session's stream (:mod:`~edgeflower.transport.wire`; meta
+        ``wire_dtype``, absent for the default ``float32``). The tail state always travels as it is.
     """
 
     token: str
@@ -47,6 +51,7 @@ class OpenRequest:
     optimizer: OptimizerSettings
     tail_state: dict[str, torch.Tensor]
     dp: DPParams | None = None
+    wire_dtype: str = "float32"
 
     def to_bytes(self, limits: Limits | None = None) -> bytes:
         """Encode as an ``open`` frame."""
@@ -58,6 +63,8 @@ class OpenRequest:
         }
         if self.dp is not None:
             meta["dp"] = self.dp.to_dict()
+        if self.wire_dtype != "float32":
+            meta["wire_dtype"] = check_wire_dtype(self.wire_dtype)
         return encode_frame("open", meta, self.tail_state, limits)
 
     @classmethod
@@ -77,6 +84,7 @@ class OpenRequest:
             optimizer=OptimizerSettings.from_dict(meta.get("optimizer")),
             tail_state=dict(frame.tensors),
             dp=None if meta.get("dp") is None else DPParams.from_dict(meta["dp"]),
+            wire_dtype=check_wire_dtype(str_field(meta, "wire_dtype", optional=True, max_len=32) or "float32"),
         )
 
 

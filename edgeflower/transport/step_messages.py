@@ -6,13 +6,16 @@ See :mod:`edgeflower.transport.messages` for the table of every message and its 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from edgeflower.transport.codec import Frame, Limits, encode_frame
 from edgeflower.transport.errors import InvalidMessageError
-from edgeflower.transport.fields import expect_kind, float_field, int_field, tensor_field
+from edgeflower.transport.fields import expect_kind, float_field, int_field, str_field, tensor_field
+from edgeflower.transport.wire import check_wire_dtype, decode_wire, encode_wire, wire_names
 
 __all__ = ["END_KIND", "StepRequest", "StepResult"]
 
@@ -39,6 +42,9 @@ class StepRequest:
         Micro-batches in this batch; the server takes one optimizer step after the last one.
     batch_size : int
         Samples in the whole batch; each micro-batch's loss is scaled by ``n / batch_size``.
+    wire : str
+        How the activations travel (:mod:`~edgeflower.transport.wire`; meta ``wire``, absent for ``float32``);
+        a decoded request holds them as float32 (as sent for ``float32``).
     """
 
     activations: torch.Tensor
@@ -47,29 +53,47 @@ class StepRequest:
     micro: int = 0
     num_micro: int = 1
     batch_size: int = 0
+    wire: str = "float32"
 
     def to_bytes(self, limits: Limits | None = None) -> bytes:
         """Encode as a ``step`` frame."""
-        meta = {"batch": self.batch, "micro": self.micro, "num_micro": self.num_micro, "batch_size": self.batch_size}
-        return encode_frame("step", meta, {"activations": self.activations, "labels": self.labels}, limits)
+        meta: dict[str, Any] = {
+            "batch": self.batch,
+            "micro": self.micro,
+            "num_micro": self.num_micro,
+            "batch_size": self.batch_size,
+        }
+        if self.wire != "float32":
+            meta["wire"] = self.wire
+        tensors = {**encode_wire("activations", self.activations, self.wire), "labels": self.labels}
+        return encode_frame("step", meta, tensors, limits)
 
     @classmethod
-    def from_frame(cls, frame: Frame) -> StepRequest:
-        """Parse and validate a ``step`` frame (shapes are checked against the session by the server)."""
+    def from_frame(cls, frame: Frame, limits: Limits | None = None) -> StepRequest:
+        """Parse and validate a ``step`` frame (shapes are checked against the session by the server); quantised
+        activations are decoded within ``limits``."""
         meta = expect_kind(frame, "step").meta
-        if set(frame.tensors) != {"activations", "labels"}:
+        wire = _wire(meta)
+        names = wire_names("activations", wire) | {"labels"}
+        if set(frame.tensors) != names:
             raise InvalidMessageError(
-                f"a step message carries exactly 'activations' and 'labels', got {list(frame.tensors)}"
+                f"a {wire} step message carries exactly {sorted(names)}, got {list(frame.tensors)}"
             )
         num_micro = int_field(meta, "num_micro", 1, 1_000_000)
         return cls(
-            activations=tensor_field(frame, "activations"),
+            activations=decode_wire(frame.tensors, "activations", wire, limits),
             labels=tensor_field(frame, "labels"),
             batch=int_field(meta, "batch"),
             micro=int_field(meta, "micro", 0, num_micro - 1),
             num_micro=num_micro,
             batch_size=int_field(meta, "batch_size", 1, 2**31),
+            wire=wire,
         )
+
+
+def _wire(meta: Mapping[str, Any]) -> str:
+    """The frame's wire format (``float32`` when absent)."""
+    return check_wire_dtype(str_field(meta, "wire", optional=True, max_len=32) or "float32")
 
 
 @dataclass
@@ -90,6 +114,8 @@ class StepResult:
         Of which forward, loss, backward and optimizer step.
     grad : torch.Tensor or None
         Gradient of the loss with respect to the activations (``None`` when ``split_point == 0``).
+    wire : str
+        How the gradient travels (the request's format; meta ``wire``, absent for ``float32``).
     """
 
     batch: int
@@ -99,10 +125,11 @@ class StepResult:
     server_s: float
     compute_s: float
     grad: torch.Tensor | None = None
+    wire: str = "float32"
 
     def to_bytes(self, limits: Limits | None = None) -> bytes:
         """Encode as a ``step_result`` frame."""
-        meta = {
+        meta: dict[str, Any] = {
             "batch": self.batch,
             "micro": self.micro,
             "loss": self.loss,
@@ -110,12 +137,20 @@ class StepResult:
             "server_s": self.server_s,
             "compute_s": self.compute_s,
         }
-        return encode_frame("step_result", meta, None if self.grad is None else {"grad": self.grad}, limits)
+        if self.wire != "float32":
+            meta["wire"] = self.wire
+        tensors = None if self.grad is None else encode_wire("grad", self.grad, self.wire)
+        return encode_frame("step_result", meta, tensors, limits)
 
     @classmethod
-    def from_frame(cls, frame: Frame) -> StepResult:
-        """Parse and validate a ``step_result`` frame."""
+    def from_frame(cls, frame: Frame, limits: Limits | None = None) -> StepResult:
+        """Parse and validate a ``step_result`` frame; a quantised gradient is decoded within ``limits``."""
         meta = expect_kind(frame, "step_result").meta
+        wire = _wire(meta)
+        if frame.tensors and set(frame.tensors) != wire_names("grad", wire):
+            raise InvalidMessageError(
+                f"a {wire} step result carries {sorted(wire_names('grad', wire))} or nothing, got {list(frame.tensors)}"
+            )
         return cls(
             batch=int_field(meta, "batch"),
             micro=int_field(meta, "micro"),
@@ -123,5 +158,6 @@ class StepResult:
             stepped=bool(meta.get("stepped")),
             server_s=float_field(meta, "server_s", 0.0),
             compute_s=float_field(meta, "compute_s", 0.0),
-            grad=frame.tensors.get("grad"),
+            grad=decode_wire(frame.tensors, "grad", wire, limits) if frame.tensors else None,
+            wire=wire,
         )

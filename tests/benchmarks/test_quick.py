@@ -16,7 +16,16 @@ BENCHMARKS = sorted(
 
 REQUIRED_FIGURES = {
     "overhead": {"fl_vs_plain_ratio", "round_overhead_s"},
-    "split": {"split_vs_local_ratio", "rtt_ms", "channel_mb_s"},
+    "split": {
+        "split_vs_local_ratio",
+        "split_vs_bound_ratio",
+        "split_vs_local_ratio_bf16",
+        "split_vs_local_ratio_int8",
+        "accuracy_delta_bf16",
+        "accuracy_delta_int8",
+        "rtt_ms",
+        "channel_mb_s",
+    },
     "pipeline": {
         "speedup_vs_sequential",
         "speedup_vs_fl",
