@@ -4,7 +4,6 @@ round trip; and what it no longer repeats (the model size check per spec)."""
 from __future__ import annotations
 
 import dataclasses
-import threading
 
 import pytest
 import torch
@@ -17,27 +16,10 @@ from edgeflower.models import build_model
 from edgeflower.transport import EdgeClient, InvalidMessageError
 from edgeflower.transport.codec import decode_frame
 from edgeflower.transport.migration import ImportReply, MigrateReply, ResumeReply
+from tests._clock import ManualClock
 from tests._edge_helpers import ISSUER, OPTIM, SECRET, fashion_batches
 
 PEER_MBPS = 1.0  # the small model's state (about 0.2 MB) takes about 1.6 s on this modelled wire
-
-
-class ManualClock:
-    """A clock that moves only when someone sleeps on it; records every sleep."""
-
-    def __init__(self, start: float = 100.0) -> None:
-        self.t = start
-        self.sleeps: list[float] = []
-        self._lock = threading.Lock()
-
-    def now(self) -> float:
-        with self._lock:
-            return self.t
-
-    def sleep(self, seconds: float) -> None:
-        with self._lock:
-            self.sleeps.append(seconds)
-            self.t += seconds
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ tests decide on the model, never on how busy the machine's scheduler is)."""
 from __future__ import annotations
 
 import json
-import threading
 
 import pytest
 
@@ -18,24 +17,7 @@ from edgeflower.transport.emulation import (
     profile_for,
     wait_until,
 )
-
-
-class ManualClock:
-    """A clock that only moves when someone sleeps on it (thread-safe); records every sleep."""
-
-    def __init__(self, start: float = 100.0) -> None:
-        self.t = start
-        self.sleeps: list[float] = []
-        self._lock = threading.Lock()
-
-    def now(self) -> float:
-        with self._lock:
-            return self.t
-
-    def sleep(self, seconds: float) -> None:
-        with self._lock:
-            self.sleeps.append(seconds)
-            self.t += seconds
+from tests._clock import ManualClock
 
 
 def test_link_transfer_time_is_bytes_over_bandwidth_plus_latency():
