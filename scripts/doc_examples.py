@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -394,19 +394,20 @@ def is_cheap(ex: Example) -> bool:
     return False
 
 
-def check_all(real: str = "cheap", root: Path = ROOT, only: str = "") -> list[Outcome]:
-    """Check every example: ``real`` is ``none``, ``cheap`` (CI) or ``all``."""
-    out = []
+def iter_checks(real: str = "cheap", root: Path = ROOT, only: str = "") -> Iterator[Outcome]:
+    """Check every example, yielding each outcome as soon as it is known: ``real`` is ``none``, ``cheap`` (CI) or
+    ``all``."""
     for ex in all_examples(root):
         if only and only not in ex.text:
             continue
         long_ok = ex.kind == "make-run" or (ex.kind == "python" and not ex.text.startswith(NEEDS_SERVICE_MARK))
         runs = (real == "all" and long_ok) or (real in ("cheap", "all") and is_cheap(ex))
-        if runs:
-            out.append(run_real(ex, root))
-        else:
-            out.append(check_dry(ex, root))
-    return out
+        yield run_real(ex, root) if runs else check_dry(ex, root)
+
+
+def check_all(real: str = "cheap", root: Path = ROOT, only: str = "") -> list[Outcome]:
+    """Every outcome of :func:`iter_checks`."""
+    return list(iter_checks(real, root, only))
 
 
 def _fmt_s(s: float | None) -> str:
@@ -429,7 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{ex.where:24} {ex.kind:13} {_fmt_s(ex.expected_s):>7}  {ex.text.splitlines()[0][:90]}")
         return 0
     failed = 0
-    for o in check_all(args.real, only=args.only):
+    for o in iter_checks(args.real, only=args.only):  # one line per example as it finishes
         ex = o.example
         status = "ok" if o.ok else "FAIL"
         failed += not o.ok
