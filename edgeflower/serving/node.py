@@ -37,6 +37,7 @@ from edgeflower.transport.auth import RPC_ROLES, TokenVerifier
 from edgeflower.transport.codec import DEFAULT_MAX_MESSAGE_BYTES, Limits, decode_frame, encode_frame
 from edgeflower.transport.emulation import DeviceProfile
 from edgeflower.transport.errors import InvalidMessageError, SessionStateError
+from edgeflower.transport.fields import all_finite
 from edgeflower.transport.tls import TLSConfig
 
 __all__ = ["Deployment", "InferenceNode", "build_segment", "check_deploy_size"]
@@ -239,7 +240,7 @@ class InferenceNode:
         exit_shape = field(frame, "exit_in_shape", (list, type(None)), None)
         check_deploy_size(spec, arch, self.max_model_params)
         for name, tensor in frame.tensors.items():
-            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            if not all_finite(tensor):
                 raise InvalidMessageError(f"deployed tensor {name!r} contains NaN or Inf")
         state = {k: v for k, v in frame.tensors.items() if not k.startswith("exit.")}
         segment = build_segment(spec, arch, start, stop, state)
@@ -276,7 +277,7 @@ class InferenceNode:
         x = frame.tensors["x"]
         if not x.is_floating_point() or x.dim() < 2:
             raise InvalidMessageError(f"x must be a floating-point batch, got {x.dtype} {list(x.shape)}")
-        if not bool(torch.isfinite(x).all()):
+        if not all_finite(x):
             raise InvalidMessageError("x contains NaN or Inf")
         t0 = time.perf_counter()
         try:

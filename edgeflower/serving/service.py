@@ -19,6 +19,7 @@ from edgeflower.serving.settings import ControllerConfig
 from edgeflower.transport.auth import RPC_ROLES, TokenVerifier
 from edgeflower.transport.codec import Limits, decode_frame, encode_frame
 from edgeflower.transport.errors import InvalidMessageError
+from edgeflower.transport.fields import all_finite
 from edgeflower.transport.tls import TLSConfig
 
 __all__ = ["PredictService", "check_input"]
@@ -37,7 +38,7 @@ def check_input(x: torch.Tensor, in_shape: Sequence[int], max_batch: int) -> Non
         raise InvalidMessageError(
             f"x must be float32 of shape [1..{max_batch}, {', '.join(map(str, shape))}], got {x.dtype} {list(x.shape)}"
         )
-    if not bool(torch.isfinite(x).all()):
+    if not all_finite(x):
         raise InvalidMessageError("x contains NaN or Inf")
 
 
