@@ -14,8 +14,10 @@ block. What can run in seconds runs for real; everything else is checked without
   allowed); blocks marked cheap run for real.
 * JSON blocks: parsed.
 
-``--real all`` also runs the long examples for real (``make run`` lines with a private ``FLWR_HOME``), one after
-another, and prints each one's wall time next to the time the docs promise (a ``# about N min`` comment).
+``--real all`` also runs the long examples for real, one after another, and prints each one's wall time next to
+the time the docs promise (a ``# about N min`` comment): ``make run`` lines (with a private ``FLWR_HOME``),
+``run-deploy``, Python blocks, and the ``edgeflower`` commands that finish on their own and need nothing the docs
+write as a placeholder (``runs/<run>``) or a file that is not there (:data:`RUNS_ALONE`); the rest stays dry.
 
 Usage::
 
@@ -53,6 +55,9 @@ earlier example: checked dry even with ``--real all``."""
 MADE_EARLIER = ("does not exist", "is not a policy file")
 """Config errors about a file an earlier example writes (``agent.pt`` of ``train-agent``, a secret file): a dry
 check accepts them; the real run comes after the step that writes the file."""
+RUNS_ALONE = {"train-agent", "prune", "portfolio", "move"}
+"""``edgeflower`` subcommands that finish on their own (no server that runs until stopped): ``--real all`` runs
+them when the example has no placeholder and its ``--checkpoint`` exists."""
 EXPECTED = re.compile(r"#.*?\babout (\d+(?:\.\d+)?) ?(s|min|minutes?|seconds?)\b")
 
 
@@ -372,8 +377,7 @@ def run_real(ex: Example, root: Path = ROOT, timeout: float = 1800.0) -> Outcome
         env = dict(os.environ)
         text = ex.text
         if ex.kind == "make-run":  # a private Flower home: never the project's .flwr other runs may use
-            home = tempfile.mkdtemp(prefix="flwr-doc-")
-            text += f" FLWR_HOME={home}"
+            text += f" FLWR_HOME={tempfile.mkdtemp(prefix='flwr-doc-')}"
         proc = subprocess.run(
             ["bash", "-c", text], cwd=root, env=env, capture_output=True, text=True, timeout=timeout, check=False
         )
@@ -394,14 +398,27 @@ def is_cheap(ex: Example) -> bool:
     return False
 
 
+def runs_alone(ex: Example, root: Path = ROOT) -> bool:
+    """Whether ``--real all`` runs ``ex``: ``make run``, ``run-deploy``, Python blocks that need no service started
+    before, and the :data:`RUNS_ALONE` commands without placeholders whose ``--checkpoint`` exists."""
+    if ex.kind in ("make-run", "flwrctl"):
+        return True
+    if ex.kind == "python":
+        return not ex.text.startswith(NEEDS_SERVICE_MARK)
+    if ex.kind != "edgeflower" or "<" in ex.text or "..." in ex.text:
+        return False
+    argv = words(ex.text)
+    checkpoint = _option(argv, "--checkpoint")
+    return argv[1:2] != [] and argv[1] in RUNS_ALONE and (checkpoint is None or (root / checkpoint).exists())
+
+
 def iter_checks(real: str = "cheap", root: Path = ROOT, only: str = "") -> Iterator[Outcome]:
     """Check every example, yielding each outcome as soon as it is known: ``real`` is ``none``, ``cheap`` (CI) or
     ``all``."""
     for ex in all_examples(root):
         if only and only not in ex.text:
             continue
-        long_ok = ex.kind == "make-run" or (ex.kind == "python" and not ex.text.startswith(NEEDS_SERVICE_MARK))
-        runs = (real == "all" and long_ok) or (real in ("cheap", "all") and is_cheap(ex))
+        runs = (real == "all" and runs_alone(ex, root)) or (real in ("cheap", "all") and is_cheap(ex))
         yield run_real(ex, root) if runs else check_dry(ex, root)
 
 

@@ -38,7 +38,7 @@ from edgeflower.timeline import Timeline
 from edgeflower.transport.emulation import DeviceProfile, EmulatedLink, wait_until
 from edgeflower.transport.errors import EdgeError, SessionStateError
 from edgeflower.transport.messages import OptimizerSettings, StepResult
-from edgeflower.transport.wire import wire_nbytes
+from edgeflower.transport.wire import WireForm, wire_nbytes
 
 if TYPE_CHECKING:  # imports Opacus (seconds): only runs with DP load it
     from edgeflower.privacy.dpsgd import DeviceDP
@@ -162,10 +162,11 @@ class PipelineTrainer(SplitTrainer):
                 act = self._device(timeline, b, "fwd", lambda j=j: self.head(xs[j]), j)
             acts.append(act)
             sent_act = act.detach()
-            self._sent.append((self._as_received(sent_act, pipe.wire), ys[j]))
+            form = self._as_sent(sent_act, pipe.wire)
+            self._sent.append((form, ys[j]))
             up0, up1 = self._book(wire_nbytes(sent_act, pipe.wire) + tensor_bytes(ys[j]), True)
             timeline.add("uplink", up0, up1, b, j)
-            pipe.put(j, sent_act, ys[j], up1)
+            pipe.put(j, form, ys[j], up1)
         return acts
 
     def _backward(
@@ -267,7 +268,7 @@ class _Pipe:
         self.errors: list[BaseException] = []
         self.done = 0.0  # when the edge server finished the previous micro-batch, in the model
 
-    def put(self, j: int, act: torch.Tensor, labels: torch.Tensor, arrival: float) -> None:
+    def put(self, j: int, act: torch.Tensor | WireForm, labels: torch.Tensor, arrival: float) -> None:
         """Queue micro-batch ``j`` for the sender, to be handed over at ``arrival``."""
         self.workers.outbox.put((self, j, act, labels, arrival))
 

@@ -360,12 +360,13 @@ class SplitTrainer:
         act = self._device(timeline, b, "fwd", lambda: self.head(x)) if self.k > 0 else x
         sent = act.detach()
         wire = _wire(session)
-        self._sent.append((self._as_received(sent, wire), y))
+        form = self._as_sent(sent, wire)
+        self._sent.append((form, y))
         up0, up1 = self._transmit(wire_nbytes(sent, wire) + tensor_bytes(y), True)
         timeline.add("uplink", up0, up1, b)
         clock = self.link.clock
         call0 = clock.now()
-        result = session.step(sent, y, batch=b, batch_size=len(y))
+        result = session.step(form, y, batch=b, batch_size=len(y))
         server_s = min(result.server_s, clock.now() - call0)
         timeline.add("server", call0, call0 + server_s, b)
         # the gradient leaves the edge server when it is done in the model; the step's real transport time (both
@@ -376,12 +377,12 @@ class SplitTrainer:
             self._device(timeline, b, "bwd", lambda: (act.backward(result.grad), head_opt.step()))
         return result.loss * len(y)
 
-    def _as_received(self, sent: torch.Tensor, wire: str) -> torch.Tensor | WireForm:
-        """What the replay log keeps of ``sent``: the tensor (``float32``), else its wire form, decoded at replay
-        into what the edge server trained on (half or a quarter of the memory: the uplink byte count)."""
-        if self._replay is None or wire == "float32":
-            return sent
-        return WireForm.of(sent, wire)
+    @staticmethod
+    def _as_sent(sent: torch.Tensor, wire: str) -> torch.Tensor | WireForm:
+        """``sent`` as it goes up, encoded once: the tensor (``float32``), else its wire form. The session sends
+        it as it is, and the replay log keeps it (half or a quarter of the memory: the uplink byte count),
+        decoded at replay into what the edge server trained on."""
+        return sent if wire == "float32" else WireForm.of(sent, wire)
 
     def _transmit(self, nbytes: int, up: bool) -> tuple[float, float]:
         self.traffic["uplink-bytes" if up else "downlink-bytes"] += nbytes

@@ -21,7 +21,7 @@ from edgeflower.transport.service import METHOD_CLOSE
 from edgeflower.transport.session_messages import CloseReply, CloseRequest, OpenReply, SessionMetrics
 from edgeflower.transport.step_messages import StepRequest, StepResult
 from edgeflower.transport.stream import TrainStream
-from edgeflower.transport.wire import check_wire_dtype
+from edgeflower.transport.wire import WireForm, check_wire_dtype
 
 if TYPE_CHECKING:
     from edgeflower.transport.client import EdgeClient
@@ -150,7 +150,7 @@ class SessionHandle:
 
     def send(
         self,
-        activations: torch.Tensor,
+        activations: torch.Tensor | WireForm,
         labels: torch.Tensor,
         *,
         batch: int,
@@ -162,9 +162,9 @@ class SessionHandle:
 
         Parameters
         ----------
-        activations : torch.Tensor
+        activations : torch.Tensor or WireForm
             The head's output ``(n, *input_shape)``, detached (float32, float16 or bfloat16), sent in the session's
-            wire format.
+            wire format; or already encoded in it (:meth:`WireForm.of`; sent as it is, not encoded again).
         labels : torch.Tensor
             Class labels ``(n,)``.
         batch : int
@@ -188,16 +188,23 @@ class SessionHandle:
             if num_micro != 1:
                 raise InvalidMessageError("batch_size is required when num_micro > 1")
             batch_size = int(labels.shape[0]) if labels.dim() else 0
-        if tuple(activations.shape[1:]) != self.input_shape:
+        wire = self.wire_dtype
+        if isinstance(activations, WireForm):
+            if activations.wire != wire:
+                raise InvalidMessageError(f"activations encoded as {activations.wire}, the session's wire is {wire}")
+            shape, dtype = activations.shape, activations.tensors["t"].dtype
+        else:
+            activations = activations.detach()
+            shape, dtype = activations.shape, activations.dtype
+        if tuple(shape[1:]) != self.input_shape:
             raise InvalidMessageError(
-                f"activations of shape {list(activations.shape)} do not match the session's input shape "
+                f"activations of shape {list(shape)} do not match the session's input shape "
                 f"[n, {', '.join(map(str, self.input_shape))}]"
             )
-        wire = self.wire_dtype
-        request = StepRequest(activations.detach(), labels, batch, micro, num_micro, batch_size, wire)
+        request = StepRequest(activations, labels, batch, micro, num_micro, batch_size, wire)
         frame = request.to_bytes(self._client.limits)
-        grad_dtype = activations.dtype if wire == "float32" else torch.float32  # a compressed gradient decodes so
-        self.send_raw(frame, (batch, micro, activations.shape, grad_dtype))
+        grad_dtype = dtype if wire == "float32" else torch.float32  # a compressed gradient decodes so
+        self.send_raw(frame, (batch, micro, shape, grad_dtype))
 
     def recv(self, timeout_s: float | None = None) -> StepResult:
         """Wait for the result of the oldest step sent and not yet received.
@@ -243,7 +250,7 @@ class SessionHandle:
 
     def step(
         self,
-        activations: torch.Tensor,
+        activations: torch.Tensor | WireForm,
         labels: torch.Tensor,
         *,
         batch: int,

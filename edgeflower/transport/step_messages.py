@@ -15,7 +15,7 @@ import torch
 from edgeflower.transport.codec import Frame, Limits, encode_frame
 from edgeflower.transport.errors import InvalidMessageError
 from edgeflower.transport.fields import expect_kind, float_field, int_field, str_field, tensor_field
-from edgeflower.transport.wire import check_wire_dtype, decode_wire, encode_wire, wire_names
+from edgeflower.transport.wire import WireForm, check_wire_dtype, decode_wire, encode_wire, wire_names
 
 __all__ = ["END_KIND", "StepRequest", "StepResult"]
 
@@ -29,9 +29,10 @@ class StepRequest:
 
     Attributes
     ----------
-    activations : torch.Tensor
+    activations : torch.Tensor or WireForm
         The head's output ``(n, *input_shape)`` (the raw input when ``split_point == 0``); float32, float16 or
-        bfloat16 (the gradient comes back in the same dtype).
+        bfloat16 (the gradient comes back in the same dtype), or already in its wire form (a sender that keeps the
+        encoded form, e.g. for a replay log, encodes once).
     labels : torch.Tensor
         Class labels ``(n,)``.
     batch : int
@@ -47,7 +48,7 @@ class StepRequest:
         a decoded request holds them as float32 (as sent for ``float32``).
     """
 
-    activations: torch.Tensor
+    activations: torch.Tensor | WireForm
     labels: torch.Tensor
     batch: int
     micro: int = 0
@@ -65,8 +66,14 @@ class StepRequest:
         }
         if self.wire != "float32":
             meta["wire"] = self.wire
-        tensors = {**encode_wire("activations", self.activations, self.wire), "labels": self.labels}
-        return encode_frame("step", meta, tensors, limits)
+        acts = self.activations
+        if isinstance(acts, WireForm):
+            if acts.wire != self.wire:
+                raise InvalidMessageError(f"activations encoded as {acts.wire} in a {self.wire} step")
+            encoded = acts.frame_tensors("activations")
+        else:
+            encoded = encode_wire("activations", acts, self.wire)
+        return encode_frame("step", meta, {**encoded, "labels": self.labels}, limits)
 
     @classmethod
     def from_frame(cls, frame: Frame, limits: Limits | None = None) -> StepRequest:

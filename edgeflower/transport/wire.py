@@ -217,6 +217,16 @@ class WireForm(NamedTuple):
         """``tensor`` encoded as ``wire``."""
         return cls(encode_wire("t", tensor, wire), wire)
 
+    @property
+    def shape(self) -> torch.Size:
+        """The shape of the tensor it carries."""
+        return self.tensors["t"].shape
+
     def decode(self) -> torch.Tensor:
         """What the receiving side decodes (float32)."""
         return decode_wire(self.tensors, "t", self.wire, _NO_LIMIT)
+
+    def frame_tensors(self, name: str) -> dict[str, torch.Tensor]:
+        """The frame tensors that carry it as ``name`` (what :func:`encode_wire` gives for ``name``, without
+        encoding again)."""
+        return {name if key == "t" else scale_name(name): t for key, t in self.tensors.items()}

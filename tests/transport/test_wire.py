@@ -11,7 +11,14 @@ from edgeflower.config import AppConfig, ConfigError
 from edgeflower.models.splittable import ModelSpec
 from edgeflower.transport import InvalidMessageError, Limits, decode_frame, encode_frame
 from edgeflower.transport.messages import OpenRequest, OptimizerSettings, StepRequest, StepResult
-from edgeflower.transport.wire import WIRE_DTYPES, decode_wire, encode_wire, wire_nbytes, wire_roundtrip
+from edgeflower.transport.wire import (
+    WIRE_DTYPES,
+    WireForm,
+    decode_wire,
+    encode_wire,
+    wire_nbytes,
+    wire_roundtrip,
+)
 
 
 def _activations(seed: int = 0) -> torch.Tensor:
@@ -39,6 +46,21 @@ def test_every_wire_format_round_trips_within_its_error_bound(wire: str) -> None
         for c in range(x.shape[1]):
             bound = float(x[:, c].abs().max()) / 127 / 2 * (1 + 1e-5)
             assert float(err[:, c].max()) <= bound, c
+
+
+@pytest.mark.parametrize("wire", WIRE_DTYPES)
+def test_a_step_built_from_an_encoded_form_is_the_frame_of_the_tensor_itself(wire: str) -> None:
+    x, labels = _activations(), torch.zeros(8, dtype=torch.long)
+    direct = StepRequest(x, labels, 2, batch_size=8, wire=wire).to_bytes()
+    from_form = StepRequest(WireForm.of(x, wire), labels, 2, batch_size=8, wire=wire).to_bytes()
+    assert from_form == direct
+    assert WireForm.of(x, wire).shape == x.shape
+
+
+def test_a_form_encoded_in_another_format_than_the_steps_is_refused() -> None:
+    form = WireForm.of(_activations(), "int8")
+    with pytest.raises(InvalidMessageError, match="encoded as int8 in a bfloat16 step"):
+        StepRequest(form, torch.zeros(8, dtype=torch.long), 0, batch_size=8, wire="bfloat16").to_bytes()
 
 
 def test_per_channel_scales_keep_small_channels_that_a_single_scale_crushes() -> None:
