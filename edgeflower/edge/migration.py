@@ -30,6 +30,10 @@ What a move costs the device, and what was taken out of it (the fixed cost on a 
   about 60 % of rebuilding a VGG5 tail), not once per migrated session: the size of a spec never changes.
 * The source frees the migrated session at once but does not give its memory back to the OS then (``malloc_trim``
   holds the allocator's locks for about 10 ms in a large process); the next session closed or dropped there does.
+* The device sends its training stream's ``end`` frame and the ``Migrate`` request together; the source waits (at
+  most :data:`DETACH_WAIT_S`) for the stream's end before it exports, instead of the device waiting for it first.
+* The destination takes the tail of a session that ended there (closed, or migrated away) for the next session of
+  the same model and split point, instead of copying a freshly built one (see ``edgeflower.edge.session``).
 * The acknowledgement describes the imported session (what ``Resume`` answers) and the source relays it to the
   device, which continues without asking the destination (one round trip less); the device connects to the
   destination while the source moves the state (see :func:`edgeflower.device.mobility.migrate_session`).
@@ -78,6 +82,7 @@ from edgeflower.transport.migration import (
 from edgeflower.transport.service import METHOD_IMPORT
 
 __all__ = [
+    "DETACH_WAIT_S",
     "MigrationAcked",
     "MigrationHandlers",
     "SessionState",
@@ -324,6 +329,10 @@ def import_session(
     return session
 
 
+DETACH_WAIT_S = 2.0
+"""How long ``Migrate`` waits for the session's training stream to end (the device sends its ``end`` frame and the
+``Migrate`` request together) before refusing with "detach first"."""
+
 MigrationAcked = Callable[[str, str], None]
 """``on_acked(session_id, destination)``: called on the source right after the destination acknowledged a migrated
 session (the session is already freed here), before the device is answered."""
@@ -381,7 +390,12 @@ class MigrationHandlers:
         session = self.registry.get(req.session_id)
         session.check_owner(req.token)
         t0 = time.perf_counter()
+        # the device ends its training stream and asks for the move at once: the stream's end may still be on its
+        # way (a bounded wait, for an authenticated owner only)
+        session.wait_detached(DETACH_WAIT_S)
         with session.lock:
+            if session.closed:
+                raise SessionNotFoundError(f"session {session.session_id} was closed or expired")
             if session.attached:
                 raise SessionStateError(f"session {session.session_id} still has a training stream: detach first")
             state = export_session(session, self.limits)

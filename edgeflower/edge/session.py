@@ -96,19 +96,75 @@ def check_finite(tensors: Mapping[str, torch.Tensor], what: str) -> None:
             raise InvalidMessageError(f"{what} {name!r} contains NaN or Inf")
 
 
-_TAILS: dict[tuple[str, int], tuple[torch.nn.Module, tuple[int, ...]]] = {}
-"""A freshly built zoo tail and its input shape by (model spec, split point), at most :data:`_MAX_TAILS`: a later
-session of the same model copies it (about 1 ms for VGG5) instead of building and initialising the whole model and
-running a forward pass for the shape. A model by reference is built every time (its code is the user's)."""
 _MAX_TAILS = 8
+
+
+class _TailPool:
+    """Tails of zoo models kept for later sessions, by (model spec, split point), at most :data:`_MAX_TAILS` keys.
+
+    * A **template** per key: a freshly built tail and its input shape. A later session of the same model copies it
+      (about 3 ms for VGG5) instead of building and initialising the whole model and running a forward pass for the
+      shape.
+    * At most one **spare** per key: the tail of a session that ended here (closed, dropped or migrated away), its
+      gradients cleared. The next session of that model takes it as it is (no copy) and loads its own weights over
+      every parameter and buffer (``load_state_dict(strict=True)``), so nothing of the earlier session survives.
+      DP sessions give nothing back (Opacus hooks their tail).
+
+    A model by reference is never pooled (its code is the user's). Thread-safe.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._templates: dict[tuple[str, int], tuple[torch.nn.Module, tuple[int, ...]]] = {}
+        self._spares: dict[tuple[str, int], torch.nn.Module] = {}
+
+    @staticmethod
+    def key(spec: ModelSpec, k: int) -> tuple[str, int] | None:
+        """The pool key of ``spec``'s tail from block ``k`` (``None`` for a model by reference)."""
+        return None if ":" in spec.name else (json.dumps(spec.to_dict(), sort_keys=True), k)
+
+    def take(self, key: tuple[str, int] | None) -> tuple[torch.nn.Module, tuple[int, ...]] | None:
+        """A tail for ``key`` (the spare, else a copy of the template) and its input shape, or ``None``."""
+        if key is None:
+            return None
+        with self._lock:
+            template = self._templates.get(key)
+            spare = self._spares.pop(key, None)
+        if template is None:
+            return None
+        return (spare if spare is not None else copy.deepcopy(template[0])), template[1]
+
+    def remember(self, key: tuple[str, int] | None, tail: torch.nn.Module, input_shape: tuple[int, ...]) -> None:
+        """Keep a copy of a freshly built ``tail`` as ``key``'s template."""
+        if key is None:
+            return
+        template = copy.deepcopy(tail)
+        with self._lock:
+            if len(self._templates) >= _MAX_TAILS and key not in self._templates:
+                self._templates.clear()
+                self._spares.clear()
+            self._templates[key] = (template, input_shape)
+
+    def give_back(self, key: tuple[str, int] | None, tail: torch.nn.Module) -> None:
+        """Keep the tail of an ended session as ``key``'s spare (if it has a template and no spare yet)."""
+        if key is None:
+            return
+        for p in tail.parameters():
+            p.grad = None
+        with self._lock:
+            if key in self._templates and key not in self._spares:
+                self._spares[key] = tail
+
+
+_TAILS = _TailPool()
 
 
 def _fresh_tail(spec: ModelSpec, k: int) -> tuple[torch.nn.Module, tuple[int, ...]]:
     """Blocks ``[k:]`` of a new ``spec`` model (weights still to load) and the shape of one of their inputs."""
-    key = (json.dumps(spec.to_dict(), sort_keys=True), k)
-    cached = _TAILS.get(key)
-    if cached is not None:
-        return copy.deepcopy(cached[0]), cached[1]
+    key = _TailPool.key(spec, k)
+    pooled = _TAILS.take(key)
+    if pooled is not None:
+        return pooled
     try:
         model = build_model(spec, from_peer=True)  # a reference only if this process trusts it
     except (ValueError, TypeError) as exc:
@@ -124,10 +180,7 @@ def _fresh_tail(spec: ModelSpec, k: int) -> tuple[torch.nn.Module, tuple[int, ..
     with torch.no_grad():
         head.eval()
         input_shape = tuple(head(torch.zeros(1, *spec.in_shape)).shape[1:])
-    if ":" not in spec.name:  # a zoo model: the same spec always builds the same architecture
-        if len(_TAILS) >= _MAX_TAILS:
-            _TAILS.clear()
-        _TAILS[key] = (copy.deepcopy(tail), input_shape)
+    _TAILS.remember(key, tail, input_shape)  # a zoo model: the same spec always builds the same architecture
     return tail, input_shape
 
 
@@ -203,11 +256,13 @@ class TrainingSession:
             except ValueError as exc:
                 raise InvalidMessageError(f"cannot train the tail with DP-SGD: {exc}") from exc
             self.optimizer = self.private.optimizer
+        self._pool_key = None if self.private is not None else _TailPool.key(self.spec, self.split_point)
         self.lock = threading.Lock()
         self.metrics = SessionMetrics()
         self.opened_at = time.monotonic()
         self.last_active = self.opened_at
-        self.attached = False
+        self._detached = threading.Event()  # set while no training stream is attached
+        self._detached.set()
         self.closed = False
         self._last_batch = -1
         self._batch: int | None = None
@@ -215,6 +270,22 @@ class TrainingSession:
         self._next_micro = 0
         self._batch_size = 0
         self._seen = 0
+
+    @property
+    def attached(self) -> bool:
+        """Whether a training stream is attached (set by the edge server when one starts and ends)."""
+        return not self._detached.is_set()
+
+    @attached.setter
+    def attached(self, value: bool) -> None:
+        if value:
+            self._detached.clear()
+        else:
+            self._detached.set()
+
+    def wait_detached(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for the training stream to end; whether none is attached now."""
+        return self._detached.wait(timeout_s)
 
     @property
     def expects_grad(self) -> bool:
@@ -383,5 +454,7 @@ class TrainingSession:
         if self.private is not None:
             self.private.release()
             self.private = None
+        elif self.tail is not None:
+            _TAILS.give_back(self._pool_key, self.tail)  # the next session of this model loads its weights over it
         self.tail = None  # type: ignore[assignment]
         self.optimizer = None  # type: ignore[assignment]

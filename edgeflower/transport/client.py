@@ -233,7 +233,8 @@ class EdgeClient:
     ) -> MigrateReply:
         """Move ``handle``'s session from this edge server to ``destination`` (FedFly).
 
-        The handle's training stream is detached first (at a batch boundary: nothing may be pending); the source
+        The handle's training stream is detached first (at a batch boundary: nothing may be pending; the ``end``
+        frame and the ``Migrate`` request go together, the source waits for the stream's end); the source
         exports the session, the destination imports it under ``migration_token``, and only then the source frees
         it. Continue with ``EdgeClient(destination).resumed(reply.resume, migration_token, split_point)`` (the
         destination's description, relayed), or ``.resume(migration_token, split_point)`` when it is ``None``.
@@ -247,11 +248,13 @@ class EdgeClient:
             The destination refused the migration (bad or replayed token, tampered state, model mismatch).
         """
         if not handle.closed:
-            handle.detach(timeout_s)
+            handle.detach(timeout_s, wait=False)  # the source waits (briefly) for the stream's end before exporting
         request = MigrateRequest(
             handle.session_id, handle.token, destination, migration_token, expect_model, handle.split_point
         )
-        return MigrateReply.from_frame(self.call(METHOD_MIGRATE, request.to_bytes(), timeout_s))
+        reply = MigrateReply.from_frame(self.call(METHOD_MIGRATE, request.to_bytes(), timeout_s))
+        handle.wait_detached(timeout_s)  # ended before the export: a failure of the stream surfaces here
+        return reply
 
     def resume(self, migration_token: str, split_point: int, timeout_s: float | None = None) -> SessionHandle:
         """The session migrated to this edge server under ``migration_token``, ready to train.

@@ -100,6 +100,7 @@ class SessionHandle:
         self._stream: TrainStream | None = None
         self._error: EdgeError | None = None
         self._closed = False
+        self._end_pending = False  # detach(wait=False) sent the end frame; wait_detached() waits for the server
 
     # -- state ---------------------------------------------------------------------------------------------------
     @property
@@ -310,10 +311,12 @@ class SessionHandle:
             self.owns_client = False
             self._client.close()
 
-    def detach(self, timeout_s: float | None = None) -> None:
+    def detach(self, timeout_s: float | None = None, *, wait: bool = True) -> None:
         """End the training stream but keep the session on the server (e.g. to migrate it).
 
-        The handle is unusable afterwards; the session lives on until it is closed, migrated or reaped.
+        The handle is unusable afterwards; the session lives on until it is closed, migrated or reaped. With
+        ``wait=False`` the ``end`` frame goes up and the call returns at once (a migration asks for the move
+        meanwhile); :meth:`wait_detached` then waits for the server's end of the stream.
 
         Raises
         ------
@@ -323,12 +326,29 @@ class SessionHandle:
         self._check_usable()
         if self.pending:
             raise SessionStateError(f"detach() with {self.pending} step results pending", address=self._client.address)
+        self._closed = True
+        if self._stream is None:
+            return
+        self._stream.send_end()
+        self._end_pending = True
+        if wait:
+            self.wait_detached(timeout_s)
+
+    def wait_detached(self, timeout_s: float | None = None) -> None:
+        """After :meth:`detach`, wait for the server to end the training stream (at once if it did already).
+
+        Raises
+        ------
+        EdgeError
+            The stream failed or did not end within ``timeout_s``.
+        """
+        if self._stream is None or not self._end_pending:
+            return
+        self._end_pending = False
         try:
-            if self._stream is not None:
-                self._stream.end(timeout_s or self._client.timeout_s)
+            self._stream.wait_end(timeout_s or self._client.timeout_s)
         except EdgeError as exc:
             raise self._fail(exc) from None
-        self._closed = True
 
     def abort(self) -> None:
         """Give the session up without fetching the tail: cancel the stream (the server drops the session).

@@ -101,8 +101,16 @@ class TrainStream:
         EdgeError
             The stream failed, or a step result came instead of the end.
         """
+        self.send_end()
+        self.wait_end(timeout_s)
+
+    def send_end(self) -> None:
+        """Send the ``end`` frame and half-close, without waiting (then :meth:`wait_end`)."""
         self._requests.put(encode_frame(END_KIND))  # the server ends the stream cleanly after this
         self._requests.put(None)  # half-close
+
+    def wait_end(self, timeout_s: float) -> None:
+        """Wait for the server to end the stream after :meth:`send_end` (raises as :meth:`end`)."""
         try:
             item = self._replies.get(timeout=timeout_s)
         except queue.Empty:

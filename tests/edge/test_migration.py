@@ -183,6 +183,33 @@ def _open_and_detach(client: EdgeClient, model, token: str, x, y):
     return session
 
 
+def test_migrate_waits_briefly_for_the_streams_end_and_refuses_a_session_still_training(edges, batches, monkeypatch):
+    import edgeflower.edge.migration as migration
+
+    a, b = edges
+    torch.manual_seed(0)
+    model = build_model("vgg5")
+    head, tail = model.split(3)
+    (x, y), (x2, y2) = batches[0], batches[1]
+    with EdgeClient(a.address) as client:
+        session = client.open_session(ISSUER.issue(3, 12, 1, "edge-a"), model.spec, 3, tail.state_dict(), OPT)
+        session.step(head(x).detach(), y, batch=0, batch_size=len(y))  # its stream stays attached
+        monkeypatch.setattr(migration, "DETACH_WAIT_S", 0.05)
+        request = MigrateRequest(
+            session.session_id, session.token, b.address, ISSUER.issue(3, 12, 1, "edge-b", role="migration"), None, 3
+        )
+        with pytest.raises(EdgeError, match="still has a training stream: detach first"):
+            client.call(METHOD_MIGRATE, request.to_bytes(), 10)
+        session.step(head(x2).detach(), y2, batch=1, batch_size=len(y2))  # nothing lost: it trains on
+        monkeypatch.undo()
+        good = ISSUER.issue(3, 12, 1, "edge-b", role="migration")
+        reply = client.migrate(session, b.address, good)
+        assert reply.resume is not None and reply.resume.last_batch == 1  # the end frame and Migrate went together
+        assert session.session_id not in a.registry.ids()
+        with EdgeClient(b.address) as peer:
+            peer.resumed(reply.resume, good, 3).close()
+
+
 def test_forged_replayed_and_tampered_migrations_are_rejected(edges, batches):
     a, b = edges
     torch.manual_seed(0)
