@@ -22,7 +22,8 @@ write as a placeholder (``runs/<run>``) or a file that is not there (:data:`RUNS
 Usage::
 
     .venv/bin/python scripts/doc_examples.py               # CI mode: cheap ones for real, the rest dry
-    .venv/bin/python scripts/doc_examples.py --real all    # every `make run` example for real (tens of minutes)
+    .venv/bin/python scripts/doc_examples.py --real all    # the long examples for real too (tens of minutes)
+    .venv/bin/python scripts/doc_examples.py --real all --logs doc-logs   # ... keeping every output
     .venv/bin/python scripts/doc_examples.py --list        # what was extracted, with the docs' expected times
 """
 
@@ -362,8 +363,9 @@ def _check_python(code: str, root: Path) -> None:
         raise ValueError("undefined names: " + "; ".join(found))
 
 
-def run_real(ex: Example, root: Path = ROOT, timeout: float = 1800.0) -> Outcome:
-    """Run one example for real (Python blocks in-process, commands through bash at the repository root)."""
+def run_real(ex: Example, root: Path = ROOT, timeout: float = 1800.0, logs: Path | None = None) -> Outcome:
+    """Run one example for real (Python blocks in-process, commands through bash at the repository root); with
+    ``logs``, a command's whole output goes to ``logs/<file>-<line>.log``."""
     t0 = time.perf_counter()
     try:
         if ex.kind == "python":
@@ -382,6 +384,10 @@ def run_real(ex: Example, root: Path = ROOT, timeout: float = 1800.0) -> Outcome
             ["bash", "-c", text], cwd=root, env=env, capture_output=True, text=True, timeout=timeout, check=False
         )
         ok = proc.returncode == 0
+        if logs is not None:
+            logs.mkdir(parents=True, exist_ok=True)
+            name = ex.where.replace("/", "_").replace(":", "-")
+            (logs / f"{name}.log").write_text(f"$ {ex.text}\n{proc.stdout}{proc.stderr}", encoding="utf-8")
         tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
         return Outcome(ex, "real", ok, " | ".join(tail)[-300:], time.perf_counter() - t0)
     except Exception as exc:  # report every failure of an example, keep checking the others
@@ -412,14 +418,14 @@ def runs_alone(ex: Example, root: Path = ROOT) -> bool:
     return argv[1:2] != [] and argv[1] in RUNS_ALONE and (checkpoint is None or (root / checkpoint).exists())
 
 
-def iter_checks(real: str = "cheap", root: Path = ROOT, only: str = "") -> Iterator[Outcome]:
+def iter_checks(real: str = "cheap", root: Path = ROOT, only: str = "", logs: Path | None = None) -> Iterator[Outcome]:
     """Check every example, yielding each outcome as soon as it is known: ``real`` is ``none``, ``cheap`` (CI) or
-    ``all``."""
+    ``all``; ``logs`` keeps the output of every command run for real."""
     for ex in all_examples(root):
         if only and only not in ex.text:
             continue
         runs = (real == "all" and runs_alone(ex, root)) or (real in ("cheap", "all") and is_cheap(ex))
-        yield run_real(ex, root) if runs else check_dry(ex, root)
+        yield run_real(ex, root, logs=logs) if runs else check_dry(ex, root)
 
 
 def check_all(real: str = "cheap", root: Path = ROOT, only: str = "") -> list[Outcome]:
@@ -441,13 +447,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--real", choices=("none", "cheap", "all"), default="cheap", help="what runs for real")
     parser.add_argument("--list", action="store_true", help="only list the extracted examples")
     parser.add_argument("--only", default="", help="only examples whose text contains this string")
+    parser.add_argument("--logs", type=Path, default=None, help="keep each real command's output in this folder")
     args = parser.parse_args(argv)
     if args.list:
         for ex in all_examples():
             print(f"{ex.where:24} {ex.kind:13} {_fmt_s(ex.expected_s):>7}  {ex.text.splitlines()[0][:90]}")
         return 0
     failed = 0
-    for o in iter_checks(args.real, only=args.only):  # one line per example as it finishes
+    for o in iter_checks(args.real, only=args.only, logs=args.logs):  # one line per example as it finishes
         ex = o.example
         status = "ok" if o.ok else "FAIL"
         failed += not o.ok

@@ -73,3 +73,21 @@ def test_every_documented_example_works_as_written():
     kinds = {o.example.kind for o in outcomes}
     assert {"make-run", "edgeflower", "python", "flwrctl"} <= kinds
     assert any(o.mode == "real" for o in outcomes)  # the cheap ones ran
+
+
+def test_real_all_runs_self_contained_commands_and_keeps_their_output(tmp_path):
+    (tmp_path / "model.pt").write_bytes(b"")
+    (tmp_path / "README.md").write_text(
+        "```bash\nedgeflower train-agent --out a.pt --episodes 3\nedgeflower plot runs/<run>\n"
+        "edgeflower prune --checkpoint model.pt --model vgg5\nedgeflower prune --checkpoint missing.pt --model vgg5\n"
+        "edgeflower serve --config serve.json\n.venv/bin/python -m edgeflower.flwrctl run-deploy . --stream\n"
+        "edgeflower --version\n```\n"
+    )
+    found = doc.extract(tmp_path / "README.md", tmp_path)
+    assert [doc.runs_alone(e, tmp_path) for e in found] == [True, False, True, False, False, True, False]
+    version = found[-1]
+    version.text = f"{sys.executable} -m edgeflower.cli --version"
+    outcome = doc.run_real(version, ROOT, logs=tmp_path / "logs")
+    assert outcome.ok, outcome.detail
+    log = (tmp_path / "logs" / "README.md-8.log").read_text()
+    assert log.startswith("$ ") and "edgeflower" in log
