@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from edgeflower.flwrctl import SIMULATION_RUNTIME_CRASH, RunOutcome, runtime_crash_cause, runtime_crashed
@@ -92,3 +94,28 @@ def test_the_fab_built_in_process_equals_the_fab_flwr_run_builds(tmp_path):
     assert not any(p.startswith((".venv/", ".flwr/", "runs/")) or "__pycache__" in p for p in listed), listed
     fab, _ = build_app_fab(app)
     assert fab.content == build_fab_from_disk(app)
+
+
+@pytest.mark.parametrize(
+    ("cmdlines", "level"),
+    [((b"ray::ClientAppActor.run", b"ray::IDLE"), "INFO"), ((b"ray::X", b"flwr-serverapp"), "WARNING")],
+)
+def test_leftover_ray_workers_are_stopped_in_one_info_line_and_others_warn(monkeypatch, caplog, cmdlines, level):
+    import logging
+
+    from edgeflower.flwrctl import processes
+
+    cmd = dict(zip((11, 12), cmdlines, strict=True))
+    stopped: list[int] = []
+    monkeypatch.setattr(processes, "find_local_superlinks", lambda home: [])
+    monkeypatch.setattr(processes, "stray_processes", lambda home: [11, 12])
+    monkeypatch.setattr(processes, "alive", lambda pid: True)
+    monkeypatch.setattr(processes, "_read_proc", lambda pid, name: cmd[pid] + b"\0")
+    monkeypatch.setattr(processes, "kill_process_tree", lambda pid, **kw: stopped.append(pid))
+    logger = logging.getLogger("flwr")
+    monkeypatch.setattr(logger, "propagate", True)
+    with caplog.at_level(logging.INFO, logger="flwr"):
+        assert processes.stop_local_superlink(Path("/nonexistent")) == [11, 12]
+    assert stopped == [11, 12]
+    lines = [r for r in caplog.records if "flwrctl: stopping 2" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelname == level and "pid 11, 12" in lines[0].getMessage()

@@ -190,11 +190,16 @@ def stop_local_superlink(home: Path, *, grace: float = 5.0) -> list[int]:
         log(INFO, "flwrctl: stopping local SuperLink pid=%s", pid)
         killed.append(pid)
         kill_process_tree(pid, group=True, grace=grace)
-    for pid in stray_processes(home):
-        if alive(pid):
-            log(WARNING, "flwrctl: killing stray Flower process pid=%s", pid)
-            killed.append(pid)
-            kill_process_tree(pid, grace=grace)
+    strays = [pid for pid in stray_processes(home) if alive(pid)]
+    if strays:
+        # Ray's ClientApp actors routinely outlive the SuperLink by a moment: stopping them is housekeeping (INFO);
+        # anything else still running after its SuperLink stopped is worth a WARNING
+        ray = all(_read_proc(pid, "cmdline").startswith(b"ray::") for pid in strays)
+        what = "Ray worker(s) of the simulation" if ray else "stray Flower process(es)"
+        log(INFO if ray else WARNING, "flwrctl: stopping %d %s: pid %s", len(strays), what, ", ".join(map(str, strays)))
+    for pid in strays:
+        killed.append(pid)
+        kill_process_tree(pid, grace=grace)
     return killed
 
 
