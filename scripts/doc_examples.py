@@ -376,7 +376,8 @@ def run_real(ex: Example, root: Path = ROOT, timeout: float = 1800.0, logs: Path
             finally:
                 os.chdir(cwd)
             return Outcome(ex, "real", True, "", time.perf_counter() - t0)
-        env = dict(os.environ)
+        # the docs write `edgeflower ...` for a shell with the virtual environment active (`source .venv/bin/activate`)
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
         text = ex.text
         if ex.kind == "make-run":  # a private Flower home: never the project's .flwr other runs may use
             text += f" FLWR_HOME={tempfile.mkdtemp(prefix='flwr-doc-')}"
