@@ -30,10 +30,8 @@ What a move costs the device, and what was taken out of it (the fixed cost on a 
   about 60 % of rebuilding a VGG5 tail), not once per migrated session: the size of a spec never changes.
 * The source frees the migrated session at once but does not give its memory back to the OS then (``malloc_trim``
   holds the allocator's locks for about 10 ms in a large process); the next session closed or dropped there does.
-* The device sends its training stream's ``end`` frame and the ``Migrate`` request together; the source waits (at
-  most :data:`DETACH_WAIT_S`) for the stream's end before it exports, instead of the device waiting for it first.
-* The destination takes the tail of a session that ended there (closed, or migrated away) for the next session of
-  the same model and split point, instead of copying a freshly built one (see ``edgeflower.edge.session``).
+* The device sends its stream's ``end`` frame and ``Migrate`` together; the source waits for the end (at most
+  :data:`DETACH_WAIT_S`). The destination reuses the tail of a session that ended there (``edgeflower.edge.session``).
 * The acknowledgement describes the imported session (what ``Resume`` answers) and the source relays it to the
   device, which continues without asking the destination (one round trip less); the device connects to the
   destination while the source moves the state (see :func:`edgeflower.device.mobility.migrate_session`).
@@ -330,8 +328,7 @@ def import_session(
 
 
 DETACH_WAIT_S = 2.0
-"""How long ``Migrate`` waits for the session's training stream to end (the device sends its ``end`` frame and the
-``Migrate`` request together) before refusing with "detach first"."""
+"""Seconds ``Migrate`` waits for the session's training stream to end before refusing with "detach first"."""
 
 MigrationAcked = Callable[[str, str], None]
 """``on_acked(session_id, destination)``: called on the source right after the destination acknowledged a migrated
@@ -390,9 +387,7 @@ class MigrationHandlers:
         session = self.registry.get(req.session_id)
         session.check_owner(req.token)
         t0 = time.perf_counter()
-        # the device ends its training stream and asks for the move at once: the stream's end may still be on its
-        # way (a bounded wait, for an authenticated owner only)
-        session.wait_detached(DETACH_WAIT_S)
+        session.wait_detached(DETACH_WAIT_S)  # the stream's end may still be on its way (bounded; the owner only)
         with session.lock:
             if session.closed:
                 raise SessionNotFoundError(f"session {session.session_id} was closed or expired")
@@ -403,9 +398,8 @@ class MigrationHandlers:
         export_s = t1 - t0
         ack = self._hand_over(req, state)
         transfer_s = time.perf_counter() - t1
-        # Only after the ack. No malloc_trim here: it holds the allocator's locks for ~10 ms while the device waits
-        # (in one process with the device, as in tests and benchmarks, it stalls it); the freed tail is reused by the
-        # next session, and the next session closed or dropped on this server trims.
+        # Only after the ack. No malloc_trim here (it holds the allocator's locks ~10 ms while the device waits): the
+        # tail goes to the next session of its model, and the next session closed or dropped here trims.
         self.registry.drop(session.session_id, f"migrated to {req.destination}", trim=False)
         log(
             INFO,
