@@ -33,7 +33,13 @@ import torch
 
 from edgeflower.models.splittable import ModelSpec
 from edgeflower.transport.codec import DEFAULT_MAX_MESSAGE_BYTES, Limits, decode_frame, encode_frame
-from edgeflower.transport.errors import EdgeOverloadedError, EdgeTimeoutError, EdgeUnavailableError, from_rpc_error
+from edgeflower.transport.errors import (
+    EdgeError,
+    EdgeOverloadedError,
+    EdgeTimeoutError,
+    EdgeUnavailableError,
+    from_rpc_error,
+)
 from edgeflower.transport.grpc_server import open_channel
 from edgeflower.transport.handle import SessionHandle
 from edgeflower.transport.health import HealthInfo
@@ -253,7 +259,10 @@ class EdgeClient:
             handle.session_id, handle.token, destination, migration_token, expect_model, handle.split_point
         )
         reply = MigrateReply.from_frame(self.call(METHOD_MIGRATE, request.to_bytes(), timeout_s))
-        handle.wait_detached(timeout_s)  # ended before the export: a failure of the stream surfaces here
+        try:
+            handle.wait_detached(timeout_s)  # the source exported after the stream's end: it has ended by now
+        except EdgeError:
+            pass  # the destination acknowledged the session: how its old stream ended no longer matters
         return reply
 
     def resume(self, migration_token: str, split_point: int, timeout_s: float | None = None) -> SessionHandle:
