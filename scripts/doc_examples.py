@@ -416,14 +416,14 @@ def runs_alone(ex: Example, root: Path = ROOT) -> bool:
         return False
     argv = words(ex.text)
     checkpoint = _option(argv, "--checkpoint")
-    return argv[1:2] != [] and argv[1] in RUNS_ALONE and (checkpoint is None or (root / checkpoint).exists())
+    return len(argv) > 1 and argv[1] in RUNS_ALONE and (checkpoint is None or (root / checkpoint).exists())
 
 
 def iter_checks(real: str = "cheap", root: Path = ROOT, only: str = "", logs: Path | None = None) -> Iterator[Outcome]:
     """Check every example, yielding each outcome as soon as it is known: ``real`` is ``none``, ``cheap`` (CI) or
     ``all``; ``logs`` keeps the output of every command run for real."""
     for ex in all_examples(root):
-        if only and only not in ex.text:
+        if only and only not in ex.text and only not in ex.where:
             continue
         runs = (real == "all" and runs_alone(ex, root)) or (real in ("cheap", "all") and is_cheap(ex))
         yield run_real(ex, root, logs=logs) if runs else check_dry(ex, root)
@@ -447,7 +447,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--real", choices=("none", "cheap", "all"), default="cheap", help="what runs for real")
     parser.add_argument("--list", action="store_true", help="only list the extracted examples")
-    parser.add_argument("--only", default="", help="only examples whose text contains this string")
+    parser.add_argument(
+        "--only", default="", help="only examples whose text or place (e.g. docs/pruning.md:75) contains this string"
+    )
     parser.add_argument("--logs", type=Path, default=None, help="keep each real command's output in this folder")
     args = parser.parse_args(argv)
     if args.list:

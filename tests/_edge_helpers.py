@@ -12,11 +12,13 @@ import torch
 from torch.nn import functional as F  # noqa: N812
 
 from edgeflower.data import BatchLoader, load_dataset
+from edgeflower.edge.session import TrainingSession
 from edgeflower.models.splittable import SplittableModel
 from edgeflower.models.zoo import build_model
 from edgeflower.process import ListeningProcess
 from edgeflower.training import make_optimizer
-from edgeflower.transport import EdgeClient, OptimizerSettings, SessionMetrics, TokenIssuer
+from edgeflower.transport import EdgeClient, OptimizerSettings, SessionMetrics, TokenIssuer, TokenVerifier
+from edgeflower.transport.messages import DPParams, OpenRequest
 
 SECRET = b"edgeflower-test-secret-0123456789abcdef"
 ISSUER = TokenIssuer(SECRET)
@@ -29,6 +31,21 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 def token(node: int = 1, run: int = 7, server_round: int = 1, **kw: object) -> str:
     """A valid token for ``node``."""
     return ISSUER.issue(run, node, server_round, **kw)  # type: ignore[arg-type]
+
+
+def training_session(
+    model: SplittableModel,
+    k: int,
+    state: dict[str, torch.Tensor],
+    *,
+    wire: str = "float32",
+    dp: DPParams | None = None,
+    optim: OptimizerSettings = OPTIM,
+) -> TrainingSession:
+    """An edge server's session for ``model``'s tail from block ``k`` with weights ``state``, built in process."""
+    tok = token()
+    claims = TokenVerifier(SECRET).verify(tok)
+    return TrainingSession("s1", claims, tok, OpenRequest(tok, model.spec, k, optim, state, wire_dtype=wire, dp=dp))
 
 
 def fashion_batches(num_batches: int = 3, batch_size: int = 16, seed: int = 0) -> list[Batch]:

@@ -190,13 +190,9 @@ class SessionHandle:
                 raise InvalidMessageError("batch_size is required when num_micro > 1")
             batch_size = int(labels.shape[0]) if labels.dim() else 0
         wire = self.wire_dtype
-        if isinstance(activations, WireForm):
-            if activations.wire != wire:
-                raise InvalidMessageError(f"activations encoded as {activations.wire}, the session's wire is {wire}")
-            shape, dtype = activations.shape, activations.tensors["t"].dtype
-        else:
+        if not isinstance(activations, WireForm):  # a form in another format is refused by StepRequest.to_bytes
             activations = activations.detach()
-            shape, dtype = activations.shape, activations.dtype
+        shape, dtype = activations.shape, activations.dtype
         if tuple(shape[1:]) != self.input_shape:
             raise InvalidMessageError(
                 f"activations of shape {list(shape)} do not match the session's input shape "

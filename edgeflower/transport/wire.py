@@ -222,6 +222,11 @@ class WireForm(NamedTuple):
         """The shape of the tensor it carries."""
         return self.tensors["t"].shape
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype it travels in (``int8`` for the quantised formats)."""
+        return self.tensors["t"].dtype
+
     def decode(self) -> torch.Tensor:
         """What the receiving side decodes (float32)."""
         return decode_wire(self.tensors, "t", self.wire, _NO_LIMIT)

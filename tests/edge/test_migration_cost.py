@@ -12,12 +12,14 @@ import edgeflower.edge.migration as migration
 from edgeflower.device.mobility import MoveOrder, migrate_session
 from edgeflower.edge.migration import check_size_once
 from edgeflower.edge.server import EdgeServer, EdgeServerConfig
+from edgeflower.edge.session import _TAILS, _TailPool
 from edgeflower.models import build_model
 from edgeflower.transport import EdgeClient, InvalidMessageError
 from edgeflower.transport.codec import decode_frame
+from edgeflower.transport.messages import DPParams, StepRequest
 from edgeflower.transport.migration import ImportReply, MigrateReply, ResumeReply
 from tests._clock import ManualClock
-from tests._edge_helpers import ISSUER, OPTIM, SECRET, fashion_batches
+from tests._edge_helpers import ISSUER, OPTIM, SECRET, fashion_batches, training_session
 
 PEER_MBPS = 1.0  # the small model's state (about 0.2 MB) takes about 1.6 s on this modelled wire
 
@@ -187,48 +189,32 @@ def test_sessions_of_one_model_get_their_own_copy_of_the_built_tail():
     assert not firsts & {p.data_ptr() for p in second.parameters()}
 
 
-def _open(model, state, token: str = "t", dp=None):  # type: ignore[no-untyped-def]
-    from edgeflower.edge.session import TrainingSession
-    from edgeflower.transport import TokenVerifier
-    from edgeflower.transport.messages import OpenRequest
-
-    token = ISSUER.issue(run_id=1, node_id=1, server_round=1)
-    claims = TokenVerifier(SECRET).verify(token)
-    return TrainingSession("s", claims, token, OpenRequest(token, model.spec, 3, OPTIM, state, dp=dp))
-
-
 def test_the_next_session_of_a_model_takes_an_ended_sessions_tail_and_keeps_nothing_of_it():
     model = build_model("vgg5", width=0.25)
     first_state = {k: v.clone() for k, v in model.split(3)[1].state_dict().items()}
-    first = _open(model, first_state)
-    from edgeflower.edge.session import _TAILS, _TailPool
-
     _TAILS.take(_TailPool.key(model.spec, 3))  # a spare left by an earlier test in this process
+    first = training_session(model, 3, first_state)
     x, y = fashion_batches(1, 8)[0]
     with torch.no_grad():
         act = model.split(3)[0](x)
-    from edgeflower.transport.messages import StepRequest
-
     first.step(StepRequest(act, y, 0, batch_size=len(y)))  # trains: weights, BN buffers and gradients change
     reused = first.tail
     first.release()
     second_state = {k: (v + 0.5) if v.is_floating_point() else v + 3 for k, v in first_state.items()}
-    second = _open(model, second_state)
+    second = training_session(model, 3, second_state)
     assert second.tail is reused  # no copy, no build
     got = second.tail.state_dict()
     assert all(torch.equal(got[k], v) for k, v in second_state.items())  # every parameter and buffer is its own
     assert all(p.grad is None for p in second.tail.parameters()) and second.tail.training
-    third = _open(model, first_state)  # the spare is taken: a copy of the template
+    third = training_session(model, 3, first_state)  # the spare is taken: a copy of the template
     assert third.tail is not reused
     assert not {p.data_ptr() for p in third.tail.parameters()} & {p.data_ptr() for p in reused.parameters()}
 
 
 def test_a_dp_sessions_tail_is_never_given_to_another_session():
-    from edgeflower.transport.messages import DPParams
-
     model = build_model("vgg5", width=0.25, norm="group")
     state = {k: v.clone() for k, v in model.split(3)[1].state_dict().items()}
-    private = _open(model, state, dp=DPParams(1.0, 1.0, 8, 0.01, 1e-5))
+    private = training_session(model, 3, state, dp=DPParams(1.0, 1.0, 8, 0.01, 1e-5))
     tail = private.tail
     private.release()
-    assert _open(model, state).tail is not tail
+    assert training_session(model, 3, state).tail is not tail

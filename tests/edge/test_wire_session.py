@@ -8,23 +8,20 @@ import torch
 from edgeflower.edge.migration import export_session, import_session
 from edgeflower.edge.session import TrainingSession
 from edgeflower.models import build_model
-from edgeflower.transport import InvalidMessageError, Limits, TokenIssuer, TokenVerifier, decode_frame
-from edgeflower.transport.messages import OpenRequest, OptimizerSettings, StepRequest
-
-SECRET = b"wire-session-test-secret-0123456789"
+from edgeflower.transport import InvalidMessageError, Limits, TokenVerifier, decode_frame
+from edgeflower.transport.messages import OptimizerSettings, StepRequest
+from tests._edge_helpers import SECRET, training_session
+from tests._edge_helpers import token as helper_token
 
 
 def _session(wire: str) -> tuple[TrainingSession, torch.Tensor, torch.Tensor]:
     torch.manual_seed(0)
     model = build_model("vgg5", width=0.25)
     head, tail = model.split(3)
-    token = TokenIssuer(SECRET).issue(run_id=1, node_id=1, server_round=1)
-    claims = TokenVerifier(SECRET).verify(token)
-    request = OpenRequest(token, model.spec, 3, OptimizerSettings(0.05, 0.9), tail.state_dict(), wire_dtype=wire)
     x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
     with torch.no_grad():
         act = head(x)
-    return TrainingSession("s1", claims, token, request), act, y
+    return training_session(model, 3, tail.state_dict(), wire=wire, optim=OptimizerSettings(0.05, 0.9)), act, y
 
 
 def _step(act: torch.Tensor, y: torch.Tensor, batch: int, wire: str) -> StepRequest:
@@ -47,7 +44,7 @@ def test_a_migrated_state_is_float32_and_the_resumed_session_follows_the_steps_f
     frame = decode_frame(state)
     assert "wire" not in frame.meta and "wire_dtype" not in frame.meta
     assert {t.dtype for t in frame.tensors.values() if t.is_floating_point()} == {torch.float32}
-    token = TokenIssuer(SECRET).issue(run_id=1, node_id=1, server_round=1, role="migration")
+    token = helper_token(role="migration")  # the same (run, node, round) as the exported session
     moved = import_session("s2", TokenVerifier(SECRET).verify(token), token, state, Limits())
     assert moved.wire_dtype is None
     result = moved.step(_step(act, y, 1, "bfloat16"))  # a destination client of another default still trains
