@@ -97,6 +97,7 @@ def check_finite(tensors: Mapping[str, torch.Tensor], what: str) -> None:
 
 
 _MAX_TAILS = 8
+_MAX_SPARES = 2  # per key: a server that both imports and exports sessions of a model (moves) reuses both tails
 
 
 class _TailPool:
@@ -105,10 +106,12 @@ class _TailPool:
     * A **template** per key: a freshly built tail and its input shape. A later session of the same model copies it
       (about 3 ms for VGG5) instead of building and initialising the whole model and running a forward pass for the
       shape.
-    * At most one **spare** per key: the tail of a session that ended here (closed, dropped or migrated away), its
-      gradients cleared. The next session of that model takes it as it is (no copy) and loads its own weights over
-      every parameter and buffer (``load_state_dict(strict=True)``), so nothing of the earlier session survives.
-      DP sessions give nothing back (Opacus hooks their tail).
+    * At most :data:`_MAX_SPARES` **spares** per key: tails of sessions that ended here (closed, dropped or migrated
+      away), their gradients cleared. A later session of that model takes one as it is (no copy) and loads its own
+      weights over every parameter and buffer (``load_state_dict(strict=True)``), so nothing of the earlier session
+      survives. Two spares, so that edge servers that move sessions between them in one process (the simulation's
+      in-process pool) find a tail for an import while the source still holds the session it exports. DP sessions
+      give nothing back (Opacus hooks their tail).
 
     A model by reference is never pooled (its code is the user's). Thread-safe.
     """
@@ -116,7 +119,7 @@ class _TailPool:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._templates: dict[tuple[str, int], tuple[torch.nn.Module, tuple[int, ...]]] = {}
-        self._spares: dict[tuple[str, int], torch.nn.Module] = {}
+        self._spares: dict[tuple[str, int], list[torch.nn.Module]] = {}
 
     @staticmethod
     def key(spec: ModelSpec, k: int) -> tuple[str, int] | None:
@@ -124,12 +127,13 @@ class _TailPool:
         return None if ":" in spec.name else (json.dumps(spec.to_dict(), sort_keys=True), k)
 
     def take(self, key: tuple[str, int] | None) -> tuple[torch.nn.Module, tuple[int, ...]] | None:
-        """A tail for ``key`` (the spare, else a copy of the template) and its input shape, or ``None``."""
+        """A tail for ``key`` (a spare, else a copy of the template) and its input shape, or ``None``."""
         if key is None:
             return None
         with self._lock:
             template = self._templates.get(key)
-            spare = self._spares.pop(key, None)
+            spares = self._spares.get(key)
+            spare = spares.pop() if spares else None
         if template is None:
             return None
         return (spare if spare is not None else copy.deepcopy(template[0])), template[1]
@@ -146,14 +150,15 @@ class _TailPool:
             self._templates[key] = (template, input_shape)
 
     def give_back(self, key: tuple[str, int] | None, tail: torch.nn.Module) -> None:
-        """Keep the tail of an ended session as ``key``'s spare (if it has a template and no spare yet)."""
+        """Keep the tail of an ended session as a spare of ``key`` (if it has a template and room for one)."""
         if key is None:
             return
         for p in tail.parameters():
             p.grad = None
         with self._lock:
-            if key in self._templates and key not in self._spares:
-                self._spares[key] = tail
+            spares = self._spares.setdefault(key, []) if key in self._templates else None
+            if spares is not None and len(spares) < _MAX_SPARES and all(t is not tail for t in spares):
+                spares.append(tail)
 
 
 _TAILS = _TailPool()

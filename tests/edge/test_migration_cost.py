@@ -192,7 +192,7 @@ def test_sessions_of_one_model_get_their_own_copy_of_the_built_tail():
 def test_the_next_session_of_a_model_takes_an_ended_sessions_tail_and_keeps_nothing_of_it():
     model = build_model("vgg5", width=0.25)
     first_state = {k: v.clone() for k, v in model.split(3)[1].state_dict().items()}
-    _TAILS.take(_TailPool.key(model.spec, 3))  # a spare left by an earlier test in this process
+    _TAILS._spares.pop(_TailPool.key(model.spec, 3), None)  # spares left by earlier tests in this process
     first = training_session(model, 3, first_state)
     x, y = fashion_batches(1, 8)[0]
     with torch.no_grad():
@@ -209,6 +209,22 @@ def test_the_next_session_of_a_model_takes_an_ended_sessions_tail_and_keeps_noth
     third = training_session(model, 3, first_state)  # the spare is taken: a copy of the template
     assert third.tail is not reused
     assert not {p.data_ptr() for p in third.tail.parameters()} & {p.data_ptr() for p in reused.parameters()}
+
+
+def test_two_ended_sessions_tails_serve_the_next_two_sessions_and_a_third_is_not_kept():
+    model = build_model("vgg5", width=0.25)
+    key = _TailPool.key(model.spec, 3)
+    state = {k: v.clone() for k, v in model.split(3)[1].state_dict().items()}
+    _TAILS._spares.pop(key, None)  # spares left by earlier tests in this process
+    ended = [training_session(model, 3, state) for _ in range(3)]
+    tails = [s.tail for s in ended]
+    for session in ended:
+        session.release()  # the third finds both places taken: it is dropped, not kept
+    assert len(_TAILS._spares[key]) == 2
+    exporter = training_session(model, 3, state)  # e.g. the source of a move, still holding its session
+    importer = training_session(model, 3, state)  # and the destination's import in the same process
+    assert {id(exporter.tail), id(importer.tail)} == {id(tails[0]), id(tails[1])}
+    assert training_session(model, 3, state).tail not in tails  # no spare left: a copy of the template
 
 
 def test_a_dp_sessions_tail_is_never_given_to_another_session():
