@@ -115,6 +115,7 @@ class MoveOrder:
     mode: str = "migrate"
     connect: Callable[[str], EdgeClient] | None = None
     report: dict[str, float] = field(default_factory=dict)
+    _ready: EdgeClient | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.mode not in MOVE_MODES:
@@ -123,8 +124,35 @@ class MoveOrder:
             raise ValueError(f"at_batch must be >= 0, got {self.at_batch}")
 
     def client(self) -> EdgeClient:
-        """A client of the destination."""
+        """A new client of the destination."""
         return (self.connect or EdgeClient)(self.destination)
+
+    def due(self, batch: int) -> bool:
+        """Whether the move is due before ``batch``; a batch ahead of it, start connecting (:meth:`prepare`)."""
+        if batch == self.at_batch - 1:
+            self.prepare()
+        return batch == self.at_batch
+
+    def prepare(self) -> None:
+        """Start connecting to the destination ahead of a ``migrate`` move (once; in the background): the channel
+        is warm when the move starts instead of being set up while the source exports the state."""
+        if self.mode == "migrate" and self._ready is None:
+            self._ready = self.client()
+            _connect_soon(self._ready)
+
+    def take_client(self) -> EdgeClient:
+        """The destination's client for the move: the prepared one, else a new one that starts connecting now."""
+        client, self._ready = self._ready, None
+        if client is None:
+            client = self.client()
+            _connect_soon(client)
+        return client
+
+    def release(self) -> None:
+        """Close a client prepared for a move that did not happen (the round ended before it)."""
+        client, self._ready = self._ready, None
+        if client is not None:
+            client.close()
 
 
 class RestartRound(Exception):  # noqa: N818 - a control-flow signal, not an error
@@ -144,7 +172,8 @@ class RestartRound(Exception):  # noqa: N818 - a control-flow signal, not an err
 def migrate_session(session: SessionHandle, order: MoveOrder, model_spec: Any) -> SessionHandle:
     """Move ``session`` to ``order.destination`` and return the handle there.
 
-    The device connects to the destination while the source moves the state, and continues with the session the
+    The device connects to the destination ahead of the move (:meth:`MoveOrder.prepare`, which the trainer calls a
+    batch before a scheduled move), or else while the source moves the state, and continues with the session the
     source's reply describes (relayed from the destination's acknowledgement); it asks the destination (``Resume``)
     only when the source could not answer (it died after the destination's acknowledgement) or relayed nothing.
 
@@ -157,9 +186,7 @@ def migrate_session(session: SessionHandle, order: MoveOrder, model_spec: Any) -
     source = session.client
     resumed = False
     relayed = None
-    dest = order.client()
-    # Connect to the destination while the source exports and hands over the state: the channel is ready after.
-    threading.Thread(target=_connect, args=(dest,), name="edgeflower-migration-connect", daemon=True).start()
+    dest = order.take_client()  # connected ahead by the trainer, else connecting while the source moves the state
     try:
         reply = source.migrate(session, order.destination, order.token, expect_model=model_spec)
         order.report["migration-bytes"] = float(reply.state_bytes)
@@ -198,6 +225,11 @@ def migrate_session(session: SessionHandle, order: MoveOrder, model_spec: Any) -
         order.report["migration-s"],
     )
     return handle
+
+
+def _connect_soon(client: EdgeClient) -> None:
+    """Open ``client``'s channel on a thread of its own (see :func:`_connect`)."""
+    threading.Thread(target=_connect, args=(client,), name="edgeflower-migration-connect", daemon=True).start()
 
 
 def _connect(client: EdgeClient) -> None:

@@ -195,7 +195,7 @@ class SplitTrainer:
 
     def _due_move(self, batch: int) -> MoveOrder | None:
         """The move to carry out before ``batch``: a scheduled one, or one an operator's trigger just fired."""
-        if self.move_order is not None and batch == self.move_order.at_batch:
+        if self.move_order is not None and self.move_order.due(batch):
             return self.move_order
         return self.move_trigger.poll(batch) if self.move_trigger is not None else None
 
@@ -253,6 +253,8 @@ class SplitTrainer:
         finally:
             if hooks is not None:
                 hooks.remove_hooks()
+            if self.move_order is not None:
+                self.move_order.release()  # connected ahead for a move the round did not reach
 
     def _train(self, state: _Pass, batches: Iterable[Batch], open_session: SessionOpener) -> SplitResult:
         self._replay = None if self.dp is not None else []  # a DP round never replays

@@ -228,11 +228,16 @@ def test_forged_replayed_and_tampered_migrations_are_rejected(edges, batches):
         with a.registry.get(session.session_id).lock:
             state = export_session(a.registry.get(session.session_id))
         tampered = bytearray(state)
-        tampered[-5] ^= 0xFF
+        tampered[-5] ^= 0xFF  # a weight changed: the state still decodes, and the session is rebuilt meanwhile
+        malformed = bytearray(state)
+        malformed[14] ^= 0xFF  # in the JSON header: the state no longer decodes either
+        sessions_before = b.num_sessions
         with EdgeClient(b.address) as peer:
-            bad = ImportRequest(good, seal(state, good, SECRET), bytes(tampered))
-            with pytest.raises(EdgeAuthError, match="integrity"):
-                peer.call(METHOD_IMPORT, bad.to_bytes(), 10)
+            for changed in (tampered, malformed):  # refused as tampered whatever else is wrong, nothing kept
+                bad = ImportRequest(good, seal(state, good, SECRET), bytes(changed))
+                with pytest.raises(EdgeAuthError, match="integrity"):
+                    peer.call(METHOD_IMPORT, bad.to_bytes(), 10)
+                assert b.num_sessions == sessions_before
         client.migrate(session, b.address, good)  # the real one succeeds ...
         assert session.session_id not in a.registry.ids()
         with EdgeClient(b.address) as peer:  # ... and a captured Import cannot be replayed

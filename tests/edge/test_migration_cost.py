@@ -148,6 +148,40 @@ def test_device_continues_on_the_relayed_session_and_asks_the_destination_only_w
     assert order.report["migration-bytes"] == 1000 and order.report["migration-resumed"] == 0
 
 
+class _Connector:
+    """``MoveOrder.connect``: records the destination clients it makes."""
+
+    def __init__(self) -> None:
+        self.made: list[_Destination] = []
+
+    def __call__(self, address: str) -> _Destination:
+        self.made.append(_Destination())
+        return self.made[-1]
+
+
+def test_a_scheduled_move_connects_a_batch_ahead_and_moves_over_that_channel():
+    connect = _Connector()
+    order = MoveOrder(3, "dest:1", "migration-token", connect=connect)  # type: ignore[arg-type]
+    assert not order.due(1) and not connect.made  # two batches ahead: nothing yet
+    assert not order.due(2) and len(connect.made) == 1  # the batch ahead: connecting (Health, on its own thread)
+    assert order.due(3)
+    source = _Source(ResumeReply("s9", "b", (16, 7, 7), True, 2))
+    handle = migrate_session(_Handle(source), order, None)  # type: ignore[arg-type]
+    assert handle.client is connect.made[0] and len(connect.made) == 1  # the prepared channel, no second one
+    order.release()  # the trainer's end of pass
+    assert "close" not in connect.made[0].calls  # it belongs to the moved session now
+
+
+def test_a_channel_prepared_for_a_move_the_round_does_not_reach_is_closed_and_a_restart_prepares_none():
+    connect = _Connector()
+    order = MoveOrder(4, "dest:1", "migration-token", connect=connect)  # type: ignore[arg-type]
+    assert not order.due(3)
+    order.release()  # the round ended before batch 4
+    assert "close" in connect.made[0].calls
+    restart = MoveOrder(4, "dest:1", "migration-token", "restart", connect=connect)  # type: ignore[arg-type]
+    assert not restart.due(3) and len(connect.made) == 1  # a restart reopens through the trainer's sessions
+
+
 def test_size_check_builds_each_spec_once_and_still_refuses_oversized_models(monkeypatch):
     built = []
     real = migration.check_model_size
