@@ -4,8 +4,9 @@ A session is exported at a consistent point (between batches: no micro-batch of 
 frame of kind ``session_state``: the model spec, split point and optimizer settings in the JSON header, the tail's
 state dict (``tail.<key>``) and the optimizer's state tensors (``opt.<param index>.<name>``, e.g. SGD momentum) as
 tensors, plus the progress (index of the last completed batch) and the session's metrics. The frame is sealed
-with an HMAC-SHA256 under the secret the edge servers share, bound to the migration token, so the destination
-detects any change in transit and a state cannot be replayed under another token.
+with an HMAC-SHA256 under the secret the edge servers share, bound to the migration token
+(:mod:`edgeflower.edge.sealing`), so the destination detects any change in transit and a state cannot be replayed
+under another token.
 
 The destination accepts a state only with a migration token the ServerApp issued for *it* and for the same
 (run, node, round) as the exported session, only once per token (replays are refused), and only if the state
@@ -26,6 +27,7 @@ What a move costs the device, and what was taken out of it (the fixed cost on a 
   decoding, rebuilding the tail, loading the optimizer) cannot start before the last byte arrives: the destination
   measures it (``import_s`` in its acknowledgement) and the source charges it after the modelled arrival. Before,
   the source slept the whole wire time and only then started the real transfer.
+* The seal hashes the state's two halves on two threads: the destination's check takes half the time.
 * The destination checks the model's size against its limit once per model spec (a model built on the meta device,
   about 60 % of rebuilding a VGG5 tail), not once per migrated session: the size of a spec never changes.
 * The source frees the migrated session at once but does not give its memory back to the OS then (``malloc_trim``
@@ -43,8 +45,6 @@ all run as before, on every import.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import math
 import secrets
@@ -62,6 +62,7 @@ from flwr.common.logger import log
 from edgeflower.edge.config import EdgeServerConfig
 from edgeflower.edge.ledger import TokenLedger
 from edgeflower.edge.registry import SessionRegistry
+from edgeflower.edge.sealing import seal, unseal
 from edgeflower.edge.session import TrainingSession, check_model_size
 from edgeflower.models.splittable import ModelSpec
 from edgeflower.transport.auth import RPC_ROLES, TokenClaims, TokenVerifier
@@ -91,7 +92,6 @@ __all__ = [
     "unseal",
 ]
 
-_MAC_CONTEXT = b"edgeflower-migration-v1."
 _SIZE_CACHE_MAX = 256
 _METRIC_FIELDS = tuple(f.name for f in fields(SessionMetrics) if f.name != "duration_s")
 
@@ -222,18 +222,6 @@ def decode_state(frame: Frame) -> SessionState:
         dp,
         frame.tensors.get("dp.rng"),
     )
-
-
-def seal(state_frame: bytes, token: str, secret: bytes) -> str:
-    """HMAC-SHA256 of the state bound to the migration token (hex)."""
-    digest = hashlib.sha256(state_frame).digest()
-    return hmac.new(secret, _MAC_CONTEXT + token.encode() + b"." + digest, hashlib.sha256).hexdigest()
-
-
-def unseal(state_frame: bytes, token: str, mac: str, secret: bytes) -> None:
-    """Raise :class:`EdgeAuthError` unless ``mac`` seals ``state_frame`` under ``token``."""
-    if not hmac.compare_digest(seal(state_frame, token, secret), str(mac)):
-        raise EdgeAuthError("migrated session state failed its integrity check (tampered or wrong token)")
 
 
 _sizes: dict[str, int] = {}  # canonical model spec -> elements of its state dict (the specs that fitted a limit)
