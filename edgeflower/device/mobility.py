@@ -128,10 +128,15 @@ class MoveOrder:
         return (self.connect or EdgeClient)(self.destination)
 
     def due(self, batch: int) -> bool:
-        """Whether the move is due before ``batch``; a batch ahead of it, start connecting (:meth:`prepare`)."""
-        if batch == self.at_batch - 1:
+        """Whether the move is due before ``batch`` (a batch ahead of a migration: :meth:`prepare`)."""
+        if self.migrates_after(batch):
             self.prepare()
         return batch == self.at_batch
+
+    def migrates_after(self, batch: int) -> bool:
+        """Whether this is a migration right after ``batch`` (the device ends its training stream once the batch's
+        result is in, and connects to the destination before the batch)."""
+        return self.mode == "migrate" and batch == self.at_batch - 1
 
     def prepare(self) -> None:
         """Start connecting to the destination ahead of a ``migrate`` move (once; in the background): the channel

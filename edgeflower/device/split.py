@@ -182,6 +182,7 @@ class SplitTrainer:
         self.last_move: MoveOrder | None = None
         self._replay: list[tuple[int, list[_Logged]]] | None = []
         self._sent: list[_Logged] = []
+        self._end_after = -1  # the batch after which the stream ends (a migration follows)
 
     @property
     def _head_private(self) -> bool:
@@ -276,6 +277,7 @@ class SplitTrainer:
         order = self._due_move(b) if state.moving else None
         if order is not None:
             state.session = self._move(state.session, order)
+        self._end_after = b if state.moving and self.move_order and self.move_order.migrates_after(b) else -1
         if state.head_opt is not None:
             state.head_opt.zero_grad(set_to_none=True)
         self._sent = []
@@ -355,10 +357,8 @@ class SplitTrainer:
         timeline: Timeline,
         head_opt: torch.optim.Optimizer | None,
     ) -> float:
-        """One batch, sequentially: head forward, uplink, server, downlink, head backward. Returns the loss sum.
-
-        Appends what it sent to ``self._sent`` (for the replay log).
-        """
+        """One batch, sequentially: head forward, uplink, server, downlink, head backward. Returns the loss sum and
+        appends what it sent to ``self._sent`` (for the replay log)."""
         act = self._device(timeline, b, "fwd", lambda: self.head(x)) if self.k > 0 else x
         sent = act.detach()
         wire = _wire(session)
@@ -375,6 +375,8 @@ class SplitTrainer:
         # ways, over loopback) counts towards the downlink's modelled time, not on top of it (EmulatedLink.deliver)
         down0, down1 = self._deliver(wire_nbytes(result.grad, wire), False, call0 + server_s)
         timeline.add("downlink", down0, down1, b)
+        if b == self._end_after:  # a migration follows: the source ends the stream while the head trains
+            session.end_stream()
         if head_opt is not None:
             self._device(timeline, b, "bwd", lambda: (act.backward(result.grad), head_opt.step()))
         return result.loss * len(y)
@@ -401,10 +403,8 @@ class SplitTrainer:
         return self.link.book(nbytes, up, ready)
 
     def _log_sent(self, batch_size: int) -> None:
-        """Keep the batch the edge server just trained on in the replay log (dropped past the limit).
-
-        The log holds exactly what went up the link this round, so its size is the uplink byte count.
-        """
+        """Keep the batch the edge server just trained on in the replay log (dropped past the limit). The log holds
+        exactly what went up the link this round, so its size is the uplink byte count."""
         if self._replay is None:
             return
         if self.traffic["uplink-bytes"] > self.replay_limit_bytes:

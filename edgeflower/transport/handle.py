@@ -143,6 +143,9 @@ class SessionHandle:
         ``expect`` is ``(batch, micro, activation shape, activation dtype)`` of the result to check it against.
         """
         self._check_usable()
+        if self._end_pending:  # ended ahead (end_stream): a new stream once the server ended that one
+            self.wait_detached()
+            self._stream = None
         with self._lock:
             if self._stream is None:
                 self._stream = self._client.train_stream(self.session_id, self._token)
@@ -291,7 +294,9 @@ class SessionHandle:
             )
         timeout = timeout_s or self._client.timeout_s
         try:
-            if self._stream is not None:
+            if self._end_pending:
+                self.wait_detached(timeout)
+            elif self._stream is not None:
                 self._stream.end(timeout)
             frame = self._client.call(METHOD_CLOSE, CloseRequest(self.session_id, self._token).to_bytes(), timeout)
             reply = CloseReply.from_frame(frame)
@@ -325,13 +330,35 @@ class SessionHandle:
         self._closed = True
         if self._stream is None:
             return
-        self._stream.send_end()
-        self._end_pending = True
+        self._send_end()
         if wait:
             self.wait_detached(timeout_s)
 
+    def end_stream(self) -> None:
+        """Send the training stream's ``end`` frame now, without waiting (once per stream).
+
+        The session stays open: the edge server ends the stream meanwhile (e.g. while the device finishes its last
+        batch before a scheduled move), the next step starts a new stream, and :meth:`close`, :meth:`detach` and a
+        migration wait for this one's end.
+
+        Raises
+        ------
+        SessionStateError
+            If the handle is closed or step results are still pending.
+        """
+        self._check_usable()
+        if self.pending:
+            raise SessionStateError(f"end_stream() with {self.pending} results pending", address=self._client.address)
+        self._send_end()
+
+    def _send_end(self) -> None:
+        if self._stream is not None and not self._end_pending:
+            self._stream.send_end()
+            self._end_pending = True
+
     def wait_detached(self, timeout_s: float | None = None) -> None:
-        """After :meth:`detach`, wait for the server to end the training stream (at once if it did already).
+        """After :meth:`detach` or :meth:`end_stream`, wait for the server to end the training stream (at once if it
+        did already).
 
         Raises
         ------

@@ -210,6 +210,47 @@ def test_migrate_waits_briefly_for_the_streams_end_and_refuses_a_session_still_t
             peer.resumed(reply.resume, good, 3).close()
 
 
+def test_a_stream_ended_ahead_of_a_move_detaches_the_session_which_still_trains_closes_and_migrates(edges, batches):
+    a, b = edges
+    torch.manual_seed(0)
+    model = build_model("vgg5")
+    head, tail = model.split(3)
+    (x, y), (x2, y2) = batches[0], batches[1]
+    with EdgeClient(a.address) as client:
+        session = client.open_session(ISSUER.issue(3, 14, 1, "edge-a"), model.spec, 3, tail.state_dict(), OPT)
+        session.send(head(x).detach(), y, batch=0, batch_size=len(y))
+        with pytest.raises(EdgeError, match="results pending"):
+            session.end_stream()  # a step in flight: the stream stays
+        session.recv()
+        session.end_stream()  # returns at once; the source ends the stream meanwhile
+        assert a.registry.get(session.session_id).wait_detached(10)  # detached before any Migrate
+        session.step(head(x2).detach(), y2, batch=1, batch_size=len(y2))  # a new stream: nothing lost
+        session.end_stream()
+        good = ISSUER.issue(3, 14, 1, "edge-b", role="migration")
+        reply = client.migrate(session, b.address, good)  # no second end frame; the move finds it detached
+        assert reply.resume is not None and reply.resume.last_batch == 1
+        with EdgeClient(b.address) as peer:
+            moved = peer.resumed(reply.resume, good, 3)
+            moved.end_stream()  # no stream yet: nothing to end
+            state, metrics = moved.close()
+    assert metrics.batches == 2 and set(state) == set(tail.state_dict())
+    assert a.num_sessions == 0 and b.num_sessions == 0
+
+
+def test_a_round_that_ends_before_its_scheduled_move_closes_its_session_and_the_early_channel(edges, batches):
+    a, b = edges
+    torch.manual_seed(0)
+    initial = build_model("vgg5")
+    unmoved, moved = copy.deepcopy(initial), copy.deepcopy(initial)
+    _run(unmoved, batches, a.address, "edge-a", None)
+    order = _order(b, at_batch=len(batches), node=15)  # after the last batch: the stream ends, no move follows
+    result = _run(moved, batches, a.address, "edge-a", order, node=15)
+    assert not result.fell_back and "migration-s" not in order.report
+    assert _max_diff(unmoved, moved) <= 1e-6
+    assert order._ready is None  # the channel connected ahead was closed with the pass
+    assert a.num_sessions == 0 and b.num_sessions == 0
+
+
 def test_forged_replayed_and_tampered_migrations_are_rejected(edges, batches):
     a, b = edges
     torch.manual_seed(0)
