@@ -32,11 +32,14 @@ What a move costs the device, and what was taken out of it (the fixed cost on a 
   about 60 % of rebuilding a VGG5 tail), not once per migrated session: the size of a spec never changes.
 * The source frees the migrated session at once but does not give its memory back to the OS then (``malloc_trim``
   holds the allocator's locks for about 10 ms in a large process); the next session closed or dropped there does.
-* The device sends its stream's ``end`` frame and ``Migrate`` together; the source waits for the end (at most
-  :data:`DETACH_WAIT_S`). The destination reuses the tail of a session that ended there (``edgeflower.edge.session``).
+* Before a scheduled move the device ends its training stream as soon as the last result is in, so the source has
+  ended it while the device finishes that batch; after an operator's trigger the ``end`` frame and ``Migrate`` go
+  together. Either way the source waits for the end (at most :data:`DETACH_WAIT_S`). The destination reuses the tail
+  of a session that ended there, up to two per model (``edgeflower.edge.session``).
 * The acknowledgement describes the imported session (what ``Resume`` answers) and the source relays it to the
   device, which continues without asking the destination (one round trip less); the device connects to the
-  destination while the source moves the state (see :func:`edgeflower.device.mobility.migrate_session`).
+  destination a batch ahead of a scheduled move, else while the source moves the state
+  (:func:`edgeflower.device.mobility.migrate_session`).
   ``Resume`` remains for a device whose source died right after the destination's acknowledgement.
 
 Nothing of the checks moved: the seal, the single-use migration token, the owner and fit checks and the size bound
