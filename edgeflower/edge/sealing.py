@@ -3,7 +3,9 @@ servers share, of the state's digest bound to the migration token.
 
 The digest is SHA-256 of the state's two halves, hashed at the same time on two threads (``hashlib`` hashes without
 holding the GIL), then bound together with the state's length: the destination verifies a 3.5 MB state in half
-the time, and that check runs after the state's last byte arrived, while the device waits.
+the time, and that check runs after the state's last byte arrived, while the device waits. The MAC's context names
+the format (``v2``): an edge server of an earlier version refuses these states as tampered, and the other way
+round, so the edge servers of a deployment are upgraded together.
 """
 
 from __future__ import annotations
