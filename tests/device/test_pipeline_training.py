@@ -53,35 +53,32 @@ def _max_diff(a, b) -> float:
     return max((sa[k].double() - sb[k].double()).abs().max().item() for k in sa)
 
 
-@pytest.mark.parametrize(("name", "k"), [("vgg5", k) for k in range(7)] + [("resnet18", k) for k in (2, 5, 9)])
-def test_pipelined_training_equals_sequential_split_training_with_groupnorm(edge, batches, name, k):
+@pytest.mark.parametrize(
+    ("name", "k"),
+    [("vgg5", k) for k in range(7)] + [("resnet18", k) for k in (2, 5, 9)] + [("mobilenetv2", 4)],
+)
+def test_split_equals_local_training_and_pipelined_equals_local_accumulation_with_groupnorm(edge, batches, name, k):
+    """Split training is local training of the whole model (the same operations in the same order), and pipelined
+    training is local training that accumulates each batch's gradient over its micro-batches: both to 1e-5.
+
+    The two references differ from each other only by float reordering (convolutions over micro-batches of 8
+    instead of batches of 32), so sequential and pipelined are held to that noise. It is small on most CPUs, but not
+    on all: with one thread on an AVX-512 AMD EPYC, ResNet-18 (width 8) differs by 7e-4 after three batches, and
+    MobileNetV2 on 28x28 inputs ends in 1x1 feature maps, where GroupNorm is ill-conditioned in float32 (~4e-4
+    anywhere; 2e-16 in float64)."""
     torch.manual_seed(0)
     options = {"resnet18": {"width": 8}, "mobilenetv2": {"width": 0.25}}.get(name, {})
     initial = build_model(name, norm="group", **options)
+    local = {m: _local_accumulating(copy.deepcopy(initial), batches, m) for m in (1, 4)}
     sequential, pipelined = copy.deepcopy(initial), copy.deepcopy(initial)
     with EdgeClient(edge.address) as client:
         SplitTrainer(sequential, k, OPT).train(batches, _opener(client, sequential))
         result = PipelineTrainer(pipelined, k, OPT, micro_batches=4).train(batches, _opener(client, pipelined))
     assert not result.fell_back and result.traffic["micro-batches"] == 4
-    assert _max_diff(sequential, pipelined) <= 1e-5
+    assert _max_diff(sequential, local[1]) <= 1e-5
+    assert _max_diff(pipelined, local[4]) <= 1e-5
+    assert _max_diff(sequential, pipelined) <= 1e-5 + 2 * _max_diff(local[1], local[4])
     assert _max_diff(initial, pipelined) > 1e-3
-
-
-def test_pipelined_mobilenetv2_differs_from_sequential_only_by_float_reordering(edge, batches):
-    """MobileNetV2 on 28x28 inputs ends in 1x1 feature maps, where GroupNorm is so ill-conditioned in float32 that
-    even local training with gradient accumulation over 4 micro-batches differs from full-batch training by ~4e-4
-    (in float64 by 2e-16). Pipelining must add nothing beyond that reordering noise."""
-    torch.manual_seed(0)
-    initial = build_model("mobilenetv2", norm="group", width=0.25)
-    local = {m: _local_accumulating(copy.deepcopy(initial), batches, m) for m in (1, 4)}
-    noise = _max_diff(local[1], local[4])
-    sequential, pipelined = copy.deepcopy(initial), copy.deepcopy(initial)
-    with EdgeClient(edge.address) as client:
-        SplitTrainer(sequential, 4, OPT).train(batches, _opener(client, sequential))
-        PipelineTrainer(pipelined, 4, OPT, micro_batches=4).train(batches, _opener(client, pipelined))
-    assert _max_diff(sequential, local[1]) <= 1e-5  # split == local: same operations, same order
-    assert _max_diff(pipelined, local[4]) <= 1e-5  # pipelined == local accumulation over the same micro-batches
-    assert _max_diff(sequential, pipelined) <= 2 * noise
 
 
 def test_pipelined_batchnorm_equals_local_gradient_accumulation_over_micro_batches(edge, batches):
