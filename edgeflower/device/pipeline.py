@@ -121,7 +121,7 @@ class PipelineTrainer(SplitTrainer):
         xs, ys = x.tensor_split(m), y.tensor_split(m)
         if self._workers is None:
             self._workers = _Workers()
-        pipe = _Pipe(session, b, m, len(y), timeline, self.link, self._book, self._workers)
+        pipe = _Pipe(session, b, m, len(y), timeline, self.link, self._book, self._workers, b == self._end_after)
         try:
             acts = self._forward(pipe, xs, ys)
             loss = self._backward(pipe, xs, ys, acts, head_opt is not None)
@@ -257,8 +257,10 @@ class _Pipe:
         link: EmulatedLink,
         book: Booker,
         workers: _Workers,
+        end_after: bool = False,
     ) -> None:
         self.session, self.batch, self.m, self.batch_size = session, batch, m, batch_size
+        self.end_after = end_after  # a migration follows: end the stream once the last result is in
         self.wire: str = getattr(session, "wire_dtype", "float32")  # a test's stand-in session may have none
         self.timeline, self.clock, self.book, self.workers = timeline, link.clock, book, workers
         self.results: list[StepResult | None] = [None] * m
@@ -304,6 +306,8 @@ class _Pipe:
         self.timeline.add("downlink", down0, down1, self.batch, j)
         self.results[j] = result
         self.arrivals[j] = down1
+        if self.end_after and j == self.m - 1:  # the source exports while the head finishes the batch
+            self.session.end_stream(then_migrate=True)
         self.arrived[j].set()
 
 

@@ -376,7 +376,7 @@ class SplitTrainer:
         down0, down1 = self._deliver(wire_nbytes(result.grad, wire), False, call0 + server_s)
         timeline.add("downlink", down0, down1, b)
         if b == self._end_after:  # a migration follows: the source ends the stream while the head trains
-            session.end_stream()
+            session.end_stream(then_migrate=True)  # it exports the session meanwhile
         if head_opt is not None:
             self._device(timeline, b, "bwd", lambda: (act.backward(result.grad), head_opt.step()))
         return result.loss * len(y)

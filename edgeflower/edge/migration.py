@@ -32,10 +32,11 @@ What a move costs the device, and what was taken out of it (the fixed cost on a 
   about 60 % of rebuilding a VGG5 tail), not once per migrated session: the size of a spec never changes.
 * The source frees the migrated session at once but does not give its memory back to the OS then (``malloc_trim``
   holds the allocator's locks for about 10 ms in a large process); the next session closed or dropped there does.
-* Before a scheduled move the device ends its training stream as soon as the last result is in, so the source has
-  ended it while the device finishes that batch; after an operator's trigger the ``end`` frame and ``Migrate`` go
-  together. Either way the source waits for the end (at most :data:`DETACH_WAIT_S`). The destination reuses the tail
-  of a session that ended there, up to two per model (``edgeflower.edge.session``).
+* Before a scheduled move the device ends its training stream as soon as the last result is in, with an ``end``
+  frame that announces the move: the source ends the stream and exports the session while the device finishes that
+  batch, and ``Migrate`` sends that state unless the session trained since (``keep_export``); after an operator's
+  trigger the ``end`` frame and ``Migrate`` go together. Either way the source waits for the end (at most
+  :data:`DETACH_WAIT_S`). The destination reuses the tail of a session that ended there, up to two per model.
 * The acknowledgement describes the imported session (what ``Resume`` answers) and the source relays it to the
   device, which continues without asking the destination (one round trip less); the device connects to the
   destination a batch ahead of a scheduled move, else while the source moves the state
@@ -384,7 +385,7 @@ class MigrationHandlers:
                 raise SessionNotFoundError(f"session {session.session_id} was closed or expired")
             if session.attached:
                 raise SessionStateError(f"session {session.session_id} still has a training stream: detach first")
-            state = export_session(session, self.limits)
+            state = session.take_export() or export_session(session, self.limits)  # exported ahead?
         t1 = time.perf_counter()  # the state is ready to go
         export_s = t1 - t0
         ack = self._hand_over(req, state)

@@ -275,6 +275,7 @@ class TrainingSession:
         self._next_micro = 0
         self._batch_size = 0
         self._seen = 0
+        self._export: tuple[int, bytes] | None = None  # (micro-batches then, state) exported ahead of a move
 
     @property
     def attached(self) -> bool:
@@ -453,9 +454,21 @@ class TrainingSession:
             self.private.fill(self.metrics)
         return self.metrics
 
+    def keep_export(self, state: bytes) -> None:
+        """Keep ``state``, this session exported now, for a migration announced to follow (call with :attr:`lock`
+        held; one kept state per session, replaced by the next)."""
+        self._export = (self.metrics.micro_batches, state)
+
+    def take_export(self) -> bytes | None:
+        """The state kept by :meth:`keep_export` if the session has not trained since, else ``None`` (call with
+        :attr:`lock` held; it is given once)."""
+        kept, self._export = self._export, None
+        return kept[1] if kept is not None and kept[0] == self.metrics.micro_batches else None
+
     def release(self) -> None:
         """Drop the tail and the optimizer (call with :attr:`lock` held); later steps raise ``SessionNotFoundError``."""
         self.closed = True
+        self._export = None
         if self.private is not None:
             self.private.release()
             self.private = None

@@ -334,12 +334,13 @@ class SessionHandle:
         if wait:
             self.wait_detached(timeout_s)
 
-    def end_stream(self) -> None:
+    def end_stream(self, then_migrate: bool = False) -> None:
         """Send the training stream's ``end`` frame now, without waiting (once per stream).
 
         The session stays open: the edge server ends the stream meanwhile (e.g. while the device finishes its last
         batch before a scheduled move), the next step starts a new stream, and :meth:`close`, :meth:`detach` and a
-        migration wait for this one's end.
+        migration wait for this one's end. With ``then_migrate`` the edge server also exports the session as the
+        stream ends, and a migration that follows without another step sends that state (no export on its path).
 
         Raises
         ------
@@ -349,11 +350,11 @@ class SessionHandle:
         self._check_usable()
         if self.pending:
             raise SessionStateError(f"end_stream() with {self.pending} results pending", address=self._client.address)
-        self._send_end()
+        self._send_end(then_migrate)
 
-    def _send_end(self) -> None:
+    def _send_end(self, then_migrate: bool = False) -> None:
         if self._stream is not None and not self._end_pending:
-            self._stream.send_end()
+            self._stream.send_end(then_migrate)
             self._end_pending = True
 
     def wait_detached(self, timeout_s: float | None = None) -> None:

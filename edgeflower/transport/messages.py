@@ -12,7 +12,7 @@ StepRequest        ``step``         batch, micro, num_micro, batch_size, wire (o
                                                                                           (+ activations-scale)
 StepResult         ``step_result``  batch, micro, loss, stepped, server_s, compute_s,     grad (if k > 0)
                                     wire (optional)                                       (+ grad-scale)
-(end of stream)    ``end``          --                                                    --
+(end of stream)    ``end``          next (optional: ``"migrate"``, a move follows)          --
 CloseRequest       ``close``        session_id, token                                     --
 CloseReply         ``closed``       metrics (SessionMetrics dict)                         the tail's state dict
 (health request)   ``health``       --                                                    --
@@ -43,7 +43,7 @@ from edgeflower.transport.fields import expect_kind
 from edgeflower.transport.health import HealthInfo
 from edgeflower.transport.session_messages import CloseReply, CloseRequest, OpenReply, OpenRequest, SessionMetrics
 from edgeflower.transport.settings import DPParams, OptimizerSettings
-from edgeflower.transport.step_messages import END_KIND, StepRequest, StepResult
+from edgeflower.transport.step_messages import END_KIND, StepRequest, StepResult, end_frame, ends_before_migration
 
 __all__ = [
     "END_KIND",
@@ -57,5 +57,7 @@ __all__ = [
     "SessionMetrics",
     "StepRequest",
     "StepResult",
+    "end_frame",
+    "ends_before_migration",
     "expect_kind",
 ]

@@ -1,5 +1,6 @@
 """The training stream's messages: :class:`StepRequest` (activations and labels up), :class:`StepResult` (the
-activations' gradient down) and the ``end`` frame (:data:`END_KIND`) that ends a stream cleanly.
+activations' gradient down) and the ``end`` frame (:data:`END_KIND`) that ends a stream cleanly, optionally announcing
+a migration (:func:`end_frame`, :func:`ends_before_migration`).
 
 See :mod:`edgeflower.transport.messages` for the table of every message and its frame.
 """
@@ -17,10 +18,30 @@ from edgeflower.transport.errors import InvalidMessageError
 from edgeflower.transport.fields import expect_kind, float_field, int_field, str_field, tensor_field
 from edgeflower.transport.wire import WireForm, check_wire_dtype, decode_wire, encode_wire, wire_names
 
-__all__ = ["END_KIND", "StepRequest", "StepResult"]
+__all__ = ["END_KIND", "StepRequest", "StepResult", "end_frame", "ends_before_migration"]
 
 END_KIND = "end"
 """Kind of the frame that ends a training stream cleanly."""
+
+
+def end_frame(then_migrate: bool = False) -> bytes:
+    """The ``end`` frame; with ``then_migrate`` it says that the device migrates the session next (the edge server
+    then exports it as the stream ends, while the device finishes its batch)."""
+    return encode_frame(END_KIND, {"next": "migrate"} if then_migrate else None)
+
+
+def ends_before_migration(frame: Frame) -> bool:
+    """Whether an ``end`` frame announces a migration.
+
+    Raises
+    ------
+    InvalidMessageError
+        If its metadata is anything but nothing or ``{"next": "migrate"}``.
+    """
+    meta = expect_kind(frame, END_KIND).meta
+    if set(meta) - {"next"} or meta.get("next", "migrate") != "migrate":
+        raise InvalidMessageError(f"an end frame carries nothing or {{'next': 'migrate'}}, got {meta!r:.200}")
+    return bool(meta)
 
 
 @dataclass

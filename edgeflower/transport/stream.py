@@ -15,9 +15,8 @@ from typing import Any
 
 import grpc
 
-from edgeflower.transport.codec import encode_frame
 from edgeflower.transport.errors import EdgeError, EdgeServerError, EdgeTimeoutError, from_rpc_error
-from edgeflower.transport.step_messages import END_KIND
+from edgeflower.transport.step_messages import end_frame
 
 __all__ = ["TrainStream"]
 
@@ -104,9 +103,10 @@ class TrainStream:
         self.send_end()
         self.wait_end(timeout_s)
 
-    def send_end(self) -> None:
-        """Send the ``end`` frame and half-close, without waiting (then :meth:`wait_end`)."""
-        self._requests.put(encode_frame(END_KIND))  # the server ends the stream cleanly after this
+    def send_end(self, then_migrate: bool = False) -> None:
+        """Send the ``end`` frame (:func:`~edgeflower.transport.step_messages.end_frame`) and half-close, without
+        waiting (then :meth:`wait_end`)."""
+        self._requests.put(end_frame(then_migrate))  # the server ends the stream cleanly after this
         self._requests.put(None)  # half-close
 
     def wait_end(self, timeout_s: float) -> None:

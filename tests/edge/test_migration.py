@@ -12,6 +12,8 @@ from edgeflower.data import BatchLoader
 from edgeflower.device.mobility import MoveOrder
 from edgeflower.device.pipeline import PipelineTrainer
 from edgeflower.device.sessions import EdgeSessions
+from edgeflower.edge import migration as migration_module
+from edgeflower.edge import server as server_module
 from edgeflower.edge.migration import export_session, seal
 from edgeflower.edge.server import EdgeServer, EdgeServerConfig
 from edgeflower.models import build_model
@@ -68,9 +70,23 @@ def _order(dest, at_batch: int, mode: str = "migrate", node: int = 5) -> MoveOrd
     )
 
 
+def _count_exports(monkeypatch) -> tuple[list[int], list[int]]:
+    """Batches after which the source exported: (as a stream ended ahead of a move, in Migrate)."""
+    ahead: list[int] = []
+    in_migrate: list[int] = []
+    for module, seen in ((server_module, ahead), (migration_module, in_migrate)):
+        monkeypatch.setattr(
+            module,
+            "export_session",
+            lambda s, limits=None, seen=seen: seen.append(s.last_batch) or export_session(s, limits),
+        )
+    return ahead, in_migrate
+
+
 @pytest.mark.parametrize(("norm", "m"), [("batch", 1), ("group", 4)], ids=["split", "pipeline"])
-def test_migrated_round_ends_with_the_same_weights_as_an_unmoved_round(edges, batches, norm, m):
+def test_migrated_round_ends_with_the_same_weights_as_an_unmoved_round(edges, batches, norm, m, monkeypatch):
     a, b = edges
+    ahead, in_migrate = _count_exports(monkeypatch)
     torch.manual_seed(0)
     initial = build_model("vgg5", norm=norm)
     unmoved, moved = copy.deepcopy(initial), copy.deepcopy(initial)
@@ -81,6 +97,7 @@ def test_migrated_round_ends_with_the_same_weights_as_an_unmoved_round(edges, ba
     assert _max_diff(unmoved, moved) <= 1e-6
     assert _max_diff(initial, moved) > 1e-3
     assert order.report["migration-bytes"] > 0 and order.report["migration-resumed"] == 0
+    assert (ahead, in_migrate) == ([2], [])  # exported as the stream ended ahead of the move
     assert a.num_sessions == 0 and b.num_sessions == 0  # source freed after the ack, destination closed
 
 
@@ -237,6 +254,51 @@ def test_a_stream_ended_ahead_of_a_move_detaches_the_session_which_still_trains_
     assert a.num_sessions == 0 and b.num_sessions == 0
 
 
+def test_a_stream_ended_before_a_move_is_exported_as_it_ends_and_the_move_sends_that_state(edges, batches, monkeypatch):
+    a, b = edges
+    ahead, in_migrate = _count_exports(monkeypatch)
+    torch.manual_seed(0)
+    model = build_model("vgg5")
+    head, tail = model.split(3)
+    x, y = batches[0]
+    with EdgeClient(a.address) as client:
+        session = client.open_session(ISSUER.issue(3, 16, 1, "edge-a"), model.spec, 3, tail.state_dict(), OPT)
+        session.step(head(x).detach(), y, batch=0, batch_size=len(y))
+        session.end_stream(then_migrate=True)
+        source = a.registry.get(session.session_id)
+        assert source.wait_detached(10) and ahead == [0]  # exported before the stream ended, ahead of any Migrate
+        expected = source.state_dict()
+        good = ISSUER.issue(3, 16, 1, "edge-b", role="migration")
+        reply = client.migrate(session, b.address, good)
+        with EdgeClient(b.address) as peer:
+            state, metrics = peer.resumed(reply.resume, good, 3).close()
+    assert in_migrate == [] and ahead == [0]  # the move sent the state exported ahead
+    assert metrics.batches == 1 and all(torch.equal(state[key], value) for key, value in expected.items())
+    assert a.num_sessions == 0 and b.num_sessions == 0
+
+
+def test_a_session_that_trains_after_its_export_ahead_moves_its_newer_state(edges, batches, monkeypatch):
+    a, b = edges
+    ahead, in_migrate = _count_exports(monkeypatch)
+    torch.manual_seed(0)
+    model = build_model("vgg5")
+    head, tail = model.split(3)
+    (x, y), (x2, y2) = batches[0], batches[1]
+    with EdgeClient(a.address) as client:
+        session = client.open_session(ISSUER.issue(3, 17, 1, "edge-a"), model.spec, 3, tail.state_dict(), OPT)
+        session.step(head(x).detach(), y, batch=0, batch_size=len(y))
+        session.end_stream(then_migrate=True)  # announced, but the device trains one more batch first
+        session.step(head(x2).detach(), y2, batch=1, batch_size=len(y2))
+        good = ISSUER.issue(3, 17, 1, "edge-b", role="migration")
+        reply = client.migrate(session, b.address, good)
+        assert reply.resume is not None and reply.resume.last_batch == 1
+        with EdgeClient(b.address) as peer:
+            _, metrics = peer.resumed(reply.resume, good, 3).close()
+    assert ahead == [0] and in_migrate == [1]  # the stale state was not sent: Migrate exported the newer one
+    assert metrics.batches == 2
+    assert a.num_sessions == 0 and b.num_sessions == 0
+
+
 def test_a_round_that_ends_before_its_scheduled_move_closes_its_session_and_the_early_channel(edges, batches):
     a, b = edges
     torch.manual_seed(0)
@@ -343,7 +405,7 @@ def test_operator_trigger_moves_a_running_node_at_the_next_batch_boundary(tmp_pa
 
 
 @pytest.mark.parametrize(("micro_batches", "full"), [(1, True), (4, True), (4, False)])
-def test_migration_with_dp_keeps_weights_noise_stream_and_epsilon(edges, batches, micro_batches, full):
+def test_migration_with_dp_keeps_weights_noise_stream_and_epsilon(edges, batches, micro_batches, full, monkeypatch):
     """dp = full: the tail's DP state (noise generator, step count) moves too, so epsilon continues; split
     (one micro-batch) and pipelined; dp = device: the device's DP is unaffected by the move."""
     from edgeflower.privacy.dpsgd import DeviceDP
@@ -367,8 +429,10 @@ def test_migration_with_dp_keeps_weights_noise_stream_and_epsilon(edges, batches
     node = 20 + 10 * micro_batches + int(full)
     still = run(unmoved, None, node=node)
     order = _order(b, at_batch=3, node=node + 100)
+    ahead, in_migrate = _count_exports(monkeypatch)
     result = run(moved, order, node=node + 100)
     assert not result.fell_back and order.report["migration-s"] > 0
+    assert (ahead, in_migrate) == ([2], [])  # the DP state exported ahead of the move is what moved
     assert _max_diff(unmoved, moved) <= 1e-6  # same noise, same clipping: the move changed nothing
     if not full:
         return

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from edgeflower.transport import DTYPES, InvalidMessageError, Limits, MessageTooLargeError, decode_frame, encode_frame
-from edgeflower.transport.messages import OptimizerSettings, StepRequest
+from edgeflower.transport.messages import OptimizerSettings, StepRequest, end_frame, ends_before_migration
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -111,6 +111,16 @@ def test_step_messages_validate_their_fields() -> None:
         StepRequest.from_frame(decode_frame(bad.to_bytes()))
     with pytest.raises(InvalidMessageError, match="expected a 'step' message"):
         StepRequest.from_frame(decode_frame(encode_frame("close")))
+
+
+def test_an_end_frame_announces_a_migration_or_nothing_and_anything_else_is_refused() -> None:
+    assert not ends_before_migration(decode_frame(end_frame()))
+    assert ends_before_migration(decode_frame(end_frame(then_migrate=True)))
+    for meta in ({"next": "elsewhere"}, {"next": 5}, {"next": "migrate", "also": 1}, {"then": "migrate"}):
+        with pytest.raises(InvalidMessageError, match="an end frame carries nothing or"):
+            ends_before_migration(decode_frame(encode_frame("end", meta)))
+    with pytest.raises(InvalidMessageError, match="expected a 'end' message"):
+        ends_before_migration(decode_frame(encode_frame("step")))
 
 
 @pytest.mark.parametrize(
