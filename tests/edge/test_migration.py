@@ -254,24 +254,35 @@ def test_a_stream_ended_ahead_of_a_move_detaches_the_session_which_still_trains_
     assert a.num_sessions == 0 and b.num_sessions == 0
 
 
-def test_a_stream_ended_before_a_move_is_exported_as_it_ends_and_the_move_sends_that_state(edges, batches, monkeypatch):
-    a, b = edges
-    ahead, in_migrate = _count_exports(monkeypatch)
+def _opened(client: EdgeClient, node: int):  # type: ignore[no-untyped-def]
+    """A VGG5 session (``k = 3``) of ``node`` on edge-a: ``(head, handle)``."""
     torch.manual_seed(0)
     model = build_model("vgg5")
     head, tail = model.split(3)
+    return head, client.open_session(ISSUER.issue(3, node, 1, "edge-a"), model.spec, 3, tail.state_dict(), OPT)
+
+
+def _move_and_close(client: EdgeClient, session, dest, node: int):  # type: ignore[no-untyped-def]
+    """Migrate ``session`` to ``dest`` and close it there: ``(Migrate reply, tail state, metrics)``."""
+    good = ISSUER.issue(3, node, 1, dest.edge_id, role="migration")
+    reply = client.migrate(session, dest.address, good)
+    with EdgeClient(dest.address) as peer:
+        state, metrics = peer.resumed(reply.resume, good, 3).close()
+    return reply, state, metrics
+
+
+def test_a_stream_ended_before_a_move_is_exported_as_it_ends_and_the_move_sends_that_state(edges, batches, monkeypatch):
+    a, b = edges
+    ahead, in_migrate = _count_exports(monkeypatch)
     x, y = batches[0]
     with EdgeClient(a.address) as client:
-        session = client.open_session(ISSUER.issue(3, 16, 1, "edge-a"), model.spec, 3, tail.state_dict(), OPT)
+        head, session = _opened(client, 16)
         session.step(head(x).detach(), y, batch=0, batch_size=len(y))
         session.end_stream(then_migrate=True)
         source = a.registry.get(session.session_id)
         assert source.wait_detached(10) and ahead == [0]  # exported before the stream ended, ahead of any Migrate
         expected = source.state_dict()
-        good = ISSUER.issue(3, 16, 1, "edge-b", role="migration")
-        reply = client.migrate(session, b.address, good)
-        with EdgeClient(b.address) as peer:
-            state, metrics = peer.resumed(reply.resume, good, 3).close()
+        _, state, metrics = _move_and_close(client, session, b, 16)
     assert in_migrate == [] and ahead == [0]  # the move sent the state exported ahead
     assert metrics.batches == 1 and all(torch.equal(state[key], value) for key, value in expected.items())
     assert a.num_sessions == 0 and b.num_sessions == 0
@@ -280,20 +291,14 @@ def test_a_stream_ended_before_a_move_is_exported_as_it_ends_and_the_move_sends_
 def test_a_session_that_trains_after_its_export_ahead_moves_its_newer_state(edges, batches, monkeypatch):
     a, b = edges
     ahead, in_migrate = _count_exports(monkeypatch)
-    torch.manual_seed(0)
-    model = build_model("vgg5")
-    head, tail = model.split(3)
     (x, y), (x2, y2) = batches[0], batches[1]
     with EdgeClient(a.address) as client:
-        session = client.open_session(ISSUER.issue(3, 17, 1, "edge-a"), model.spec, 3, tail.state_dict(), OPT)
+        head, session = _opened(client, 17)
         session.step(head(x).detach(), y, batch=0, batch_size=len(y))
         session.end_stream(then_migrate=True)  # announced, but the device trains one more batch first
         session.step(head(x2).detach(), y2, batch=1, batch_size=len(y2))
-        good = ISSUER.issue(3, 17, 1, "edge-b", role="migration")
-        reply = client.migrate(session, b.address, good)
-        assert reply.resume is not None and reply.resume.last_batch == 1
-        with EdgeClient(b.address) as peer:
-            _, metrics = peer.resumed(reply.resume, good, 3).close()
+        reply, _, metrics = _move_and_close(client, session, b, 17)
+    assert reply.resume is not None and reply.resume.last_batch == 1
     assert ahead == [0] and in_migrate == [1]  # the stale state was not sent: Migrate exported the newer one
     assert metrics.batches == 2
     assert a.num_sessions == 0 and b.num_sessions == 0
