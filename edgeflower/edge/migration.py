@@ -32,11 +32,10 @@ What a move costs the device, and what was taken out of it (the fixed cost on a 
   about 60 % of rebuilding a VGG5 tail), not once per migrated session: the size of a spec never changes.
 * The source frees the migrated session at once but does not give its memory back to the OS then (``malloc_trim``
   holds the allocator's locks for about 10 ms in a large process); the next session closed or dropped there does.
-* Before a scheduled move the device ends its training stream as soon as the last result is in, with an ``end``
-  frame that announces the move: the source ends the stream and exports the session while the device finishes that
-  batch, and ``Migrate`` sends that state unless the session trained since (``keep_export``); after an operator's
-  trigger the ``end`` frame and ``Migrate`` go together. Either way the source waits for the end (at most
-  :data:`DETACH_WAIT_S`). The destination reuses the tail of a session that ended there, up to two per model.
+* Before a scheduled move the device ends its stream once the last result is in, with an ``end`` frame that
+  announces the move: the source exports the session while the device finishes that batch (``export_ahead``); after
+  an operator's trigger ``end`` and ``Migrate`` go together. The source waits for the end (:data:`DETACH_WAIT_S`).
+  The destination reuses the tail of a session that ended there, up to two per model.
 * The acknowledgement describes the imported session (what ``Resume`` answers) and the source relays it to the
   device, which continues without asking the destination (one round trip less); the device connects to the
   destination a batch ahead of a scheduled move, else while the source moves the state
@@ -49,6 +48,7 @@ all run as before, on every import.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import secrets
@@ -373,6 +373,13 @@ class MigrationHandlers:
         self.limits = Limits(max_message_bytes=config.max_message_bytes)
         self.clock: Clock = SYSTEM_CLOCK
 
+    def export_ahead(self, session: TrainingSession) -> None:
+        """Export ``session`` now, as its stream ends before an announced ``Migrate`` (``keep_export``); a session
+        that cannot be exported now is left to ``Migrate``, which says why."""
+        with session.lock, contextlib.suppress(InvalidMessageError):  # e.g. a state over the message limit
+            if not session.closed and not session.batch_in_progress:
+                session.keep_export(export_session(session, self.limits))
+
     def migrate(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         """Source side: export the detached session, hand it to the destination, free it on the ack."""
         req = MigrateRequest.from_frame(decode_frame(request, self.limits))
@@ -385,7 +392,7 @@ class MigrationHandlers:
                 raise SessionNotFoundError(f"session {session.session_id} was closed or expired")
             if session.attached:
                 raise SessionStateError(f"session {session.session_id} still has a training stream: detach first")
-            state = session.take_export() or export_session(session, self.limits)  # exported ahead?
+            state = session.take_export() or export_session(session, self.limits)
         t1 = time.perf_counter()  # the state is ready to go
         export_s = t1 - t0
         ack = self._hand_over(req, state)

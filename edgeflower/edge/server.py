@@ -34,7 +34,6 @@ sessions in :mod:`edgeflower.edge.registry` and :mod:`edgeflower.edge.session`, 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import secrets
 import threading
@@ -50,7 +49,7 @@ from flwr.common.logger import log
 
 from edgeflower.edge.config import EdgeServerConfig
 from edgeflower.edge.ledger import NonceUse, TokenLedger
-from edgeflower.edge.migration import MigrationAcked, MigrationHandlers, export_session
+from edgeflower.edge.migration import MigrationAcked, MigrationHandlers
 from edgeflower.edge.registry import SessionRegistry
 from edgeflower.edge.session import TrainingSession
 from edgeflower.transport.auth import RPC_ROLES, TokenVerifier, as_secret
@@ -375,9 +374,7 @@ class EdgeServer:
         frame = decode_frame(raw, self.limits)
         if frame.kind == END_KIND:
             if ends_before_migration(frame):  # the device moves next: export while it finishes its batch
-                with session.lock, contextlib.suppress(EdgeError):  # else Migrate exports (and says what failed)
-                    if not session.closed and not session.batch_in_progress:
-                        session.keep_export(export_session(session, self.limits))
+                self.migration.export_ahead(session)
             return None
         req = StepRequest.from_frame(frame, self.limits)
         with session.lock:

@@ -275,7 +275,7 @@ class TrainingSession:
         self._next_micro = 0
         self._batch_size = 0
         self._seen = 0
-        self._export: tuple[int, bytes] | None = None  # (micro-batches then, state) exported ahead of a move
+        self._export: bytes | None = None  # the state exported ahead of a move (any later step discards it)
 
     @property
     def attached(self) -> bool:
@@ -417,6 +417,7 @@ class TrainingSession:
         act, labels = self._validate(req)
         n = int(act.shape[0])
         last = self._advance(req, n)
+        self._export = None  # a state exported ahead is out of date from here
         tc = time.perf_counter()
         x = act.to(torch.float32).requires_grad_(self.expects_grad)
         with torch.enable_grad():
@@ -455,15 +456,15 @@ class TrainingSession:
         return self.metrics
 
     def keep_export(self, state: bytes) -> None:
-        """Keep ``state``, this session exported now, for a migration announced to follow (call with :attr:`lock`
-        held; one kept state per session, replaced by the next)."""
-        self._export = (self.metrics.micro_batches, state)
+        """Keep ``state``, this session exported now, for a migration announced to follow, until the next step
+        (call with :attr:`lock` held)."""
+        self._export = state
 
     def take_export(self) -> bytes | None:
-        """The state kept by :meth:`keep_export` if the session has not trained since, else ``None`` (call with
+        """The state kept by :meth:`keep_export` if the session has not stepped since, else ``None`` (call with
         :attr:`lock` held; it is given once)."""
-        kept, self._export = self._export, None
-        return kept[1] if kept is not None and kept[0] == self.metrics.micro_batches else None
+        state, self._export = self._export, None
+        return state
 
     def release(self) -> None:
         """Drop the tail and the optimizer (call with :attr:`lock` held); later steps raise ``SessionNotFoundError``."""

@@ -12,7 +12,7 @@ StepRequest        ``step``         batch, micro, num_micro, batch_size, wire (o
                                                                                           (+ activations-scale)
 StepResult         ``step_result``  batch, micro, loss, stepped, server_s, compute_s,     grad (if k > 0)
                                     wire (optional)                                       (+ grad-scale)
-(end of stream)    ``end``          next (optional: ``"migrate"``, a move follows)          --
+(end of stream)    ``end``          next (optional: ``"migrate"``: a move follows)        --
 CloseRequest       ``close``        session_id, token                                     --
 CloseReply         ``closed``       metrics (SessionMetrics dict)                         the tail's state dict
 (health request)   ``health``       --                                                    --

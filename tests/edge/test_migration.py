@@ -13,8 +13,7 @@ from edgeflower.device.mobility import MoveOrder
 from edgeflower.device.pipeline import PipelineTrainer
 from edgeflower.device.sessions import EdgeSessions
 from edgeflower.edge import migration as migration_module
-from edgeflower.edge import server as server_module
-from edgeflower.edge.migration import export_session, seal
+from edgeflower.edge.migration import MigrationHandlers, export_session, seal
 from edgeflower.edge.server import EdgeServer, EdgeServerConfig
 from edgeflower.models import build_model
 from edgeflower.training import make_optimizer, train_local
@@ -74,12 +73,22 @@ def _count_exports(monkeypatch) -> tuple[list[int], list[int]]:
     """Batches after which the source exported: (as a stream ended ahead of a move, in Migrate)."""
     ahead: list[int] = []
     in_migrate: list[int] = []
-    for module, seen in ((server_module, ahead), (migration_module, in_migrate)):
-        monkeypatch.setattr(
-            module,
-            "export_session",
-            lambda s, limits=None, seen=seen: seen.append(s.last_batch) or export_session(s, limits),
-        )
+    early: list[bool] = []  # non-empty while export_ahead runs
+    real_ahead = MigrationHandlers.export_ahead
+
+    def export_ahead(self, session) -> None:  # type: ignore[no-untyped-def]
+        early.append(True)
+        try:
+            real_ahead(self, session)
+        finally:
+            early.pop()
+
+    def export(s, limits=None):  # type: ignore[no-untyped-def]
+        (ahead if early else in_migrate).append(s.last_batch)
+        return export_session(s, limits)
+
+    monkeypatch.setattr(MigrationHandlers, "export_ahead", export_ahead)
+    monkeypatch.setattr(migration_module, "export_session", export)
     return ahead, in_migrate
 
 
