@@ -97,11 +97,19 @@ def test_active_sessions_do_not_time_out(batch) -> None:
         assert metrics.batches == 8 and server.num_sessions == 0
 
 
+def _lane(name: str) -> str | None:
+    """The worker lane (``data`` / ``control``) a thread of the edge server's pools belongs to, else ``None``."""
+    lane = name.removeprefix("edgeflower-edge-server-").split("_")[0]
+    return lane if name.startswith("edgeflower-edge-server-") and lane in ("data", "control") else None
+
+
 def test_threads_do_not_accumulate_and_all_end_at_stop(batch) -> None:
+    """Per-session work leaves no thread behind; the worker lanes grow with how calls overlap (the scheduler's
+    business), never beyond their configured size."""
     before = thread_names()
     with EdgeServer(secret=SECRET) as server, EdgeClient(server.address) as client:
         _open_and_step(client, batch)[0].close()
-        warm = len(threading.enumerate())
+        warm = [name for name in thread_names() if _lane(name) is None]
         for i in range(12):
             session, _ = _open_and_step(client, batch, node=i, steps=2)
             if i % 3 == 0:
@@ -109,7 +117,9 @@ def test_threads_do_not_accumulate_and_all_end_at_stop(batch) -> None:
             else:
                 session.close()
         assert wait_until(lambda: server.num_sessions == 0)
-        assert wait_until(lambda: len(threading.enumerate()) <= warm + 1), thread_names()
+        assert wait_until(lambda: sum(_lane(n) is None for n in thread_names()) <= len(warm) + 1), thread_names()
+        lanes = [_lane(name) for name in thread_names()]
+        assert lanes.count("data") <= server.config.workers and lanes.count("control") <= 2, thread_names()
     assert wait_until(lambda: thread_names() == before), thread_names()
 
 
