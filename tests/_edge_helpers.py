@@ -8,10 +8,13 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import pytest
 import torch
 from torch.nn import functional as F  # noqa: N812
 
 from edgeflower.data import BatchLoader, load_dataset
+from edgeflower.edge import migration
+from edgeflower.edge.migration import MigrationHandlers, export_session
 from edgeflower.edge.session import TrainingSession
 from edgeflower.models.splittable import SplittableModel
 from edgeflower.models.zoo import build_model
@@ -130,6 +133,29 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0, interval_s
             return True
         time.sleep(interval_s)
     return predicate()
+
+
+def count_exports(monkeypatch: pytest.MonkeyPatch) -> tuple[list[int], list[int]]:
+    """Batches after which the source exported: (as a stream ended ahead of a move, in Migrate)."""
+    ahead: list[int] = []
+    in_migrate: list[int] = []
+    early: list[bool] = []  # non-empty while export_ahead runs
+    real_ahead = MigrationHandlers.export_ahead
+
+    def export_ahead(self, session) -> None:  # type: ignore[no-untyped-def]
+        early.append(True)
+        try:
+            real_ahead(self, session)
+        finally:
+            early.pop()
+
+    def export(s, limits=None):  # type: ignore[no-untyped-def]
+        (ahead if early else in_migrate).append(s.last_batch)
+        return export_session(s, limits)
+
+    monkeypatch.setattr(MigrationHandlers, "export_ahead", export_ahead)
+    monkeypatch.setattr(migration, "export_session", export)
+    return ahead, in_migrate
 
 
 def thread_names() -> list[str]:

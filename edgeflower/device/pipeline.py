@@ -306,7 +306,8 @@ class _Pipe:
         self.timeline.add("downlink", down0, down1, self.batch, j)
         self.results[j] = result
         self.arrivals[j] = down1
-        if self.end_after and j == self.m - 1:  # the source exports while the head finishes the batch
+        if self.end_after and j == self.m - 1:  # once the last gradient is in, as in split training: the source
+            wait_until(down1, self.clock)  # exports while the head finishes the batch
             self.session.end_stream(then_migrate=True)
         self.arrived[j].set()
 

@@ -34,7 +34,8 @@ What a move costs the device, and what was taken out of it (the fixed cost on a 
   holds the allocator's locks for about 10 ms in a large process); the next session closed or dropped there does.
 * Before a scheduled move the device ends its stream once the last result is in, with an ``end`` frame that
   announces the move: the source exports the session while the device finishes that batch (``export_ahead``); after
-  an operator's trigger ``end`` and ``Migrate`` go together. The source waits for the end (:data:`DETACH_WAIT_S`).
+  an operator's trigger ``end`` and ``Migrate`` go together. The source waits for the end (:data:`DETACH_WAIT_S`,
+  longer while the end is exporting). An export that fails there is logged and left to ``Migrate``.
   The destination reuses the tail of a session that ended there, up to two per model.
 * The acknowledgement describes the imported session (what ``Resume`` answers) and the source relays it to the
   device, which continues without asking the destination (one round trip less); the device connects to the
@@ -48,7 +49,6 @@ all run as before, on every import.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import secrets
@@ -56,7 +56,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from logging import INFO
+from logging import INFO, WARNING
 from typing import Any
 
 import grpc
@@ -375,10 +375,13 @@ class MigrationHandlers:
 
     def export_ahead(self, session: TrainingSession) -> None:
         """Export ``session`` now, as its stream ends before an announced ``Migrate`` (``keep_export``); a session
-        that cannot be exported now is left to ``Migrate``, which says why."""
-        with session.lock, contextlib.suppress(InvalidMessageError):  # e.g. a state over the message limit
-            if not session.closed and not session.batch_in_progress:
-                session.keep_export(export_session(session, self.limits))
+        that cannot be exported now (e.g. a state over the message limit) is left to ``Migrate``, which says why."""
+        with session.lock, session.exporting_ahead():
+            try:
+                if not session.closed and not session.batch_in_progress:
+                    session.keep_export(export_session(session, self.limits))
+            except Exception as exc:  # the session trains on or moves as before: this was only a head start
+                log(WARNING, "edge server: session %s not exported ahead of its move: %r", session.session_id[:8], exc)
 
     def migrate(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         """Source side: export the detached session, hand it to the destination, free it on the ack."""
@@ -386,7 +389,7 @@ class MigrationHandlers:
         session = self.registry.get(req.session_id)
         session.check_owner(req.token)
         t0 = time.perf_counter()
-        session.wait_detached(DETACH_WAIT_S)  # the stream's end may still be on its way (bounded; the owner only)
+        session.wait_detached(DETACH_WAIT_S)  # its end may still be on its way or exporting (bounded; the owner only)
         with session.lock:
             if session.closed:
                 raise SessionNotFoundError(f"session {session.session_id} was closed or expired")
@@ -400,13 +403,8 @@ class MigrationHandlers:
         # Only after the ack. No malloc_trim here (it holds the allocator's locks ~10 ms while the device waits): the
         # tail goes to the next session of its model, and the next session closed or dropped here trims.
         self.registry.drop(session.session_id, f"migrated to {req.destination}", trim=False)
-        log(
-            INFO,
-            "edge server: session %s migrated to %s (%d bytes)",
-            session.session_id[:8],
-            req.destination,
-            len(state),
-        )
+        sid = session.session_id[:8]
+        log(INFO, "edge server: session %s migrated to %s (%d bytes)", sid, req.destination, len(state))
         if self.on_acked is not None:
             self.on_acked(session.session_id, req.destination)
         return MigrateReply(ack.session_id, ack.edge_id, len(state), export_s, transfer_s, ack.resume).to_bytes()

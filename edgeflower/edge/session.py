@@ -15,13 +15,14 @@ The caller (the edge server) serialises access with :attr:`TrainingSession.lock`
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hmac
 import json
 import math
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import torch
 
@@ -37,6 +38,7 @@ from edgeflower.transport.messages import OpenRequest, SessionMetrics, StepReque
 
 __all__ = [
     "ACTIVATION_DTYPES",
+    "EXPORT_AHEAD_WAIT_S",
     "LABEL_DTYPES",
     "TrainingSession",
     "check_finite",
@@ -49,6 +51,9 @@ ACTIVATION_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 LABEL_DTYPES = (torch.int64, torch.int32, torch.uint8)
 """Dtypes accepted for labels."""
+
+EXPORT_AHEAD_WAIT_S = 30.0
+"""Seconds a ``Migrate`` may wait beyond its own bound while the stream's end exports the session ahead of it."""
 
 
 def state_size(spec: ModelSpec) -> int:
@@ -276,6 +281,7 @@ class TrainingSession:
         self._batch_size = 0
         self._seen = 0
         self._export: bytes | None = None  # the state exported ahead of a move (any later step discards it)
+        self._exporting = threading.Event()  # set while the stream's end exports the session ahead of a move
 
     @property
     def attached(self) -> bool:
@@ -290,8 +296,18 @@ class TrainingSession:
             self._detached.set()
 
     def wait_detached(self, timeout_s: float) -> bool:
-        """Wait up to ``timeout_s`` for the training stream to end; whether none is attached now."""
-        return self._detached.wait(timeout_s)
+        """Wait up to ``timeout_s`` for the training stream to end, and up to :data:`EXPORT_AHEAD_WAIT_S` more while
+        its end exports the session ahead of a move (:meth:`exporting_ahead`); whether none is attached now."""
+        return self._detached.wait(timeout_s) or (self._exporting.is_set() and self._detached.wait(EXPORT_AHEAD_WAIT_S))
+
+    @contextlib.contextmanager
+    def exporting_ahead(self) -> Iterator[None]:
+        """Mark the enclosed export ahead of a move (the stream ends after it: :meth:`wait_detached` waits longer)."""
+        self._exporting.set()
+        try:
+            yield
+        finally:
+            self._exporting.clear()
 
     @property
     def expects_grad(self) -> bool:

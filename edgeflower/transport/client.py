@@ -259,6 +259,7 @@ class EdgeClient:
             handle.session_id, handle.token, destination, migration_token, expect_model, handle.split_point
         )
         reply = MigrateReply.from_frame(self.call(METHOD_MIGRATE, request.to_bytes(), timeout_s))
+        handle.moved()
         try:
             handle.wait_detached(timeout_s)  # the source exported after the stream's end: it has ended by now
         except EdgeError:

@@ -101,6 +101,7 @@ class SessionHandle:
         self._error: EdgeError | None = None
         self._closed = False
         self._end_pending = False  # detach(wait=False) sent the end frame; wait_detached() waits for the server
+        self._left_open = False  # the stream ended cleanly or was detached: the server keeps the session until told
 
     # -- state ---------------------------------------------------------------------------------------------------
     @property
@@ -146,6 +147,7 @@ class SessionHandle:
         if self._end_pending:  # ended ahead (end_stream): a new stream once the server ended that one
             self.wait_detached()
             self._stream = None
+        self._left_open = False  # cancelling the new stream drops the session
         with self._lock:
             if self._stream is None:
                 self._stream = self._client.train_stream(self.session_id, self._token)
@@ -304,7 +306,7 @@ class SessionHandle:
             raise self._fail(exc) from None
         finally:
             self._release_client()
-        self._closed = True
+        self._closed, self._left_open = True, False
         return reply.state, reply.metrics
 
     def _release_client(self) -> None:
@@ -327,7 +329,7 @@ class SessionHandle:
         self._check_usable()
         if self.pending:
             raise SessionStateError(f"detach() with {self.pending} step results pending", address=self._client.address)
-        self._closed = True
+        self._closed = self._left_open = True
         if self._stream is None:
             return
         self._send_end()
@@ -355,7 +357,7 @@ class SessionHandle:
     def _send_end(self, then_migrate: bool = False) -> None:
         if self._stream is not None and not self._end_pending:
             self._stream.send_end(then_migrate)
-            self._end_pending = True
+            self._end_pending = self._left_open = True
 
     def wait_detached(self, timeout_s: float | None = None) -> None:
         """After :meth:`detach` or :meth:`end_stream`, wait for the server to end the training stream (at once if it
@@ -375,21 +377,29 @@ class SessionHandle:
             raise self._fail(exc) from None
 
     def abort(self) -> None:
-        """Give the session up without fetching the tail: cancel the stream (the server drops the session).
+        """Give the session up without fetching the tail: cancel the stream (the server drops the session), or close
+        it explicitly (best effort) when it has no stream, or its stream ended cleanly or was detached and no move took
+        it away (:meth:`moved`), e.g. after a failed migration.
 
         Never raises; safe to call more than once and after a failure.
         """
-        if self._closed:
+        if self._closed and not self._left_open:
             self._release_client()
             return
         self._closed = True
         try:
             if self._stream is not None:
-                self._stream.cancel()
-                return
-            try:  # no stream yet: close it explicitly, best effort
+                self._stream.cancel()  # after a clean end this only stops its reader
+                if not self._left_open:
+                    return
+            try:
                 self._client.call(METHOD_CLOSE, CloseRequest(self.session_id, self._token).to_bytes(), 2.0)
             except EdgeError:
                 pass
         finally:
+            self._left_open = False
             self._release_client()
+
+    def moved(self) -> None:
+        """The session left this edge server (migrated): :meth:`abort` has nothing left to close here."""
+        self._left_open = False

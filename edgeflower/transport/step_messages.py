@@ -36,11 +36,13 @@ def ends_before_migration(frame: Frame) -> bool:
     Raises
     ------
     InvalidMessageError
-        If its metadata is anything but nothing or ``{"next": "migrate"}``.
+        If it carries a tensor, or metadata other than nothing or ``{"next": "migrate"}``.
     """
     meta = expect_kind(frame, END_KIND).meta
     if set(meta) - {"next"} or meta.get("next", "migrate") != "migrate":
         raise InvalidMessageError(f"an end frame carries nothing or {{'next': 'migrate'}}, got {meta!r:.200}")
+    if frame.tensors:
+        raise InvalidMessageError(f"an end frame carries no tensors, got {sorted(frame.tensors)!r:.200}")
     return bool(meta)
 
 

@@ -12,8 +12,7 @@ from edgeflower.data import BatchLoader
 from edgeflower.device.mobility import MoveOrder
 from edgeflower.device.pipeline import PipelineTrainer
 from edgeflower.device.sessions import EdgeSessions
-from edgeflower.edge import migration as migration_module
-from edgeflower.edge.migration import MigrationHandlers, export_session, seal
+from edgeflower.edge.migration import export_session, seal
 from edgeflower.edge.server import EdgeServer, EdgeServerConfig
 from edgeflower.models import build_model
 from edgeflower.training import make_optimizer, train_local
@@ -28,7 +27,7 @@ from edgeflower.transport import (
 )
 from edgeflower.transport.migration import ImportRequest, MigrateRequest
 from edgeflower.transport.service import METHOD_IMPORT, METHOD_MIGRATE
-from tests._edge_helpers import EdgeProcess, self_signed_cert
+from tests._edge_helpers import EdgeProcess, count_exports, self_signed_cert
 
 SECRET = b"migration-test-shared-secret-0123456789"
 OPT = OptimizerSettings(lr=0.05, momentum=0.9, weight_decay=1e-4)
@@ -69,33 +68,10 @@ def _order(dest, at_batch: int, mode: str = "migrate", node: int = 5) -> MoveOrd
     )
 
 
-def _count_exports(monkeypatch) -> tuple[list[int], list[int]]:
-    """Batches after which the source exported: (as a stream ended ahead of a move, in Migrate)."""
-    ahead: list[int] = []
-    in_migrate: list[int] = []
-    early: list[bool] = []  # non-empty while export_ahead runs
-    real_ahead = MigrationHandlers.export_ahead
-
-    def export_ahead(self, session) -> None:  # type: ignore[no-untyped-def]
-        early.append(True)
-        try:
-            real_ahead(self, session)
-        finally:
-            early.pop()
-
-    def export(s, limits=None):  # type: ignore[no-untyped-def]
-        (ahead if early else in_migrate).append(s.last_batch)
-        return export_session(s, limits)
-
-    monkeypatch.setattr(MigrationHandlers, "export_ahead", export_ahead)
-    monkeypatch.setattr(migration_module, "export_session", export)
-    return ahead, in_migrate
-
-
 @pytest.mark.parametrize(("norm", "m"), [("batch", 1), ("group", 4)], ids=["split", "pipeline"])
 def test_migrated_round_ends_with_the_same_weights_as_an_unmoved_round(edges, batches, norm, m, monkeypatch):
     a, b = edges
-    ahead, in_migrate = _count_exports(monkeypatch)
+    ahead, in_migrate = count_exports(monkeypatch)
     torch.manual_seed(0)
     initial = build_model("vgg5", norm=norm)
     unmoved, moved = copy.deepcopy(initial), copy.deepcopy(initial)
@@ -263,56 +239,6 @@ def test_a_stream_ended_ahead_of_a_move_detaches_the_session_which_still_trains_
     assert a.num_sessions == 0 and b.num_sessions == 0
 
 
-def _opened(client: EdgeClient, node: int):  # type: ignore[no-untyped-def]
-    """A VGG5 session (``k = 3``) of ``node`` on edge-a: ``(head, handle)``."""
-    torch.manual_seed(0)
-    model = build_model("vgg5")
-    head, tail = model.split(3)
-    return head, client.open_session(ISSUER.issue(3, node, 1, "edge-a"), model.spec, 3, tail.state_dict(), OPT)
-
-
-def _move_and_close(client: EdgeClient, session, dest, node: int):  # type: ignore[no-untyped-def]
-    """Migrate ``session`` to ``dest`` and close it there: ``(Migrate reply, tail state, metrics)``."""
-    good = ISSUER.issue(3, node, 1, dest.edge_id, role="migration")
-    reply = client.migrate(session, dest.address, good)
-    with EdgeClient(dest.address) as peer:
-        state, metrics = peer.resumed(reply.resume, good, 3).close()
-    return reply, state, metrics
-
-
-def test_a_stream_ended_before_a_move_is_exported_as_it_ends_and_the_move_sends_that_state(edges, batches, monkeypatch):
-    a, b = edges
-    ahead, in_migrate = _count_exports(monkeypatch)
-    x, y = batches[0]
-    with EdgeClient(a.address) as client:
-        head, session = _opened(client, 16)
-        session.step(head(x).detach(), y, batch=0, batch_size=len(y))
-        session.end_stream(then_migrate=True)
-        source = a.registry.get(session.session_id)
-        assert source.wait_detached(10) and ahead == [0]  # exported before the stream ended, ahead of any Migrate
-        expected = source.state_dict()
-        _, state, metrics = _move_and_close(client, session, b, 16)
-    assert in_migrate == [] and ahead == [0]  # the move sent the state exported ahead
-    assert metrics.batches == 1 and all(torch.equal(state[key], value) for key, value in expected.items())
-    assert a.num_sessions == 0 and b.num_sessions == 0
-
-
-def test_a_session_that_trains_after_its_export_ahead_moves_its_newer_state(edges, batches, monkeypatch):
-    a, b = edges
-    ahead, in_migrate = _count_exports(monkeypatch)
-    (x, y), (x2, y2) = batches[0], batches[1]
-    with EdgeClient(a.address) as client:
-        head, session = _opened(client, 17)
-        session.step(head(x).detach(), y, batch=0, batch_size=len(y))
-        session.end_stream(then_migrate=True)  # announced, but the device trains one more batch first
-        session.step(head(x2).detach(), y2, batch=1, batch_size=len(y2))
-        reply, _, metrics = _move_and_close(client, session, b, 17)
-    assert reply.resume is not None and reply.resume.last_batch == 1
-    assert ahead == [0] and in_migrate == [1]  # the stale state was not sent: Migrate exported the newer one
-    assert metrics.batches == 2
-    assert a.num_sessions == 0 and b.num_sessions == 0
-
-
 def test_a_round_that_ends_before_its_scheduled_move_closes_its_session_and_the_early_channel(edges, batches):
     a, b = edges
     torch.manual_seed(0)
@@ -443,7 +369,7 @@ def test_migration_with_dp_keeps_weights_noise_stream_and_epsilon(edges, batches
     node = 20 + 10 * micro_batches + int(full)
     still = run(unmoved, None, node=node)
     order = _order(b, at_batch=3, node=node + 100)
-    ahead, in_migrate = _count_exports(monkeypatch)
+    ahead, in_migrate = count_exports(monkeypatch)
     result = run(moved, order, node=node + 100)
     assert not result.fell_back and order.report["migration-s"] > 0
     assert (ahead, in_migrate) == ([2], [])  # the DP state exported ahead of the move is what moved

@@ -119,6 +119,8 @@ def test_an_end_frame_announces_a_migration_or_nothing_and_anything_else_is_refu
     for meta in ({"next": "elsewhere"}, {"next": 5}, {"next": "migrate", "also": 1}, {"then": "migrate"}):
         with pytest.raises(InvalidMessageError, match="an end frame carries nothing or"):
             ends_before_migration(decode_frame(encode_frame("end", meta)))
+    with pytest.raises(InvalidMessageError, match="an end frame carries no tensors"):
+        ends_before_migration(decode_frame(encode_frame("end", {"next": "migrate"}, {"junk": torch.zeros(1000)})))
     with pytest.raises(InvalidMessageError, match="expected a 'end' message"):
         ends_before_migration(decode_frame(encode_frame("step")))
 
