@@ -126,7 +126,11 @@ def test_client_token_is_a_client_role_token_that_predict_uses_without_the_secre
     assert claims.node_id == 7
     with pytest.raises(EdgeAuthError):
         TokenVerifier(b"k" * 32).verify(token, roles=ROLE_CONTROLLER)  # it cannot deploy or forward
-    assert main(["client-token", "--secret-file", str(secret), "--ttl", "1e9"]) == 1  # tokens expire: at most a day
+    assert main(["client-token", "--secret-file", str(secret), "--ttl", "7200"]) == 1  # longer than services accept
+    from edgeflower.commands.client_token import MAX_TTL_S
+    from edgeflower.transport.auth import MAX_LIFETIME_S
+
+    assert MAX_TTL_S == MAX_LIFETIME_S  # a token this command issues is one the controller accepts
     capsys.readouterr()
     seen = {}
 

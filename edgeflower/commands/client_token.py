@@ -14,8 +14,9 @@ from pathlib import Path
 
 __all__ = ["MAX_TTL_S", "register"]
 
-MAX_TTL_S = 86_400.0
-"""Longest lifetime a client token may be issued for (a day)."""
+MAX_TTL_S = 3600.0
+"""Longest lifetime a client token may be issued for: an hour, the longest lifetime the controller accepts
+(:data:`edgeflower.transport.auth.MAX_LIFETIME_S`)."""
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -46,6 +47,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument("--secret-file", required=True, help="the shared secret of the controller and nodes")
     p.add_argument("--client-id", type=int, default=0, help="integer naming the client in the controller's log")
-    p.add_argument("--ttl", type=float, default=3600.0, help="seconds the token is valid (at most a day)")
+    p.add_argument("--ttl", type=float, default=3600.0, help="seconds the token is valid (at most an hour)")
     p.add_argument("--out", type=Path, default=None, help="write the token to this file (mode 0600) instead of stdout")
     p.set_defaults(func=_run)
