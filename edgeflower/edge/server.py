@@ -53,7 +53,7 @@ from edgeflower.edge.migration import MigrationAcked, MigrationHandlers
 from edgeflower.edge.registry import SessionRegistry
 from edgeflower.edge.session import TrainingSession
 from edgeflower.transport.auth import RPC_ROLES, TokenVerifier, as_secret
-from edgeflower.transport.codec import VERSION, Limits, decode_frame
+from edgeflower.transport.codec import VERSION, Limits, decode_frame, decode_header
 from edgeflower.transport.errors import (
     EdgeAuthError,
     EdgeError,
@@ -62,6 +62,7 @@ from edgeflower.transport.errors import (
     SessionNotFoundError,
     SessionStateError,
 )
+from edgeflower.transport.fields import str_field
 from edgeflower.transport.grpc_server import (
     RunningServer,
     ServerOptions,
@@ -277,8 +278,9 @@ class EdgeServer:
     def _open(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         """Open a session with a single-use ``device`` token (a retry of the very same request gets the same,
         still untouched session back: exactly once)."""
-        req = OpenRequest.from_frame(decode_frame(request, self.limits))
-        claims = self._verifier.verify(req.token, roles=RPC_ROLES["edge/Open"])  # migration: restart mode
+        header = expect_kind(decode_header(request, self.limits), "open")  # the token before the tensors are read
+        claims = self._verifier.verify(str_field(header.meta, "token"), roles=RPC_ROLES["edge/Open"])  # or migration
+        req = OpenRequest.from_frame(decode_frame(request, self.limits))  # the same header: the same token
         digest = hashlib.sha256(request).digest()
         tokens = self.tokens
         with tokens.lock:

@@ -44,6 +44,7 @@ __all__ = [
     "Frame",
     "Limits",
     "decode_frame",
+    "decode_header",
     "encode_frame",
 ]
 
@@ -249,6 +250,24 @@ def decode_frame(data: bytes | bytearray | memoryview, limits: Limits | None = N
     return Frame(kind, meta, tensors)
 
 
+def decode_header(data: bytes | bytearray | memoryview, limits: Limits | None = None) -> Frame:
+    """Decode and validate only a frame's prefix and header: its kind and metadata, no tensors (an empty
+    ``tensors``), reading at most ``limits.max_header_bytes``.
+
+    A server checks a request's token with it before it decodes (and copies) the request's tensors, so a request
+    without a valid token costs it no more than its header. :func:`decode_frame` still checks the whole frame.
+
+    Raises
+    ------
+    MessageTooLargeError, InvalidMessageError
+        As :func:`decode_frame`, for the prefix and the header.
+    """
+    limits = limits or Limits()
+    view = memoryview(data).cast("B")
+    kind, meta, _ = _read_header(view, _read_prefix(view, limits), limits)
+    return Frame(kind, meta, {})
+
+
 def _read_prefix(view: memoryview, limits: Limits) -> int:
     """Check the frame's size and fixed prefix (magic, version, reserved bytes); return the header length."""
     total = view.nbytes
@@ -311,6 +330,6 @@ def _read_tensor(
     if nbytes == 0:
         return name, torch.empty(shape, dtype=dtype), 0
     raw = bytearray(view[offset : offset + nbytes])
-    if dtype == torch.bool and max(raw) > 1:
+    if dtype == torch.bool and int(torch.frombuffer(raw, dtype=torch.uint8).max()) > 1:  # vectorised: no GIL held
         raise InvalidMessageError(f"tensor {name!r}: bool payload holds bytes other than 0 and 1")
     return name, torch.frombuffer(raw, dtype=dtype).reshape(shape), nbytes

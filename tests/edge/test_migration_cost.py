@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import edgeflower.edge.migration as migration
+import edgeflower.edge.session_state as session_state
 from edgeflower.device.mobility import MoveOrder, migrate_session
 from edgeflower.edge.migration import check_size_once
 from edgeflower.edge.server import EdgeServer, EdgeServerConfig
@@ -184,14 +185,14 @@ def test_a_channel_prepared_for_a_move_the_round_does_not_reach_is_closed_and_a_
 
 def test_size_check_builds_each_spec_once_and_still_refuses_oversized_models(monkeypatch):
     built = []
-    real = migration.check_model_size
+    real = session_state.check_model_size
 
     def counting(spec, max_params):  # type: ignore[no-untyped-def]
         built.append(spec)
         return real(spec, max_params)
 
-    monkeypatch.setattr(migration, "check_model_size", counting)
-    monkeypatch.setattr(migration, "_sizes", {})
+    monkeypatch.setattr(session_state, "check_model_size", counting)
+    monkeypatch.setattr(session_state, "_sizes", {})
     spec = build_model("vgg5", width=0.25).spec
     for _ in range(3):
         check_size_once(spec, 10_000_000)

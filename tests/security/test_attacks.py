@@ -46,6 +46,7 @@ from tests._edge_helpers import wait_until
 SECRET = b"security-attack-test-secret-0123456789"
 OTHER = b"an-attacker-guessed-this-secret-000000"
 ISSUER = TokenIssuer(SECRET)
+OTHER_ISSUER = TokenIssuer(OTHER)
 OPTIM = OptimizerSettings(lr=0.05, momentum=0.9)
 PD, INV, RE = grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED
 
@@ -120,6 +121,27 @@ def test_an_oversized_model_or_open_message_is_refused_before_anything_is_built(
     assert outcome.rejected and "limit" in outcome.detail and built_for_real == []
     padded = encode_frame("open", {"pad": "x" * (edge.config.open_bytes + 10)})
     assert attempt("huge-message", RE, edge.address, METHOD_OPEN, padded).rejected
+
+
+def test_a_request_without_a_valid_token_is_refused_before_its_tensors_are_read(edge, monkeypatch):
+    from edgeflower.edge import migration as migration_module
+    from edgeflower.edge import server as server_module
+    from edgeflower.transport import codec
+
+    read: list[int] = []
+
+    def decode_frame(data, limits=None):  # type: ignore[no-untyped-def]
+        read.append(len(data))
+        return codec.decode_frame(data, limits)
+
+    for module in (server_module, migration_module):
+        monkeypatch.setattr(module, "decode_frame", decode_frame)
+    forged = OTHER_ISSUER.issue(14, 1, 1, "edge-s")
+    for token in ("not-a-token", forged):  # the tail's tensors are never copied for these
+        assert attempt("open", PD, edge.address, METHOD_OPEN, open_frame(token, width=0.25)).rejected
+        state = ImportRequest(token, "0" * 64, bytes(1 << 20)).to_bytes()  # a 1 MiB "state" without its token
+        assert attempt("import", PD, edge.address, f"/{SERVICE}/Import", state).rejected
+    assert read == [] and edge.num_sessions == 0
 
 
 def test_non_finite_activations_are_refused_and_a_foreign_token_cannot_drive_a_session(edge):
