@@ -16,9 +16,7 @@ The caller (the edge server) serialises access with :attr:`TrainingSession.lock`
 from __future__ import annotations
 
 import contextlib
-import copy
 import hmac
-import json
 import math
 import threading
 import time
@@ -26,6 +24,7 @@ from collections.abc import Iterator, Mapping
 
 import torch
 
+from edgeflower.edge.tail_pool import TAILS, TailPool
 from edgeflower.models.splittable import ModelSpec
 from edgeflower.models.zoo import build_model
 from edgeflower.privacy.server import PrivateTail
@@ -68,7 +67,7 @@ def state_size(spec: ModelSpec) -> int:
         with torch.device("meta"):
             model = build_model(spec, from_peer=True)
         return sum(t.numel() for t in model.state_dict().values())
-    except (ValueError, TypeError, RuntimeError, KeyError) as exc:
+    except (ValueError, TypeError, RuntimeError, KeyError, ArithmeticError) as exc:
         raise InvalidMessageError(f"cannot build model {spec.name!r}: {exc}") from exc
 
 
@@ -101,83 +100,15 @@ def check_finite(tensors: Mapping[str, torch.Tensor], what: str) -> None:
             raise InvalidMessageError(f"{what} {name!r} contains NaN or Inf")
 
 
-_MAX_TAILS = 8
-_MAX_SPARES = 2  # per key: a server that both imports and exports sessions of a model (moves) reuses both tails
-
-
-class _TailPool:
-    """Tails of zoo models kept for later sessions, by (model spec, split point), at most :data:`_MAX_TAILS` keys.
-
-    * A **template** per key: a freshly built tail and its input shape. A later session of the same model copies it
-      (about 3 ms for VGG5) instead of building and initialising the whole model and running a forward pass for the
-      shape.
-    * At most :data:`_MAX_SPARES` **spares** per key: tails of sessions that ended here (closed, dropped or migrated
-      away), their gradients cleared. A later session of that model takes one as it is (no copy) and loads its own
-      weights over every parameter and buffer (``load_state_dict(strict=True)``), so nothing of the earlier session
-      survives. Two spares, so that edge servers that move sessions between them in one process (the simulation's
-      in-process pool) find a tail for an import while the source still holds the session it exports. DP sessions
-      give nothing back (Opacus hooks their tail).
-
-    A model by reference is never pooled (its code is the user's). Thread-safe.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._templates: dict[tuple[str, int], tuple[torch.nn.Module, tuple[int, ...]]] = {}
-        self._spares: dict[tuple[str, int], list[torch.nn.Module]] = {}
-
-    @staticmethod
-    def key(spec: ModelSpec, k: int) -> tuple[str, int] | None:
-        """The pool key of ``spec``'s tail from block ``k`` (``None`` for a model by reference)."""
-        return None if ":" in spec.name else (json.dumps(spec.to_dict(), sort_keys=True), k)
-
-    def take(self, key: tuple[str, int] | None) -> tuple[torch.nn.Module, tuple[int, ...]] | None:
-        """A tail for ``key`` (a spare, else a copy of the template) and its input shape, or ``None``."""
-        if key is None:
-            return None
-        with self._lock:
-            template = self._templates.get(key)
-            spares = self._spares.get(key)
-            spare = spares.pop() if spares else None
-        if template is None:
-            return None
-        return (spare if spare is not None else copy.deepcopy(template[0])), template[1]
-
-    def remember(self, key: tuple[str, int] | None, tail: torch.nn.Module, input_shape: tuple[int, ...]) -> None:
-        """Keep a copy of a freshly built ``tail`` as ``key``'s template."""
-        if key is None:
-            return
-        template = copy.deepcopy(tail)
-        with self._lock:
-            if len(self._templates) >= _MAX_TAILS and key not in self._templates:
-                self._templates.clear()
-                self._spares.clear()
-            self._templates[key] = (template, input_shape)
-
-    def give_back(self, key: tuple[str, int] | None, tail: torch.nn.Module) -> None:
-        """Keep the tail of an ended session as a spare of ``key`` (if it has a template and room for one)."""
-        if key is None:
-            return
-        for p in tail.parameters():
-            p.grad = None
-        with self._lock:
-            spares = self._spares.setdefault(key, []) if key in self._templates else None
-            if spares is not None and len(spares) < _MAX_SPARES and all(t is not tail for t in spares):
-                spares.append(tail)
-
-
-_TAILS = _TailPool()
-
-
-def _fresh_tail(spec: ModelSpec, k: int) -> tuple[torch.nn.Module, tuple[int, ...]]:
-    """Blocks ``[k:]`` of a new ``spec`` model (weights still to load) and the shape of one of their inputs."""
-    key = _TailPool.key(spec, k)
-    pooled = _TAILS.take(key)
+def _fresh_tail(spec: ModelSpec, k: int) -> tuple[torch.nn.Module, tuple[int, ...], bool]:
+    """Blocks ``[k:]`` of a new ``spec`` model (weights still to load), the shape of one of their inputs and whether
+    they were built now (not taken from the pool)."""
+    pooled = TAILS.take(TailPool.key(spec, k))
     if pooled is not None:
-        return pooled
+        return (*pooled, False)
     try:
         model = build_model(spec, from_peer=True)  # a reference only if this process trusts it
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, ArithmeticError) as exc:
         raise InvalidMessageError(f"cannot build model {spec.name!r}: {exc}") from exc
     if not 0 <= k < model.num_blocks:
         raise InvalidMessageError(
@@ -187,11 +118,20 @@ def _fresh_tail(spec: ModelSpec, k: int) -> tuple[torch.nn.Module, tuple[int, ..
     head, tail = model.split(k, share=True)
     if not any(p.requires_grad for p in tail.parameters()):
         raise InvalidMessageError(f"blocks [{k}:] of {spec.name} have no trainable parameters")
+    return tail, _tail_input_shape(spec, k, head), True
+
+
+def _tail_input_shape(spec: ModelSpec, k: int, head: torch.nn.Module) -> tuple[int, ...]:
+    """The shape of one input of blocks ``[k:]``, from the head run on the meta device (nothing allocated, however
+    large the activations a request's input shape implies); a model that cannot run there runs on zeros."""
     with torch.no_grad():
-        head.eval()
-        input_shape = tuple(head(torch.zeros(1, *spec.in_shape)).shape[1:])
-    _TAILS.remember(key, tail, input_shape)  # a zoo model: the same spec always builds the same architecture
-    return tail, input_shape
+        try:
+            with torch.device("meta"):
+                return tuple(
+                    build_model(spec, from_peer=True).split(k)[0].eval()(torch.empty(1, *spec.in_shape)).shape[1:]
+                )
+        except (NotImplementedError, RuntimeError, ValueError, TypeError):
+            return tuple(head.eval()(torch.zeros(1, *spec.in_shape)).shape[1:])
 
 
 def _build_tail(request: OpenRequest, max_params: int | None = None) -> tuple[torch.nn.Module, tuple[int, ...]]:
@@ -203,7 +143,7 @@ def _build_tail(request: OpenRequest, max_params: int | None = None) -> tuple[to
     check_model_size(request.spec, max_params)
     check_finite(request.tail_state, "tail tensor")
     k = request.split_point
-    tail, input_shape = _fresh_tail(request.spec, k)
+    tail, input_shape, fresh = _fresh_tail(request.spec, k)
     expected = tail.state_dict()
     missing = sorted(set(expected) - set(request.tail_state))
     unexpected = sorted(set(request.tail_state) - set(expected))
@@ -217,6 +157,8 @@ def _build_tail(request: OpenRequest, max_params: int | None = None) -> tuple[to
             raise InvalidMessageError(
                 f"tail tensor {key!r} is {got.dtype}{list(got.shape)}, expected {ref.dtype}{list(ref.shape)}"
             )
+    if fresh:  # a template once the state fits: a zoo spec always builds the same architecture
+        TAILS.remember(TailPool.key(request.spec, k), tail, input_shape)
     tail.load_state_dict(request.tail_state, strict=True)
     tail.train()
     return tail, input_shape
@@ -266,7 +208,7 @@ class TrainingSession:
             except ValueError as exc:
                 raise InvalidMessageError(f"cannot train the tail with DP-SGD: {exc}") from exc
             self.optimizer = self.private.optimizer
-        self._pool_key = None if self.private is not None else _TailPool.key(self.spec, self.split_point)
+        self._pool_key = None if self.private is not None else TailPool.key(self.spec, self.split_point)
         self.lock = threading.Lock()
         self.metrics = SessionMetrics()
         self.opened_at = time.monotonic()
@@ -490,6 +432,6 @@ class TrainingSession:
             self.private.release()
             self.private = None
         elif self.tail is not None:
-            _TAILS.give_back(self._pool_key, self.tail)  # the next session of this model loads its weights over it
+            TAILS.give_back(self._pool_key, self.tail)  # the next session of this model loads its weights over it
         self.tail = None  # type: ignore[assignment]
         self.optimizer = None  # type: ignore[assignment]

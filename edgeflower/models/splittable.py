@@ -9,6 +9,7 @@ the tail's state dicts is exactly the full model's state dict.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -56,15 +57,19 @@ class ModelSpec:
     def from_dict(cls, data: Mapping[str, object]) -> ModelSpec:
         """Rebuild a spec written by :meth:`to_dict`."""
         try:
-            return cls(
+            spec = cls(
                 name=str(data["name"]),
                 in_shape=tuple(int(v) for v in data["in_shape"]),  # type: ignore[arg-type, union-attr]
                 num_classes=int(data["num_classes"]),  # type: ignore[arg-type]
                 norm=str(data.get("norm", "batch")),
                 options=dict(data.get("options", {})),  # type: ignore[arg-type]
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"invalid model spec {dict(data)!r}: {exc}") from exc
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            raise ValueError(f"invalid model spec {dict(data)!r:.300}: {exc}") from exc
+        bad = [k for k, v in spec.options.items() if isinstance(v, float) and not math.isfinite(v)]
+        if bad:
+            raise ValueError(f"invalid model spec: options {bad!r:.200} are not finite numbers")
+        return spec
 
 
 class Segment(nn.Module):

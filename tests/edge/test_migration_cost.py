@@ -13,7 +13,7 @@ import edgeflower.edge.session_state as session_state
 from edgeflower.device.mobility import MoveOrder, migrate_session
 from edgeflower.edge.migration import check_size_once
 from edgeflower.edge.server import EdgeServer, EdgeServerConfig
-from edgeflower.edge.session import _TAILS, _TailPool
+from edgeflower.edge.tail_pool import TAILS, TailPool
 from edgeflower.models import build_model
 from edgeflower.transport import EdgeClient, InvalidMessageError
 from edgeflower.transport.codec import decode_frame
@@ -227,7 +227,7 @@ def test_sessions_of_one_model_get_their_own_copy_of_the_built_tail():
 def test_the_next_session_of_a_model_takes_an_ended_sessions_tail_and_keeps_nothing_of_it():
     model = build_model("vgg5", width=0.25)
     first_state = {k: v.clone() for k, v in model.split(3)[1].state_dict().items()}
-    _TAILS._spares.pop(_TailPool.key(model.spec, 3), None)  # spares left by earlier tests in this process
+    TAILS._spares.pop(TailPool.key(model.spec, 3), None)  # spares left by earlier tests in this process
     first = training_session(model, 3, first_state)
     x, y = fashion_batches(1, 8)[0]
     with torch.no_grad():
@@ -248,14 +248,14 @@ def test_the_next_session_of_a_model_takes_an_ended_sessions_tail_and_keeps_noth
 
 def test_two_ended_sessions_tails_serve_the_next_two_sessions_and_a_third_is_not_kept():
     model = build_model("vgg5", width=0.25)
-    key = _TailPool.key(model.spec, 3)
+    key = TailPool.key(model.spec, 3)
     state = {k: v.clone() for k, v in model.split(3)[1].state_dict().items()}
-    _TAILS._spares.pop(key, None)  # spares left by earlier tests in this process
+    TAILS._spares.pop(key, None)  # spares left by earlier tests in this process
     ended = [training_session(model, 3, state) for _ in range(3)]
     tails = [s.tail for s in ended]
     for session in ended:
         session.release()  # the third finds both places taken: it is dropped, not kept
-    assert len(_TAILS._spares[key]) == 2
+    assert len(TAILS._spares[key]) == 2
     exporter = training_session(model, 3, state)  # e.g. the source of a move, still holding its session
     importer = training_session(model, 3, state)  # and the destination's import in the same process
     assert {id(exporter.tail), id(importer.tail)} == {id(tails[0]), id(tails[1])}

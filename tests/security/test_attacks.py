@@ -6,6 +6,7 @@ Bounded: a few dozen calls, small models (VGG5 at width 0.25), deadlines of 1 s 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from functools import partial
 
@@ -38,7 +39,7 @@ from edgeflower.transport.auth import ROLES, RPC_ROLES, SESSION_OWNER, TokenIssu
 from edgeflower.transport.codec import Frame, encode_frame
 from edgeflower.transport.errors import EdgeAuthError, EdgeOverloadedError, InvalidMessageError, SessionStateError
 from edgeflower.transport.grpc_server import ServerOptions
-from edgeflower.transport.messages import CloseRequest
+from edgeflower.transport.messages import CloseRequest, OpenRequest
 from edgeflower.transport.migration import ImportRequest, MigrateRequest, ResumeRequest
 from edgeflower.transport.service import METHOD_CLOSE, METHOD_HEALTH, METHOD_OPEN, SERVICE
 from tests._edge_helpers import wait_until
@@ -142,6 +143,39 @@ def test_a_request_without_a_valid_token_is_refused_before_its_tensors_are_read(
         state = ImportRequest(token, "0" * 64, bytes(1 << 20)).to_bytes()  # a 1 MiB "state" without its token
         assert attempt("import", PD, edge.address, f"/{SERVICE}/Import", state).rejected
     assert read == [] and edge.num_sessions == 0
+
+
+def test_an_open_refused_for_its_tail_state_keeps_no_template_and_traces_shapes_on_the_meta_device(edge, monkeypatch):
+    from edgeflower.edge.tail_pool import TAILS, TailPool
+
+    real_runs: list[str] = []
+    real = session_module.build_model
+
+    def spy(spec, *args, **kwargs):  # type: ignore[no-untyped-def]
+        model = real(spec, *args, **kwargs)
+        if next(model.parameters()).device.type != "meta":
+            hook = model.blocks[0].register_forward_hook(lambda *_: real_runs.append(spec.name))
+            model.hooks = [hook]
+        return model
+
+    monkeypatch.setattr(session_module, "build_model", spy)
+    model = _small()
+    spec = dataclasses.replace(model.spec, in_shape=(1, 28, 28), options={**model.spec.options, "width": 0.2})
+    frame = OpenRequest(ISSUER.issue(15, 1, 1, "edge-s"), spec, 2, OPTIM, {}).to_bytes()  # no tail state at all
+    outcome = attempt("no-state", INV, edge.address, METHOD_OPEN, frame)
+    assert outcome.rejected and "does not match" in outcome.detail
+    assert TailPool.key(spec, 2) not in TAILS._templates  # nothing kept for a refused Open
+    assert real_runs == []  # the head's output shape came from the meta device, not from a forward pass
+
+
+def test_an_open_with_an_infinite_or_overflowing_model_option_is_refused_as_invalid_not_internal(edge):
+    spec = _small().spec.to_dict()
+    for width in (float("inf"), float("nan"), -1e308 * 32):
+        frame = encode_frame(
+            "open", {"token": ISSUER.issue(16, 1, 1, "edge-s"), "model": {**spec, "options": {"width": width}}}
+        )
+        outcome = attempt(f"width-{width}", INV, edge.address, METHOD_OPEN, frame)
+        assert outcome.rejected and "not finite" in outcome.detail, outcome
 
 
 def test_non_finite_activations_are_refused_and_a_foreign_token_cannot_drive_a_session(edge):
