@@ -63,10 +63,10 @@ from edgeflower.edge.registry import SessionRegistry
 from edgeflower.edge.sealing import seal, unseal
 from edgeflower.edge.session import TrainingSession
 from edgeflower.edge.session_state import SessionState, check_size_once, export_session, import_session
-from edgeflower.transport.auth import RPC_ROLES, TokenVerifier
+from edgeflower.transport.auth import ROLE_MIGRATION, RPC_ROLES, TokenVerifier
 from edgeflower.transport.codec import Limits, decode_frame, decode_header
 from edgeflower.transport.emulation import SYSTEM_CLOCK, Clock, EmulatedLink, LinkProfile, wait_until
-from edgeflower.transport.errors import EdgeAuthError, SessionNotFoundError, SessionStateError
+from edgeflower.transport.errors import EdgeAuthError, EdgeUnavailableError, SessionNotFoundError, SessionStateError
 from edgeflower.transport.fields import expect_kind, str_field
 from edgeflower.transport.migration import (
     ImportReply,
@@ -159,6 +159,11 @@ class MigrationHandlers:
         req = MigrateRequest.from_frame(decode_frame(request, self.limits))
         session = self.registry.get(req.session_id)
         session.check_owner(req.token)
+        moving = self.verifier.verify(req.migration_token, roles=ROLE_MIGRATION, any_edge=True)  # fails here, not
+        if (moving.run_id, moving.node_id) != (session.claims.run_id, session.claims.node_id):  # on the destination
+            raise EdgeAuthError(
+                f"the migration token belongs to run {moving.run_id} node {moving.node_id}, not to the session's owner"
+            )
         t0 = time.perf_counter()
         session.wait_detached(DETACH_WAIT_S)  # its end may still be on its way or exporting (bounded; the owner only)
         with session.lock:
@@ -166,10 +171,16 @@ class MigrationHandlers:
                 raise SessionNotFoundError(f"session {session.session_id} was closed or expired")
             if session.attached:
                 raise SessionStateError(f"session {session.session_id} still has a training stream: detach first")
+            if session.moving:
+                raise SessionStateError(f"session {session.session_id} is already being migrated")
             state = session.take_export() or export_session(session, self.limits)
+            session.moving = True  # one move at a time: a second Migrate cannot hold another worker on the peer
         t1 = time.perf_counter()  # the state is ready to go
         export_s = t1 - t0
-        ack = self._hand_over(req, state)
+        try:
+            ack = self._hand_over(req, state)
+        finally:
+            session.moving = False
         transfer_s = time.perf_counter() - t1
         # Only after the ack. No malloc_trim here (it holds the allocator's locks ~10 ms while the device waits): the
         # tail goes to the next session of its model, and the next session closed or dropped here trims.
@@ -202,7 +213,10 @@ class MigrationHandlers:
         with EdgeClient(
             req.destination, self.config.peer_root_cert, max_message_bytes=self.limits.max_message_bytes
         ) as peer:
-            ack = ImportReply.from_frame(peer.call(METHOD_IMPORT, imp.to_bytes(self.limits), 120.0))
+            try:
+                ack = ImportReply.from_frame(peer.call(METHOD_IMPORT, imp.to_bytes(self.limits), 120.0))
+            except EdgeUnavailableError:  # one answer however it failed: no port scanning through this server
+                raise EdgeUnavailableError(f"destination {req.destination!r:.80} did not answer") from None
         if mbps > 0:
             wait_until(arrival + min(ack.import_s, clock.now() - ready), clock)
         return ack

@@ -224,6 +224,7 @@ class TrainingSession:
         self._seen = 0
         self._export: bytes | None = None  # the state exported ahead of a move (any later step discards it)
         self._exporting = threading.Event()  # set while the stream's end exports the session ahead of a move
+        self.moving = False  # a Migrate is handing the session over (set and cleared under the lock by Migrate)
 
     @property
     def attached(self) -> bool:

@@ -313,7 +313,14 @@ class TokenVerifier:
         self.edge_id = edge_id
         self.max_lifetime_s = float(max_lifetime_s)
 
-    def verify(self, token: str, check_expiry: bool = True, roles: Collection[str] | str | None = None) -> TokenClaims:
+    def verify(
+        self,
+        token: str,
+        check_expiry: bool = True,
+        roles: Collection[str] | str | None = None,
+        *,
+        any_edge: bool = False,
+    ) -> TokenClaims:
         """Return the token's claims.
 
         Parameters
@@ -324,6 +331,9 @@ class TokenVerifier:
             Refuse expired tokens.
         roles : str or collection of str, optional
             The roles allowed here (``None``: any role; every RPC names the roles it needs).
+        any_edge : bool
+            Accept a token scoped to any edge server or node, not only this verifier's (a source edge server checks
+            the migration token it forwards to the destination it names).
 
         Raises
         ------
@@ -332,7 +342,7 @@ class TokenVerifier:
             allowed here, or for another service.
         """
         claims = _parse_claims(self._signed_body(token))
-        self._check_claims(claims, check_expiry, roles)
+        self._check_claims(claims, check_expiry, roles, any_edge)
         return claims
 
     def _signed_body(self, token: str) -> str:
@@ -349,7 +359,9 @@ class TokenVerifier:
             raise EdgeAuthError("invalid token signature")
         return body
 
-    def _check_claims(self, claims: TokenClaims, check_expiry: bool, roles: Collection[str] | str | None) -> None:
+    def _check_claims(
+        self, claims: TokenClaims, check_expiry: bool, roles: Collection[str] | str | None, any_edge: bool = False
+    ) -> None:
         """Refuse signed claims that are not for this service and these ``roles`` now."""
         if claims.role not in ROLES:
             raise EdgeAuthError(f"unknown token role {claims.role!r:.40}")
@@ -363,7 +375,7 @@ class TokenVerifier:
                 f"token lifetime {claims.expires_at - claims.issued_at:.0f} s exceeds the {self.max_lifetime_s:.0f} s "
                 "this service accepts"
             )
-        if claims.edge_id is not None and claims.edge_id != self.edge_id:
+        if not any_edge and claims.edge_id is not None and claims.edge_id != self.edge_id:
             raise EdgeAuthError(f"token is for edge server or node {claims.edge_id!r:.80}, this is {self.edge_id!r}")
 
 

@@ -27,7 +27,7 @@ from edgeflower.transport import (
 )
 from edgeflower.transport.migration import ImportRequest, MigrateRequest
 from edgeflower.transport.service import METHOD_IMPORT, METHOD_MIGRATE
-from tests._edge_helpers import EdgeProcess, count_exports, self_signed_cert
+from tests._edge_helpers import EdgeProcess, count_exports, self_signed_cert, wait_until
 
 SECRET = b"migration-test-shared-secret-0123456789"
 OPT = OptimizerSettings(lr=0.05, momentum=0.9, weight_decay=1e-4)
@@ -129,7 +129,7 @@ def test_restart_baseline_discards_progress_but_ends_with_the_same_weights(edges
     assert _max_diff(unmoved, restarted) <= 1e-6
     assert order.report["restart-s"] > 0 and order.report["restart-batches"] == 4  # the wasted first attempt
     assert "migration-s" not in order.report  # a restart is not a migration
-    assert a.num_sessions == 0 and b.num_sessions == 0
+    assert wait_until(lambda: a.num_sessions == 0) and b.num_sessions == 0  # dropped once the source sees the cancel
 
 
 def test_source_killed_right_after_the_destination_acknowledged_loses_nothing(tmp_path, edges, batches):
@@ -289,6 +289,53 @@ def test_forged_replayed_and_tampered_migrations_are_rejected(edges, batches):
             peer.resume(good, 3).abort()
 
 
+def test_a_session_moves_once_at_a_time_and_an_unreachable_destination_gets_one_plain_answer(
+    edges, batches, monkeypatch
+):
+    import threading
+
+    a, b = edges
+    torch.manual_seed(0)
+    model = build_model("vgg5")
+    x, y = batches[0]
+    entered, release = threading.Event(), threading.Event()
+
+    class SlowVerifier:  # the destination takes its time: the first Migrate holds one source worker meanwhile
+        def __init__(self, real) -> None:  # type: ignore[no-untyped-def]
+            self.real = real
+
+        def verify(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            entered.set()
+            release.wait(30)
+            return self.real.verify(*args, **kwargs)
+
+    monkeypatch.setattr(b.migration, "verifier", SlowVerifier(b.migration.verifier))
+    with EdgeClient(a.address) as client:
+        session = _open_and_detach(client, model, ISSUER.issue(3, 23, 1, "edge-a"), x, y)
+        good = ISSUER.issue(3, 23, 1, "edge-b", role="migration")
+        request = MigrateRequest(session.session_id, session.token, b.address, good, None, 3).to_bytes()
+        first: list[object] = []
+        mover = threading.Thread(target=lambda: first.append(client.call(METHOD_MIGRATE, request, 60)))
+        mover.start()
+        assert entered.wait(30)
+        with pytest.raises(EdgeError, match="already being migrated"):
+            client.call(METHOD_MIGRATE, request, 10)
+        release.set()
+        mover.join(60)
+        assert first and session.session_id not in a.registry.ids()  # the first move went through
+        monkeypatch.undo()
+        session = _open_and_detach(client, model, ISSUER.issue(3, 24, 1, "edge-a"), x, y)
+        elsewhere = ISSUER.issue(3, 24, 1, "edge-x", role="migration")
+        nowhere = MigrateRequest(session.session_id, session.token, "127.0.0.1:1", elsewhere, None, 3)
+        with pytest.raises(EdgeError, match="did not answer") as refused:
+            client.call(METHOD_MIGRATE, nowhere.to_bytes(), 30)
+        assert "refused" not in str(refused.value).lower()  # no port scanning through the edge server
+        assert session.session_id in a.registry.ids()  # kept: the device may still close or move it
+        session.abort()
+    for sid in b.registry.ids():
+        b.registry.drop(sid, "test done")
+
+
 def test_destination_refuses_a_state_for_another_model_or_split_point(edges, batches):
     a, b = edges
     torch.manual_seed(0)
@@ -409,4 +456,4 @@ def test_restart_baseline_with_full_dp_reopens_the_destination_with_the_tails_dp
     assert not result.fell_back and order.report["restart-s"] > 0
     assert result.server_metrics["dp-steps"] == len(batches)  # the whole round again, privately, on the destination
     assert result.server_metrics["dp-epsilon"] > 0
-    assert a.num_sessions == 0 and b.num_sessions == 0
+    assert wait_until(lambda: a.num_sessions == 0) and b.num_sessions == 0  # dropped once the source sees the cancel
