@@ -132,6 +132,8 @@ def train(msg: Message, context: Context) -> Message:
         if dp.exhausted(f"node {pid}"):
             metrics = {"num-examples": 0, "train-loss": 0.0, "train-time-s": 0.0, **dp.stopped_metrics()}
             metrics.update({"lr": lr, "split-point": k})
+            node_info = {key: metrics.pop(key) for key in PER_NODE_KEYS if key in metrics}  # as a trained reply's
+            content[NODE_RECORD] = ConfigRecord({"partition-id": pid, **node_info})
             content["arrays"] = ArrayRecord(model.state_dict())
             content["metrics"] = MetricRecord(metrics)
             content["dp"] = dp.scope_record()

@@ -210,6 +210,13 @@ def run_strategy(
     except PrivacyBudgetExhausted:
         if central is None or central.stopped_at is None:
             raise
+        if central.stopped_at <= 1:  # nothing trained: not a clean stop but a budget too small for one round
+            exc = RunFailedError(
+                "central-dp-target-epsilon is too small for even one round of central DP with this noise "
+                "(central-dp-noise-multiplier): no round trained"
+            )
+            log(ERROR, "edgeflower: the run failed: %s", exc)
+            raise exc from None
         return central.stopped_result()  # central-dp-target-epsilon reached: a clean stop with the last model
     finally:
         if pool is not None:
@@ -268,6 +275,6 @@ def main(grid: Grid, context: Context) -> None:
     runlog.finish()
     if privacy is not None:
         privacy.finish(runlog.path)
-    final = runlog.rows.get(cfg.num_rounds, {})
+    final = runlog.rows[max(runlog.rows)] if runlog.rows else {}  # the last evaluated round (central DP may stop)
     accuracy = 100 * final.get("test-accuracy", 0.0)
     log(INFO, "edgeflower: final test accuracy %.2f %%; results in %s", accuracy, runlog.path)

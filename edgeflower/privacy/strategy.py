@@ -44,10 +44,14 @@ __all__ = [
 
 
 def _examples(msg: Message, key: str) -> float:
+    return _metric(msg, key, 1.0)
+
+
+def _metric(msg: Message, key: str, default: float = 0.0) -> float:
     for record in msg.content.metric_records.values():
         if key in record:
             return float(record[key])  # type: ignore[arg-type]
-    return 1.0
+    return default
 
 
 class SkipExhausted(StrategyWrapper):
@@ -76,9 +80,11 @@ class SkipExhausted(StrategyWrapper):
         """Aggregate the replies that trained; ``(None, None)`` (keep the model) when none did."""
         replies = list(replies)
         kept = [m for m in replies if m.has_error() or _examples(m, self.weighted_by_key) > 0]
-        skipped = len(replies) - len(kept)
-        if skipped:
-            log(INFO, "round %d: %d node(s) out of privacy budget did not train", server_round, skipped)
+        skipped = [m for m in replies if m not in kept]
+        if exhausted := sum(1 for m in skipped if _metric(m, "dp-stopped")):
+            log(INFO, "round %d: %d node(s) out of privacy budget did not train", server_round, exhausted)
+        if others := len(skipped) - exhausted:
+            log(INFO, "round %d: %d node(s) trained no example (see the round's fallbacks)", server_round, others)
         if not any(not m.has_error() for m in kept):
             log(INFO, "round %d: no node trained; the global model is unchanged", server_round)
             return None, None

@@ -122,6 +122,27 @@ class RoundOutcome:
             )
 
 
+def _check_a_node_trained(
+    outcome: RoundOutcome, per_node: Mapping[int, Mapping[str, Any]], trained_before: bool
+) -> bool:
+    """Whether a node trained this round (``num-examples`` > 0); raise :class:`RunFailedError` when replies came
+    but none trained for a reason other than its DP budget (``dp-stopped``; e.g. DP nodes whose edge servers failed
+    at their first batch: no non-private fallback), or because of it before any round trained (a budget too small
+    for one round). Nodes out of budget after training keep the model unchanged and the run goes on."""
+    if not per_node or any(m.get("num-examples", 0) for m in per_node.values()):
+        return bool(per_node)
+    idle = sorted(node for node, m in per_node.items() if not m.get("dp-stopped"))
+    if idle:
+        why = outcome.fallback_summary() or f"node(s) {idle[:FAILURES_SHOWN]} reported no examples"
+        raise RunFailedError(f"round {outcome.server_round}: no node trained ({why})")
+    if not trained_before:
+        raise RunFailedError(
+            f"round {outcome.server_round}: no node trained: every node's dp-target-epsilon is too small for even "
+            "one round at this dp-noise-multiplier"
+        )
+    return False
+
+
 NODE_RECORD = "node"
 """Config record of a reply that identifies its node across runs (``partition-id``); used to order replies."""
 
@@ -189,6 +210,7 @@ class EdgeStrategy(StrategyWrapper):
             self.recorders = [recorder]
         self.configrecord_key = configrecord_key
         self._round_start: dict[int, float] = {}
+        self._trained_once = False  # a node trained in some round of this run (checked in aggregate_train)
         self.last_plans: dict[int, dict[str, Any]] = {}
 
     def summary(self) -> None:
@@ -263,6 +285,7 @@ class EdgeStrategy(StrategyWrapper):
             if hasattr(recorder, "on_round_outcome"):
                 recorder.on_round_outcome(outcome)
         outcome.check(self.max_failed_fraction)
+        self._trained_once |= _check_a_node_trained(outcome, per_node, self._trained_once)
         _complete_metric_keys(replies)
         arrays, metrics = self.inner.aggregate_train(server_round, replies)
         log(INFO, "round %d: %d replies in %.2f s", server_round, len(per_node), seconds)

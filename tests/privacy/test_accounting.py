@@ -198,14 +198,14 @@ def task_identity(monkeypatch):
         monkeypatch.setattr(TaskIdentity, name, 1)
 
 
-def _round_through(strategy: EdgeStrategy, updates: dict[int, tuple[torch.Tensor, int]]):
+def _round_through(strategy: EdgeStrategy, updates: dict[int, tuple[torch.Tensor, int]], **metrics: float):
     arrays = ArrayRecord({"w": torch.zeros(6)})
     messages = list(strategy.configure_train(1, arrays, ConfigRecord({"lr": 0.1}), _Grid()))
     assert all(m.content["config"]["lr"] == 0.5 for m in messages)  # the plan reached every node
     replies = []
     for msg in messages:
         w, n = updates[msg.metadata.dst_node_id]
-        content = RecordDict({"arrays": ArrayRecord({"w": w}), "metrics": MetricRecord({"num-examples": n})})
+        content = RecordDict({"arrays": ArrayRecord({"w": w}), "metrics": MetricRecord({"num-examples": n, **metrics})})
         replies.append(Message(content, reply_to=msg))
     return strategy.aggregate_train(1, replies)
 
@@ -260,11 +260,45 @@ def test_client_side_central_dp_clips_each_nodes_update_through_the_mod(task_ide
 
 
 def test_nodes_out_of_budget_are_not_aggregated_and_an_empty_round_keeps_the_model(task_identity):
+    from edgeflower.strategies.edge import RunFailedError
+
     strategy = EdgeStrategy(SkipExhausted(_fedavg()), plan_fn=lambda r, n: {"lr": 0.5})
+    exhausted = {"dp-stopped": 1}  # what a node out of budget reports (NodeRoundDP.stopped_metrics)
     arrays, _ = _round_through(strategy, {11: (torch.full((6,), 3.0), 0), 22: (torch.full((6,), -1.0), 30)})
     assert torch.allclose(arrays.to_torch_state_dict()["w"], torch.full((6,), -1.0))
-    arrays, metrics = _round_through(strategy, {11: (torch.ones(6), 0), 22: (torch.ones(6), 0)})
+    arrays, metrics = _round_through(strategy, {11: (torch.ones(6), 0), 22: (torch.ones(6), 0)}, **exhausted)
     assert arrays is None and metrics is None  # Strategy.start keeps the previous global model
+    fresh = EdgeStrategy(SkipExhausted(_fedavg()), plan_fn=lambda r, n: {"lr": 0.5})  # a budget too small for one
+    with pytest.raises(RunFailedError, match="too small for even one round"):  # round: the run never trains
+        _round_through(fresh, {11: (torch.ones(6), 0), 22: (torch.ones(6), 0)}, **exhausted)
+
+
+def test_a_round_in_which_no_node_trained_for_another_reason_than_its_budget_fails_the_run(task_identity):
+    from edgeflower.strategies.edge import RunFailedError
+
+    strategy = EdgeStrategy(SkipExhausted(_fedavg()), plan_fn=lambda r, n: {"lr": 0.5})
+    stopped = {"fell-back": 1, "dp-stopped": 0}  # DP nodes whose edge servers failed at their first batch
+    with pytest.raises(RunFailedError, match="round 1: no node trained"):
+        _round_through(strategy, {11: (torch.ones(6), 0), 22: (torch.ones(6), 0)}, **stopped)
+
+
+def test_a_central_dp_budget_too_small_for_one_round_fails_the_run_instead_of_ending_it_cleanly():
+    from types import SimpleNamespace
+
+    from flwr.serverapp.exception import PrivacyBudgetExhausted
+
+    from edgeflower.app.server_app import run_strategy
+    from edgeflower.strategies.edge import RunFailedError
+
+    class Refusing:
+        def start(self, **kwargs):  # type: ignore[no-untyped-def]
+            raise PrivacyBudgetExhausted("The next private release would exceed max_epsilon")
+
+    cfg = SimpleNamespace(num_rounds=3, lr=0.1)
+    central = SimpleNamespace(stopped_at=1)
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(RunFailedError, match="too small for even one round"):
+        run_strategy(Refusing(), None, model, cfg, None, central, None)  # type: ignore[arg-type]
 
 
 def _central_round(strategy: EdgeStrategy, rnd: int, updates: dict[int, tuple[torch.Tensor, int]]):
@@ -334,3 +368,18 @@ def test_opacus_optimal_order_warning_is_silenced_at_its_source_and_epsilon_is_s
         warnings.warn("an unrelated warning still shows", UserWarning, stacklevel=1)
     assert [str(w.message) for w in caught] == ["an unrelated warning still shows"]
     assert epsilon == pytest.approx(_independent_epsilon([(5.0, 0.01, 3)]), abs=1e-9)
+
+
+def test_a_node_out_of_budget_replies_like_a_trained_node_with_its_split_point_in_its_node_record(task_identity):
+    from edgeflower.app import client_app
+
+    run_config = {"dp": "device", "dp-delta": DELTA, "dp-noise-multiplier": 1.0, "dp-target-epsilon": 0.01}
+    cfg = AppConfig.from_run_config(run_config)
+    node_config = {"partition-id": 0, "num-partitions": 4}
+    context = Context(run_id=1, node_id=5, node_config=node_config, state=RecordDict(), run_config=run_config)
+    config = ConfigRecord({"server-round": 1})
+    msg = Message(RecordDict({"arrays": ArrayRecord(cfg.build_model().state_dict()), "config": config}), 5, "train")
+    reply = client_app.train(msg, context)  # one round would already exceed the target: the node does not train
+    metrics, node = dict(reply.content["metrics"]), dict(reply.content["node"])
+    assert metrics["num-examples"] == 0 and metrics["dp-stopped"] == 1
+    assert "split-point" not in metrics and node["split-point"] == 7  # never averaged into the round's metrics
