@@ -335,23 +335,15 @@ class AppConfig:
 
     def _check_dp(self) -> None:
         dp_error = dp_config_error(
-            self.dp,
-            self.dp_noise_multiplier,
-            self.dp_max_grad_norm,
-            self.dp_target_epsilon,
-            self.dp_delta,
-            self.dp_batchnorm,
-            self.norm,
-            self.dp_accountant,
-        )
+            self.dp, self.dp_noise_multiplier, self.dp_max_grad_norm, self.dp_target_epsilon, self.dp_delta,
+            self.dp_batchnorm, self.norm, self.dp_accountant,
+        )  # fmt: skip
         if dp_error is not None:
             raise ConfigError(*dp_error)
 
     def _check_central_dp(self) -> None:
         if self.central_dp not in CENTRAL_DP:
-            raise ConfigError(
-                "central-dp", f"unknown value {self.central_dp!r}; expected one of {', '.join(CENTRAL_DP)}"
-            )
+            raise ConfigError("central-dp", f"unknown value {self.central_dp!r}; expected {' or '.join(CENTRAL_DP)}")
         if not self.central_dp_noise_multiplier >= 0:
             raise ConfigError("central-dp-noise-multiplier", f"must be >= 0, got {self.central_dp_noise_multiplier!r}")
         if not self.central_dp_clipping_norm > 0:
@@ -373,6 +365,10 @@ class AppConfig:
                 "split-point",
                 f"{self.split_point} is out of range for {self.model}: valid values are 0..{blocks} (or -1 = all)",
             )
+        if self.mode == "fl" and self.split_point not in (-1, blocks):
+            raise ConfigError("split-point", "splits nothing in mode 'fl': set mode = 'split' or 'pipeline' to offload")
+        if self.mode != "pipeline" and self.microbatches != 0:
+            raise ConfigError("microbatches", f"{self.microbatches} is used in mode 'pipeline' only, not {self.mode!r}")
         if self.mode != "fl" and self.planner == "fixed" and self.split_point == blocks:
             raise ConfigError(
                 "split-point",
@@ -407,9 +403,15 @@ class AppConfig:
                 "mobility-mode", f"unknown value {self.mobility_mode!r}; expected {' or '.join(MOVE_MODES)}"
             )
         try:
-            parse_mobility(self.mobility)
+            moves = parse_mobility(self.mobility)
         except ValueError as exc:
             raise ConfigError("mobility", str(exc)) from None
+        if moves and self.mode == "fl":
+            raise ConfigError("mobility", "moves devices between edge servers: it needs mode 'split' or 'pipeline'")
+        edges = len(self.edge_address_list) or self.edge_servers
+        if bad := [m for m in moves if m.edge >= edges or m.server_round > self.num_rounds]:
+            move = f"{bad[0].node}@{bad[0].server_round}:{bad[0].fraction:g}->{bad[0].edge}"
+            raise ConfigError("mobility", f"{move}: edge servers are 0..{edges - 1} and rounds 1..{self.num_rounds}")
 
     def _check_link_schedules(self) -> None:
         from edgeflower.planning.scenario import parse_link_schedules

@@ -24,7 +24,7 @@ def test_pyproject_config_documents_every_key_with_the_code_defaults():
 def test_auto_is_accepted_where_documented():
     cfg = AppConfig.from_run_config({"mode": "pipeline", "split-point": "auto", "microbatches": "auto"})
     assert (cfg.split_point, cfg.microbatches) == (-1, 0)
-    assert AppConfig.from_run_config({"microbatches": "8"}).microbatches == 8
+    assert AppConfig.from_run_config({"mode": "pipeline", "microbatches": "8"}).microbatches == 8
     with pytest.raises(ConfigError, match="'microbatches'"):
         AppConfig.from_run_config({"microbatches": "many"})
 
@@ -59,6 +59,22 @@ def test_bad_run_config_value_fails_fast_naming_the_key(key, value, needle):
         AppConfig.from_run_config({key: value})
     assert f"'{key}'" in str(info.value) and needle in str(info.value)
     assert info.value.key == key
+
+
+@pytest.mark.parametrize(
+    ("run_config", "key", "needle"),
+    [
+        ({"split-point": 3}, "split-point", "splits nothing in mode 'fl'"),
+        ({"mode": "split", "microbatches": 4}, "microbatches", "mode 'pipeline' only"),
+        ({"mobility": "0@2:0.5->1"}, "mobility", "needs mode 'split' or 'pipeline'"),
+        ({"mode": "split", "edge-servers": 2, "mobility": "0@2:0.5->7"}, "mobility", "edge servers are 0..1"),
+        ({"mode": "split", "num-rounds": 3, "mobility": "0@9:0.5->1"}, "mobility", "rounds 1..3"),
+    ],
+)
+def test_a_value_the_run_would_ignore_or_fail_on_mid_run_is_refused_up_front(run_config, key, needle):
+    with pytest.raises(ConfigError) as info:
+        AppConfig.from_run_config(run_config)
+    assert info.value.key == key and needle in str(info.value)
 
 
 def test_edge_root_cert_needs_external_edge_servers(tmp_path):
