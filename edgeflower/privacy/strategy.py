@@ -78,9 +78,10 @@ class SkipExhausted(StrategyWrapper):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Aggregate the replies that trained; ``(None, None)`` (keep the model) when none did."""
-        replies = list(replies)
-        kept = [m for m in replies if m.has_error() or _examples(m, self.weighted_by_key) > 0]
-        skipped = [m for m in replies if m not in kept]
+        kept: list[Message] = []
+        skipped: list[Message] = []
+        for m in replies:  # one pass: Message equality would compare whole records
+            (kept if m.has_error() or _examples(m, self.weighted_by_key) > 0 else skipped).append(m)
         if exhausted := sum(1 for m in skipped if _metric(m, "dp-stopped")):
             log(INFO, "round %d: %d node(s) out of privacy budget did not train", server_round, exhausted)
         if others := len(skipped) - exhausted:

@@ -147,10 +147,10 @@ class SessionHandle:
         if self._end_pending:  # ended ahead (end_stream): a new stream once the server ended that one
             self.wait_detached()
             self._stream = None
-        self._left_open = False  # cancelling the new stream drops the session
         with self._lock:
             if self._stream is None:
                 self._stream = self._client.train_stream(self.session_id, self._token)
+                self._left_open = False  # cancelling the new stream drops the session
             self._expected.append(expect or (-1, -1, torch.Size(), torch.float32))
             self._stream.put(frame)
 
