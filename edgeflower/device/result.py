@@ -13,6 +13,7 @@ from edgeflower.transport.errors import (
     EdgeTimeoutError,
     EdgeUnavailableError,
     MessageTooLargeError,
+    SessionNotFoundError,
 )
 
 __all__ = [
@@ -39,19 +40,24 @@ def is_transient(exc: BaseException) -> bool:
     """Whether an offload error is a transient fault a device may answer by training locally.
 
     Transient: the edge server is unreachable or went away (``UNAVAILABLE``, ``CANCELLED``: killed, network down),
-    did not answer in time (``DEADLINE_EXCEEDED``) or refuses more sessions for now (overloaded). Everything else
-    is permanent: an unknown model or a spec mismatch, a message over a size limit, a bad or foreign token, a
-    refused request, a protocol or server bug.
+    did not answer in time (``DEADLINE_EXCEEDED``), refuses more sessions for now (overloaded), or no longer has
+    the session (``NOT_FOUND``: it restarted, or reaped the session as idle, since the device opened it). A lost
+    session is the same fault as a dead edge server that came back: the device rebuilds the tail from its replay
+    log. Everything else is permanent: an unknown model or a spec mismatch, a message over a size limit, a bad or
+    foreign token, a refused request, a protocol or server bug.
     """
     if isinstance(exc, MessageTooLargeError):
         return False
-    return isinstance(exc, (EdgeUnavailableError, EdgeOverloadedError))
+    return isinstance(exc, (EdgeUnavailableError, EdgeOverloadedError, SessionNotFoundError))
 
 
 def fallback_cause(exc: BaseException) -> str:
-    """A few words on a transient fault for the round summary: ``unreachable``, ``timed out`` or ``overloaded``."""
+    """A few words on a transient fault for the round summary: ``unreachable``, ``timed out``, ``overloaded`` or
+    ``session lost``."""
     if isinstance(exc, EdgeTimeoutError):
         return "timed out"
+    if isinstance(exc, SessionNotFoundError):
+        return "session lost"
     if isinstance(exc, EdgeOverloadedError):
         return "overloaded"
     return "unreachable"

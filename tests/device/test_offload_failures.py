@@ -47,12 +47,12 @@ def _model():
         (InvalidMessageError("cannot build model 'mycnn': unknown model"), False, ""),
         (MessageTooLargeError("'open' message is 76148316 bytes, larger than the limit of 67108864 bytes"), False, ""),
         (EdgeAuthError("token expired"), False, ""),
-        (SessionNotFoundError("no session"), False, ""),
+        (SessionNotFoundError("session 1a2b was closed or expired"), True, "session lost"),
         (SessionStateError("out of order"), False, ""),
         (EdgeServerError("boom"), False, ""),
     ],
 )
-def test_only_an_unreachable_slow_or_busy_edge_server_is_transient(error, transient, cause):
+def test_only_an_unreachable_slow_busy_or_forgetful_edge_server_is_transient(error, transient, cause):
     assert is_transient(error) is transient
     if transient:
         assert fallback_cause(error) == cause

@@ -179,6 +179,35 @@ def test_a_batch_the_server_stepped_but_never_answered_is_redone_locally_not_rep
     assert wait_until(lambda: edge.num_sessions == 0)
 
 
+@pytest.mark.parametrize(("m", "at"), [(1, 2), (2, 2), (1, 4)])  # at 4: lost after the last step, before Close
+def test_a_session_the_edge_server_lost_mid_round_falls_back_and_ends_with_the_same_model(batches, m, at):
+    """An edge server that restarted or reaped the session answers NOT_FOUND: a transient fault (``session lost``),
+    so the device replays the tail it had and finishes locally, as after a killed edge server: the round ends with
+    the model of the same round without the loss (GroupNorm when pipelined: the local rest of the round trains
+    whole batches, as in the killed-process test)."""
+    torch.manual_seed(0)
+    initial = build_model("vgg5", norm="batch" if m == 1 else "group")
+    with EdgeServer(secret=SECRET) as server, EdgeClient(server.address) as client:
+        unharmed = copy.deepcopy(initial)
+        assert not PipelineTrainer(unharmed, 3, OPT, m).train(batches, _opener(client, unharmed)).fell_back
+
+        def stream():
+            for i, batch in enumerate(batches):
+                if i == at:
+                    assert all(server.registry.drop(sid, "reaped for the test") for sid in server.registry.ids())
+                yield batch
+            if at == len(batches):
+                assert all(server.registry.drop(sid, "reaped for the test") for sid in server.registry.ids())
+
+        model = copy.deepcopy(initial)
+        result = PipelineTrainer(model, 3, OPT, m).train(stream(), _opener(client, model, node=2))
+    assert result.fell_back and result.fallback_cause == "session lost"
+    assert result.fallback_batch == at and result.replayed_batches == at
+    assert result.num_examples == 64
+    assert _max_diff(model, unharmed) <= 1e-5  # the lost tail was rebuilt, nothing trained twice or missed
+    assert _max_diff(model, initial) > 1e-3
+
+
 def test_open_failure_falls_back_from_the_first_batch(batches, vgg5_and_local):
     initial, reference = vgg5_and_local
 
