@@ -41,6 +41,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("testbed",),  # the multi-process testbed (network namespaces, Flower's Deployment Engine)
     ("flwrctl",),  # controlling Flower: its home, processes, Control API, runs, Simulation and Deployment Engines
     ("config",),  # the app's run configuration, validated key by key
+    ("config_keys",),  # what each run-config key accepts: choices, ranges, the value parser, ConfigError
     ("serving",),  # partitioned inference with failover
     ("device", "edge", "pruning"),  # device-side trainers, the edge server, pruning
     ("privacy",),  # DP-SGD, accounting, Flower's DP wrappers and mods

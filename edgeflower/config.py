@@ -7,12 +7,12 @@ overridden with ``flwr run . --run-config "key=value"``.
 from __future__ import annotations
 
 import difflib
-import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from edgeflower.config_keys import FALLBACKS, MODES, PARTITIONERS, RANGES, ConfigError, key_of, parse_value
 from edgeflower.data.datasets import DATASET_SHAPES, DATASETS
 from edgeflower.models.reference import is_reference, trust_reference
 from edgeflower.models.splittable import SplittableModel
@@ -24,64 +24,6 @@ from edgeflower.transport.limits import MESSAGE_HEADROOM, MIN_MESSAGE_BYTES, mes
 from edgeflower.transport.wire import WIRE_DTYPES
 
 __all__ = ["MESSAGE_HEADROOM", "MIN_MESSAGE_BYTES", "AppConfig", "ConfigError", "message_limit_bytes"]
-
-
-class ConfigError(ValueError):
-    """A run-config value is invalid; the message names the key."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(f"run-config key '{key}': {message}")
-        self.key = key
-
-
-MODES = ("fl", "split", "pipeline")
-AUTO = {"split_point": -1, "microbatches": 0, "dp_noise_multiplier": 0.0}
-"""Fields that also accept the string ``"auto"`` (stored as the number given here)."""
-PARTITIONERS = ("iid", "dirichlet")
-FALLBACKS = ("transient", "never")
-"""``fallback``: see :data:`edgeflower.device.split.FALLBACK_MODES`."""
-_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "num_rounds": (lambda v: v >= 1, "must be >= 1"),
-    "local_epochs": (lambda v: v >= 1, "must be >= 1"),
-    "batch_size": (lambda v: v >= 1, "must be >= 1"),
-    "lr": (lambda v: v > 0, "must be > 0"),
-    "momentum": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
-    "weight_decay": (lambda v: v >= 0, "must be >= 0"),
-    "lr_decay_round": (lambda v: v >= 0, "must be >= 0"),
-    "fraction_train": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
-    "min_nodes": (lambda v: v >= 1, "must be >= 1"),
-    "max_batches": (lambda v: v >= 0, "must be >= 0"),
-    "eval_samples": (lambda v: v >= 0, "must be >= 0"),
-    "dirichlet_alpha": (lambda v: v > 0, "must be > 0"),
-    "model_width": (lambda v: v > 0, "must be > 0"),
-    "edge_servers": (lambda v: v >= 1, "must be >= 1"),
-    "fallback_replay_mb": (lambda v: v >= 0, "must be >= 0"),
-    "microbatches": (lambda v: v >= 0, "must be >= 1 (or 'auto')"),
-    "max_message_mb": (lambda v: v >= 0, "must be >= 0 (0 = sized from the model)"),
-    "max_failed_fraction": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
-}
-"""Numeric fields with their valid range: ``field -> (accepts(value), what the error says)``."""
-
-
-def _parse(name: str, default: Any, raw: Any) -> Any:
-    """Field ``name``'s value from run-config value ``raw``, typed like ``default`` (``"auto"`` where allowed)."""
-    if name in AUTO and isinstance(raw, str) and raw.strip().lower() == "auto":
-        raw = AUTO[name]
-    typ = type(default)
-    try:
-        if typ is bool:
-            value: Any = raw if isinstance(raw, bool) else str(raw).lower() in ("1", "true", "yes")
-        elif typ in (int, float):
-            if isinstance(raw, bool) or (typ is int and isinstance(raw, float) and not raw.is_integer()):
-                raise ValueError
-            value = typ(raw)
-        else:
-            value = str(raw)
-    except (TypeError, ValueError):
-        raise ConfigError(AppConfig.key(name), f"expected {typ.__name__}, got {raw!r}") from None
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(AppConfig.key(name), f"must be a finite number, got {raw!r}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -200,6 +142,10 @@ class AppConfig:
         sized from the model (:func:`message_limit_bytes`).
     max_failed_fraction : float
         The run fails when more than this share of a round's nodes fail (and always when none replies).
+    round_timeout : float
+        Seconds the ServerApp waits for a round's replies (Flower's ``timeout``). The round's edge-server tokens
+        (device and migration) live this long, so a session can be used for the whole round and not after it; at
+        most an hour, the longest lifetime an edge server accepts.
     wire_dtype : str
         Split modes: activations and gradients on the wire: ``float32`` (exact), ``bfloat16``, ``float16``, ``int8``
         or ``int8-channel`` (8-bit, a scale per tensor or channel; :mod:`edgeflower.transport.wire`).
@@ -257,11 +203,12 @@ class AppConfig:
     max_message_mb: float = 0.0
     max_failed_fraction: float = 0.5
     wire_dtype: str = "float32"
+    round_timeout: float = 3600.0
 
     @staticmethod
     def key(field_name: str) -> str:
         """Run-config key of a field."""
-        return field_name.replace("_", "-")
+        return key_of(field_name)
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any], strict: bool = True) -> AppConfig:
@@ -284,7 +231,7 @@ class AppConfig:
             others = f" (also unknown: {', '.join(unknown[1:])})" if len(unknown) > 1 else ""
             raise ConfigError(key, f"unknown key{hint}{others}")
         values = {
-            f.name: _parse(f.name, f.default, run_config[cls.key(f.name)])
+            f.name: parse_value(f.name, f.default, run_config[cls.key(f.name)])
             for f in fields(cls)
             if cls.key(f.name) in run_config
         }
@@ -329,7 +276,7 @@ class AppConfig:
                 )
 
     def _check_ranges(self) -> None:
-        for name, (ok, message) in _RANGES.items():
+        for name, (ok, message) in RANGES.items():
             if not ok(getattr(self, name)):
                 raise ConfigError(self.key(name), f"{message}, got {getattr(self, name)!r}")
 

@@ -129,7 +129,7 @@ def test_a_split_point_that_offloads_nothing_is_refused_in_a_split_mode(mode):
 @pytest.mark.parametrize(
     ("key", "value", "needle"),
     [("fallback", "sometimes", "expected one of transient, never"), ("max-message-mb", -1.0, ">= 0"),
-     ("max-failed-fraction", 1.0, "[0, 1)")],
+     ("max-failed-fraction", 1.0, "[0, 1)"), ("round-timeout", 0, "(0, 3600]"), ("round-timeout", 7200, "(0, 3600]")],
 )  # fmt: skip
 def test_failure_handling_keys_are_validated(key, value, needle):
     with pytest.raises(ConfigError, match=rf"'{key}'") as info:

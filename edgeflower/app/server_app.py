@@ -56,12 +56,15 @@ def run_root(cfg: AppConfig) -> Path:
 def start_edges(cfg: AppConfig, max_message_bytes: int | None = None, max_model_params: int | None = None) -> EdgePool:
     """The edge servers of a split run: external ones from ``edge-addresses``, else ``edge-servers`` in-process
     (accepting messages up to ``max_message_bytes``, sized from the model like the nodes' limit, and models up to
-    ``max_model_params`` parameters and buffers: what the run's model needs)."""
+    ``max_model_params`` parameters and buffers: what the run's model needs). Their tokens live ``round-timeout``."""
     if cfg.edge_addresses:
-        return EdgePool.external(cfg.edge_address_list, cfg.edge_secret_file, cfg.edge_root_cert or None)
-    sizes = {"max_message_bytes": max_message_bytes, "max_model_params": max_model_params}
-    limits = EdgeServerConfig(**{k: v for k, v in sizes.items() if v}) if any(sizes.values()) else None
-    return EdgePool.in_process(cfg.edge_servers, config=limits)
+        pool = EdgePool.external(cfg.edge_address_list, cfg.edge_secret_file, cfg.edge_root_cert or None)
+    else:
+        sizes = {"max_message_bytes": max_message_bytes, "max_model_params": max_model_params}
+        limits = EdgeServerConfig(**{k: v for k, v in sizes.items() if v}) if any(sizes.values()) else None
+        pool = EdgePool.in_process(cfg.edge_servers, config=limits)
+    pool.token_ttl_s = cfg.round_timeout
+    return pool
 
 
 def planner_kind(cfg: AppConfig) -> str:
@@ -201,6 +204,7 @@ def run_strategy(
             grid=grid,
             initial_arrays=ArrayRecord(model.state_dict()),
             num_rounds=cfg.num_rounds,
+            timeout=cfg.round_timeout,
             train_config=ConfigRecord({"lr": cfg.lr}),
             evaluate_fn=evaluate_fn,
         )

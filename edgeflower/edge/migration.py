@@ -158,7 +158,7 @@ class MigrationHandlers:
         """Source side: export the detached session, hand it to the destination, free it on the ack."""
         req = MigrateRequest.from_frame(decode_frame(request, self.limits))
         session = self.registry.get(req.session_id)
-        session.check_owner(req.token)
+        session.check_owner(req.token, self.verifier.clock())
         moving = self.verifier.verify(req.migration_token, roles=ROLE_MIGRATION, any_edge=True)  # fails here, not
         if (moving.run_id, moving.node_id) != (session.claims.run_id, session.claims.node_id):  # on the destination
             raise EdgeAuthError(
@@ -274,10 +274,10 @@ class MigrationHandlers:
     def resume(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         """Tell the device which session its migration token owns here."""
         req = ResumeRequest.from_frame(decode_frame(request, self.limits))
-        self.verifier.verify(req.migration_token, check_expiry=False, roles=RPC_ROLES["edge/Resume"])
+        self.verifier.verify(req.migration_token, roles=RPC_ROLES["edge/Resume"])
         sid = self.ledger.imported.get(req.migration_token)
         if sid is None:
             raise SessionNotFoundError("no session was migrated here with this token")
         session = self.registry.get(sid)
-        session.check_owner(req.migration_token)
+        session.check_owner(req.migration_token, self.verifier.clock())
         return self._describe(session).to_bytes()

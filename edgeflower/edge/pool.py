@@ -73,6 +73,12 @@ class EdgePool:
         Edge id of each server, to bind tokens to one server (``None`` = any server sharing the secret).
     servers : sequence of EdgeServer, optional
         In-process servers this pool owns and stops.
+
+    Attributes
+    ----------
+    token_ttl_s : float
+        Lifetime of the device and migration tokens the pool issues (default :data:`DEFAULT_TTL_S`); a ServerApp
+        sets it to the round's timeout, so that a round's tokens outlive neither the round nor its sessions.
     """
 
     def __init__(
@@ -89,6 +95,7 @@ class EdgePool:
         self.edge_ids = list(edge_ids) if edge_ids is not None else [None] * len(self.addresses)
         self._servers = list(servers)
         self.assignment: dict[int, int] = {}
+        self.token_ttl_s = DEFAULT_TTL_S
 
     @classmethod
     def in_process(cls, n: int, host: str = "127.0.0.1", config: EdgeServerConfig | None = None) -> EdgePool:
@@ -143,23 +150,26 @@ class EdgePool:
             raise ValueError(f"edge index {edge} out of range 0..{len(self.addresses) - 1}")
         self.assignment[node_id] = edge
 
-    def assign(self, run_id: int, node_id: int, server_round: int, ttl_s: float = DEFAULT_TTL_S) -> EdgeAssignment:
+    def assign(self, run_id: int, node_id: int, server_round: int, ttl_s: float | None = None) -> EdgeAssignment:
         """The node's edge server for one round, with a single-use ``device`` token for this run, node and round,
-        bound to that server, valid ``ttl_s``.
+        bound to that server, valid ``ttl_s`` (default :attr:`token_ttl_s`).
 
         In-process edge servers are told the round (:meth:`EdgeServer.advance_round`): from now on they refuse tokens
         of this run's older rounds."""
         for server in self._servers:
             server.advance_round(run_id, server_round)
         edge = self.edge_of(node_id)
-        token = self.issuer.issue(run_id, node_id, server_round, self.edge_ids[edge], ttl_s, ROLE_DEVICE)
+        ttl = self.token_ttl_s if ttl_s is None else ttl_s
+        token = self.issuer.issue(run_id, node_id, server_round, self.edge_ids[edge], ttl, ROLE_DEVICE)
         return EdgeAssignment(edge, self.addresses[edge], token)
 
     def migration_token(
-        self, run_id: int, node_id: int, server_round: int, edge: int, ttl_s: float = DEFAULT_TTL_S
+        self, run_id: int, node_id: int, server_round: int, edge: int, ttl_s: float | None = None
     ) -> str:
-        """A ``migration`` token that lets edge server ``edge`` import (and the node resume) the node's session."""
-        return self.issuer.issue(run_id, node_id, server_round, self.edge_ids[edge], ttl_s, ROLE_MIGRATION)
+        """A ``migration`` token that lets edge server ``edge`` import (and the node resume) the node's session,
+        valid ``ttl_s`` (default :attr:`token_ttl_s`)."""
+        ttl = self.token_ttl_s if ttl_s is None else ttl_s
+        return self.issuer.issue(run_id, node_id, server_round, self.edge_ids[edge], ttl, ROLE_MIGRATION)
 
     def stop(self) -> None:
         """Stop the in-process edge servers (external ones are left running)."""

@@ -8,10 +8,12 @@ Run it in-process (the ServerApp starts a few on loopback)::
 
 or as a separate process with ``edgeflower edge-server`` (see :mod:`edgeflower.commands.edge_server`).
 
-Each session is bound to the token that opened it. Sessions end on ``Close``, when their training stream ends
-without the client's ``end`` frame (client disconnect, cancellation, a rejected message), after ``idle_timeout_s``
-without activity, and when the server stops; their tails and optimizers are then released. A rejected request
-never touches another session: authentication happens before a stream is bound to a session.
+Each session is bound to the token that opened it, and lives as long as it: every call on the session (a step, a new
+training stream, ``Close``, ``Migrate``, ``Resume``) is refused once that token has expired. The ServerApp issues a
+round's tokens for the round's timeout (run-config ``round-timeout``). Sessions end on ``Close``, when their training
+stream ends without the client's ``end`` frame (client disconnect, cancellation, a rejected message), after
+``idle_timeout_s`` without activity, and when the server stops; their tails and optimizers are then released. A
+rejected request never touches another session: authentication happens before a stream is bound to a session.
 
 Who may call what is :data:`edgeflower.transport.auth.RPC_ROLES`. Tokens bound to another edge server's id are
 refused (:class:`~edgeflower.transport.auth.TokenVerifier`).
@@ -23,7 +25,7 @@ only the ServerApp (the secret's holder) can raise ``R``. Guaranteed: once ``R``
 with a token of that run for a round below ``R`` is refused with ``FAILED_PRECONDITION``, whichever node it is for
 and however long the token still lives. Not guaranteed: an edge server that has seen nothing of round ``R`` yet (an
 external one before the first device of round ``R`` reaches it) still accepts unexpired tokens of round ``R - 1``;
-tokens expire after minutes, and their sessions' results belong to a round the ServerApp has already aggregated.
+tokens expire with their round, and their sessions' results belong to a round the ServerApp has already aggregated.
 Sessions already open when ``R`` rises are not closed (a session is bound to its token's round; its device's result
 is the ServerApp's to accept or discard).
 
@@ -38,7 +40,7 @@ import hashlib
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from logging import DEBUG, ERROR, INFO, WARNING
 from types import TracebackType
@@ -136,6 +138,8 @@ class EdgeServer:
         ``(session_id, destination)``: called right after a destination acknowledged a session migrated away from
         here (the session is freed here), before the device is answered; nothing by default. A seam for
         observers (tests install a crash here to kill the process at that point).
+    clock : callable, optional
+        Unix time now (default ``time.time``), against which tokens and sessions expire; tests move it.
     """
 
     def __init__(
@@ -148,6 +152,7 @@ class EdgeServer:
         edge_id: str | None = None,
         config: EdgeServerConfig | None = None,
         on_migration_acked: MigrationAcked | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.host = host
         self.port = port
@@ -155,7 +160,7 @@ class EdgeServer:
         self.tls = tls
         self.config = config or EdgeServerConfig()
         self.limits = Limits(max_message_bytes=self.config.max_message_bytes)
-        self._verifier = TokenVerifier(secret, edge_id)
+        self._verifier = TokenVerifier(secret, edge_id, clock=clock)
         self.tokens = TokenLedger()  # Open tokens used, migration tokens imported, newest round per run
         self.registry = SessionRegistry(
             self.config.max_sessions, self.config.idle_timeout_s, self.config.max_sessions_per_node
@@ -347,7 +352,7 @@ class EdgeServer:
     def _close(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         req = CloseRequest.from_frame(decode_frame(request, self.limits))
         session = self.registry.get(req.session_id)
-        session.check_owner(req.token)
+        session.check_owner(req.token, self._verifier.clock())
         try:
             with session.lock:
                 reply = CloseReply(session.state_dict(), session.final_metrics())
@@ -360,7 +365,7 @@ class EdgeServer:
         if SESSION_KEY not in meta or TOKEN_KEY not in meta:
             raise InvalidMessageError(f"a training stream needs the {SESSION_KEY!r} and {TOKEN_KEY!r} metadata")
         session = self.registry.get(meta[SESSION_KEY])
-        session.check_owner(meta[TOKEN_KEY])
+        session.check_owner(meta[TOKEN_KEY], self._verifier.clock())
         with session.lock:
             if session.closed:
                 raise SessionNotFoundError(f"session {session.session_id} was closed or expired")
@@ -379,6 +384,7 @@ class EdgeServer:
                 self.migration.export_ahead(session)
             return None
         req = StepRequest.from_frame(frame, self.limits)
+        session.check_current(self._verifier.clock())  # the stream's authority is its session's token
         with session.lock:
             result = session.step(req)
         result.server_s = time.perf_counter() - t0

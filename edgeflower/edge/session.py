@@ -261,10 +261,22 @@ class TrainingSession:
         """Whether ``token`` is the one that opened this session (constant-time comparison)."""
         return hmac.compare_digest(token.encode(), self._token)
 
-    def check_owner(self, token: str) -> None:
-        """Raise :class:`EdgeAuthError` unless ``token`` opened this session."""
+    def check_owner(self, token: str, now: float) -> None:
+        """Raise :class:`EdgeAuthError` unless ``token`` opened this session and is still valid at Unix time ``now``
+        (:meth:`check_current`)."""
         if not self.owns(token):
             raise EdgeAuthError(f"the token does not own session {self.session_id}")
+        self.check_current(now)
+
+    def check_current(self, now: float) -> None:
+        """Raise :class:`EdgeAuthError` if the token that opened (or imported) this session has expired at Unix time
+        ``now``: a session serves its round and no call after it (the ServerApp issues tokens for the round's
+        timeout, run-config ``round-timeout``)."""
+        if now > self.claims.expires_at:
+            raise EdgeAuthError(
+                f"the token of session {self.session_id} expired {now - self.claims.expires_at:.1f} s ago: a session "
+                "ends with its round (round-timeout)"
+            )
 
     def touch(self) -> None:
         """Record activity (postpones the idle timeout)."""

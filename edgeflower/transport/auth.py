@@ -213,10 +213,13 @@ class TokenIssuer:
     ----------
     secret : bytes or str
         Shared secret, at least :data:`MIN_SECRET_BYTES` bytes.
+    clock : callable, optional
+        Unix time now (default ``time.time``): a token is issued at it; tests move it.
     """
 
-    def __init__(self, secret: bytes | str) -> None:
+    def __init__(self, secret: bytes | str, *, clock: Callable[[], float] = time.time) -> None:
         self._key = as_secret(secret)
+        self.clock = clock
 
     def issue(
         self,
@@ -247,7 +250,7 @@ class TokenIssuer:
         """
         if role not in ROLES:
             raise ValueError(f"unknown token role {role!r}, expected one of {sorted(ROLES)}")
-        now = time.time()
+        now = self.clock()
         payload = {
             "v": _VERSION,
             "role": role,
@@ -306,12 +309,22 @@ class TokenVerifier:
         no id are accepted by every service sharing the secret.
     max_lifetime_s : float
         Tokens whose lifetime (``exp - iat``) is longer are refused.
+    clock : callable, optional
+        Unix time now (default ``time.time``), against which expiry is checked; tests move it.
     """
 
-    def __init__(self, secret: bytes | str, edge_id: str | None = None, max_lifetime_s: float = MAX_LIFETIME_S) -> None:
+    def __init__(
+        self,
+        secret: bytes | str,
+        edge_id: str | None = None,
+        max_lifetime_s: float = MAX_LIFETIME_S,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._key = as_secret(secret)
         self.edge_id = edge_id
         self.max_lifetime_s = float(max_lifetime_s)
+        self.clock = clock
 
     def verify(
         self,
@@ -368,8 +381,9 @@ class TokenVerifier:
         allowed = {roles} if isinstance(roles, str) else roles
         if allowed is not None and claims.role not in allowed:
             raise EdgeAuthError(f"a {claims.role} token is not accepted here (needs: {', '.join(sorted(allowed))})")
-        if check_expiry and claims.expires_at < time.time():
-            raise EdgeAuthError(f"token expired {time.time() - claims.expires_at:.1f} s ago")
+        now = self.clock()
+        if check_expiry and claims.expires_at < now:
+            raise EdgeAuthError(f"token expired {now - claims.expires_at:.1f} s ago")
         if claims.expires_at - claims.issued_at > self.max_lifetime_s:
             raise EdgeAuthError(
                 f"token lifetime {claims.expires_at - claims.issued_at:.0f} s exceeds the {self.max_lifetime_s:.0f} s "

@@ -375,6 +375,7 @@ class SessionHandle:
             self._stream.wait_end(timeout_s or self._client.timeout_s)
         except EdgeError as exc:
             raise self._fail(exc) from None
+        self._stream = None  # it ended: the next step starts a new one, close() goes straight to Close
 
     def abort(self) -> None:
         """Give the session up without fetching the tail: cancel the stream (the server drops the session), or close

@@ -3,11 +3,17 @@ gets a NodePlan with its edge server and mobility entries only when it offloads.
 
 from __future__ import annotations
 
+import base64
+import json
+
+import torch
 from flwr.app import ConfigRecord
 
 from edgeflower.app.mobility import parse_mobility
 from edgeflower.app.plan import NodePlan
 from edgeflower.app.rounds import RoundPlans
+from edgeflower.app.server_app import run_strategy, start_edges
+from edgeflower.config import AppConfig
 from edgeflower.edge.pool import EdgePool
 from edgeflower.planning import SplitPlan
 from edgeflower.transport.auth import TokenIssuer, TokenVerifier
@@ -63,3 +69,28 @@ def test_offloading_nodes_get_their_edge_server_token_and_mobility_as_a_node_pla
     moved = NodePlan.from_config(sent[20], num_blocks=BLOCKS).mobility  # position 1 among all nodes: node 20
     assert moved is not None and moved.move is not None and (moved.move.edge, moved.move.fraction) == (0, 0.5)
     assert NodePlan.from_config(sent[10], num_blocks=BLOCKS).mobility.move is None  # type: ignore[union-attr]
+
+
+def _lifetime_s(token: str) -> float:
+    """``exp - iat`` of a token, read from its body (the in-process pool's secret is its own)."""
+    body = token.split(".")[0]
+    claims = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    return claims["exp"] - claims["iat"]
+
+
+def test_a_rounds_edge_tokens_live_as_long_as_flowers_round_timeout():
+    """``round-timeout`` is Flower's wait for a round's replies and the lifetime of the round's device and
+    migration tokens: a session can serve its whole round, and the edge server refuses its token after it."""
+    cfg = AppConfig.from_run_config({"mode": "split", "edge-servers": 1, "round-timeout": 900})
+    with start_edges(cfg) as pool:
+        assert _lifetime_s(pool.assign(1, 5, 1).token) == 900
+        assert _lifetime_s(pool.migration_token(1, 5, 1, 0)) == 900
+
+    class Recording:
+        def start(self, **kwargs):  # type: ignore[no-untyped-def]
+            self.kwargs = kwargs
+            return "result"
+
+    strategy = Recording()
+    assert run_strategy(strategy, None, torch.nn.Linear(2, 2), cfg, None, None, None) == "result"  # type: ignore[arg-type]
+    assert strategy.kwargs["timeout"] == 900

@@ -43,6 +43,21 @@ def test_close_removes_the_session_and_frees_its_tail(batch) -> None:
         assert wait_until(lambda: _live_sessions() == 0)
 
 
+@pytest.mark.parametrize("then", ["step", "close"])
+def test_a_stream_ended_and_waited_for_leaves_the_session_usable_for_a_new_stream_or_close(batch, then) -> None:
+    """``end_stream()`` + ``wait_detached()`` (a move that did not happen): the next step starts a new stream and
+    ``close()`` closes at once; both waited for the ended stream's reply until their timeout before."""
+    with EdgeServer(secret=SECRET) as server, EdgeClient(server.address, timeout_s=20) as client:
+        session, head = _open_and_step(client, batch)
+        session.end_stream()
+        session.wait_detached()
+        if then == "step":
+            session.step(head(batch[0]).detach(), batch[1], batch=1)
+        state, metrics = session.close()
+        assert metrics.batches == (2 if then == "step" else 1) and state
+        assert server.num_sessions == 0
+
+
 def test_disconnect_mid_stream_drops_the_session(batch) -> None:
     with EdgeServer(secret=SECRET) as server:
         client = EdgeClient(server.address)

@@ -294,7 +294,7 @@ def test_a_central_dp_budget_too_small_for_one_round_fails_the_run_instead_of_en
         def start(self, **kwargs):  # type: ignore[no-untyped-def]
             raise PrivacyBudgetExhausted("The next private release would exceed max_epsilon")
 
-    cfg = SimpleNamespace(num_rounds=3, lr=0.1)
+    cfg = SimpleNamespace(num_rounds=3, lr=0.1, round_timeout=3600.0)
     central = SimpleNamespace(stopped_at=1)
     model = torch.nn.Linear(2, 2)
     with pytest.raises(RunFailedError, match="too small for even one round"):
