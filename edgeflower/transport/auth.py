@@ -384,7 +384,7 @@ class TokenVerifier:
         now = self.clock()
         if check_expiry and claims.expires_at < now:
             raise EdgeAuthError(f"token expired {now - claims.expires_at:.1f} s ago")
-        if claims.expires_at - claims.issued_at > self.max_lifetime_s:
+        if claims.expires_at - claims.issued_at > self.max_lifetime_s + 1e-3:  # a token of exactly the limit passes
             raise EdgeAuthError(
                 f"token lifetime {claims.expires_at - claims.issued_at:.0f} s exceeds the {self.max_lifetime_s:.0f} s "
                 "this service accepts"

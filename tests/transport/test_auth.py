@@ -8,6 +8,7 @@ import json
 import pytest
 
 from edgeflower.transport import EdgeAuthError, TokenIssuer, TokenVerifier, load_secret
+from edgeflower.transport.auth import MAX_LIFETIME_S
 
 SECRET = b"0123456789abcdef-shared-secret"
 
@@ -79,3 +80,15 @@ def test_binary_secret_files_are_read_exactly_and_text_ones_without_their_newlin
     assert load_secret(tmp_path / "bin") == binary
     (tmp_path / "txt").write_text("0123456789abcdef0123456789abcdef\n")
     assert load_secret(tmp_path / "txt") == b"0123456789abcdef0123456789abcdef"
+
+
+def test_a_token_of_exactly_the_longest_lifetime_passes_at_any_issue_time() -> None:
+    """``round-timeout = 3600`` issues tokens of exactly MAX_LIFETIME_S: ``exp - iat`` must not round above it."""
+    now = [1.8e9]
+    issuer = TokenIssuer(SECRET, clock=lambda: now[0])
+    verifier = TokenVerifier(SECRET, clock=lambda: now[0])
+    for step in (0.0, 0.1, 1 / 3, 12345.678901, 987654.3210987):
+        now[0] = 1.8e9 + step
+        verifier.verify(issuer.issue(1, 1, 1, ttl_s=MAX_LIFETIME_S))
+    with pytest.raises(EdgeAuthError, match="lifetime"):
+        verifier.verify(issuer.issue(1, 1, 1, ttl_s=MAX_LIFETIME_S + 1))
