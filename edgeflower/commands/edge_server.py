@@ -20,7 +20,7 @@ from edgeflower.edge.server import EdgeServer, EdgeServerConfig
 from edgeflower.models.reference import trust_reference
 from edgeflower.transport.auth import load_secret
 
-__all__ = ["register", "run"]
+__all__ = ["parse_peers", "register", "run"]
 
 
 def register(subparsers: Any) -> None:
@@ -59,7 +59,36 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--peer-root-cert", help="PEM root certificate to trust when migrating sessions to TLS-serving edge servers"
     )
+    p.add_argument(
+        "--peer",
+        action="append",
+        default=[],
+        metavar="EDGE_ID=HOST:PORT",
+        help="an edge server this one may migrate sessions to (repeatable). With any --peer, a migration goes to "
+        "the peer its migration token names, at this address, and every other destination is refused; without, "
+        "to the address the device names",
+    )
     p.set_defaults(func=run)
+
+
+def parse_peers(values: list[str]) -> dict[str, str]:
+    """``--peer`` values ``EDGE_ID=HOST:PORT`` as ``{edge_id: address}``.
+
+    Raises
+    ------
+    ValueError
+        For a value that is not ``EDGE_ID=HOST:PORT`` or an edge id given twice.
+    """
+    peers: dict[str, str] = {}
+    for value in values:
+        edge_id, sep, address = value.partition("=")
+        host, colon, port = address.rpartition(":")
+        if not sep or not edge_id or not colon or not host or not port.isdigit():
+            raise ValueError(f"--peer {value!r}: expected EDGE_ID=HOST:PORT")
+        if edge_id in peers:
+            raise ValueError(f"--peer: edge id {edge_id!r} given twice")
+        peers[edge_id] = address
+    return peers
 
 
 def run(args: argparse.Namespace) -> int:
@@ -81,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         first_message_s=args.first_message_timeout,
         insecure=args.insecure,
         peer_root_cert=Path(args.peer_root_cert).read_bytes() if args.peer_root_cert else None,
+        peers=parse_peers(args.peer) if args.peer else None,
     )
     secret = load_secret(args.secret_file)
     server = EdgeServer(args.host, args.port, secret=secret, tls=tls, edge_id=args.edge_id, config=config)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from edgeflower.transport.codec import DEFAULT_MAX_MESSAGE_BYTES
@@ -51,6 +52,11 @@ class EdgeServerConfig:
         PEM root certificate for edge-to-edge calls (migration) to TLS-serving peers; plaintext when ``None``.
     peer_link_mbps : float
         Emulated edge-to-edge bandwidth for migrations in Mbit/s (0 = unlimited, i.e. the real network only).
+    peers : mapping of str to str, optional
+        Edge id -> ``host:port`` of the edge servers this one may migrate sessions to. A ``Migrate`` then goes to
+        the address of the peer its migration token names, whatever address the device gave, and a token naming no
+        peer is refused. ``None``: the destination the device names is dialled (no allowlist). In-process pools
+        set it (:meth:`~edgeflower.edge.server.EdgeServer.set_peers`); ``edgeflower edge-server --peer``.
     """
 
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
@@ -68,6 +74,7 @@ class EdgeServerConfig:
     stop_grace_s: float = 1.0
     peer_root_cert: bytes | None = None
     peer_link_mbps: float = 0.0
+    peers: Mapping[str, str] | None = None
 
     @property
     def workers(self) -> int:

@@ -122,6 +122,9 @@ class MigrationHandlers:
     ----------
     clock : Clock
         Where the emulated edge-to-edge link reads the time and waits (the system clock; tests set a manual one).
+    peers : dict of str to str, or None
+        The allowlist of migration destinations, edge id -> address (from ``config.peers``; see
+        :class:`~edgeflower.edge.config.EdgeServerConfig`).
     """
 
     def __init__(
@@ -143,6 +146,7 @@ class MigrationHandlers:
         self.on_acked = on_acked
         self.limits = Limits(max_message_bytes=config.max_message_bytes)
         self.clock: Clock = SYSTEM_CLOCK
+        self.peers: dict[str, str] | None = None if config.peers is None else dict(config.peers)
 
     def export_ahead(self, session: TrainingSession) -> None:
         """Export ``session`` now, as its stream ends before an announced ``Migrate`` (``keep_export``); a session
@@ -164,6 +168,7 @@ class MigrationHandlers:
             raise EdgeAuthError(
                 f"the migration token belongs to run {moving.run_id} node {moving.node_id}, not to the session's owner"
             )
+        destination = self._destination(req.destination, moving.edge_id)
         t0 = time.perf_counter()
         session.wait_detached(DETACH_WAIT_S)  # its end may still be on its way or exporting (bounded; the owner only)
         with session.lock:
@@ -178,20 +183,32 @@ class MigrationHandlers:
         t1 = time.perf_counter()  # the state is ready to go
         export_s = t1 - t0
         try:
-            ack = self._hand_over(req, state)
+            ack = self._hand_over(req, destination, state)
         finally:
             session.moving = False
         transfer_s = time.perf_counter() - t1
         # Only after the ack. No malloc_trim here (it holds the allocator's locks ~10 ms while the device waits): the
         # tail goes to the next session of its model, and the next session closed or dropped here trims.
-        self.registry.drop(session.session_id, f"migrated to {req.destination}", trim=False)
+        self.registry.drop(session.session_id, f"migrated to {destination}", trim=False)
         sid = session.session_id[:8]
-        log(INFO, "edge server: session %s migrated to %s (%d bytes)", sid, req.destination, len(state))
+        log(INFO, "edge server: session %s migrated to %s (%d bytes)", sid, destination, len(state))
         if self.on_acked is not None:
-            self.on_acked(session.session_id, req.destination)
+            self.on_acked(session.session_id, destination)
         return MigrateReply(ack.session_id, ack.edge_id, len(state), export_s, transfer_s, ack.resume).to_bytes()
 
-    def _hand_over(self, req: MigrateRequest, state: bytes) -> ImportReply:
+    def _destination(self, named: str, edge_id: str | None) -> str:
+        """The address a ``Migrate`` dials: with :attr:`peers`, that of the peer the migration token names (not
+        ``named``, the device's address for it); without, ``named``."""
+        if self.peers is None:
+            return named
+        if edge_id is None:
+            raise EdgeAuthError("this edge server migrates only to its peers: the migration token names no edge server")
+        address = self.peers.get(edge_id)
+        if address is None:
+            raise EdgeAuthError(f"the migration token names edge server {edge_id!r:.80}: not a peer of this one")
+        return address
+
+    def _hand_over(self, req: MigrateRequest, destination: str, state: bytes) -> ImportReply:
         """Seal ``state`` and send it to the destination; with an emulated edge-to-edge link, return when the modelled
         link would have delivered it and the destination would have imported it.
 
@@ -211,12 +228,12 @@ class MigrationHandlers:
         mac = seal(state, req.migration_token, self.secret)
         imp = ImportRequest(req.migration_token, mac, state, req.expect_model, req.expect_split_point)
         with EdgeClient(
-            req.destination, self.config.peer_root_cert, max_message_bytes=self.limits.max_message_bytes
+            destination, self.config.peer_root_cert, max_message_bytes=self.limits.max_message_bytes
         ) as peer:
             try:
                 ack = ImportReply.from_frame(peer.call(METHOD_IMPORT, imp.to_bytes(self.limits), 120.0))
             except EdgeUnavailableError:  # one answer however it failed: no port scanning through this server
-                raise EdgeUnavailableError(f"destination {req.destination!r:.80} did not answer") from None
+                raise EdgeUnavailableError(f"destination {destination!r:.80} did not answer") from None
         if mbps > 0:
             wait_until(arrival + min(ack.import_s, clock.now() - ready), clock)
         return ack

@@ -99,7 +99,8 @@ class EdgePool:
 
     @classmethod
     def in_process(cls, n: int, host: str = "127.0.0.1", config: EdgeServerConfig | None = None) -> EdgePool:
-        """Start ``n`` edge servers in this process with a fresh random secret (``config``: their limits)."""
+        """Start ``n`` edge servers in this process with a fresh random secret (``config``: their limits); each one
+        migrates sessions only to the others (:meth:`EdgeServer.set_peers`)."""
         secret = secrets.token_bytes(32)
         servers = []
         try:
@@ -111,6 +112,8 @@ class EdgePool:
             for s in servers:
                 s.stop()
             raise
+        for server in servers:  # each migrates only to the others, at the addresses it knows them by
+            server.set_peers({str(p.edge_id): p.address for p in servers if p is not server})
         log(INFO, "edgeflower: started %d in-process edge servers: %s", n, ", ".join(s.address for s in servers))
         return cls([s.address for s in servers], TokenIssuer(secret), [s.edge_id for s in servers], servers)
 

@@ -40,7 +40,7 @@ import hashlib
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from logging import DEBUG, ERROR, INFO, WARNING
 from types import TracebackType
@@ -177,6 +177,11 @@ class EdgeServer:
         self._server: RunningServer | None = None
         self._stopped = threading.Event()
         self._address: str | None = None
+
+    def set_peers(self, peers: Mapping[str, str] | None) -> None:
+        """Restrict migrations to ``peers`` (edge id -> address; ``None``: any destination), as
+        ``EdgeServerConfig.peers`` does, for peers whose addresses are known only once they serve."""
+        self.migration.peers = None if peers is None else dict(peers)
 
     # -- lifecycle --------------------------------------------------------------------------------------------------
     @property

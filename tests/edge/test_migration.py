@@ -13,6 +13,7 @@ from edgeflower.device.mobility import MoveOrder
 from edgeflower.device.pipeline import PipelineTrainer
 from edgeflower.device.sessions import EdgeSessions
 from edgeflower.edge.migration import export_session, seal
+from edgeflower.edge.pool import EdgePool
 from edgeflower.edge.server import EdgeServer, EdgeServerConfig
 from edgeflower.models import build_model
 from edgeflower.training import make_optimizer, train_local
@@ -334,6 +335,39 @@ def test_a_session_moves_once_at_a_time_and_an_unreachable_destination_gets_one_
         session.abort()
     for sid in b.registry.ids():
         b.registry.drop(sid, "test done")
+
+
+def test_an_in_process_pool_migrates_only_to_the_peer_the_token_names_at_the_address_the_source_knows(batches):
+    """With peers (in-process pools set them), the source dials the peer its migration token names, at its own
+    address for it: the device's destination address is never dialled, and a token naming no peer is refused."""
+    torch.manual_seed(0)
+    model = build_model("vgg5")
+    x, y = batches[0]
+    with EdgePool.in_process(2) as pool, EdgeClient(pool.addresses[0]) as client:
+        head, tail = model.split(3)
+
+        def opened(node: int):  # type: ignore[no-untyped-def]
+            pool.move(node, 0)  # every session starts on edge-0
+            edge = pool.assign(4, node, 1)
+            session = client.open_session(edge.token, model.spec, 3, tail.state_dict(), OPT)
+            session.step(head(x).detach(), y, batch=0, batch_size=len(y))
+            session.detach()
+            return session
+
+        session = opened(2)
+        to_b = pool.migration_token(4, 2, 1, 1)
+        client.migrate(session, "127.0.0.1:1", to_b)  # the device names a dead port: the source dials edge-1
+        with EdgeClient(pool.addresses[1]) as peer:
+            peer.resume(to_b, 3).abort()
+        kept = opened(4)
+        foreign = pool.issuer.issue(4, 4, 1, "edge-7", role="migration")  # signed, but edge-7 is no peer
+        anywhere = pool.issuer.issue(4, 4, 1, None, role="migration")
+        for token, needle in ((foreign, "'edge-7': not a peer"), (anywhere, "names no edge server")):
+            with pytest.raises(EdgeAuthError, match=needle):
+                client.migrate(kept, pool.addresses[1], token)
+        with pytest.raises(EdgeAuthError, match="not a peer"):  # nor itself
+            client.migrate(kept, pool.addresses[0], pool.migration_token(4, 4, 1, 0))
+        kept.abort()
 
 
 def test_destination_refuses_a_state_for_another_model_or_split_point(edges, batches):

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from edgeflower.transport import EdgeClient, EdgeUnavailableError
+from edgeflower.commands.edge_server import parse_peers
+from edgeflower.edge.server import EdgeServer
+from edgeflower.transport import EdgeAuthError, EdgeClient, EdgeUnavailableError
 from tests._edge_helpers import (
     OPTIM,
     SECRET,
@@ -67,3 +69,45 @@ def test_missing_secret_file_is_a_clear_error(tmp_path: Path) -> None:
     short = tmp_path / "short"
     short.write_text("abc")
     assert main(["edge-server", "--secret-file", str(short)]) == 1
+
+
+def test_an_edge_server_process_with_peers_migrates_to_the_named_peer_and_refuses_others(secret_file: Path) -> None:
+    """``--peer edge-q=ADDRESS``: a session moves to edge-q at that address whatever address the device names, and
+    a migration token for an edge server that is no peer is refused."""
+    x, y = fashion_batches(num_batches=1, batch_size=8)[0]
+    model = fresh_model("vgg5")
+    head, tail = model.split(2)
+    with EdgeServer(secret=SECRET, edge_id="edge-q") as peer_server:
+        with (
+            EdgeProcess(secret_file, "--edge-id", "edge-p", "--peer", f"edge-q={peer_server.address}") as edge,
+            EdgeClient(edge.address, timeout_s=30) as client,
+        ):
+            sessions = []
+            for node in (1, 2):
+                session = client.open_session(token(node, edge_id="edge-p"), model.spec, 2, tail.state_dict(), OPTIM)
+                session.step(head(x).detach(), y, batch=0)
+                session.detach()
+                sessions.append(session)
+            with pytest.raises(EdgeAuthError, match="'edge-r': not a peer"):
+                client.migrate(sessions[1], peer_server.address, token(2, edge_id="edge-r", role="migration"))
+            moving = token(1, edge_id="edge-q", role="migration")
+            client.migrate(sessions[0], "127.0.0.1:1", moving)  # a dead port: the process dials edge-q
+            with EdgeClient(peer_server.address) as peer:
+                peer.resume(moving, 2).close()
+            sessions[1].abort()
+            assert client.health().sessions == 0
+
+
+@pytest.mark.parametrize("value", ["edge-q", "=127.0.0.1:5", "edge-q=127.0.0.1", "edge-q=:5", "edge-q=host:port"])
+def test_a_malformed_peer_is_refused_at_start(value: str) -> None:
+    with pytest.raises(ValueError, match="EDGE_ID=HOST:PORT"):
+        parse_peers([value])
+
+
+def test_peers_are_read_by_edge_id_once_each() -> None:
+    with pytest.raises(ValueError, match="twice"):
+        parse_peers(["edge-q=127.0.0.1:5", "edge-q=127.0.0.1:6"])
+    assert parse_peers(["edge-q=[::1]:5", "edge-r=edge-r.local:50051"]) == {
+        "edge-q": "[::1]:5",
+        "edge-r": "edge-r.local:50051",
+    }
