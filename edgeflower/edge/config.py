@@ -37,6 +37,9 @@ class EdgeServerConfig:
         A call must deliver its request within this long (a half-open call is answered ``DEADLINE_EXCEEDED``).
     admission_wait_s : float
         How long a data call waits for a free worker before ``RESOURCE_EXHAUSTED``.
+    max_waiting_bytes : int
+        Request bytes that data calls waiting for a worker may hold together (a call past it is refused with
+        ``RESOURCE_EXHAUSTED`` at once; clients retry with backoff).
     stream_idle_s : float or None
         A training stream without a message for this long is ended (its session dropped); default
         ``idle_timeout_s``. A stream whose session was reaped ends within about a second.
@@ -67,6 +70,7 @@ class EdgeServerConfig:
     max_open_bytes: int | None = None
     first_message_s: float = 5.0
     admission_wait_s: float = 2.0
+    max_waiting_bytes: int = 256 * 2**20
     stream_idle_s: float | None = None
     insecure: bool = False
     idle_timeout_s: float = 300.0

@@ -212,6 +212,7 @@ class EdgeServer:
             control_workers=2,
             first_message_s=cfg.first_message_s,
             admission_wait_s=cfg.admission_wait_s,
+            max_waiting_bytes=cfg.max_waiting_bytes,
         )
         running = start_server(
             SERVICE,

@@ -9,13 +9,15 @@ into the same exception class on the client side.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 
 import grpc
 
+from edgeflower.transport.channel import open_channel
 from edgeflower.transport.codec import Frame, Limits, decode_frame
 from edgeflower.transport.errors import from_rpc_error
-from edgeflower.transport.grpc_server import RunningServer, ServerOptions, Unary, open_channel, start_server
+from edgeflower.transport.grpc_server import RunningServer, ServerOptions, Unary, start_server
 from edgeflower.transport.service import identity
 from edgeflower.transport.tls import TLSConfig
 
@@ -71,9 +73,7 @@ class GrpcServer:
         self.host, self.port, self.workers, self.tls = host, port, workers, tls
         self.max_message_bytes = max_message_bytes
         base = options or ServerOptions()
-        self.options = ServerOptions(
-            workers, base.control_workers, base.first_message_s, base.admission_wait_s, base.max_concurrent_rpcs
-        )
+        self.options = dataclasses.replace(base, data_workers=workers)
         self.insecure, self.in_clear = insecure, in_clear
         self._server: RunningServer | None = None
         self.address = ""

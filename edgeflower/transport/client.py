@@ -32,6 +32,7 @@ import grpc
 import torch
 
 from edgeflower.models.splittable import ModelSpec
+from edgeflower.transport.channel import open_channel
 from edgeflower.transport.codec import DEFAULT_MAX_MESSAGE_BYTES, Limits, decode_frame, encode_frame
 from edgeflower.transport.errors import (
     EdgeError,
@@ -40,7 +41,6 @@ from edgeflower.transport.errors import (
     EdgeUnavailableError,
     from_rpc_error,
 )
-from edgeflower.transport.grpc_server import open_channel
 from edgeflower.transport.handle import SessionHandle
 from edgeflower.transport.health import HealthInfo
 from edgeflower.transport.migration import MigrateReply, MigrateRequest, ResumeReply, ResumeRequest

@@ -1,5 +1,5 @@
-"""Start and stop a gRPC server the way every edgeflower service does (edge server, inference node, controller),
-and open a channel to one.
+"""Start and stop a gRPC server the way every edgeflower service does (edge server, inference node, controller);
+clients dial one with :func:`edgeflower.transport.channel.open_channel`.
 
 Every service runs on gRPC's asyncio server in a thread of its own, so that a call costs a thread only while it is
 being *worked on*, never while it waits for its request:
@@ -12,6 +12,9 @@ being *worked on*, never while it waits for its request:
   forwards, predictions) in a pool of :attr:`ServerOptions.data_workers` threads, control calls (health, heartbeat,
   status) in a separate small pool, so data traffic can never starve heartbeats. A data call that finds every data
   worker busy for :attr:`ServerOptions.admission_wait_s` is refused with ``RESOURCE_EXHAUSTED`` (clients retry).
+* **Bounded memory while waiting.** The request bodies of data calls waiting for a worker count against
+  :attr:`ServerOptions.max_waiting_bytes`; a call that would take them past it is refused at once with
+  ``RESOURCE_EXHAUSTED`` (a call that finds a free worker never waits and never counts).
 * **Size limits before decoding.** A method may set its own request size limit (e.g. ``Open``, ``Deploy``), checked
   on the raw bytes before anything is parsed or allocated.
 * **Plaintext only where asked for.** A non-loopback address needs TLS unless ``insecure`` is set, which logs a
@@ -26,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import gc
-import ipaddress
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -38,9 +40,10 @@ from typing import Any
 import grpc
 from flwr.common.logger import log
 
+from edgeflower.transport.channel import check_plaintext, format_address, is_loopback, open_channel
 from edgeflower.transport.errors import EdgeError
 from edgeflower.transport.service import channel_options, identity
-from edgeflower.transport.tls import TLSConfig, client_credentials
+from edgeflower.transport.tls import TLSConfig
 
 __all__ = [
     "MessageReader",
@@ -59,48 +62,6 @@ __all__ = [
 _END = object()
 
 
-def format_address(host: str, port: int) -> str:
-    """``host:port``, with an IPv6 host in brackets."""
-    bracketed = f"[{host}]" if ":" in host and not host.startswith("[") else host
-    return f"{bracketed}:{port}"
-
-
-def _host_of(address: str) -> str:
-    address = address.split("///", 1)[-1]
-    if address.startswith("["):
-        return address[1 : address.find("]")]
-    return address.rsplit(":", 1)[0] if address.count(":") == 1 else address
-
-
-def is_loopback(host_or_address: str) -> bool:
-    """Whether a host (or ``host:port``) is this machine's loopback interface (``localhost``, 127/8, ``::1``)."""
-    host = _host_of(host_or_address).strip()
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def check_plaintext(host: str, tls: object, insecure: bool, who: str, in_clear: str) -> None:
-    """Refuse plaintext on a non-loopback address unless ``insecure``; then warn what travels in clear.
-
-    Raises
-    ------
-    ValueError
-        For a non-loopback ``host`` without TLS and without ``insecure``.
-    """
-    if tls is not None or is_loopback(host):
-        return
-    if not insecure:
-        raise ValueError(
-            f"{who} refuses to serve plaintext on the non-loopback address {host!r}: {in_clear} would travel in "
-            "clear. Give it a TLS certificate and key, or set the explicit insecure option (--insecure)"
-        )
-    log(WARNING, "%s serves INSECURE plaintext on %s: %s travel in clear", who, host, in_clear)
-
-
 @dataclass(frozen=True)
 class ServerOptions:
     """How a service bounds its work.
@@ -117,6 +78,10 @@ class ServerOptions:
         How long a data call waits for a free worker before ``RESOURCE_EXHAUSTED``.
     max_concurrent_rpcs : int
         Open calls (including ones still waiting for their message) beyond which gRPC refuses new ones.
+    max_waiting_bytes : int
+        Request bytes that data calls waiting for a worker may hold together; a call that would exceed it is
+        refused with ``RESOURCE_EXHAUSTED`` instead of waiting (without it, only ``max_concurrent_rpcs`` times the
+        message limit bounded them).
     """
 
     data_workers: int = 8
@@ -124,10 +89,13 @@ class ServerOptions:
     first_message_s: float = 5.0
     admission_wait_s: float = 2.0
     max_concurrent_rpcs: int = 4096
+    max_waiting_bytes: int = 256 * 2**20
 
     def __post_init__(self) -> None:
         if min(self.data_workers, self.control_workers, self.max_concurrent_rpcs) < 1:
             raise ValueError("workers and max_concurrent_rpcs must be positive")
+        if self.max_waiting_bytes < 0:
+            raise ValueError("max_waiting_bytes must be non-negative")
         if not (self.first_message_s > 0 and self.admission_wait_s >= 0):
             raise ValueError("first_message_s must be positive and admission_wait_s non-negative")
 
@@ -175,7 +143,8 @@ class RunningServer:
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self.address = ""
-        self.refused = {"first_message": 0, "busy": 0, "too_large": 0}
+        self.refused = {"first_message": 0, "busy": 0, "too_large": 0, "waiting_bytes": 0}
+        self.waiting_bytes = 0  # request bytes of data calls waiting for a worker (changed only on the loop)
         self.stopping: asyncio.Event | None = None  # created on the loop
 
     # -- helpers for stream handlers -------------------------------------------------------------------------------
@@ -199,18 +168,14 @@ class RunningServer:
         ``wait``)."""
         return await self._run(self.data, fn, args, wait)
 
-    async def _run(self, lane: _Lane, fn: Callable[..., Any], args: tuple, wait: bool) -> Any:
+    async def _run(self, lane: _Lane, fn: Callable[..., Any], args: tuple, wait: bool, size: int = 0) -> Any:
         assert lane.slots is not None
         if wait:
             await lane.slots.acquire()
+        elif not lane.slots.locked():
+            await lane.slots.acquire()  # a free worker: no wait, nothing held
         else:
-            try:
-                await asyncio.wait_for(lane.slots.acquire(), self.options.admission_wait_s)
-            except TimeoutError:
-                self.refused["busy"] += 1
-                raise _RefusalError(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED, f"{self.who} is busy: all {lane.workers} workers in use"
-                ) from None
+            await self._wait_admitted(lane, size)
         fut = self._loop.run_in_executor(lane.pool, fn, *args)
         slots = lane.slots
 
@@ -221,6 +186,29 @@ class RunningServer:
 
         fut.add_done_callback(done)
         return await asyncio.shield(fut)
+
+    async def _wait_admitted(self, lane: _Lane, size: int) -> None:
+        """Wait up to the admission wait for a worker of ``lane``, the ``size`` request bytes counted against
+        :attr:`ServerOptions.max_waiting_bytes` meanwhile."""
+        assert lane.slots is not None
+        limit = self.options.max_waiting_bytes
+        if self.waiting_bytes + size > limit:
+            self.refused["waiting_bytes"] += 1
+            raise _RefusalError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{self.who} is busy: all {lane.workers} workers in use and the calls waiting for one hold "
+                f"{self.waiting_bytes} of at most {limit} bytes (this one has {size})",
+            )
+        self.waiting_bytes += size
+        try:
+            await asyncio.wait_for(lane.slots.acquire(), self.options.admission_wait_s)
+        except TimeoutError:
+            self.refused["busy"] += 1
+            raise _RefusalError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, f"{self.who} is busy: all {lane.workers} workers in use"
+            ) from None
+        finally:
+            self.waiting_bytes -= size
 
     def _trim_soon(self) -> None:
         """Give the memory of a refused oversized request back to the OS (soon, once the buffers are freed)."""
@@ -256,7 +244,7 @@ class RunningServer:
                         grpc.StatusCode.RESOURCE_EXHAUSTED,
                         f"{name} message of {size} bytes is larger than the limit of {method.max_request_bytes} bytes",
                     )
-                return await self._run(lane, _invoke, (method.fn, raw, context), wait=method.control)
+                return await self._run(lane, _invoke, (method.fn, raw, context), method.control, len(raw))
             except _RefusalError as exc:
                 code, detail = exc.code, exc.detail
             except EdgeError as exc:
@@ -453,29 +441,3 @@ def start_server(
         raise
     log(INFO, "%s serving on %s (%s)", who, running.address, "TLS" if tls else "plaintext")
     return running
-
-
-_warned: set[str] = set()
-_warned_lock = threading.Lock()
-
-
-def open_channel(
-    address: str, max_message_bytes: int, root_cert: bytes | None = None, server_name: str | None = None
-) -> grpc.Channel:
-    """A channel to ``address`` with the same message limits as the servers; TLS when ``root_cert`` is given.
-
-    ``server_name`` overrides the name the server's certificate is checked against (TLS only). A plaintext channel
-    to a non-loopback address logs a WARNING (once per address): tokens and tensors travel in clear.
-    """
-    options: list[tuple[str, int | str]] = list(channel_options(max_message_bytes))
-    if root_cert is None:
-        if not is_loopback(address):
-            with _warned_lock:
-                first = address not in _warned
-                _warned.add(address)
-            if first:
-                log(WARNING, "plaintext channel to %s: tokens, weights and tensors travel in clear", address)
-        return grpc.insecure_channel(address, options=options)
-    if server_name:
-        options.append(("grpc.ssl_target_name_override", server_name))
-    return grpc.secure_channel(address, client_credentials(root_cert), options=options)

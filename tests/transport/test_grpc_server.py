@@ -1,14 +1,17 @@
-"""The gRPC server start-up every edgeflower service shares: a taken port is a readable error, stop joins threads."""
+"""The gRPC server every edgeflower service shares: a taken port is a readable error, stop joins threads, and calls
+waiting for a worker hold at most a byte budget."""
 
 from __future__ import annotations
 
 import threading
 
+import grpc
 import pytest
 
 from edgeflower.edge.server import EdgeServer
 from edgeflower.serving.node import InferenceNode
-from edgeflower.transport.grpc_server import format_address
+from edgeflower.transport.grpc_server import ServerOptions, Unary, format_address, open_channel, start_server
+from tests._edge_helpers import wait_until
 
 SECRET = b"grpc-server-test-secret-0123456789abcdef"
 
@@ -28,3 +31,39 @@ def test_a_taken_port_is_a_readable_oserror_and_leaves_no_thread_behind(second):
             second("127.0.0.1", port, secret=SECRET).start()
     leftover = {t.name for t in threading.enumerate()} - before
     assert not {name for name in leftover if name.startswith("edgeflower-")}, leftover
+
+
+def test_calls_waiting_for_a_worker_hold_at_most_the_byte_budget_and_the_next_one_is_refused_at_once():
+    release, started = threading.Event(), threading.Event()
+
+    def work(raw: bytes, context: object) -> bytes:
+        started.set()
+        release.wait(60)
+        return b"done %d" % len(raw)
+
+    # One worker, an admission wait far longer than the calls' deadlines: a call that waited would end with
+    # DEADLINE_EXCEEDED, so RESOURCE_EXHAUSTED proves the refusal came without waiting.
+    options = ServerOptions(data_workers=1, admission_wait_s=120.0, max_waiting_bytes=1000)
+    running = start_server(
+        "edgeflower.test.Budget", {"Work": Unary(work)}, "127.0.0.1", 0, 1 << 20, None, "budget", options
+    )
+    channel = open_channel(running.address, 1 << 20)
+    try:
+        call = channel.unary_unary("/edgeflower.test.Budget/Work")
+        holding = call.future(b"a" * 10, timeout=60)  # takes the only worker
+        assert started.wait(30)
+        waiting = call.future(b"b" * 600, timeout=60)  # waits, holding 600 bytes
+        assert wait_until(lambda: running.waiting_bytes == 600, timeout_s=30)
+        with pytest.raises(grpc.RpcError) as refused:
+            call(b"c" * 600, timeout=30)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "hold 600 of at most 1000 bytes (this one has 600)" in refused.value.details()
+        assert running.refused["waiting_bytes"] == 1
+        release.set()
+        assert holding.result() == b"done 10" and waiting.result() == b"done 600"  # nothing waiting was lost
+        assert running.waiting_bytes == 0
+        assert call(b"d" * 2000, timeout=30) == b"done 2000"  # a free worker: no wait, the budget does not apply
+    finally:
+        release.set()
+        channel.close()
+        running.stop(0)
