@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from edgeflower.transport.errors import SessionStateError
@@ -30,6 +31,12 @@ class NonceUse:
 class TokenLedger:
     """The tokens an edge server has accepted.
 
+    Parameters
+    ----------
+    clock : callable, optional
+        Seconds since the epoch; the same clock as the server's token verifier, so that a used token is
+        remembered at least until the verifier refuses it as expired (tests move it).
+
     Attributes
     ----------
     lock : threading.Lock
@@ -44,7 +51,8 @@ class TokenLedger:
         Run -> newest round seen (tokens accepted, :meth:`seen_round`).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
         self.lock = threading.Lock()
         self.import_lock = threading.Lock()
         self.nonces: dict[str, NonceUse] = {}
@@ -70,8 +78,9 @@ class TokenLedger:
         self.rounds[run_id] = max(self.rounds.get(run_id, server_round), server_round)
 
     def forget_expired_nonces(self) -> None:
-        """Drop ``Open`` tokens expired for a minute, now and then (hold :attr:`lock`)."""
-        now = time.time()
+        """Drop ``Open`` tokens expired for a minute, now and then (hold :attr:`lock`): whenever more than 1024
+        are remembered, else at every 64th."""
+        now = self.clock()
         if len(self.nonces) > 1024 or len(self.nonces) % 64 == 0:
             for nonce in [n for n, u in self.nonces.items() if u.expires_at < now - 60]:
                 del self.nonces[nonce]

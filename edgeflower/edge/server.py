@@ -161,7 +161,7 @@ class EdgeServer:
         self.config = config or EdgeServerConfig()
         self.limits = Limits(max_message_bytes=self.config.max_message_bytes)
         self._verifier = TokenVerifier(secret, edge_id, clock=clock)
-        self.tokens = TokenLedger()  # Open tokens used, migration tokens imported, newest round per run
+        self.tokens = TokenLedger(clock)  # Open tokens used, migration tokens imported, newest round per run
         self.registry = SessionRegistry(
             self.config.max_sessions, self.config.idle_timeout_s, self.config.max_sessions_per_node
         )
