@@ -2,12 +2,13 @@
 
 :class:`Testbed` builds a :class:`~edgeflower.testbed.topology.Topology`, writes the credentials (token secret, TLS
 certificate for the edge servers), starts ``flower-superlink`` in the ``link`` namespace, ``edgeflower edge-server``
-(TLS on) in each ``edge-<i>`` namespace and ``flower-supernode`` in each ``dev-<i>`` namespace (all with
-``ip netns exec``), and runs apps with ``flwr run`` from inside the ``link`` namespace. Device links are shaped with
-``tbf`` from the same link settings the emulator uses; round-based schedules and injected faults are applied while a
-run goes (:mod:`edgeflower.testbed.faults`). :meth:`Testbed.stop` always kills every process in its namespaces and
-deletes them, also after a failure or Ctrl-C; a testbed brought up by one process can be run and torn down by
-another through its state file (``edgeflower testbed up/run/down``).
+(TLS on; edge id ``edge-<i>``, the other edge servers its migration peers) in each ``edge-<i>`` namespace and
+``flower-supernode`` in each ``dev-<i>`` namespace (all with ``ip netns exec``), and runs apps with ``flwr run`` from
+inside the ``link`` namespace. Device links are shaped with ``tbf`` from the same link settings the emulator uses;
+round-based schedules and injected faults are applied while a run goes (:mod:`edgeflower.testbed.faults`).
+:meth:`Testbed.stop` always kills every process in its namespaces and deletes them, also after a failure or Ctrl-C; a
+testbed brought up by one process can be run and torn down by another through its state file (``edgeflower testbed
+up/run/down``).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from edgeflower.testbed.faults import Fault, RunWatcher
 from edgeflower.testbed.links import LINK_KEYS, app_link_config, device_schedules
 from edgeflower.testbed.netns import in_netns, namespace_exists, namespace_pids, require_privileges
 from edgeflower.testbed.topology import Topology
+from edgeflower.transport.channel import format_address
 from edgeflower.transport.emulation import LinkProfile
 
 __all__ = ["STATE_FILE", "Testbed"]
@@ -160,7 +162,9 @@ class Testbed:
             self.files = write_credentials(self.workdir / "credentials", addresses)
             if self.flower:
                 self._start_superlink()
-            waits = [self._start_edge(i, h.namespace, h.address) for i, h in enumerate(self.topology.edges())]
+            peers = self.edge_peers()
+            edges = self.topology.edges()
+            waits = [self._start_edge(i, h.namespace, h.address, peers=peers) for i, h in enumerate(edges)]
             if self.flower:  # all start at once (they come up in parallel), then each is waited for
                 waits += [self._start_supernode(i, h.namespace) for i, h in enumerate(self.topology.devices())]
             for wait in waits:
@@ -226,15 +230,23 @@ class Testbed:
         self._start_edge(f"loopback-edge-{host}", ns, "127.0.0.1", port)()
         return f"127.0.0.1:{port}"
 
-    def _start_edge(self, i: int | str, namespace: str, address: str, port: int = EDGE_PORT) -> Callable[[], None]:
-        """Start edge server ``i`` (an index or a name); return the wait until it serves."""
+    def edge_peers(self) -> dict[str, str]:
+        """Edge id -> address of every edge server of the topology (``edge-<i>``): each one's migration peers."""
+        return {f"edge-{i}": format_address(h.address, EDGE_PORT) for i, h in enumerate(self.topology.edges())}
+
+    def _start_edge(
+        self, i: int | str, namespace: str, address: str, port: int = EDGE_PORT, peers: Mapping[str, str] | None = None
+    ) -> Callable[[], None]:
+        """Start edge server ``i`` (an index or a name; its edge id too) with ``peers`` (edge id -> address, itself
+        left out: where it may migrate sessions to); return the wait until it serves."""
         name = f"edge-{i}" if isinstance(i, int) else i
+        peer_args = [arg for peer, at in (peers or {}).items() if peer != name for arg in ("--peer", f"{peer}={at}")]
         proc = self._spawn(
             name,
             namespace,
             [sys.executable, "-m", "edgeflower.cli", "edge-server", "--host", address, "--port", str(port),
-             "--secret-file", str(self.files["secret"]), "--tls-cert", str(self.files["cert"]),
-             "--tls-key", str(self.files["key"])],
+             "--edge-id", name, *peer_args, "--secret-file", str(self.files["secret"]),
+             "--tls-cert", str(self.files["cert"]), "--tls-key", str(self.files["key"])],
         )  # fmt: skip
         deadline = time.monotonic() + self.startup_timeout_s
 

@@ -69,3 +69,25 @@ def test_app_runs_on_the_testbed_over_shaped_links_and_teardown_leaves_nothing(t
     assert not any(namespace_exists(ns) for ns in namespaces)
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
     assert tb.topology.prefix not in listed
+
+
+def test_testbed_edge_servers_are_named_and_know_each_other_as_their_only_migration_peers(monkeypatch, tmp_path):
+    tb = Testbed(tmp_path, num_edges=2)
+    tb.files = {"secret": tmp_path / "secret", "cert": tmp_path / "cert", "key": tmp_path / "key"}
+    started: dict[str, list[str]] = {}
+    monkeypatch.setattr(tb, "_spawn", lambda name, ns, cmd: started.setdefault(name, list(cmd)))
+    edges = tb.topology.edges()
+    peers = tb.edge_peers()
+    assert peers == {"edge-0": f"{edges[0].address}:50051", "edge-1": f"{edges[1].address}:50051"}
+    for i, h in enumerate(edges):
+        tb._start_edge(i, h.namespace, h.address, peers=peers)
+    tb._start_edge("loopback-edge-dev-0", "ns", "127.0.0.1", 50052)
+
+    def flags(cmd: list[str], flag: str) -> list[str]:
+        return [cmd[j + 1] for j, arg in enumerate(cmd) if arg == flag]
+
+    assert flags(started["edge-0"], "--edge-id") == ["edge-0"]
+    assert flags(started["edge-0"], "--peer") == [f"edge-1={edges[1].address}:50051"]
+    assert flags(started["edge-1"], "--peer") == [f"edge-0={edges[0].address}:50051"]
+    assert flags(started["loopback-edge-dev-0"], "--edge-id") == ["loopback-edge-dev-0"]
+    assert flags(started["loopback-edge-dev-0"], "--peer") == []  # a comparison server: no migrations
