@@ -20,7 +20,7 @@ from edgeflower.edge.server import EdgeServer, EdgeServerConfig
 from edgeflower.models.reference import trust_reference
 from edgeflower.transport.auth import load_secret
 
-__all__ = ["parse_peers", "register", "run"]
+__all__ = ["config_from_args", "parse_peers", "register", "run"]
 
 
 def register(subparsers: Any) -> None:
@@ -57,6 +57,20 @@ def register(subparsers: Any) -> None:
         "(default: what fits in one message)",
     )
     p.add_argument(
+        "--workers",
+        type=int,
+        default=16,
+        help="worker threads for data calls (opens, steps, closes, migrations; an idle stream holds none) "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-waiting-mb",
+        type=float,
+        default=256.0,
+        help="MiB of requests that calls waiting for a worker may hold together; a call past it is refused "
+        "RESOURCE_EXHAUSTED at once and retried by the client (default: %(default)s)",
+    )
+    p.add_argument(
         "--peer-root-cert", help="PEM root certificate to trust when migrating sessions to TLS-serving edge servers"
     )
     p.add_argument(
@@ -91,27 +105,42 @@ def parse_peers(values: list[str]) -> dict[str, str]:
     return peers
 
 
-def run(args: argparse.Namespace) -> int:
-    """Start the server, print its address, serve until SIGTERM/SIGINT, stop; return the exit code."""
-    trust_reference(*args.model)  # imported now: a typo fails at start-up, not at the first device
-    tls = tls_from_args(args)
-    if min(args.max_sessions, args.max_sessions_per_node) < 1 or args.idle_timeout <= 0:
-        raise ValueError("--max-sessions, --max-sessions-per-node and --idle-timeout must be positive")
+def config_from_args(args: argparse.Namespace) -> EdgeServerConfig:
+    """The :class:`EdgeServerConfig` of the parsed ``edge-server`` options.
+
+    Raises
+    ------
+    ValueError
+        For an option out of range or a malformed ``--peer``.
+    """
+    if min(args.max_sessions, args.max_sessions_per_node, args.workers) < 1 or args.idle_timeout <= 0:
+        raise ValueError("--max-sessions, --max-sessions-per-node, --workers and --idle-timeout must be positive")
     if args.max_model_params is not None and args.max_model_params < 1:
         raise ValueError("--max-model-params must be positive")
     if args.first_message_timeout <= 0:
         raise ValueError("--first-message-timeout must be positive")
-    config = EdgeServerConfig(
+    if args.max_waiting_mb < 0:
+        raise ValueError("--max-waiting-mb must be >= 0")
+    return EdgeServerConfig(
         max_message_bytes=max_message_bytes(args),
         max_sessions=args.max_sessions,
+        max_workers=args.workers,
         idle_timeout_s=args.idle_timeout,
         max_sessions_per_node=args.max_sessions_per_node,
         max_model_params=args.max_model_params,
         first_message_s=args.first_message_timeout,
+        max_waiting_bytes=int(args.max_waiting_mb * 2**20),
         insecure=args.insecure,
         peer_root_cert=Path(args.peer_root_cert).read_bytes() if args.peer_root_cert else None,
         peers=parse_peers(args.peer) if args.peer else None,
     )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Start the server, print its address, serve until SIGTERM/SIGINT, stop; return the exit code."""
+    trust_reference(*args.model)  # imported now: a typo fails at start-up, not at the first device
+    tls = tls_from_args(args)
+    config = config_from_args(args)
     secret = load_secret(args.secret_file)
     server = EdgeServer(args.host, args.port, secret=secret, tls=tls, edge_id=args.edge_id, config=config)
     return serve_until_signal("edge-server", "edge server", server.start, server.stop, (OSError,))

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from edgeflower.commands.edge_server import parse_peers
+from edgeflower.cli import build_parser
+from edgeflower.commands.edge_server import config_from_args, parse_peers
 from edgeflower.edge.server import EdgeServer
 from edgeflower.transport import EdgeAuthError, EdgeClient, EdgeUnavailableError
 from tests._edge_helpers import (
@@ -69,6 +70,26 @@ def test_missing_secret_file_is_a_clear_error(tmp_path: Path) -> None:
     short = tmp_path / "short"
     short.write_text("abc")
     assert main(["edge-server", "--secret-file", str(short)]) == 1
+
+
+def test_edge_server_options_set_its_limits_and_bad_values_are_refused_before_it_starts() -> None:
+    def config(*extra: str):  # type: ignore[no-untyped-def]
+        return config_from_args(build_parser().parse_args(["edge-server", "--secret-file", "s", *extra]))
+
+    cfg = config("--workers", "4", "--max-waiting-mb", "8", "--max-sessions-per-node", "3", "--peer", "edge-q=h:1")
+    assert (cfg.workers, cfg.max_waiting_bytes, cfg.max_sessions_per_node) == (4, 8 * 2**20, 3)
+    assert cfg.peers == {"edge-q": "h:1"}
+    default = config()
+    assert (default.workers, default.max_waiting_bytes, default.peers) == (16, 256 * 2**20, None)
+    for bad, message in [
+        (("--workers", "0"), "--workers"),
+        (("--max-waiting-mb", "-1"), "--max-waiting-mb"),
+        (("--idle-timeout", "0"), "--idle-timeout"),
+        (("--max-model-params", "0"), "--max-model-params"),
+        (("--peer", "edge-q"), "EDGE_ID=HOST:PORT"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            config(*bad)
 
 
 def test_an_edge_server_process_with_peers_migrates_to_the_named_peer_and_refuses_others(secret_file: Path) -> None:
