@@ -7,8 +7,12 @@ Prints ``edge server listening on HOST:PORT`` (one line on stdout, flushed) once
 from __future__ import annotations
 
 import argparse
+import math
+from logging import WARNING
 from pathlib import Path
 from typing import Any
+
+from flwr.common.logger import log
 
 from edgeflower.commands._server_command import (
     add_server_arguments,
@@ -97,8 +101,11 @@ def parse_peers(values: list[str]) -> dict[str, str]:
     for value in values:
         edge_id, sep, address = value.partition("=")
         host, colon, port = address.rpartition(":")
-        if not sep or not edge_id or not colon or not host or not port.isdigit():
-            raise ValueError(f"--peer {value!r}: expected EDGE_ID=HOST:PORT")
+        bare_ipv6 = ":" in host and not (host.startswith("[") and host.endswith("]"))
+        if not sep or not edge_id or not colon or not host or bare_ipv6 or not port.isdigit():
+            raise ValueError(f"--peer {value!r}: expected EDGE_ID=HOST:PORT (an IPv6 host in brackets)")
+        if not 0 < int(port) < 65536:
+            raise ValueError(f"--peer {value!r}: port {port} is not in 1-65535")
         if edge_id in peers:
             raise ValueError(f"--peer: edge id {edge_id!r} given twice")
         peers[edge_id] = address
@@ -119,8 +126,8 @@ def config_from_args(args: argparse.Namespace) -> EdgeServerConfig:
         raise ValueError("--max-model-params must be positive")
     if args.first_message_timeout <= 0:
         raise ValueError("--first-message-timeout must be positive")
-    if args.max_waiting_mb < 0:
-        raise ValueError("--max-waiting-mb must be >= 0")
+    if not (math.isfinite(args.max_waiting_mb) and args.max_waiting_mb >= 0):
+        raise ValueError("--max-waiting-mb must be a finite number >= 0")
     return EdgeServerConfig(
         max_message_bytes=max_message_bytes(args),
         max_sessions=args.max_sessions,
@@ -141,6 +148,8 @@ def run(args: argparse.Namespace) -> int:
     trust_reference(*args.model)  # imported now: a typo fails at start-up, not at the first device
     tls = tls_from_args(args)
     config = config_from_args(args)
+    if config.peers is None:
+        log(WARNING, "edge-server: no --peer given: a migration goes to whatever address the device names")
     secret = load_secret(args.secret_file)
     server = EdgeServer(args.host, args.port, secret=secret, tls=tls, edge_id=args.edge_id, config=config)
     return serve_until_signal("edge-server", "edge server", server.start, server.stop, (OSError,))

@@ -38,8 +38,9 @@ class EdgeServerConfig:
     admission_wait_s : float
         How long a data call waits for a free worker before ``RESOURCE_EXHAUSTED``.
     max_waiting_bytes : int
-        Request bytes that data calls waiting for a worker may hold together (a call past it is refused with
-        ``RESOURCE_EXHAUSTED`` at once; clients retry with backoff).
+        Request bytes that unary data calls (``Open``, ``Close``, ``Migrate``, ``Import``, ...) waiting for a worker
+        may hold together; a call past it is refused with ``RESOURCE_EXHAUSTED`` at once (a device retries a busy
+        ``Open`` with backoff), one waiting alone may be over it. Training steps wait without counting.
     stream_idle_s : float or None
         A training stream without a message for this long is ended (its session dropped); default
         ``idle_timeout_s``. A stream whose session was reaped ends within about a second.

@@ -199,11 +199,12 @@ class MigrationHandlers:
     def _destination(self, named: str, edge_id: str | None) -> str:
         """The address a ``Migrate`` dials: with :attr:`peers`, that of the peer the migration token names (not
         ``named``, the device's address for it); without, ``named``."""
-        if self.peers is None:
+        peers = self.peers  # one read: set_peers may replace it meanwhile
+        if peers is None:
             return named
         if edge_id is None:
             raise EdgeAuthError("this edge server migrates only to its peers: the migration token names no edge server")
-        address = self.peers.get(edge_id)
+        address = peers.get(edge_id)
         if address is None:
             raise EdgeAuthError(f"the migration token names edge server {edge_id!r:.80}: not a peer of this one")
         return address
@@ -233,7 +234,7 @@ class MigrationHandlers:
             try:
                 ack = ImportReply.from_frame(peer.call(METHOD_IMPORT, imp.to_bytes(self.limits), 120.0))
             except EdgeUnavailableError:  # one answer however it failed: no port scanning through this server
-                raise EdgeUnavailableError(f"destination {destination!r:.80} did not answer") from None
+                raise EdgeUnavailableError(f"{_named(req, destination)} did not answer") from None
         if mbps > 0:
             wait_until(arrival + min(ack.import_s, clock.now() - ready), clock)
         return ack
@@ -298,3 +299,10 @@ class MigrationHandlers:
         session = self.registry.get(sid)
         session.check_owner(req.migration_token, self.verifier.clock())
         return self._describe(session).to_bytes()
+
+
+def _named(req: MigrateRequest, destination: str) -> str:
+    """The destination as the device may see it: the address it named, never a peer's address it did not know."""
+    if destination == req.destination:
+        return f"destination {destination!r:.80}"
+    return "the peer the migration token names"

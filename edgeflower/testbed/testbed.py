@@ -246,7 +246,8 @@ class Testbed:
             namespace,
             [sys.executable, "-m", "edgeflower.cli", "edge-server", "--host", address, "--port", str(port),
              "--edge-id", name, *peer_args, "--secret-file", str(self.files["secret"]),
-             "--tls-cert", str(self.files["cert"]), "--tls-key", str(self.files["key"])],
+             "--tls-cert", str(self.files["cert"]), "--tls-key", str(self.files["key"]),
+             "--peer-root-cert", str(self.files["cert"])],
         )  # fmt: skip
         deadline = time.monotonic() + self.startup_timeout_s
 

@@ -243,7 +243,9 @@ class EdgeClient:
         frame and the ``Migrate`` request go together, the source waits for the stream's end); the source
         exports the session, the destination imports it under ``migration_token``, and only then the source frees
         it. Continue with ``EdgeClient(destination).resumed(reply.resume, migration_token, split_point)`` (the
-        destination's description, relayed), or ``.resume(migration_token, split_point)`` when it is ``None``.
+        destination's description, relayed), or ``.resume(migration_token, split_point)`` when it is ``None``. A
+        source with peers dials the peer the migration token names, at the address it knows for it, whatever
+        ``destination`` says; ``reply.edge_id`` names the edge server that took the session.
 
         Raises
         ------

@@ -12,9 +12,11 @@ being *worked on*, never while it waits for its request:
   forwards, predictions) in a pool of :attr:`ServerOptions.data_workers` threads, control calls (health, heartbeat,
   status) in a separate small pool, so data traffic can never starve heartbeats. A data call that finds every data
   worker busy for :attr:`ServerOptions.admission_wait_s` is refused with ``RESOURCE_EXHAUSTED`` (clients retry).
-* **Bounded memory while waiting.** The request bodies of data calls waiting for a worker count against
+* **Bounded memory while waiting.** The request bodies of unary data calls waiting for a worker count against
   :attr:`ServerOptions.max_waiting_bytes`; a call that would take them past it is refused at once with
-  ``RESOURCE_EXHAUSTED`` (a call that finds a free worker never waits and never counts).
+  ``RESOURCE_EXHAUSTED`` (a call that finds a free worker never waits and never counts; one waiting alone may be
+  over it). A stream's messages wait in :meth:`RunningServer.run_data` without counting: one per stream, within
+  the message limit.
 * **Size limits before decoding.** A method may set its own request size limit (e.g. ``Open``, ``Deploy``), checked
   on the raw bytes before anything is parsed or allocated.
 * **Plaintext only where asked for.** A non-loopback address needs TLS unless ``insecure`` is set, which logs a
@@ -79,9 +81,9 @@ class ServerOptions:
     max_concurrent_rpcs : int
         Open calls (including ones still waiting for their message) beyond which gRPC refuses new ones.
     max_waiting_bytes : int
-        Request bytes that data calls waiting for a worker may hold together; a call that would exceed it is
-        refused with ``RESOURCE_EXHAUSTED`` instead of waiting (without it, only ``max_concurrent_rpcs`` times the
-        message limit bounded them).
+        Request bytes that unary data calls waiting for a worker may hold together; a call that would exceed it is
+        refused with ``RESOURCE_EXHAUSTED`` instead of waiting, unless it would wait alone (without it, only
+        ``max_concurrent_rpcs`` times the message limit bounded them).
     """
 
     data_workers: int = 8
@@ -192,7 +194,7 @@ class RunningServer:
         :attr:`ServerOptions.max_waiting_bytes` meanwhile."""
         assert lane.slots is not None
         limit = self.options.max_waiting_bytes
-        if self.waiting_bytes + size > limit:
+        if self.waiting_bytes and self.waiting_bytes + size > limit:  # a call waiting alone may be over it
             self.refused["waiting_bytes"] += 1
             raise _RefusalError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,

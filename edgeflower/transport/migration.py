@@ -70,7 +70,9 @@ class MigrateRequest:
     session_id, token : str
         The session and the token that owns it.
     destination : str
-        ``host:port`` of the destination edge server.
+        ``host:port`` of the destination edge server, as the device knows it. A source with peers
+        (:attr:`~edgeflower.edge.config.EdgeServerConfig.peers`) dials the peer the migration token names at the
+        address it knows instead; the reply's ``edge_id`` says where the session went.
     migration_token : str
         Token the ServerApp issued for the destination (same run, node and round).
     expect_model : ModelSpec, optional

@@ -89,5 +89,6 @@ def test_testbed_edge_servers_are_named_and_know_each_other_as_their_only_migrat
     assert flags(started["edge-0"], "--edge-id") == ["edge-0"]
     assert flags(started["edge-0"], "--peer") == [f"edge-1={edges[1].address}:50051"]
     assert flags(started["edge-1"], "--peer") == [f"edge-0={edges[0].address}:50051"]
+    assert flags(started["edge-1"], "--peer-root-cert") == [str(tmp_path / "cert")]  # its peers serve TLS
     assert flags(started["loopback-edge-dev-0"], "--edge-id") == ["loopback-edge-dev-0"]
     assert flags(started["loopback-edge-dev-0"], "--peer") == []  # a comparison server: no migrations

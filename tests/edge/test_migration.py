@@ -21,6 +21,7 @@ from edgeflower.transport import (
     EdgeAuthError,
     EdgeClient,
     EdgeError,
+    EdgeUnavailableError,
     InvalidMessageError,
     OptimizerSettings,
     TLSConfig,
@@ -367,6 +368,10 @@ def test_an_in_process_pool_migrates_only_to_the_peer_the_token_names_at_the_add
                 client.migrate(kept, pool.addresses[1], token)
         with pytest.raises(EdgeAuthError, match="not a peer"):  # nor itself
             client.migrate(kept, pool.addresses[0], pool.migration_token(4, 4, 1, 0))
+        pool._servers[0].set_peers({"edge-1": pool.addresses[1], "edge-9": "127.0.0.1:1"})  # edge-9 is down
+        with pytest.raises(EdgeUnavailableError, match="the peer the migration token names did not answer") as down:
+            client.migrate(kept, "edge-9.example:50051", pool.issuer.issue(4, 4, 1, "edge-9", role="migration"))
+        assert "127.0.0.1:1" not in str(down.value)  # the device never learns a peer's address it did not know
         kept.abort()
 
 

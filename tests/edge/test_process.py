@@ -86,7 +86,10 @@ def test_edge_server_options_set_its_limits_and_bad_values_are_refused_before_it
         (("--max-waiting-mb", "-1"), "--max-waiting-mb"),
         (("--idle-timeout", "0"), "--idle-timeout"),
         (("--max-model-params", "0"), "--max-model-params"),
+        (("--max-waiting-mb", "inf"), "--max-waiting-mb"),
         (("--peer", "edge-q"), "EDGE_ID=HOST:PORT"),
+        (("--peer", "edge-q=::1:5"), "IPv6 host in brackets"),
+        (("--peer", "edge-q=h:70000"), "not in 1-65535"),
     ]:
         with pytest.raises(ValueError, match=message):
             config(*bad)

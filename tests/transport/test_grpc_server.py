@@ -34,6 +34,7 @@ def test_a_taken_port_is_a_readable_oserror_and_leaves_no_thread_behind(second):
 
 
 def test_calls_waiting_for_a_worker_hold_at_most_the_byte_budget_and_the_next_one_is_refused_at_once():
+    """(A single call waiting alone may be over the budget: a budget under the message limit never locks one out.)"""
     release, started = threading.Event(), threading.Event()
 
     def work(raw: bytes, context: object) -> bytes:
@@ -63,6 +64,15 @@ def test_calls_waiting_for_a_worker_hold_at_most_the_byte_budget_and_the_next_on
         assert holding.result() == b"done 10" and waiting.result() == b"done 600"  # nothing waiting was lost
         assert running.waiting_bytes == 0
         assert call(b"d" * 2000, timeout=30) == b"done 2000"  # a free worker: no wait, the budget does not apply
+        release.clear()
+        started.clear()
+        holding = call.future(b"e" * 10, timeout=60)
+        assert started.wait(30)
+        alone = call.future(b"f" * 2000, timeout=60)  # over the budget, but nothing else waits: it may wait
+        assert wait_until(lambda: running.waiting_bytes == 2000, timeout_s=30)
+        release.set()
+        assert holding.result() == b"done 10" and alone.result() == b"done 2000"
+        assert running.refused["waiting_bytes"] == 1
     finally:
         release.set()
         channel.close()
