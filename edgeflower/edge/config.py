@@ -31,8 +31,9 @@ class EdgeServerConfig:
         allocated; default: what fits in one message (``max_message_bytes // 4``). An in-process pool sets it to
         what the run's model needs.
     max_open_bytes : int or None
-        Largest ``Open``/``Import`` message; default ``4 * max_model_params`` plus 1 MiB of header (at most
-        ``max_message_bytes``).
+        Largest ``Open`` message; default ``4 * max_model_params`` plus 1 MiB of header. An ``Import`` carries four
+        times an ``Open``'s weights (tail, momentum, round-start weights, progress): ``4 * max_open_bytes`` plus
+        1 MiB. Both at most ``max_message_bytes``.
     first_message_s : float
         A call must deliver its request within this long (a half-open call is answered ``DEADLINE_EXCEEDED``).
     admission_wait_s : float

@@ -29,6 +29,7 @@ from edgeflower.models.splittable import SplittableModel
 from edgeflower.serving.estimators import block_times, out_shapes
 from edgeflower.serving.nodeclient import NodeClient, tensor_bytes
 from edgeflower.serving.plan import new_version
+from edgeflower.serving.protocol import MAX_CONTROL_BYTES, MAX_PING_BYTES
 from edgeflower.transport.emulation import DeviceProfile, EmulatedLink, LinkProfile
 
 __all__ = [
@@ -327,7 +328,13 @@ class AdaptiveSplitServing:
         compute time against the profile). The first forward after a (re)deployment is a warm-up and not observed.
     probe_every, probe_bytes : int
         While everything runs on the device nothing crosses the link, so every ``probe_every``-th request sends a
-        ``probe_bytes`` probe to keep observing the bandwidth (0 disables probing).
+        ``probe_bytes`` probe to keep observing the bandwidth (0 disables probing; at most 192 KiB, what a node's
+        ``Ping`` accepts beside its header).
+
+    Raises
+    ------
+    ValueError
+        For ``probe_bytes`` out of that range.
     """
 
     def __init__(
@@ -342,6 +349,8 @@ class AdaptiveSplitServing:
         probe_every: int = 4,
         probe_bytes: int = 16384,
     ) -> None:
+        if not 0 <= probe_bytes <= MAX_PING_BYTES - MAX_CONTROL_BYTES:
+            raise ValueError(f"probe_bytes must be in [0, {MAX_PING_BYTES - MAX_CONTROL_BYTES}], got {probe_bytes}")
         self.model, self.node, self.cut_model = model.eval(), node, cut_model
         self.observe = set(observe)
         self.probe_every, self.probe_bytes = probe_every, probe_bytes

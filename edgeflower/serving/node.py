@@ -31,10 +31,10 @@ from flwr.common.logger import log
 from edgeflower.models.splittable import ModelSpec, Segment
 from edgeflower.models.zoo import build_model
 from edgeflower.serving.exits import ExitHead
-from edgeflower.serving.protocol import NODE_SERVICE, check_request_id, expect, field
+from edgeflower.serving.protocol import MAX_PING_BYTES, NODE_SERVICE, check_request_id, field, verified
 from edgeflower.serving.rpc import GrpcServer, ServerOptions, Unary
-from edgeflower.transport.auth import RPC_ROLES, TokenVerifier
-from edgeflower.transport.codec import DEFAULT_MAX_MESSAGE_BYTES, Limits, decode_frame, encode_frame
+from edgeflower.transport.auth import TokenVerifier
+from edgeflower.transport.codec import DEFAULT_MAX_MESSAGE_BYTES, Limits, encode_frame
 from edgeflower.transport.emulation import DeviceProfile
 from edgeflower.transport.errors import InvalidMessageError, SessionStateError
 from edgeflower.transport.fields import all_finite
@@ -166,7 +166,7 @@ class InferenceNode:
             {
                 "Deploy": Unary(self._deploy, max_request_bytes=deploy_bytes),
                 "Forward": Unary(self._forward),
-                "Ping": Unary(self._ping, control=True),
+                "Ping": Unary(self._ping, control=True, max_request_bytes=MAX_PING_BYTES),
             },
             f"inference node {node_id or ''}".strip(),
             host,
@@ -228,8 +228,7 @@ class InferenceNode:
     # -- RPCs ---------------------------------------------------------------------------------------------------------
     def _deploy(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         t0 = time.perf_counter()
-        frame = expect(decode_frame(request, self.limits), "deploy")
-        self._verifier.verify(field(frame, "token", str), roles=RPC_ROLES["node/Deploy"])
+        frame, _ = verified(request, self.limits, "deploy", self._verifier, "node/Deploy")
         version = field(frame, "version", str)
         start, stop = field(frame, "start", int), field(frame, "stop", int)
         try:
@@ -263,8 +262,7 @@ class InferenceNode:
         return encode_frame("deployed", {"version": version, "load_s": load_s})
 
     def _forward(self, request: bytes, context: grpc.ServicerContext) -> bytes:
-        frame = expect(decode_frame(request, self.limits), "forward", ("x",))
-        self._verifier.verify(field(frame, "token", str), roles=RPC_ROLES["node/Forward"])
+        frame, _ = verified(request, self.limits, "forward", self._verifier, "node/Forward", ("x",))
         version = field(frame, "version", str)
         check_request_id(field(frame, "request_id", str))
         use_exit = field(frame, "exit", bool, False)
@@ -292,8 +290,7 @@ class InferenceNode:
         return encode_frame("forwarded", {"version": version, "compute_s": compute_s}, {"y": y}, self.limits)
 
     def _ping(self, request: bytes, context: grpc.ServicerContext) -> bytes:
-        frame = expect(decode_frame(request, self.limits), "ping")
-        self._verifier.verify(field(frame, "token", str), roles=RPC_ROLES["node/Ping"])
+        verified(request, self.limits, "ping", self._verifier, "node/Ping")
         dep = self.deployment
         meta = {"node_id": self.identity or "", "version": dep.version if dep else None, "deployed": dep is not None}
         return encode_frame("pong", meta)

@@ -30,16 +30,20 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from edgeflower.transport.codec import Frame
+from edgeflower.transport.auth import RPC_ROLES, TokenClaims, TokenVerifier
+from edgeflower.transport.codec import Frame, Limits, decode_frame, decode_header
 from edgeflower.transport.errors import InvalidMessageError
 
 __all__ = [
     "CONTROLLER_SERVICE",
+    "MAX_CONTROL_BYTES",
+    "MAX_PING_BYTES",
     "NODE_SERVICE",
     "REQUEST_ID_RE",
     "check_request_id",
     "expect",
     "field",
+    "verified",
 ]
 
 NODE_SERVICE = "edgeflower.Inference"
@@ -50,6 +54,11 @@ FORWARD = f"/{NODE_SERVICE}/Forward"
 PING = f"/{NODE_SERVICE}/Ping"
 PREDICT = f"/{CONTROLLER_SERVICE}/Predict"
 STATUS = f"/{CONTROLLER_SERVICE}/Status"
+
+MAX_CONTROL_BYTES = 64 * 1024
+"""Largest ``status`` request (a token and nothing else), refused on its raw size before anything is decoded."""
+MAX_PING_BYTES = 256 * 1024
+"""Largest ``ping`` request: a token and at most a bandwidth probe's padding (``probe_bytes``)."""
 
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 """Request ids are 1-128 characters of ``[A-Za-z0-9_.:-]``."""
@@ -87,3 +96,22 @@ def check_request_id(value: Any) -> str:
     if not isinstance(value, str) or not REQUEST_ID_RE.match(value):
         raise InvalidMessageError(f"invalid request id {value!r:.60}: 1-128 characters of [A-Za-z0-9_.:-]")
     return value
+
+
+def verified(
+    request: bytes, limits: Limits, kind: str, verifier: TokenVerifier, rpc: str, tensors: tuple[str, ...] = ()
+) -> tuple[Frame, TokenClaims]:
+    """The request's frame and its token's claims, the token checked from the header alone first: the tensors of a
+    request without a valid token for ``rpc`` (a key of :data:`~edgeflower.transport.auth.RPC_ROLES`) are never
+    read or copied.
+
+    Raises
+    ------
+    EdgeAuthError
+        A missing, forged, expired or foreign token, or one of a role ``rpc`` does not accept.
+    InvalidMessageError, MessageTooLargeError
+        A malformed frame, one of another kind, or one without the ``tensors``.
+    """
+    header = expect(decode_header(request, limits), kind)
+    claims = verifier.verify(field(header, "token", str), roles=RPC_ROLES[rpc])
+    return expect(decode_frame(request, limits), kind, tensors), claims

@@ -7,17 +7,18 @@ the exactly-once handler.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
 import torch
 
-from edgeflower.serving.protocol import CONTROLLER_SERVICE, check_request_id, expect, field
+from edgeflower.serving.protocol import CONTROLLER_SERVICE, MAX_CONTROL_BYTES, check_request_id, field, verified
 from edgeflower.serving.rpc import GrpcServer, ServerOptions, Unary
 from edgeflower.serving.settings import ControllerConfig
-from edgeflower.transport.auth import RPC_ROLES, TokenVerifier
-from edgeflower.transport.codec import Limits, decode_frame, encode_frame
+from edgeflower.transport.auth import TokenVerifier
+from edgeflower.transport.codec import Limits, encode_frame
 from edgeflower.transport.errors import InvalidMessageError
 from edgeflower.transport.fields import all_finite
 from edgeflower.transport.tls import TLSConfig
@@ -40,6 +41,11 @@ def check_input(x: torch.Tensor, in_shape: Sequence[int], max_batch: int) -> Non
         )
     if not all_finite(x):
         raise InvalidMessageError("x contains NaN or Inf")
+
+
+def max_predict_bytes(in_shape: Sequence[int], max_batch: int) -> int:
+    """Largest ``predict`` request: ``max_batch`` float32 samples of ``in_shape`` and 64 KiB of header."""
+    return MAX_CONTROL_BYTES + max_batch * math.prod(in_shape) * 4
 
 
 class PredictService:
@@ -87,7 +93,10 @@ class PredictService:
         self.limits = Limits(max_message_bytes=config.max_message_bytes)
         self.server = GrpcServer(
             CONTROLLER_SERVICE,
-            {"Predict": Unary(self._predict), "Status": Unary(self._status, control=True)},
+            {
+                "Predict": Unary(self._predict, max_request_bytes=max_predict_bytes(self.in_shape, self.max_batch)),
+                "Status": Unary(self._status, control=True, max_request_bytes=MAX_CONTROL_BYTES),
+            },
             "controller",
             host,
             port,
@@ -113,14 +122,12 @@ class PredictService:
         self.server.stop()
 
     def _predict(self, request: bytes, context: grpc.ServicerContext) -> bytes:
-        frame = expect(decode_frame(request, self.limits), "predict", ("x",))
-        self.verifier.verify(field(frame, "token", str), roles=RPC_ROLES["controller/Predict"])
+        frame, _ = verified(request, self.limits, "predict", self.verifier, "controller/Predict", ("x",))
         request_id = check_request_id(field(frame, "request_id", str))
         x = frame.tensors["x"]
         check_input(x, self.in_shape, self.max_batch)
         return self.handle(request_id, x)
 
     def _status(self, request: bytes, context: grpc.ServicerContext) -> bytes:
-        frame = expect(decode_frame(request, self.limits), "status")
-        self.verifier.verify(field(frame, "token", str), roles=RPC_ROLES["controller/Status"])
+        verified(request, self.limits, "status", self.verifier, "controller/Status")
         return encode_frame("status_info", self.status())

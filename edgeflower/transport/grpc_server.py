@@ -12,8 +12,8 @@ being *worked on*, never while it waits for its request:
   forwards, predictions) in a pool of :attr:`ServerOptions.data_workers` threads, control calls (health, heartbeat,
   status) in a separate small pool, so data traffic can never starve heartbeats. A data call that finds every data
   worker busy for :attr:`ServerOptions.admission_wait_s` is refused with ``RESOURCE_EXHAUSTED`` (clients retry).
-* **Bounded memory while waiting.** The request bodies of unary data calls waiting for a worker count against
-  :attr:`ServerOptions.max_waiting_bytes`; a call that would take them past it is refused at once with
+* **Bounded memory while waiting.** The request bodies of unary calls waiting for a worker (both lanes) count
+  against :attr:`ServerOptions.max_waiting_bytes`; a call that would take them past it is refused at once with
   ``RESOURCE_EXHAUSTED`` (a call that finds a free worker never waits and never counts; one waiting alone may be
   over it). A stream's messages wait in :meth:`RunningServer.run_data` without counting: one per stream, within
   the message limit.
@@ -81,9 +81,9 @@ class ServerOptions:
     max_concurrent_rpcs : int
         Open calls (including ones still waiting for their message) beyond which gRPC refuses new ones.
     max_waiting_bytes : int
-        Request bytes that unary data calls waiting for a worker may hold together; a call that would exceed it is
-        refused with ``RESOURCE_EXHAUSTED`` instead of waiting, unless it would wait alone (without it, only
-        ``max_concurrent_rpcs`` times the message limit bounded them).
+        Request bytes that unary calls waiting for a worker (data and control) may hold together; a call that would
+        exceed it is refused with ``RESOURCE_EXHAUSTED`` instead of waiting, unless it would wait alone (without it,
+        only ``max_concurrent_rpcs`` times the message limit bounded them).
     """
 
     data_workers: int = 8
@@ -172,12 +172,10 @@ class RunningServer:
 
     async def _run(self, lane: _Lane, fn: Callable[..., Any], args: tuple, wait: bool, size: int = 0) -> Any:
         assert lane.slots is not None
-        if wait:
-            await lane.slots.acquire()
-        elif not lane.slots.locked():
+        if not lane.slots.locked():
             await lane.slots.acquire()  # a free worker: no wait, nothing held
-        else:
-            await self._wait_admitted(lane, size)
+        else:  # ``wait``: as long as it takes (control calls, stream steps), else up to the admission wait
+            await self._wait_admitted(lane, size, None if wait else self.options.admission_wait_s)
         fut = self._loop.run_in_executor(lane.pool, fn, *args)
         slots = lane.slots
 
@@ -189,12 +187,12 @@ class RunningServer:
         fut.add_done_callback(done)
         return await asyncio.shield(fut)
 
-    async def _wait_admitted(self, lane: _Lane, size: int) -> None:
-        """Wait up to the admission wait for a worker of ``lane``, the ``size`` request bytes counted against
-        :attr:`ServerOptions.max_waiting_bytes` meanwhile."""
+    async def _wait_admitted(self, lane: _Lane, size: int, timeout_s: float | None) -> None:
+        """Wait up to ``timeout_s`` (``None``: as long as it takes) for a worker of ``lane``, the ``size`` request
+        bytes counted against :attr:`ServerOptions.max_waiting_bytes` meanwhile."""
         assert lane.slots is not None
         limit = self.options.max_waiting_bytes
-        if self.waiting_bytes and self.waiting_bytes + size > limit:  # a call waiting alone may be over it
+        if size and self.waiting_bytes and self.waiting_bytes + size > limit:  # alone, a call may be over it
             self.refused["waiting_bytes"] += 1
             raise _RefusalError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -203,7 +201,7 @@ class RunningServer:
             )
         self.waiting_bytes += size
         try:
-            await asyncio.wait_for(lane.slots.acquire(), self.options.admission_wait_s)
+            await asyncio.wait_for(lane.slots.acquire(), timeout_s)
         except TimeoutError:
             self.refused["busy"] += 1
             raise _RefusalError(

@@ -129,10 +129,10 @@ def test_a_request_without_a_valid_token_is_refused_before_its_tensors_are_read(
     from edgeflower.edge import server as server_module
     from edgeflower.transport import codec
 
-    read: list[int] = []
+    read: list[bytes] = []  # the controller's heartbeats are decoded meanwhile: they carry valid tokens
 
     def decode_frame(data, limits=None):  # type: ignore[no-untyped-def]
-        read.append(len(data))
+        read.append(bytes(data))
         return codec.decode_frame(data, limits)
 
     for module in (server_module, migration_module):
@@ -280,6 +280,57 @@ def test_nodes_and_controller_refuse_oversized_models_non_finite_inputs_and_malf
         for frame in (stride_overflow_frame("deploy"), deep_json_frame("forward")):
             assert attempt("malformed", INV, address, method, frame).rejected
     assert nodes[0].deployment.version == ctl.route.version
+
+
+def test_serving_requests_without_a_valid_token_are_refused_before_their_tensors_are_read(chain, monkeypatch):
+    from edgeflower.serving import node as node_module
+    from edgeflower.serving import protocol
+    from edgeflower.serving import service as service_module
+    from edgeflower.transport import codec
+
+    ctl, nodes, x = chain
+    read: list[bytes] = []  # the controller's heartbeats are decoded meanwhile: they carry valid tokens
+
+    def decode_frame(data, limits=None):  # type: ignore[no-untyped-def]
+        read.append(bytes(data))
+        return codec.decode_frame(data, limits)
+
+    for module in (protocol, node_module, service_module):  # wherever a handler may decode
+        monkeypatch.setattr(module, "decode_frame", decode_frame, raising=False)
+    pad = {"pad": torch.zeros(64 * 1024, dtype=torch.uint8)}
+    weights = {"w": torch.zeros(1 << 18)}  # 1 MiB "weights" without their token
+    for controller, client in (("not-a-token", "not-a-token"), (OTHER_ISSUER.issue(0, 0, 0, role="controller"), None)):
+        client = client or OTHER_ISSUER.issue(0, 1, 0, role="client")
+        calls = [
+            (nodes[0].address, DEPLOY, encode_frame("deploy", {"token": controller}, weights)),
+            (nodes[0].address, FORWARD, encode_frame("forward", {"token": controller}, {"x": x})),
+            (nodes[0].address, PING, encode_frame("ping", {"token": controller}, pad)),
+            (ctl.address, PREDICT, encode_frame("predict", {"token": client, "request_id": "r"}, {"x": x})),
+            (ctl.address, STATUS, encode_frame("status", {"token": client})),
+        ]
+        for address, method, frame in calls:
+            assert attempt("no token", PD, address, method, frame).rejected, method
+            assert frame not in read, method  # not decoded past its header
+    assert nodes[0].deployment.version == ctl.route.version
+
+
+def test_status_and_ping_larger_than_a_token_and_a_probe_are_refused_on_their_size(chain):
+    from edgeflower.serving.protocol import MAX_CONTROL_BYTES, MAX_PING_BYTES
+
+    ctl, nodes, x = chain
+    token = ISSUER.issue(0, 0, 0, nodes[0].identity, role="controller")
+    huge_pad = {"pad": torch.zeros(MAX_PING_BYTES, dtype=torch.uint8)}
+    assert attempt("huge ping", RE, nodes[0].address, PING, encode_frame("ping", {"token": token}, huge_pad)).rejected
+    client = ISSUER.issue(0, 1, 0, role="client")
+    status = encode_frame("status", {"token": client, "junk": "x" * MAX_CONTROL_BYTES})
+    assert attempt("huge status", RE, ctl.address, STATUS, status).rejected
+    probe = NodeClient(nodes[0].address, token)
+    try:
+        assert probe.probe(16384) >= 0  # a bandwidth probe's padding is a ping's business
+    finally:
+        probe.close()
+    with ServingClient(ctl.address, client) as serving:
+        assert serving.predict(x).logits.shape == (4, 10)
 
 
 def _huge_spec():

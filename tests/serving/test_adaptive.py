@@ -119,3 +119,11 @@ def test_sensitivity_study_measures_every_cut_and_estimates_it_with_the_cut_mode
     assert {dict(c)["bandwidth_mbps"]: k for c, k in planned.items()} == {
         bw: plan_cut(RECORDED, Conditions(bw, device_slowdown=DEVICE, edge_load=0.5))[0] for bw in (20, 200)
     }
+
+
+def test_a_bandwidth_probe_larger_than_a_nodes_ping_accepts_is_refused_when_the_serving_is_built():
+    from edgeflower.serving.protocol import MAX_CONTROL_BYTES, MAX_PING_BYTES
+
+    for probe_bytes in (-1, MAX_PING_BYTES - MAX_CONTROL_BYTES + 1):
+        with pytest.raises(ValueError, match="probe_bytes"):
+            AdaptiveSplitServing(None, None, None, None, probe_bytes=probe_bytes)  # type: ignore[arg-type]

@@ -33,6 +33,36 @@ def test_a_taken_port_is_a_readable_oserror_and_leaves_no_thread_behind(second):
     assert not {name for name in leftover if name.startswith("edgeflower-")}, leftover
 
 
+def test_control_calls_wait_for_their_worker_as_long_as_it_takes_within_the_same_byte_budget():
+    release, started = threading.Event(), threading.Event()
+
+    def work(raw: bytes, context: object) -> bytes:
+        started.set()
+        release.wait(60)
+        return b"pong %d" % len(raw)
+
+    options = ServerOptions(control_workers=1, admission_wait_s=0.0, max_waiting_bytes=1000)
+    handlers = {"Ping": Unary(work, control=True)}
+    running = start_server("edgeflower.test.Control", handlers, "127.0.0.1", 0, 1 << 20, None, "control", options)
+    channel = open_channel(running.address, 1 << 20)
+    try:
+        call = channel.unary_unary("/edgeflower.test.Control/Ping")
+        holding = call.future(b"a" * 10, timeout=60)
+        assert started.wait(30)
+        waiting = call.future(b"b" * 600, timeout=60)  # no admission wait for control calls: it waits on
+        assert wait_until(lambda: running.waiting_bytes == 600, timeout_s=30)
+        with pytest.raises(grpc.RpcError) as refused:
+            call(b"c" * 600, timeout=30)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        release.set()
+        assert holding.result() == b"pong 10" and waiting.result() == b"pong 600"
+        assert running.waiting_bytes == 0 and running.refused["busy"] == 0
+    finally:
+        release.set()
+        channel.close()
+        running.stop(0)
+
+
 def test_calls_waiting_for_a_worker_hold_at_most_the_byte_budget_and_the_next_one_is_refused_at_once():
     """(A single call waiting alone may be over the budget: a budget under the message limit never locks one out.)"""
     release, started = threading.Event(), threading.Event()
