@@ -10,6 +10,7 @@ state under ``model.``, exit heads under ``exit.<boundary>.``), written with ``t
 from __future__ import annotations
 
 import json
+import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,13 +75,30 @@ class ServingBundle:
 
     @classmethod
     def load(cls, root: str | Path) -> ServingBundle:
-        """Read a bundle written by :meth:`save` (tensors only, ``weights_only=True``)."""
+        """Read a bundle written by :meth:`save` (tensors only, ``weights_only=True``).
+
+        Raises
+        ------
+        ValueError
+            Naming the bundle and what is wrong: a missing or unreadable file, a malformed ``bundle.json`` (a
+            missing key, a wrong type), weights that are no tensor file or do not fit the model.
+        """
         path = Path(root)
         try:
             info = json.loads((path / "bundle.json").read_text())
             tensors = torch.load(path / "weights.pt", weights_only=True, map_location="cpu")
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, json.JSONDecodeError, pickle.UnpicklingError, RuntimeError, EOFError) as exc:
             raise ValueError(f"{path} is not a serving bundle: {exc}") from exc
+        try:
+            return cls._from(info, tensors)
+        except (KeyError, TypeError, AttributeError, RuntimeError) as exc:
+            what = f"lacks {exc}" if isinstance(exc, KeyError) else f"does not fit: {exc}"
+            raise ValueError(f"{path} is not a serving bundle: bundle.json or weights.pt {what}") from exc
+
+    @classmethod
+    def _from(cls, info: dict, tensors: dict[str, torch.Tensor]) -> ServingBundle:
+        if not isinstance(info, dict) or not isinstance(tensors, dict):
+            raise TypeError("bundle.json must hold an object and weights.pt a dict of tensors")
         if info.get("arch"):
             from edgeflower.pruning.arch import build_from_arch
 

@@ -35,7 +35,7 @@ from edgeflower.serving.bundle import ServingBundle
 from edgeflower.serving.deploy import Deployer, calibrate_downtime, calibrate_routes, measure_hop
 from edgeflower.serving.detection import FailureDetector
 from edgeflower.serving.estimators import DowntimeModel, LatencyModel
-from edgeflower.serving.exactly_once import ExactlyOnce
+from edgeflower.serving.exactly_once import ExactlyOnce, journal_key
 from edgeflower.serving.failover import Failover, FailoverEvent
 from edgeflower.serving.journal import Journal
 from edgeflower.serving.nodeclient import NodeClient
@@ -315,17 +315,26 @@ class Controller:
         """Run ``x`` through the current route, re-running it on the new route whenever the route breaks."""
         return self._router.run(request_id, x)
 
-    def handle(self, request_id: str, x: torch.Tensor) -> bytes:
-        """Answer request ``request_id`` exactly once (journalled); return the ``prediction`` frame."""
-        return self._requests.handle(request_id, x)
+    def handle(self, request_id: str, x: torch.Tensor, client: int | None = None) -> bytes:
+        """Answer request ``request_id`` of ``client`` (a client token's node id; ``None``: unscoped) exactly once
+        (journalled); return the ``prediction`` frame."""
+        return self._requests.handle(request_id, x, client)
 
     def route_latencies(self, version: str | None = None) -> list[float]:
         """Seconds of the last (up to 1024) requests served through route ``version`` (default: the current one)."""
         return self._router.route_latencies(version or self.route.version)
 
-    def status(self) -> dict[str, Any]:
-        """Route, live nodes, the current route's median and estimated latency, pending entries, failover events."""
+    def status(self, client: int | None = None) -> dict[str, Any]:
+        """Route, live nodes, the current route's median and estimated latency, pending entries, failover events.
+
+        ``client``: the pending request ids are that client's only (the ``Status`` RPC passes the caller's);
+        ``None`` lists every pending journal key (``"<client>/<request id>"``).
+        """
         route = self.route
+        pending = self.journal.pending
+        if client is not None:
+            prefix = journal_key(client, "")
+            pending = [key[len(prefix) :] for key in pending if key.startswith(prefix)]
         served = self.route_latencies(route.version)
         return {
             "technique": route.technique,
@@ -334,7 +343,7 @@ class Controller:
             "estimated_latency_ms": self.latency.estimate(route) * 1e3,
             "estimated_batch": self.latency.served_batch(),  # the batch size the estimates are made at
             "alive": self.alive(),
-            "pending": self.journal.pending,
+            "pending": pending,
             "executed": self.executed,
             "events": [asdict(e) for e in self.events],
             "readmissions": self.readmissions,

@@ -2,8 +2,10 @@
 
 Lines::
 
-    {"e": "accepted", "id": "<request id>", "sha": "<sha256 of the input bytes>", "t": <unix time>}
-    {"e": "answered", "id": "<request id>", "reply": "<base64 of the prediction frame>", "t": <unix time>}
+    {"e": "accepted", "id": "<client>/<request id>", "sha": "<sha256 of the input bytes>", "t": <unix time>}
+    {"e": "answered", "id": "<client>/<request id>", "reply": "<base64 of the prediction frame>", "t": <unix time>}
+
+(the ``id`` is a :func:`~edgeflower.serving.exactly_once.journal_key`: the request id scoped by its client).
 
 A request is journalled as accepted before it is executed and as answered (with its full reply) before the reply
 leaves the controller. After a restart, answered requests are replayed from the journal when a client retries them

@@ -122,12 +122,12 @@ class PredictService:
         self.server.stop()
 
     def _predict(self, request: bytes, context: grpc.ServicerContext) -> bytes:
-        frame, _ = verified(request, self.limits, "predict", self.verifier, "controller/Predict", ("x",))
+        frame, claims = verified(request, self.limits, "predict", self.verifier, "controller/Predict", ("x",))
         request_id = check_request_id(field(frame, "request_id", str))
         x = frame.tensors["x"]
         check_input(x, self.in_shape, self.max_batch)
-        return self.handle(request_id, x)
+        return self.handle(request_id, x, claims.node_id)
 
     def _status(self, request: bytes, context: grpc.ServicerContext) -> bytes:
-        verified(request, self.limits, "status", self.verifier, "controller/Status")
-        return encode_frame("status_info", self.status())
+        _, claims = verified(request, self.limits, "status", self.verifier, "controller/Status")
+        return encode_frame("status_info", self.status(claims.node_id))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields
 
+from edgeflower.transport.auth import MAX_LIFETIME_S
 from edgeflower.transport.codec import DEFAULT_MAX_MESSAGE_BYTES
 
 __all__ = ["ControllerConfig"]
@@ -44,6 +46,12 @@ class ControllerConfig:
         Allow the predict service plaintext on a non-loopback address (with a WARNING).
     first_message_s : float
         A call must deliver its request within this long (half-open calls are answered ``DEADLINE_EXCEEDED``).
+
+    Raises
+    ------
+    ValueError
+        For a duration or count that is not a finite positive number, a ``latency_trim`` outside ``[0, 0.5)`` or a
+        token lifetime over the hour every verifier accepts.
     """
 
     heartbeat_s: float = 0.2
@@ -60,3 +68,15 @@ class ControllerConfig:
     readmit_every: int = 5
     insecure: bool = False
     first_message_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("insecure", "latency_trim"):
+                continue
+            if isinstance(value, bool) or not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ValueError(f"ControllerConfig.{f.name} must be a finite positive number, got {value!r}")
+        if not 0 <= self.latency_trim < 0.5:
+            raise ValueError(f"ControllerConfig.latency_trim must be in [0, 0.5), got {self.latency_trim!r}")
+        if self.token_ttl_s > MAX_LIFETIME_S:
+            raise ValueError(f"ControllerConfig.token_ttl_s must be at most {MAX_LIFETIME_S:g} s (what verifiers take)")

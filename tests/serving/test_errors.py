@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import grpc
 import pytest
 import torch
 
 from edgeflower.models.zoo import build_model
 from edgeflower.serving import Controller, InferenceNode, NodeClient, ServingBundle, ServingClient, build_bundle
+from edgeflower.serving.controller import ControllerConfig
 from edgeflower.serving.protocol import PREDICT
 from edgeflower.serving.rpc import call, open_channel
 from edgeflower.transport.auth import TokenIssuer
@@ -121,6 +124,33 @@ def test_bundle_round_trips_through_tensor_only_files(chain, tmp_path):
     with torch.no_grad():
         assert torch.equal(loaded.model(x), ctl.bundle.model(x))
         assert torch.equal(loaded.exits[2](torch.ones(1, 32, 14, 14)), ctl.bundle.exits[2](torch.ones(1, 32, 14, 14)))
-    (path / "weights.pt").write_bytes(b"garbage")
-    with pytest.raises(Exception):  # noqa: B017 - torch's unpickling error class varies by version
+    good = (path / "bundle.json").read_text()
+    info = json.loads(good)
+    del info["exits"]
+    (path / "bundle.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError, match=r"is not a serving bundle: .*lacks 'exits'"):
         ServingBundle.load(path)
+    for broken in ("[1, 2]", json.dumps({**json.loads(good), "batch_size": [64]})):
+        (path / "bundle.json").write_text(broken)
+        with pytest.raises(ValueError, match="is not a serving bundle"):
+            ServingBundle.load(path)
+    (path / "bundle.json").write_text(good)
+    (path / "weights.pt").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="is not a serving bundle"):  # a readable error, not an unpickling trace
+        ServingBundle.load(path)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"heartbeat_s": 0},
+        {"misses": 0},
+        {"heartbeat_timeout_s": float("nan")},
+        {"max_batch": -1},
+        {"latency_trim": 0.5},
+        {"token_ttl_s": 7200.0},
+    ],
+)
+def test_a_controller_config_out_of_range_is_refused_naming_the_field(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        ControllerConfig(**bad)

@@ -25,6 +25,7 @@ from edgeflower.serving import (
     failout_train,
     select,
 )
+from edgeflower.serving.exactly_once import journal_key
 from edgeflower.serving.plan import Route
 from edgeflower.serving.selection import Candidate
 from edgeflower.training import make_optimizer
@@ -105,7 +106,8 @@ def _assert_exactly_once(load: Load, journal_path) -> None:
     assert sorted(load.sent) == sorted(load.answers), "a sent request got no answer"
     assert all(len(v) == 1 for v in load.answers.values())
     answered = Counter(json.loads(line)["id"] for line in journal_path.read_text().splitlines() if '"answered"' in line)
-    assert set(answered) == set(load.sent) and max(answered.values()) == 1
+    sent = {journal_key(int(rid[1 : rid.index("-")]), rid) for rid in load.sent}  # thread t sends as client t
+    assert set(answered) == sent and max(answered.values()) == 1
 
 
 def _candidates(bundle):

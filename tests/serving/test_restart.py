@@ -78,7 +78,7 @@ def test_controller_restart_loses_nothing_and_answers_nothing_twice(vgg_bundle_d
         orphan_x = fmnist_test.x[32:40]
         sha = hashlib.sha256(orphan_x.contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
         with journal.open("a") as f:
-            f.write(json.dumps({"e": "accepted", "id": "orphan-1", "sha": sha, "t": 0}) + "\n")
+            f.write(json.dumps({"e": "accepted", "id": "2/orphan-1", "sha": sha, "t": 0}) + "\n")  # client 2's
         second = _controller(tmp_path / "serve.json", port)
         procs.append(second)
         while len(answers) < sent_at_kill + 20 and not errors:
@@ -99,7 +99,7 @@ def test_controller_restart_loses_nothing_and_answers_nothing_twice(vgg_bundle_d
         assert set(answers) == {f"req-{i}" for i in range(len(answers))}  # none skipped
         lines = [json.loads(line) for line in journal.read_text().splitlines()]
         answered = Counter(e["id"] for e in lines if e["e"] == "answered")
-        assert max(answered.values()) == 1 and set(answers) <= set(answered)
+        assert max(answered.values()) == 1 and {f"1/{r}" for r in answers} <= set(answered)  # client 1's load
     finally:
         for p in procs:
             p.kill()

@@ -6,6 +6,7 @@ import itertools
 import json
 
 import pytest
+import torch
 
 from edgeflower.cli import build_parser
 from edgeflower.models.zoo import build_model
@@ -168,3 +169,40 @@ def test_serving_commands_are_registered():
         ["serve-bundle", "--checkpoint", "m.pt", "--cuts", "0,2,7", "--out", "b"],
     ):
         assert callable(parser.parse_args(argv).func)
+
+
+def test_request_ids_are_scoped_by_client_and_one_in_flight_for_another_input_is_refused_at_once():
+    import threading
+    from types import SimpleNamespace
+
+    from edgeflower.serving.exactly_once import ExactlyOnce
+    from edgeflower.transport.codec import Limits, decode_frame
+    from edgeflower.transport.errors import InvalidMessageError
+
+    release, started = threading.Event(), threading.Event()
+    ran: list[str] = []
+
+    def run(request_id: str, x: torch.Tensor):  # type: ignore[no-untyped-def]
+        ran.append(request_id)
+        if len(ran) == 1:  # the first request stays in flight until released
+            started.set()
+            release.wait(30)
+        return x.sum(dim=1, keepdim=True), SimpleNamespace(technique="t", version="v")
+
+    journal = Journal()
+    once = ExactlyOnce(journal, run, Limits(), wait_s=30)
+    x1, x2 = torch.ones(2, 3), torch.zeros(2, 3)
+    first: list[bytes] = []
+    thread = threading.Thread(target=lambda: first.append(once.handle("r", x1, client=1)))
+    thread.start()
+    try:
+        assert started.wait(30)
+        with pytest.raises(InvalidMessageError, match="for a different input"):
+            once.handle("r", x2, client=1)  # refused at once: it would have been answered with x1's logits
+        other = decode_frame(once.handle("r", x2, client=2))  # another client's "r" is its own request
+        assert torch.equal(other.tensors["logits"], torch.zeros(2, 1)) and other.meta["request_id"] == "r"
+    finally:
+        release.set()
+        thread.join(30)
+    assert torch.equal(decode_frame(first[0]).tensors["logits"], torch.full((2, 1), 3.0))
+    assert sorted(journal.answers) == ["1/r", "2/r"] and ran == ["r", "r"]
