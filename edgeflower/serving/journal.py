@@ -11,6 +11,12 @@ A request is journalled as accepted before it is executed and as answered (with 
 leaves the controller. After a restart, answered requests are replayed from the journal when a client retries them
 (never executed again), and accepted-but-unanswered ones are reported as *pending* and executed when their client
 retries. A torn last line (a crash mid-write) is ignored.
+
+**Bounded.** The journal keeps the newest ``max_entries`` requests and at most ``max_reply_bytes`` of replies (the
+oldest are forgotten first, answered or not, with one log line), so clients sending fresh ids cannot grow the
+controller's memory; exactly-once holds within that window (a request forgotten is a new one if sent again). The
+file is compacted to what is kept whenever it holds twice as many lines (written to a temporary file, then renamed
+over it: a crash leaves the old or the new one).
 """
 
 from __future__ import annotations
@@ -37,14 +43,35 @@ class Journal:
         The file; ``None`` keeps everything in memory (nothing survives a restart).
     fsync : bool
         ``os.fsync`` after every line (survives a machine crash, not only a process crash).
+    max_entries : int
+        Requests remembered (the newest; accepted and answered ones alike).
+    max_reply_bytes : int
+        Bytes of replies remembered.
+
+    Attributes
+    ----------
+    forgotten : int
+        Requests forgotten to stay within the bounds.
     """
 
-    def __init__(self, path: str | Path | None = None, fsync: bool = False) -> None:
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        fsync: bool = False,
+        max_entries: int = 100_000,
+        max_reply_bytes: int = 512 * 2**20,
+    ) -> None:
+        if max_entries < 1 or max_reply_bytes < 1:
+            raise ValueError("max_entries and max_reply_bytes must be positive")
         self.path = Path(path) if path is not None else None
         self.fsync = fsync
+        self.max_entries, self.max_reply_bytes = max_entries, max_reply_bytes
+        self.forgotten = 0
         self._lock = threading.Lock()
         self.answers: dict[str, bytes] = {}
-        self.accepted: dict[str, str] = {}
+        self.accepted: dict[str, str] = {}  # in acceptance order: the oldest is forgotten first
+        self._reply_bytes = 0
+        self._lines = 0
         self._file = None
         if self.path is not None:
             self._replay()
@@ -52,6 +79,8 @@ class Journal:
             self._file = self.path.open("a", encoding="utf-8")
             if torn:
                 self._file.write("\n")  # never glue a new entry onto a torn last line
+            self._forget_oldest()
+            self._compact_if_long()
 
     def _replay(self) -> None:
         assert self.path is not None
@@ -60,12 +89,57 @@ class Journal:
         for n, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), start=1):
             try:
                 entry = json.loads(line)
+                key = str(entry["id"])
                 if entry["e"] == "accepted":
-                    self.accepted[str(entry["id"])] = str(entry["sha"])
-                elif entry["e"] == "answered":
-                    self.answers[str(entry["id"])] = base64.b64decode(entry["reply"])
+                    self.accepted[key] = str(entry["sha"])
+                elif entry["e"] == "answered" and key in self.accepted:  # a forgotten request's answer stays so
+                    self._keep_answer(key, base64.b64decode(entry["reply"]))
             except (ValueError, KeyError, TypeError):
                 log(WARNING, "journal %s: ignoring unreadable line %d", self.path, n)
+            self._lines = n
+
+    def _keep_answer(self, key: str, reply: bytes) -> None:
+        self._reply_bytes += len(reply) - len(self.answers.get(key, b""))
+        self.answers[key] = reply
+
+    def _forget_oldest(self) -> None:
+        """Forget the oldest requests until the newest ``max_entries`` and ``max_reply_bytes`` remain."""
+        forgotten = 0
+        while len(self.accepted) > self.max_entries or self._reply_bytes > self.max_reply_bytes:
+            key = next(iter(self.accepted))
+            del self.accepted[key]
+            self._reply_bytes -= len(self.answers.pop(key, b""))
+            forgotten += 1
+        if forgotten:
+            before, self.forgotten = self.forgotten, self.forgotten + forgotten
+            if before == 0 or before // self.max_entries != self.forgotten // self.max_entries:  # now and then
+                log(
+                    WARNING,
+                    "journal: %d oldest requests forgotten so far (the newest %d are kept: a retry of an older one "
+                    "runs again)",
+                    self.forgotten,
+                    len(self.accepted),
+                )
+
+    def _compact_if_long(self) -> None:
+        """Rewrite the file with what is kept once it holds twice as many lines (plus a margin)."""
+        if self._file is None or self._lines <= 2 * len(self.accepted) + 1024:
+            return
+        assert self.path is not None
+        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
+        with tmp.open("w", encoding="utf-8") as out:
+            for key, sha in self.accepted.items():
+                out.write(json.dumps({"e": "accepted", "id": key, "sha": sha, "t": 0}, separators=(",", ":")) + "\n")
+                if key in self.answers:
+                    reply = base64.b64encode(self.answers[key]).decode()
+                    out.write(json.dumps({"e": "answered", "id": key, "reply": reply, "t": 0}, separators=(",", ":")))
+                    out.write("\n")
+            out.flush()
+            os.fsync(out.fileno())
+        self._file.close()
+        os.replace(tmp, self.path)
+        self._file = self.path.open("a", encoding="utf-8")
+        self._lines = len(self.accepted) + len(self.answers)
 
     @property
     def pending(self) -> list[str]:
@@ -80,20 +154,27 @@ class Journal:
         self._file.flush()
         if self.fsync:
             os.fsync(self._file.fileno())
+        self._lines += 1
 
     def accept(self, request_id: str, sha: str) -> None:
         """Record that ``request_id`` (input hash ``sha``) was accepted."""
         with self._lock:
             self.accepted[request_id] = sha
             self._write({"e": "accepted", "id": request_id, "sha": sha, "t": time.time()})
+            self._forget_oldest()
+            self._compact_if_long()
 
     def answer(self, request_id: str, reply: bytes) -> None:
         """Record ``request_id``'s reply (before it is sent)."""
         with self._lock:
-            self.answers[request_id] = reply
+            if request_id not in self.accepted:  # forgotten while it ran: its client gets the reply all the same
+                return
+            self._keep_answer(request_id, reply)
             self._write(
                 {"e": "answered", "id": request_id, "reply": base64.b64encode(reply).decode(), "t": time.time()}
             )
+            self._forget_oldest()
+            self._compact_if_long()
 
     def close(self) -> None:
         """Close the file."""

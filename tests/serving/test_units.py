@@ -206,3 +206,26 @@ def test_request_ids_are_scoped_by_client_and_one_in_flight_for_another_input_is
         thread.join(30)
     assert torch.equal(decode_frame(first[0]).tensors["logits"], torch.full((2, 1), 3.0))
     assert sorted(journal.answers) == ["1/r", "2/r"] and ran == ["r", "r"]
+
+
+def test_journal_keeps_the_newest_requests_within_its_bounds_and_compacts_its_file(tmp_path):
+    path = tmp_path / "j.jsonl"
+    journal = Journal(path, max_entries=3, max_reply_bytes=1000)
+    for i in range(1200):  # 2400 lines written: over 2 * 3 + 1024, so the file is compacted
+        journal.accept(f"1/r{i}", f"sha-{i}")
+        journal.answer(f"1/r{i}", b"reply-%d" % i)
+    newest = ["1/r1197", "1/r1198", "1/r1199"]
+    assert list(journal.accepted) == newest and list(journal.answers) == newest and journal.forgotten == 1197
+    journal.accept("1/late", "sha-late")  # accepted, never answered: pending, and forgotten in turn like any other
+    assert journal.pending == ["1/late"]
+    assert len(path.read_text().splitlines()) <= 2 * 3 + 1024 + 2
+    journal.close()
+    again = Journal(path, max_entries=3)
+    assert list(again.accepted) == ["1/r1198", "1/r1199", "1/late"] and again.answers["1/r1199"] == b"reply-1199"
+    again.answer("1/r1", b"too late")  # forgotten while it ran: nothing is remembered for it
+    assert "1/r1" not in again.answers
+    replies = Journal(max_entries=100, max_reply_bytes=25)  # in memory; bounded in bytes too
+    for i in range(5):
+        replies.accept(str(i), "sha")
+        replies.answer(str(i), b"x" * 10)
+    assert list(replies.answers) == ["3", "4"] and list(replies.accepted) == ["3", "4"]
