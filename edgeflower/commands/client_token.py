@@ -46,7 +46,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         ),
     )
     p.add_argument("--secret-file", required=True, help="the shared secret of the controller and nodes")
-    p.add_argument("--client-id", type=int, default=0, help="integer naming the client in the controller's log")
+    p.add_argument(
+        "--client-id",
+        type=int,
+        default=0,
+        help="integer naming the client: the controller scopes request ids by it, so give every client its own "
+        "(clients sharing one share their request ids and pending list) and keep it when renewing the token",
+    )
     p.add_argument("--ttl", type=float, default=3600.0, help="seconds the token is valid (at most an hour)")
     p.add_argument("--out", type=Path, default=None, help="write the token to this file (mode 0600) instead of stdout")
     p.set_defaults(func=_run)

@@ -91,7 +91,7 @@ class ServingBundle:
             raise ValueError(f"{path} is not a serving bundle: {exc}") from exc
         try:
             return cls._from(info, tensors)
-        except (KeyError, TypeError, AttributeError, RuntimeError) as exc:
+        except (KeyError, TypeError, AttributeError, RuntimeError, ValueError) as exc:
             what = f"lacks {exc}" if isinstance(exc, KeyError) else f"does not fit: {exc}"
             raise ValueError(f"{path} is not a serving bundle: bundle.json or weights.pt {what}") from exc
 

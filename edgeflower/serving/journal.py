@@ -13,10 +13,13 @@ leaves the controller. After a restart, answered requests are replayed from the 
 retries. A torn last line (a crash mid-write) is ignored.
 
 **Bounded.** The journal keeps the newest ``max_entries`` requests and at most ``max_reply_bytes`` of replies (the
-oldest are forgotten first, answered or not, with one log line), so clients sending fresh ids cannot grow the
+oldest are forgotten first, answered or not; logged now and then), so clients sending fresh ids cannot grow the
 controller's memory; exactly-once holds within that window (a request forgotten is a new one if sent again). The
 file is compacted to what is kept whenever it holds twice as many lines (written to a temporary file, then renamed
-over it: a crash leaves the old or the new one).
+over it: a crash leaves the old or the new one). Keys are journal keys
+(:func:`~edgeflower.serving.exactly_once.journal_key`, ``"<client>/<request id>"``): a journal written before
+requests were scoped by client is not matched, so drain it (let every client retry its pending requests) before
+upgrading.
 """
 
 from __future__ import annotations
@@ -91,12 +94,17 @@ class Journal:
                 entry = json.loads(line)
                 key = str(entry["id"])
                 if entry["e"] == "accepted":
+                    self._forget(key)  # an id accepted again (after it was forgotten) starts afresh, last in line
                     self.accepted[key] = str(entry["sha"])
                 elif entry["e"] == "answered" and key in self.accepted:  # a forgotten request's answer stays so
                     self._keep_answer(key, base64.b64decode(entry["reply"]))
             except (ValueError, KeyError, TypeError):
                 log(WARNING, "journal %s: ignoring unreadable line %d", self.path, n)
             self._lines = n
+
+    def _forget(self, key: str) -> None:
+        self.accepted.pop(key, None)
+        self._reply_bytes -= len(self.answers.pop(key, b""))
 
     def _keep_answer(self, key: str, reply: bytes) -> None:
         self._reply_bytes += len(reply) - len(self.answers.get(key, b""))
@@ -106,9 +114,7 @@ class Journal:
         """Forget the oldest requests until the newest ``max_entries`` and ``max_reply_bytes`` remain."""
         forgotten = 0
         while len(self.accepted) > self.max_entries or self._reply_bytes > self.max_reply_bytes:
-            key = next(iter(self.accepted))
-            del self.accepted[key]
-            self._reply_bytes -= len(self.answers.pop(key, b""))
+            self._forget(next(iter(self.accepted)))
             forgotten += 1
         if forgotten:
             before, self.forgotten = self.forgotten, self.forgotten + forgotten
@@ -123,7 +129,7 @@ class Journal:
 
     def _compact_if_long(self) -> None:
         """Rewrite the file with what is kept once it holds twice as many lines (plus a margin)."""
-        if self._file is None or self._lines <= 2 * len(self.accepted) + 1024:
+        if self._file is None or self._lines <= 2 * (len(self.accepted) + len(self.answers)) + 1024:
             return
         assert self.path is not None
         tmp = self.path.with_suffix(self.path.suffix + ".tmp")
@@ -136,9 +142,14 @@ class Journal:
                     out.write("\n")
             out.flush()
             os.fsync(out.fileno())
-        self._file.close()
-        os.replace(tmp, self.path)
-        self._file = self.path.open("a", encoding="utf-8")
+        os.replace(tmp, self.path)  # the old handle still appends to the replaced file until swapped below
+        directory = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # the rename survives a machine crash too
+        finally:
+            os.close(directory)
+        old, self._file = self._file, self.path.open("a", encoding="utf-8")
+        old.close()
         self._lines = len(self.accepted) + len(self.answers)
 
     @property
@@ -159,6 +170,7 @@ class Journal:
     def accept(self, request_id: str, sha: str) -> None:
         """Record that ``request_id`` (input hash ``sha``) was accepted."""
         with self._lock:
+            self._forget(request_id)  # accepted again after it was forgotten: afresh, last in line
             self.accepted[request_id] = sha
             self._write({"e": "accepted", "id": request_id, "sha": sha, "t": time.time()})
             self._forget_oldest()

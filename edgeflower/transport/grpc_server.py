@@ -13,10 +13,11 @@ being *worked on*, never while it waits for its request:
   status) in a separate small pool, so data traffic can never starve heartbeats. A data call that finds every data
   worker busy for :attr:`ServerOptions.admission_wait_s` is refused with ``RESOURCE_EXHAUSTED`` (clients retry).
 * **Bounded memory while waiting.** The request bodies of unary calls waiting for a worker (both lanes) count
-  against :attr:`ServerOptions.max_waiting_bytes`; a call that would take them past it is refused at once with
+  against :attr:`ServerOptions.max_waiting_bytes`; a data call that would take them past it is refused at once with
   ``RESOURCE_EXHAUSTED`` (a call that finds a free worker never waits and never counts; one waiting alone may be
-  over it). A stream's messages wait in :meth:`RunningServer.run_data` without counting: one per stream, within
-  the message limit.
+  over it). Control calls (heartbeats, health) count but are never refused: a refused heartbeat would fail over a
+  node that is only busy; their methods cap their size instead. A stream's messages wait in
+  :meth:`RunningServer.run_data` without counting: one per stream, within the message limit.
 * **Size limits before decoding.** A method may set its own request size limit (e.g. ``Open``, ``Deploy``), checked
   on the raw bytes before anything is parsed or allocated.
 * **Plaintext only where asked for.** A non-loopback address needs TLS unless ``insecure`` is set, which logs a
@@ -81,9 +82,9 @@ class ServerOptions:
     max_concurrent_rpcs : int
         Open calls (including ones still waiting for their message) beyond which gRPC refuses new ones.
     max_waiting_bytes : int
-        Request bytes that unary calls waiting for a worker (data and control) may hold together; a call that would
-        exceed it is refused with ``RESOURCE_EXHAUSTED`` instead of waiting, unless it would wait alone (without it,
-        only ``max_concurrent_rpcs`` times the message limit bounded them).
+        Request bytes that unary calls waiting for a worker may hold together; a data call that would exceed it is
+        refused with ``RESOURCE_EXHAUSTED`` instead of waiting, unless it would wait alone (without it, only
+        ``max_concurrent_rpcs`` times the message limit bounded them). Control calls count but are never refused.
     """
 
     data_workers: int = 8
@@ -146,7 +147,7 @@ class RunningServer:
         self.port = 0
         self.address = ""
         self.refused = {"first_message": 0, "busy": 0, "too_large": 0, "waiting_bytes": 0}
-        self.waiting_bytes = 0  # request bytes of data calls waiting for a worker (changed only on the loop)
+        self.waiting_bytes = 0  # request bytes of unary calls waiting for a worker (changed only on the loop)
         self.stopping: asyncio.Event | None = None  # created on the loop
 
     # -- helpers for stream handlers -------------------------------------------------------------------------------
@@ -192,7 +193,8 @@ class RunningServer:
         bytes counted against :attr:`ServerOptions.max_waiting_bytes` meanwhile."""
         assert lane.slots is not None
         limit = self.options.max_waiting_bytes
-        if size and self.waiting_bytes and self.waiting_bytes + size > limit:  # alone, a call may be over it
+        over = size and self.waiting_bytes and self.waiting_bytes + size > limit  # alone, a call may be over it
+        if over and timeout_s is not None:  # control calls (heartbeats) are never refused: they count and wait
             self.refused["waiting_bytes"] += 1
             raise _RefusalError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,

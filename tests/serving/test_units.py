@@ -229,3 +229,25 @@ def test_journal_keeps_the_newest_requests_within_its_bounds_and_compacts_its_fi
         replies.accept(str(i), "sha")
         replies.answer(str(i), b"x" * 10)
     assert list(replies.answers) == ["3", "4"] and list(replies.accepted) == ["3", "4"]
+
+
+def test_a_full_journal_compacts_rarely_and_an_id_accepted_again_after_it_was_forgotten_starts_afresh(
+    tmp_path, monkeypatch
+):
+    import os
+
+    from edgeflower.serving import journal as journal_module
+
+    rewrites: list[str] = []
+    real_replace = os.replace
+    monkeypatch.setattr(journal_module.os, "replace", lambda a, b: (rewrites.append(str(b)), real_replace(a, b)))
+    path = tmp_path / "j.jsonl"
+    journal = Journal(path, max_entries=2000)
+    for i in range(6000):
+        journal.accept(f"1/r{i}", "sha")
+        journal.answer(f"1/r{i}", b"reply")
+    assert 1 <= len(rewrites) <= 3  # full, it compacts once per 2000 + 512 requests, not once per 512
+    journal.accept("1/r0", "sha-new")  # r0 was forgotten long ago: the id is a new request now
+    journal.close()
+    again = Journal(path, max_entries=2000)
+    assert again.pending == ["1/r0"] and again.accepted["1/r0"] == "sha-new" and list(again.accepted)[-1] == "1/r0"
