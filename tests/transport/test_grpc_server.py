@@ -33,52 +33,50 @@ def test_a_taken_port_is_a_readable_oserror_and_leaves_no_thread_behind(second):
     assert not {name for name in leftover if name.startswith("edgeflower-")}, leftover
 
 
+class _HeldServer:
+    """A server whose one method takes its only worker until :attr:`release` is set (``started`` once it has)."""
+
+    def __init__(self, options: ServerOptions, control: bool) -> None:
+        self.release, self.started = threading.Event(), threading.Event()
+        handlers = {"Work": Unary(self._work, control=control)}
+        self.running = start_server("edgeflower.test.Held", handlers, "127.0.0.1", 0, 1 << 20, None, "held", options)
+        self.channel = open_channel(self.running.address, 1 << 20)
+        self.call = self.channel.unary_unary("/edgeflower.test.Held/Work")
+
+    def _work(self, raw: bytes, context: object) -> bytes:
+        self.started.set()
+        self.release.wait(60)
+        return b"done %d" % len(raw)
+
+    def close(self) -> None:
+        self.release.set()
+        self.channel.close()
+        self.running.stop(0)
+
+
 def test_control_calls_wait_for_their_worker_as_long_as_it_takes_and_count_but_are_never_refused():
     """A refused heartbeat would fail over a node that is only busy: control calls count their bytes, never refused."""
-    release, started = threading.Event(), threading.Event()
-
-    def work(raw: bytes, context: object) -> bytes:
-        started.set()
-        release.wait(60)
-        return b"pong %d" % len(raw)
-
-    options = ServerOptions(control_workers=1, admission_wait_s=0.0, max_waiting_bytes=1000)
-    handlers = {"Ping": Unary(work, control=True)}
-    running = start_server("edgeflower.test.Control", handlers, "127.0.0.1", 0, 1 << 20, None, "control", options)
-    channel = open_channel(running.address, 1 << 20)
+    held = _HeldServer(ServerOptions(control_workers=1, admission_wait_s=0.0, max_waiting_bytes=1000), control=True)
+    running, call = held.running, held.call
     try:
-        call = channel.unary_unary("/edgeflower.test.Control/Ping")
         holding = call.future(b"a" * 10, timeout=60)
-        assert started.wait(30)
+        assert held.started.wait(30)
         waiting = [call.future(b"b" * 600, timeout=60) for _ in range(2)]  # no admission wait: they wait on
         assert wait_until(lambda: running.waiting_bytes == 1200, timeout_s=30)  # over the budget, still waiting
-        release.set()
-        assert holding.result() == b"pong 10" and [w.result() for w in waiting] == [b"pong 600"] * 2
+        held.release.set()
+        assert holding.result() == b"done 10" and [w.result() for w in waiting] == [b"done 600"] * 2
         assert running.waiting_bytes == 0 and running.refused == dict.fromkeys(running.refused, 0)
     finally:
-        release.set()
-        channel.close()
-        running.stop(0)
+        held.close()
 
 
 def test_calls_waiting_for_a_worker_hold_at_most_the_byte_budget_and_the_next_one_is_refused_at_once():
     """(A single call waiting alone may be over the budget: a budget under the message limit never locks one out.)"""
-    release, started = threading.Event(), threading.Event()
-
-    def work(raw: bytes, context: object) -> bytes:
-        started.set()
-        release.wait(60)
-        return b"done %d" % len(raw)
-
     # One worker, an admission wait far longer than the calls' deadlines: a call that waited would end with
     # DEADLINE_EXCEEDED, so RESOURCE_EXHAUSTED proves the refusal came without waiting.
-    options = ServerOptions(data_workers=1, admission_wait_s=120.0, max_waiting_bytes=1000)
-    running = start_server(
-        "edgeflower.test.Budget", {"Work": Unary(work)}, "127.0.0.1", 0, 1 << 20, None, "budget", options
-    )
-    channel = open_channel(running.address, 1 << 20)
+    held = _HeldServer(ServerOptions(data_workers=1, admission_wait_s=120.0, max_waiting_bytes=1000), control=False)
+    running, call, release, started = held.running, held.call, held.release, held.started
     try:
-        call = channel.unary_unary("/edgeflower.test.Budget/Work")
         holding = call.future(b"a" * 10, timeout=60)  # takes the only worker
         assert started.wait(30)
         waiting = call.future(b"b" * 600, timeout=60)  # waits, holding 600 bytes
@@ -102,6 +100,4 @@ def test_calls_waiting_for_a_worker_hold_at_most_the_byte_budget_and_the_next_on
         assert holding.result() == b"done 10" and alone.result() == b"done 2000"
         assert running.refused["waiting_bytes"] == 1
     finally:
-        release.set()
-        channel.close()
-        running.stop(0)
+        held.close()
