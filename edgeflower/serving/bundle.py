@@ -10,7 +10,6 @@ state under ``model.``, exit heads under ``exit.<boundary>.``), written with ``t
 from __future__ import annotations
 
 import json
-import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,9 +85,12 @@ class ServingBundle:
         path = Path(root)
         try:
             info = json.loads((path / "bundle.json").read_text())
-            tensors = torch.load(path / "weights.pt", weights_only=True, map_location="cpu")
-        except (OSError, json.JSONDecodeError, pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+        except (OSError, json.JSONDecodeError) as exc:
             raise ValueError(f"{path} is not a serving bundle: {exc}") from exc
+        try:
+            tensors = torch.load(path / "weights.pt", weights_only=True, map_location="cpu")
+        except Exception as exc:  # torch's tensor-only loader raises a different class per kind of damage
+            raise ValueError(f"{path} is not a serving bundle: weights.pt is no tensor file: {exc}") from exc
         try:
             return cls._from(info, tensors)
         except (KeyError, TypeError, AttributeError, RuntimeError, ValueError) as exc:
