@@ -37,6 +37,15 @@ from flwr.common.logger import log
 __all__ = ["Journal"]
 
 
+def _accepted_line(key: str, sha: str, t: float) -> str:
+    return json.dumps({"e": "accepted", "id": key, "sha": sha, "t": t}, separators=(",", ":")) + "\n"
+
+
+def _answered_line(key: str, reply: bytes, t: float) -> str:
+    entry = {"e": "answered", "id": key, "reply": base64.b64encode(reply).decode(), "t": t}
+    return json.dumps(entry, separators=(",", ":")) + "\n"
+
+
 class Journal:
     """Append-only journal of accepted and answered request ids.
 
@@ -89,7 +98,9 @@ class Journal:
         assert self.path is not None
         if not self.path.exists():
             return
-        for n, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), start=1):
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        self._lines = len(lines)
+        for n, line in enumerate(lines, start=1):
             try:
                 entry = json.loads(line)
                 key = str(entry["id"])
@@ -100,7 +111,6 @@ class Journal:
                     self._keep_answer(key, base64.b64decode(entry["reply"]))
             except (ValueError, KeyError, TypeError):
                 log(WARNING, "journal %s: ignoring unreadable line %d", self.path, n)
-            self._lines = n
 
     def _forget(self, key: str) -> None:
         self.accepted.pop(key, None)
@@ -134,12 +144,10 @@ class Journal:
         assert self.path is not None
         tmp = self.path.with_suffix(self.path.suffix + ".tmp")
         with tmp.open("w", encoding="utf-8") as out:
-            for key, sha in self.accepted.items():
-                out.write(json.dumps({"e": "accepted", "id": key, "sha": sha, "t": 0}, separators=(",", ":")) + "\n")
+            for key, sha in self.accepted.items():  # the times of kept entries are not kept (0)
+                out.write(_accepted_line(key, sha, 0))
                 if key in self.answers:
-                    reply = base64.b64encode(self.answers[key]).decode()
-                    out.write(json.dumps({"e": "answered", "id": key, "reply": reply, "t": 0}, separators=(",", ":")))
-                    out.write("\n")
+                    out.write(_answered_line(key, self.answers[key], 0))
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, self.path)  # the old handle still appends to the replaced file until swapped below
@@ -158,23 +166,23 @@ class Journal:
         with self._lock:
             return sorted(set(self.accepted) - set(self.answers))
 
-    def _write(self, entry: dict) -> None:
-        if self._file is None:
-            return
-        self._file.write(json.dumps(entry, separators=(",", ":")) + "\n")
-        self._file.flush()
-        if self.fsync:
-            os.fsync(self._file.fileno())
-        self._lines += 1
+    def _record(self, line: str) -> None:
+        """Append ``line`` (hold the lock), then keep within the bounds."""
+        if self._file is not None:
+            self._file.write(line)
+            self._file.flush()
+            if self.fsync:
+                os.fsync(self._file.fileno())
+            self._lines += 1
+        self._forget_oldest()
+        self._compact_if_long()
 
     def accept(self, request_id: str, sha: str) -> None:
         """Record that ``request_id`` (input hash ``sha``) was accepted."""
         with self._lock:
             self._forget(request_id)  # accepted again after it was forgotten: afresh, last in line
             self.accepted[request_id] = sha
-            self._write({"e": "accepted", "id": request_id, "sha": sha, "t": time.time()})
-            self._forget_oldest()
-            self._compact_if_long()
+            self._record(_accepted_line(request_id, sha, time.time()))
 
     def answer(self, request_id: str, reply: bytes) -> None:
         """Record ``request_id``'s reply (before it is sent)."""
@@ -182,11 +190,7 @@ class Journal:
             if request_id not in self.accepted:  # forgotten while it ran: its client gets the reply all the same
                 return
             self._keep_answer(request_id, reply)
-            self._write(
-                {"e": "answered", "id": request_id, "reply": base64.b64encode(reply).decode(), "t": time.time()}
-            )
-            self._forget_oldest()
-            self._compact_if_long()
+            self._record(_answered_line(request_id, reply, time.time()))
 
     def close(self) -> None:
         """Close the file."""
